@@ -1,0 +1,153 @@
+"""The composition root: flags → frozen settings → the program asked for.
+
+epp serve      the endpoint picker (ext_proc gRPC, health, metrics)
+epp sim        simulated vLLM pods
+epp up         the local stack: simulated pods + EPP + Envoy from a manifests folder
+epp validate   check manifests (schema + semantics)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from epp.settings import ProtocolSettings, SaturationSettings, ServerSettings, Settings
+
+
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the endpoint picker")
+    p.add_argument(
+        "--manifests",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="folder or file of InferencePool/InferenceModel/Pod manifests (repeatable)",
+    )
+    p.add_argument(
+        "--endpoints",
+        default="",
+        metavar="IP:PORT,...",
+        help="serve one pool of exactly these endpoints, no manifests needed",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address the gRPC and HTTP ports bind")
+    p.add_argument("--grpc-port", type=int, default=9002)
+    p.add_argument("--health-port", type=int, default=9003)
+    p.add_argument("--metrics-port", type=int, default=9090)
+    p.add_argument("--fallback-endpoints", type=int, default=0)
+    p.add_argument(
+        "--require-registered-models",
+        action="store_true",
+        help="unknown model names get 404 instead of the default route",
+    )
+    p.add_argument("--scrape-interval", type=float, default=0.05, help="seconds between scrapes")
+    p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024)
+    p.add_argument("--sd-queue-depth", type=int, default=5)
+    p.add_argument("--sd-kv-cache-util", type=float, default=0.8)
+    p.add_argument("--sd-staleness", type=float, default=0.2)
+
+
+def _up_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("up", help="start simulated pods + EPP + Envoy from manifests")
+    p.add_argument("manifests", nargs="*", help="folders or files (default: examples/seed)")
+    p.add_argument("--port", type=int, default=8080, help="Envoy listener port")
+    p.add_argument("--admin-port", type=int, default=9901)
+    p.add_argument("--epp-port", type=int, default=9002)
+    p.add_argument("--health-port", type=int, default=9003)
+    p.add_argument("--metrics-port", type=int, default=9090)
+    p.add_argument("--run-dir", type=Path, default=None, help="where logs and configs go")
+    p.add_argument("--fail-open", action="store_true", help="Envoy failure_mode_allow: true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="epp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    _up_parser(sub)
+    sim = sub.add_parser("sim", help="run simulated vLLM pods", add_help=False)
+    sim.add_argument("rest", nargs=argparse.REMAINDER)
+    validate = sub.add_parser("validate", help="validate manifests")
+    validate.add_argument("paths", nargs="+")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["sim"] or (args_list[2:3] == ["sim"] and args_list[0] == "--log-level"):
+        from epp.sim.main import run as run_sim
+
+        return run_sim(args_list[args_list.index("sim") + 1 :])
+    args = build_parser().parse_args(args_list)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "up":
+        return _up(args)
+    if args.command == "validate":
+        from epp.validate import run as run_validate
+
+        return run_validate(args.paths, sys.stdout)
+    return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from epp.server import ServeConfig, parse_endpoints, run_serve
+
+    try:
+        endpoints = parse_endpoints(args.endpoints)
+    except ValueError as exc:
+        print(f"epp serve: {exc}", file=sys.stderr)
+        return 2
+    if not endpoints and not args.manifests:
+        print("epp serve: give --manifests PATH or --endpoints IP:PORT,...", file=sys.stderr)
+        return 2
+    from epp.scrape.scraper import ScrapeSettings
+
+    settings = Settings(
+        server=ServerSettings(args.host, args.grpc_port, args.health_port, args.metrics_port),
+        protocol=ProtocolSettings(
+            max_body_bytes=args.max_body_bytes,
+            fallback_endpoints=args.fallback_endpoints,
+            require_registered_models=args.require_registered_models,
+        ),
+        saturation=SaturationSettings(
+            args.sd_queue_depth, args.sd_kv_cache_util, args.sd_staleness
+        ),
+    )
+    config = ServeConfig(
+        settings, tuple(args.manifests), endpoints, ScrapeSettings(interval=args.scrape_interval)
+    )
+    return run_serve(config)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from epp.local.stack import SEED_EXAMPLE, StackConfig, run_stack
+
+    manifests = tuple(Path(p) for p in args.manifests) or (SEED_EXAMPLE,)
+    config = StackConfig(
+        manifests=manifests,
+        listener_port=args.port,
+        admin_port=args.admin_port,
+        epp_port=args.epp_port,
+        health_port=args.health_port,
+        metrics_port=args.metrics_port,
+        run_dir=args.run_dir,
+        failure_mode_allow=args.fail_open,
+    )
+    try:
+        import uvloop
+
+        uvloop.run(run_stack(config))
+    except KeyboardInterrupt:
+        pass
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"epp up: {exc}", file=sys.stderr)
+        return 1
+    return 0

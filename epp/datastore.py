@@ -1,0 +1,188 @@
+"""Pools, models and endpoints, with each endpoint's latest signals, as immutable snapshots.
+
+Sources call `apply_resources`; the scraper and GPU poller call `set_metrics` / `set_health` /
+`set_gpu`; the director reads `candidates(pool)` and takes an in-flight `Lease` per pick. Every
+endpoint state is replaced whole, never edited, so a tuple handed to the scheduler stays
+consistent; asyncio rebinding is atomic, so the hot path takes no lock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+
+from epp.api.model import ModelRoute, PodInfo, Pool, ResourceSet
+from epp.types import Endpoint, EndpointMetrics, EndpointState, GpuMetrics
+
+log = logging.getLogger(__name__)
+
+ENGINE_LABEL = "inference.networking.k8s.io/engine-type"
+
+
+def format_address(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def endpoints_of(pool: Pool, pods: Iterable[PodInfo]) -> list[Endpoint]:
+    """The pool's endpoints: every ready, selected pod with an IP, once per target port."""
+    selector = pool.selector
+    found: list[Endpoint] = []
+    for pod in pods:
+        if pod.namespace != pool.namespace or not pod.ready or pod.deleting or not pod.ip:
+            continue
+        labels = dict(pod.labels)
+        if not selector or any(labels.get(k) != v for k, v in selector):
+            continue
+        engine = labels.get(ENGINE_LABEL, "vllm")
+        found.extend(
+            Endpoint(format_address(pod.ip, port), pod.key, pool.key, pod.labels, engine)
+            for port in pool.target_ports
+        )
+    return found
+
+
+class Lease:
+    """One request's claim on an endpoint; `release` is idempotent so cleanup paths can race."""
+
+    __slots__ = ("_store", "address", "released", "tokens")
+
+    def __init__(self, store: Datastore, address: str, tokens: int) -> None:
+        self._store = store
+        self.address = address
+        self.tokens = tokens
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self._store._adjust_in_flight(self.address, -1, -self.tokens)
+
+
+class Datastore:
+    def __init__(self) -> None:
+        self._pools: dict[str, Pool] = {}
+        self._models: dict[str, ModelRoute] = {}
+        self._states: dict[str, dict[str, EndpointState]] = {}  # pool key → address → state
+        self._pool_of: dict[str, str] = {}  # address → pool key
+        self._cached: dict[str, tuple[EndpointState, ...]] = {}
+        self._metrics: dict[str, EndpointMetrics] = {}
+        self._gpu: dict[str, GpuMetrics] = {}  # pod key → gpu
+        self._in_flight: dict[str, tuple[int, int]] = {}
+        self._health: dict[str, bool] = {}
+        self.synced = False
+
+    # ---- resources -------------------------------------------------------------------------
+    def apply_resources(self, resources: ResourceSet, extra_pods: Sequence[PodInfo] = ()) -> None:
+        pods = (*resources.pods, *extra_pods)
+        pools = {p.key: p for p in resources.pools}
+        endpoints = {key: endpoints_of(pool, pods) for key, pool in pools.items()}
+        self._replace(pools, endpoints)
+        self._models = {m.model_name: m for m in resources.models}
+        self.synced = True
+
+    def set_static_pool(self, pool: Pool, addresses: Sequence[str]) -> None:
+        """Serve one pool of exactly these addresses (`epp serve --endpoints`), no manifests."""
+        eps = [Endpoint(a, a, pool.key) for a in addresses]
+        self._replace({pool.key: pool}, {pool.key: eps})
+        self._models = {}
+        self.synced = True
+
+    def _replace(self, pools: dict[str, Pool], endpoints: dict[str, list[Endpoint]]) -> None:
+        states: dict[str, dict[str, EndpointState]] = {}
+        pool_of: dict[str, str] = {}
+        for key, eps in endpoints.items():
+            old = self._states.get(key, {})
+            per_pool: dict[str, EndpointState] = {}
+            for ep in eps:
+                previous = old.get(ep.address)
+                if previous is not None and previous.endpoint == ep:
+                    per_pool[ep.address] = previous
+                else:
+                    per_pool[ep.address] = self._fresh_state(ep)
+                pool_of[ep.address] = key
+            states[key] = per_pool
+        for gone in set(self._pool_of) - set(pool_of):
+            self._metrics.pop(gone, None)
+            self._health.pop(gone, None)
+        self._pools, self._states, self._pool_of = pools, states, pool_of
+        self._cached = {}
+
+    def _fresh_state(self, ep: Endpoint) -> EndpointState:
+        flights, tokens = self._in_flight.get(ep.address, (0, 0))
+        return EndpointState(
+            ep,
+            self._metrics.get(ep.address, EndpointMetrics()),
+            self._gpu.get(ep.pod, GpuMetrics()),
+            flights,
+            tokens,
+            self._health.get(ep.address, True),
+        )
+
+    # ---- reads (hot path) ------------------------------------------------------------------
+    def pool(self, key: str) -> Pool | None:
+        return self._pools.get(key)
+
+    def pools(self) -> tuple[Pool, ...]:
+        return tuple(self._pools.values())
+
+    def model(self, model_name: str) -> ModelRoute | None:
+        return self._models.get(model_name)
+
+    def models(self) -> tuple[ModelRoute, ...]:
+        return tuple(self._models.values())
+
+    def candidates(self, pool_key: str) -> tuple[EndpointState, ...]:
+        """All endpoint states of a pool (healthy or not), as one immutable tuple."""
+        cached = self._cached.get(pool_key)
+        if cached is None:
+            cached = tuple(self._states.get(pool_key, {}).values())
+            self._cached[pool_key] = cached
+        return cached
+
+    def endpoints(self) -> list[Endpoint]:
+        return [s.endpoint for per_pool in self._states.values() for s in per_pool.values()]
+
+    # ---- signals ---------------------------------------------------------------------------
+    def _update(self, address: str, **changes: object) -> None:
+        pool_key = self._pool_of.get(address)
+        if pool_key is None:
+            return
+        per_pool = self._states[pool_key]
+        per_pool[address] = replace(per_pool[address], **changes)  # type: ignore[arg-type]
+        self._cached.pop(pool_key, None)
+
+    def set_metrics(self, address: str, metrics: EndpointMetrics) -> None:
+        self._metrics[address] = metrics
+        self._update(address, metrics=metrics)
+
+    def set_health(self, address: str, healthy: bool) -> None:
+        if self._health.get(address, True) != healthy:
+            log.warning("endpoint %s is now %s", address, "healthy" if healthy else "unhealthy")
+        self._health[address] = healthy
+        self._update(address, healthy=healthy)
+
+    def set_gpu(self, pod_key: str, gpu: GpuMetrics) -> None:
+        self._gpu[pod_key] = gpu
+        for per_pool in self._states.values():
+            for address, state in per_pool.items():
+                if state.endpoint.pod == pod_key or state.endpoint.pod.endswith("/" + pod_key):
+                    self._update(address, gpu=gpu)
+
+    # ---- in-flight accounting --------------------------------------------------------------
+    def lease(self, address: str, tokens: int) -> Lease:
+        self._adjust_in_flight(address, 1, tokens)
+        return Lease(self, address, tokens)
+
+    def _adjust_in_flight(self, address: str, requests: int, tokens: int) -> None:
+        flights, toks = self._in_flight.get(address, (0, 0))
+        flights, toks = flights + requests, toks + tokens
+        if flights <= 0:
+            self._in_flight.pop(address, None)
+            flights, toks = 0, 0
+        else:
+            self._in_flight[address] = (flights, toks)
+        self._update(address, in_flight=flights, in_flight_tokens=toks)
+
+    def in_flight(self, address: str) -> int:
+        return self._in_flight.get(address, (0, 0))[0]

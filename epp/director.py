@@ -1,0 +1,300 @@
+"""One request, top to bottom: parse → resolve model → choose split → admit → schedule → result.
+
+`Director.handle` is synchronous: there is no await between reading the snapshot and returning
+the decision. `Director.finish` ends the request's accounting (exactly once, via the lease).
+Neighbours: `epp.extproc` translates Envoy messages to and from these calls; `epp.datastore`
+supplies snapshots; `epp.scheduling` ranks endpoints. Nothing here knows gRPC or HTTP.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import orjson
+
+from epp.api.model import PRIORITY_STANDARD, ModelRoute, Pool, SplitTarget
+from epp.datastore import Datastore, Lease
+from epp.errors import BadRequest, ModelNotFound, NoEndpoints, RequestTooLarge, Shed
+from epp.scheduling.base import SchedulingRequest
+from epp.scheduling.registry import DEFAULT_PROFILE
+from epp.scheduling.scheduler import Profile
+from epp.settings import ProtocolSettings, SaturationSettings
+from epp.types import EndpointState
+
+CHARS_PER_TOKEN = 4
+
+
+@dataclass(slots=True)
+class Decision:
+    """What the director decided for one request; extproc turns it into Envoy mutations."""
+
+    request_id: str
+    pool: str
+    endpoints: tuple[str, ...]  # primary first, then fallbacks
+    body: bytes  # the body to send upstream (rewritten only when the model changed)
+    client_model: str
+    target_model: str
+    priority: int
+    version: str | None
+    stream: bool
+    prompt_tokens: int
+    lease: Lease
+    started: float
+    decided: float
+
+    @property
+    def model_rewritten(self) -> bool:
+        return self.client_model != self.target_model
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    pool: Pool
+    target_model: str
+    priority: int
+    strategy: str
+    version: str | None
+    ceilings: tuple[tuple[str, float], ...]
+
+
+class Director:
+    def __init__(
+        self,
+        store: Datastore,
+        profiles: Mapping[str, Profile],
+        protocol: ProtocolSettings,
+        saturation: SaturationSettings,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._profiles = profiles
+        self._protocol = protocol
+        self._saturation = saturation
+        self._clock = clock
+        self._rng = rng or random.Random()
+
+    def handle(
+        self,
+        headers: Mapping[str, str],
+        body: bytes,
+        subset: Sequence[str] | None = None,
+        rewrite: str | None = None,
+    ) -> Decision:
+        """Decide for a complete request body. `rewrite` (trusted gateways only) forces the
+        target model name."""
+        started = self._clock()
+        # 1. parse the OpenAI body
+        payload, client_model = self._parse(body)
+        return self._decide(started, headers, payload, client_model, body, subset, rewrite)
+
+    def handle_headers_only(
+        self, headers: Mapping[str, str], subset: Sequence[str] | None = None
+    ) -> Decision:
+        """Envoy streams the body after routing (STREAMED mode): decide from the x-model-name
+        header; the body passes unchanged, so no model rewrite is possible."""
+        started = self._clock()
+        model = headers.get("x-model-name", "")
+        if not model:
+            raise BadRequest(
+                "the x-model-name header is required when the proxy streams request bodies"
+            )
+        return self._decide(started, headers, None, model, b"", subset, None)
+
+    def _decide(
+        self,
+        started: float,
+        headers: Mapping[str, str],
+        payload: dict[str, object] | None,
+        client_model: str,
+        body: bytes,
+        subset: Sequence[str] | None,
+        rewrite: str | None,
+    ) -> Decision:
+        request_id = headers.get("x-request-id") or str(uuid.uuid4())
+        # 2. resolve the model to a pool, a served model and a priority (canary split included)
+        route = self._resolve(client_model, rewrite)
+        # 3. rewrite the body only when the server must be asked for another name
+        if payload is None:
+            route = replace(route, target_model=client_model)
+        elif route.target_model != client_model:
+            payload["model"] = route.target_model
+            body = orjson.dumps(payload)
+        # 4. candidates: the pool's healthy endpoints, narrowed by the proxy's subset hint
+        candidates = self._candidates(route.pool, subset)
+        # 5. admit: sheddable requests are dropped when the pool is saturated
+        if route.priority < 0 and self._saturated(candidates, started):
+            raise Shed("system saturated, sheddable request dropped")
+        # 6. schedule
+        prompt = prompt_text(payload) if payload is not None else b""
+        prompt_tokens = max(1, len(prompt) // CHARS_PER_TOKEN)
+        served = route.pool.served_model
+        adapter = route.target_model if served and route.target_model != served else None
+        request = SchedulingRequest(
+            request_id,
+            route.target_model,
+            route.priority,
+            prompt_tokens,
+            prompt,
+            adapter,
+            route.ceilings,
+        )
+        profile = self._profiles.get(route.strategy) or self._profiles[DEFAULT_PROFILE]
+        picked = profile.schedule(request, candidates, 1 + self._protocol.fallback_endpoints)
+        # 7. account the pick at once: polled metrics lag behind bursts
+        lease = self._store.lease(picked[0].address, prompt_tokens)
+        return Decision(
+            request_id,
+            route.pool.key,
+            tuple(p.address for p in picked),
+            body,
+            client_model,
+            route.target_model,
+            route.priority,
+            route.version,
+            payload is not None and payload.get("stream") is True,
+            prompt_tokens,
+            lease,
+            started,
+            self._clock(),
+        )
+
+    def handle_bodyless(self, headers: Mapping[str, str]) -> str:
+        """A request without a body (GET /v1/models): any ready endpoint of any pool."""
+        pools = self._store.pools()
+        candidates = [c for p in pools for c in self._store.candidates(p.key) if c.healthy]
+        if not candidates:
+            raise NoEndpoints("no ready endpoint in any pool")
+        return self._rng.choice(candidates).address
+
+    @staticmethod
+    def finish(decision: Decision) -> None:
+        decision.lease.release()
+
+    def move_lease(self, decision: Decision, address: str) -> None:
+        """The proxy served the request elsewhere (a fallback): account it where it ran."""
+        tokens = decision.lease.tokens
+        decision.lease.release()
+        decision.lease = self._store.lease(address, tokens)
+
+    # ---- steps -----------------------------------------------------------------------------
+    def _parse(self, body: bytes) -> tuple[dict[str, object], str]:
+        if len(body) > self._protocol.max_body_bytes:
+            raise RequestTooLarge(
+                f"request body is {len(body)} bytes; the limit is {self._protocol.max_body_bytes}"
+            )
+        if not body:
+            raise BadRequest("request body is empty; expected a JSON object")
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(payload, dict):
+            raise BadRequest("request body must be a JSON object")
+        model = payload.get("model")
+        if model is None:
+            raise BadRequest("model not found in request body")
+        if not isinstance(model, str) or not model:
+            raise BadRequest("'model' must be a non-empty string")
+        return payload, model
+
+    def _resolve(self, client_model: str, rewrite: str | None = None) -> _Route:
+        route = self._resolve_model(client_model)
+        return replace(route, target_model=rewrite) if rewrite else route
+
+    def _resolve_model(self, client_model: str) -> _Route:
+        model = self._store.model(client_model)
+        if model is None:
+            return self._default_route(client_model)
+        pool_key, target, version = model.pool, None, None
+        if model.splits:
+            split = self._weighted(model)
+            pool_key = split.pool or model.pool
+            target, version = split.model, split.version
+        pool = self._store.pool(pool_key) or self._store.pool(model.pool)
+        if pool is None:
+            raise NoEndpoints(f"InferencePool {model.pool} of model {client_model!r} is not known")
+        ceilings = tuple((c.name, c.target) for c in model.ceilings)
+        served = target or pool.served_model or client_model
+        return _Route(pool, served, model.priority, model.strategy, version, ceilings)
+
+    def _default_route(self, client_model: str) -> _Route:
+        pools = self._store.pools()
+        if not self._protocol.require_registered_models:
+            by_served = [p for p in pools if p.served_model == client_model]
+            if by_served or len(pools) == 1:
+                pool = (by_served or list(pools))[0]
+                target = pool.served_model or client_model
+                return _Route(pool, target, PRIORITY_STANDARD, DEFAULT_PROFILE, None, ())
+        raise ModelNotFound(f"The model `{client_model}` does not exist.")
+
+    def _weighted(self, model: ModelRoute) -> SplitTarget:
+        splits = model.splits
+        total = sum(s.weight for s in splits)
+        point = self._rng.random() * total
+        for split in splits:
+            point -= split.weight
+            if point < 0:
+                return split
+        return splits[-1]
+
+    def _candidates(self, pool: Pool, subset: Sequence[str] | None) -> list[EndpointState]:
+        states = self._store.candidates(pool.key)
+        if subset is not None:
+            wanted = set(subset)
+            states = tuple(s for s in states if s.address in wanted or _host(s.address) in wanted)
+            if not states:
+                raise NoEndpoints("no endpoint of the pool matches the proxy's subset hint")
+        healthy = [s for s in states if s.healthy]
+        if not healthy:
+            raise NoEndpoints(f"no ready endpoint in InferencePool {pool.key}")
+        return healthy
+
+    def _saturated(self, candidates: Sequence[EndpointState], now: float) -> bool:
+        limits = self._saturation
+        for c in candidates:
+            m = c.metrics
+            fresh = now - m.scraped_at <= limits.staleness_seconds
+            if fresh and m.waiting <= limits.queue_depth and m.kv_usage <= limits.kv_cache_util:
+                return False
+        return True
+
+
+def prompt_text(payload: Mapping[str, object]) -> bytes:
+    """The text a prefix cache would see: chat turns with role markers, or the completion prompt.
+
+    Only string contents count (and the text parts of multi-part contents); the same
+    conversation prefix always yields the same leading bytes.
+    """
+    messages = payload.get("messages")
+    if isinstance(messages, list):
+        parts: list[str] = []
+        for message in messages:
+            if not isinstance(message, dict):
+                continue
+            content = message.get("content")
+            if isinstance(content, list):
+                content = "".join(
+                    p.get("text", "")
+                    for p in content
+                    if isinstance(p, dict) and isinstance(p.get("text"), str)
+                )
+            if isinstance(content, str):
+                parts.append(f"<|im_start|>{message.get('role', '')}\n{content}<|im_end|>\n")
+        return "".join(parts).encode()
+    prompt = payload.get("prompt")
+    if isinstance(prompt, str):
+        return prompt.encode()
+    if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
+        return "".join(prompt).encode()
+    return b""
+
+
+def _host(address: str) -> str:
+    """The host part of an address: subset entries may name a host without its port."""
+    host = address.rsplit(":", 1)[0]
+    return host[1:-1] if host.startswith("[") else host

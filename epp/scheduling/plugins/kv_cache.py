@@ -1,0 +1,34 @@
+"""`kv-cache-utilization-scorer`: 1 - KV-cache usage (`vllm:kv_cache_usage_perc`, a 0..1 fraction).
+
+A pod whose metrics are stale or missing scores 0, as if its cache were full.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from epp.scheduling.base import BuildContext, Clock, SchedulingRequest
+from epp.scheduling.params import Params
+from epp.scheduling.plugins.signals import DEFAULT_STALENESS, fresh_cutoff
+from epp.types import EndpointState
+
+
+class KvCacheScorer:
+    name = "kv-cache-utilization-scorer"
+
+    def __init__(self, staleness: float = DEFAULT_STALENESS, clock: Clock = time.monotonic) -> None:
+        self.staleness = staleness
+        self._clock = clock
+
+    @classmethod
+    def from_parameters(cls, params: Params, ctx: BuildContext) -> KvCacheScorer:
+        staleness = params.duration("metricsStalenessThreshold", DEFAULT_STALENESS)
+        return cls(staleness, ctx.clock)
+
+    def score(self, request: SchedulingRequest, candidates: Sequence[EndpointState]) -> list[float]:
+        cutoff = fresh_cutoff(self._clock(), self.staleness)
+        # out-of-range usage is clamped by the profile
+        return [
+            1.0 - c.metrics.kv_usage if c.metrics.scraped_at > cutoff else 0.0 for c in candidates
+        ]

@@ -1,0 +1,145 @@
+"""`prefix-cache-scorer`: prefer the endpoint that was already sent this prompt's prefix.
+
+Score = matched blocks / prompt blocks, from the approximate index in `prefix_index.py`, which
+this plugin updates after each pick (it is a PickObserver). Block size and per-endpoint index
+capacity auto-tune from `vllm:cache_config_info` (block_size tokens x 4 chars; num_gpu_blocks).
+A load gate breaks affinity when a holder is overloaded, i.e. its load (EPP in-flight requests,
+or scraped waiting + running when fresh and higher) exceeds the pool's least-loaded candidate by
+more than `loadGateRatio` x that minimum + `loadGateSlack`: affinity without it collapses a hot
+prefix onto one pod. The holder then scores 0 and the request seeds a second holder.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from epp.scheduling.base import BuildContext, Clock, SchedulingRequest
+from epp.scheduling.params import Params
+from epp.scheduling.plugins.prefix_index import PrefixIndex, block_hashes
+from epp.scheduling.plugins.signals import DEFAULT_STALENESS, fresh_cutoff
+from epp.types import EndpointState
+
+CHARS_PER_TOKEN = 4
+PURGE_EVERY = 4096  # picks between sweeps for endpoints that stopped receiving traffic
+
+
+@dataclass(slots=True)
+class PrefixStats:
+    """Running totals for observability: how much of the routed prompts the index predicted."""
+
+    picks: int = 0
+    prompt_blocks: int = 0
+    hit_blocks: int = 0
+
+    @property
+    def hit_ratio(self) -> float:
+        return self.hit_blocks / self.prompt_blocks if self.prompt_blocks else 0.0
+
+
+class PrefixCacheScorer:
+    name = "prefix-cache-scorer"
+
+    def __init__(
+        self,
+        block_size_tokens: int = 16,
+        max_blocks: int = 256,
+        capacity: int = 31_250,
+        auto_tune: bool = True,
+        gate_slack: float = 4.0,
+        gate_ratio: float = 0.5,
+        staleness: float = DEFAULT_STALENESS,
+        idle_seconds: float = 600.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if block_size_tokens < 1 or max_blocks < 1:
+            raise ValueError("block size and max blocks must be positive")
+        self.block_size_tokens = block_size_tokens
+        self.max_blocks = max_blocks
+        self.auto_tune = auto_tune
+        self.gate_slack = gate_slack
+        self.gate_ratio = gate_ratio
+        self.staleness = staleness
+        self.idle_seconds = idle_seconds
+        self.index = PrefixIndex(capacity)
+        self.stats = PrefixStats()
+        self._clock = clock
+        self._block_tuned = False
+        # hashes and matches of the request being scheduled, reused by `picked`
+        self._last: tuple[SchedulingRequest, int, list[int], dict[str, int]] | None = None
+
+    @classmethod
+    def from_parameters(cls, params: Params, ctx: BuildContext) -> PrefixCacheScorer:
+        return cls(
+            block_size_tokens=params.integer("blockSizeTokens", 16, low=1, high=65_536),
+            max_blocks=params.integer("maxPrefixBlocksToMatch", 256, low=1, high=1_000_000),
+            capacity=params.integer("lruCapacityPerServer", 31_250, low=1),
+            auto_tune=params.boolean("autoTune", True),
+            gate_slack=params.number("loadGateSlack", 4.0, low=0.0),
+            gate_ratio=params.number("loadGateRatio", 0.5, low=0.0),
+            staleness=params.duration("metricsStalenessThreshold", DEFAULT_STALENESS),
+            idle_seconds=params.duration("idleEndpointTimeout", 600.0, low=1.0),
+            clock=ctx.clock,
+        )
+
+    def score(self, request: SchedulingRequest, candidates: Sequence[EndpointState]) -> list[float]:
+        hashes, counts = self._lookup(request)
+        if not counts:
+            return [0.0] * len(candidates)
+        cutoff = fresh_cutoff(self._clock(), self.staleness)
+        loads = [
+            max(c.in_flight, c.metrics.waiting + c.metrics.running)
+            if c.metrics.scraped_at > cutoff
+            else c.in_flight
+            for c in candidates
+        ]
+        floor = min(loads)
+        limit = floor * (1.0 + self.gate_ratio) + self.gate_slack
+        total = float(len(hashes))
+        return [
+            counts.get(c.address, 0) / total if load <= limit else 0.0
+            for c, load in zip(candidates, loads, strict=True)
+        ]
+
+    def picked(self, request: SchedulingRequest, endpoint: EndpointState) -> None:
+        now = self._clock()
+        if self.auto_tune:
+            self._tune(endpoint)
+        hashes, counts = self._lookup(request)
+        self._last = None
+        if not hashes:
+            return
+        stats = self.stats
+        stats.picks += 1
+        stats.prompt_blocks += len(hashes)
+        stats.hit_blocks += counts.get(endpoint.address, 0)
+        self.index.add(endpoint.address, hashes, now)
+        if stats.picks % PURGE_EVERY == 0:
+            self.index.purge_idle(now - self.idle_seconds)
+
+    def forget(self, address: str) -> None:
+        """The endpoint left or restarted: its cache is gone."""
+        self.index.forget(address)
+
+    def _lookup(self, request: SchedulingRequest) -> tuple[list[int], dict[str, int]]:
+        last = self._last
+        if last is not None and last[0] is request and last[1] == self.block_size_tokens:
+            return last[2], last[3]
+        chars = self.block_size_tokens * CHARS_PER_TOKEN
+        hashes = block_hashes(request.target_model, request.prompt, chars, self.max_blocks)
+        counts = self.index.match(hashes) if hashes else {}
+        self._last = (request, self.block_size_tokens, hashes, counts)
+        return hashes, counts
+
+    def _tune(self, endpoint: EndpointState) -> None:
+        m = endpoint.metrics
+        if m.block_size and not self._block_tuned:
+            self._block_tuned = True
+            if m.block_size != self.block_size_tokens:
+                # hashes of another block size never match: start the index afresh
+                self.block_size_tokens = m.block_size
+                self.index.clear()
+        if m.num_gpu_blocks:
+            tokens = m.num_gpu_blocks * (m.block_size or self.block_size_tokens)
+            self.index.set_capacity(endpoint.address, tokens // self.block_size_tokens)

@@ -1,0 +1,34 @@
+"""`running-requests-size-scorer`: fewer running requests (`vllm:num_requests_running`) wins.
+
+Upstream's min-max normalisation over the candidates ((max - r) / (max - min), all equal → 1);
+a pod whose metrics are stale or missing scores 0 (see `signals.py`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from epp.scheduling.base import BuildContext, Clock, SchedulingRequest
+from epp.scheduling.params import Params
+from epp.scheduling.plugins.signals import DEFAULT_STALENESS, fresh_cutoff, min_max
+from epp.types import EndpointState
+
+
+class RunningRequestsScorer:
+    name = "running-requests-size-scorer"
+
+    def __init__(self, staleness: float = DEFAULT_STALENESS, clock: Clock = time.monotonic) -> None:
+        self.staleness = staleness
+        self._clock = clock
+
+    @classmethod
+    def from_parameters(cls, params: Params, ctx: BuildContext) -> RunningRequestsScorer:
+        staleness = params.duration("metricsStalenessThreshold", DEFAULT_STALENESS)
+        return cls(staleness, ctx.clock)
+
+    def score(self, request: SchedulingRequest, candidates: Sequence[EndpointState]) -> list[float]:
+        cutoff = fresh_cutoff(self._clock(), self.staleness)
+        return min_max(
+            [c.metrics.running if c.metrics.scraped_at > cutoff else None for c in candidates]
+        )

@@ -1,0 +1,41 @@
+"""The default profiles and the rule that chooses a profile for one request.
+
+Profiles are built once by the composition root (`build_default_profiles`, or
+`config.load_config` for a user's EndpointPickerConfig) and passed to the director, which calls
+`select_profile` per request: the InferenceModel's `routing.loadBalancing.strategy` names a
+profile, a critical request (priority > 0) of a non-baseline strategy gets `critical`.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Mapping
+
+from epp.scheduling.base import BuildContext, Clock
+from epp.scheduling.config import build_profiles
+from epp.scheduling.defaults import (
+    BASELINE_PROFILES,
+    CRITICAL_PROFILE,
+    DEFAULT_CONFIG,
+    DEFAULT_PROFILE,
+)
+from epp.scheduling.scheduler import Profile
+
+__all__ = ["CRITICAL_PROFILE", "DEFAULT_PROFILE", "build_default_profiles", "select_profile"]
+
+
+def build_default_profiles(
+    rng: random.Random | None = None, clock: Clock = time.monotonic
+) -> dict[str, Profile]:
+    ctx = BuildContext(rng or random.Random(), clock)
+    return build_profiles(DEFAULT_CONFIG, ctx, "built-in profiles")
+
+
+def select_profile(profiles: Mapping[str, Profile], strategy: str, priority: int) -> Profile:
+    """The profile for one request; unknown strategies get the default."""
+    if priority > 0 and strategy not in BASELINE_PROFILES:
+        critical = profiles.get(CRITICAL_PROFILE)
+        if critical is not None:
+            return critical
+    return profiles.get(strategy) or profiles[DEFAULT_PROFILE]

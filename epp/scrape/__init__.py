@@ -1,0 +1,21 @@
+"""Model-server signals: a targeted /metrics parser and the async loop that scrapes every endpoint.
+
+`parser` is pure (page text → `EndpointMetrics`); `scraper` owns the HTTP client and the per-
+endpoint loops and hands results to a sink (the datastore). GPU utilization is `epp.gpu`.
+"""
+
+from epp.scrape.parser import ENGINE_SPECS, EngineSpec, MetricRef, MetricsParseError, parse_metrics
+from epp.scrape.scraper import Fetch, MetricsSink, ScrapeError, Scraper, ScrapeSettings
+
+__all__ = [
+    "ENGINE_SPECS",
+    "EngineSpec",
+    "Fetch",
+    "MetricRef",
+    "MetricsParseError",
+    "MetricsSink",
+    "ScrapeError",
+    "ScrapeSettings",
+    "Scraper",
+    "parse_metrics",
+]

@@ -1,0 +1,226 @@
+"""`epp serve`: the endpoint picker program.
+
+Builds the datastore, director and scheduler, then runs under one TaskGroup: the ext_proc gRPC
+server, gRPC health, the Prometheus/debug HTTP server, the resource source and the scraper.
+On SIGTERM: health → NOT_SERVING, gRPC stop with a grace period, loops cancelled, clients closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health_pb2_grpc
+from prometheus_client import generate_latest
+
+from epp.api.model import Pool
+from epp.datastore import Datastore
+from epp.director import Director
+from epp.extproc.service import ExternalProcessor, add_to_server
+from epp.health import Health
+from epp.observability import EppMetrics
+from epp.scheduling.registry import build_default_profiles
+from epp.scrape.scraper import Scraper, ScrapeSettings
+from epp.settings import Settings
+from epp.sources.files import FolderSource
+
+log = logging.getLogger("epp.server")
+
+STATIC_POOL = Pool("default", "static", (), (), failure_mode="FailOpen")
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    settings: Settings = field(default_factory=Settings)
+    manifests: tuple[str, ...] = ()
+    endpoints: tuple[str, ...] = ()  # serve exactly these addresses as one pool, no manifests
+    scrape: ScrapeSettings = field(default_factory=ScrapeSettings)
+    reload_interval: float = 0.5
+
+
+class EppServer:
+    """The running EPP. `start()` returns once every port listens; `stop()` shuts down."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.store = Datastore()
+        self.metrics = EppMetrics()
+        s = config.settings
+        self.director = Director(self.store, build_default_profiles(), s.protocol, s.saturation)
+        self.health = Health()
+        self._grpc: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
+        self._http: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.grpc_port = 0
+        self.health_port = 0
+        self.metrics_port = 0
+
+    async def start(self) -> None:
+        s = self.config.settings.server
+        await self.health.start()
+        self._grpc = grpc.aio.server()
+        add_to_server(
+            ExternalProcessor(self.director, self.metrics, self.config.settings.protocol),
+            self._grpc,
+        )
+        self.grpc_port = self._grpc.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
+        self._health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._health_server)
+        self.health_port = self._health_server.add_insecure_port(f"{s.grpc_host}:{s.health_port}")
+        await self._grpc.start()
+        await self._health_server.start()
+        self._http = web.AppRunner(self._http_app(), access_log=None)
+        await self._http.setup()
+        site = web.TCPSite(self._http, s.grpc_host, s.metrics_port)
+        await site.start()
+        self.metrics_port = self._http.addresses[0][1]
+        await self._load_resources()
+        scraper = Scraper(self.store, self.store.endpoints, self.config.scrape)
+        self._tasks.append(asyncio.create_task(self._guard("scraper", scraper.run())))
+        log.info(
+            "epp serving ext_proc on %s:%d, health on %d, metrics on %d",
+            s.grpc_host,
+            self.grpc_port,
+            self.health_port,
+            self.metrics_port,
+        )
+
+    async def _load_resources(self) -> None:
+        if self.config.endpoints:
+            self.store.set_static_pool(STATIC_POOL, self.config.endpoints)
+        if self.config.manifests:
+            source = FolderSource(self.config.manifests, self.config.reload_interval)
+            self._apply(source.current())
+            self._tasks.append(asyncio.create_task(self._guard("resources", self._watch(source))))
+        await self.health.set_ready(self.store.synced)
+
+    def _apply(self, resources: object) -> None:
+        from epp.api.model import ResourceSet
+
+        assert isinstance(resources, ResourceSet)
+        for problem in resources.problems:
+            log.warning("manifest problem: %s", problem)
+        self.store.apply_resources(resources)
+        log.info(
+            "resources: %d pools, %d models, %d endpoints",
+            len(resources.pools),
+            len(resources.models),
+            len(self.store.endpoints()),
+        )
+
+    async def _watch(self, source: FolderSource) -> None:
+        async for resources in source.watch():
+            self._apply(resources)
+
+    async def _guard(self, name: str, job: object) -> None:
+        """Run a background loop; a crash is logged at once, cancellation propagates."""
+        assert asyncio.iscoroutine(job)
+        try:
+            await job
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task %s crashed", name)
+            raise
+
+    async def stop(self) -> None:
+        await self.health.shutting_down()
+        grace = self.config.settings.server.grace_seconds
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+        if self._http is not None:
+            await self._http.cleanup()
+
+    # ---- HTTP: /metrics and debug views ------------------------------------------------------
+    def _http_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self._serve_metrics)
+        app.router.add_get("/debug/endpoints", self._serve_endpoints)
+        app.router.add_get("/healthz", self._serve_healthz)
+        return app
+
+    async def _serve_metrics(self, request: web.Request) -> web.Response:
+        self.metrics.refresh_pools(self.store)
+        return web.Response(
+            body=generate_latest(self.metrics.registry), content_type="text/plain", charset="utf-8"
+        )
+
+    async def _serve_healthz(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"ready": self.health.ready}, status=200 if self.health.ready else 503
+        )
+
+    async def _serve_endpoints(self, request: web.Request) -> web.Response:
+        now = time.monotonic()
+        rows = []
+        for pool in self.store.pools():
+            for st in self.store.candidates(pool.key):
+                m = st.metrics
+                rows.append(
+                    {
+                        "pool": pool.key,
+                        "address": st.address,
+                        "pod": st.endpoint.pod,
+                        "healthy": st.healthy,
+                        "waiting": m.waiting,
+                        "running": m.running,
+                        "kv_usage": m.kv_usage,
+                        "gpu_utilization": st.gpu.utilization,
+                        "in_flight": st.in_flight,
+                        "in_flight_tokens": st.in_flight_tokens,
+                        "lora_active": sorted(m.lora_active),
+                        "lora_waiting": sorted(m.lora_waiting),
+                        "metrics_age_s": None if not m.scraped_at else round(now - m.scraped_at, 4),
+                    }
+                )
+        return web.json_response({"endpoints": rows})
+
+
+async def serve(config: ServeConfig) -> None:
+    """Run until SIGINT/SIGTERM."""
+    server = EppServer(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()
+
+
+def parse_endpoints(text: str) -> tuple[str, ...]:
+    items = tuple(a.strip() for a in text.split(",") if a.strip())
+    for item in items:
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"--endpoints: {item!r} is not ip:port")
+    return items
+
+
+def run_serve(config: ServeConfig) -> int:
+    try:
+        import uvloop
+
+        uvloop.run(serve(config))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+__all__: Sequence[str] = ("EppServer", "ServeConfig", "parse_endpoints", "run_serve", "serve")

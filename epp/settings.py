@@ -1,0 +1,43 @@
+"""Frozen settings, grouped per topic, with the upstream defaults.
+
+Read once at the edge (`epp.cli` turns flags into these); nothing else reads `os.environ`.
+Neighbours: every layer receives the group it needs from the composition root.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+BODY_CHUNK_BYTES = 62_000  # upstream BodyByteLimit: some Envoys cap a streamed chunk near 64 KB
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 9002
+    health_port: int = 9003
+    metrics_port: int = 9090
+    grace_seconds: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolSettings:
+    max_body_bytes: int = 16 * 1024 * 1024
+    chunk_bytes: int = BODY_CHUNK_BYTES
+    fallback_endpoints: int = 0  # how many fallbacks follow the primary in the destination list
+    trust_control_headers: bool = False  # honour client x-gateway-* headers (trusted gateways only)
+    require_registered_models: bool = False  # unknown model → 404 instead of default route
+
+
+@dataclass(frozen=True, slots=True)
+class SaturationSettings:
+    queue_depth: int = 5
+    kv_cache_util: float = 0.8
+    staleness_seconds: float = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    protocol: ProtocolSettings = field(default_factory=ProtocolSettings)
+    saturation: SaturationSettings = field(default_factory=SaturationSettings)

@@ -1,0 +1,219 @@
+"""One simulated model-server pod: its engine and engine loop, adapters, faults and fake metrics.
+
+`SimPod` is the runtime object behind one address. `epp.sim.server` routes HTTP requests into
+it; tests and `/sim/config` change it at runtime (`configure`, `set_speed`, ...). It owns the
+`RealtimeDriver` task that moves its `Engine` through time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import random
+from typing import Any, TypeVar
+
+import xxhash
+
+from epp.sim.driver import RealtimeDriver
+from epp.sim.engine import Engine, EngineConfig, Seq
+from epp.sim.kvcache import block_hashes
+from epp.sim.openai import ApiError, CompletionRequest
+from epp.sim.profiles import get_profile
+from epp.sim.spec import METRICS_FAULTS, FakeMetrics, Faults, SimPodSpec
+
+MIN_DRAWN_TOKENS = 32
+DRAWN_TOKENS_SPAN = 353  # drawn output lengths are uniform in [32, 384], mean ~208
+
+
+class SimPod:
+    def __init__(self, spec: SimPodSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.address = f"{spec.host}:{spec.port}"
+        self.profile = get_profile(spec.profile)
+        self.engine = Engine(
+            EngineConfig(
+                profile=self.profile,
+                speed=spec.speed,
+                num_gpu_blocks=spec.num_gpu_blocks,
+                block_size=spec.block_size,
+                max_num_seqs=spec.max_num_seqs,
+                max_num_batched_tokens=spec.max_num_batched_tokens,
+                max_loras=spec.max_loras,
+                max_model_len=spec.max_model_len,
+                lora_load_s=spec.lora_load_s,
+                prefix_caching=spec.prefix_caching,
+            )
+        )
+        self.driver = RealtimeDriver(self.engine, spec.flush_interval)
+        self.adapters: dict[str, str] = {}
+        for entry in spec.loras:
+            name, _, path = entry.partition("=")
+            self.adapters[name] = path or f"/adapters/{name}"
+        self.faults = Faults()
+        self.fake = FakeMetrics()
+        self.created = 0
+        self._rng = random.Random(spec.seed)
+        self._ids = itertools.count()
+        self._unhang = asyncio.Event()
+        self._unhang.set()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self.driver.run(), name=f"sim-engine-{self.name}"
+            )
+
+    async def stop(self) -> None:
+        self._unhang.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    # -- requests ---------------------------------------------------------------------------
+    def resolve_model(self, model: str) -> str | None:
+        """The adapter a request for `model` runs with (None = base model); 404 if unknown."""
+        if model == self.spec.model:
+            return None
+        if model in self.adapters:
+            return model
+        if self.spec.accept_any_model:
+            return None
+        raise ApiError(404, f"The model `{model}` does not exist.", "model")
+
+    def new_seq(self, req: CompletionRequest, adapter: str | None) -> Seq:
+        limit = self.engine.capacity_tokens()
+        if req.max_tokens is not None:
+            max_tokens, reason = req.max_tokens, "length"
+        else:
+            draw = xxhash.xxh64_intdigest(req.prompt, seed=self.spec.seed)
+            max_tokens = MIN_DRAWN_TOKENS + draw % DRAWN_TOKENS_SPAN
+            max_tokens, reason = min(max_tokens, limit - req.prompt_tokens), "stop"
+        if req.prompt_tokens + max(max_tokens, 1) > limit:
+            raise ApiError(
+                400,
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{req.prompt_tokens + max_tokens} tokens ({req.prompt_tokens} in the messages, "
+                f"{max_tokens} in the completion). Please reduce the length of the messages or "
+                "completion.",
+            )
+        salt = adapter or ""
+        hashes = block_hashes(req.prompt, req.prompt_tokens, self.spec.block_size, salt)
+        return Seq(
+            f"{next(self._ids)}", req.prompt_tokens, max_tokens, hashes, adapter, 0.0, reason
+        )
+
+    def should_fail(self) -> bool:
+        rate = self.faults.error_rate
+        return rate > 0 and self._rng.random() < rate
+
+    async def wait_unhung(self) -> None:
+        await self._unhang.wait()
+
+    # -- adapters ---------------------------------------------------------------------------
+    def load_adapter(self, name: str, path: str) -> None:
+        if name in self.adapters:
+            raise ApiError(400, f"The lora adapter '{name}' has already been loaded.", "lora_name")
+        self.adapters[name] = path
+
+    def unload_adapter(self, name: str) -> None:
+        if self.adapters.pop(name, None) is None:
+            raise ApiError(404, f"The lora adapter '{name}' cannot be found.", "lora_name")
+        self.engine.active_loras.pop(name, None)
+
+    # -- runtime control --------------------------------------------------------------------
+    def set_speed(self, speed: float) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self.engine.speed = speed
+
+    def set_faults(self, **changes: Any) -> None:
+        faults = dataclasses.replace(self.faults, **changes)
+        if not isinstance(faults.hang, bool) or not isinstance(faults.die_mid_stream, bool):
+            raise ValueError("hang and die_mid_stream must be booleans")
+        if not _is_number(faults.error_rate) or not 0.0 <= faults.error_rate <= 1.0:
+            raise ValueError("error_rate must be within [0, 1]")
+        if faults.metrics is not None and faults.metrics not in METRICS_FAULTS:
+            raise ValueError(f"metrics fault must be one of {METRICS_FAULTS} or null")
+        self.faults = faults
+        if faults.hang:
+            self._unhang.clear()
+        else:
+            self._unhang.set()
+
+    def set_fake_metrics(self, **changes: Any) -> None:
+        fake = dataclasses.replace(self.fake, **changes)
+        for v in (fake.waiting, fake.running, fake.kv_usage):
+            if v is not None and (not _is_number(v) or v < 0):
+                raise ValueError("fake metrics must be non-negative numbers or null")
+        self.fake = fake
+
+    def configure(self, body: Any) -> dict[str, Any]:
+        """Apply a `/sim/config` document; ValueError on a bad one (nothing applied then)."""
+        if not isinstance(body, dict):
+            raise ValueError("config must be a JSON object")
+        unknown = set(body) - {"speed", "faults", "fake_metrics"}
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        speed = body.get("speed")
+        if speed is not None and not _is_number(speed):
+            raise ValueError("speed must be a number")
+        faults = _merge(self.faults, body, "faults")
+        fake = _merge(self.fake, body, "fake_metrics")
+        old = (self.faults, self.fake)
+        try:
+            self.faults = Faults()
+            self.set_faults(**dataclasses.asdict(faults))
+            self.set_fake_metrics(**dataclasses.asdict(fake))
+            if speed is not None:
+                self.set_speed(float(speed))
+        except (ValueError, TypeError):
+            self.faults, self.fake = old
+            self.set_faults()
+            raise
+        return self.view()
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "address": self.address,
+            "model": self.spec.model,
+            "profile": self.profile.name,
+            "speed": self.engine.speed,
+            "faults": dataclasses.asdict(self.faults),
+            "fake_metrics": dataclasses.asdict(self.fake),
+            "adapters": sorted(self.adapters),
+        }
+
+
+_T = TypeVar("_T", Faults, FakeMetrics)
+
+
+def _merge(current: _T, body: dict[str, Any], key: str) -> _T:
+    if key not in body:
+        return current
+    changes = body[key]
+    if changes is None:
+        return type(current)()
+    if not isinstance(changes, dict):
+        raise ValueError(f"{key} must be an object or null")
+    names = {f.name for f in dataclasses.fields(current)}
+    unknown = set(changes) - names
+    if unknown:
+        raise ValueError(f"unknown {key} keys: {sorted(unknown)}")
+    defaults = type(current)()
+    fixed = {k: getattr(defaults, k) if v is None else v for k, v in changes.items()}
+    try:
+        return dataclasses.replace(current, **fixed)
+    except TypeError as e:
+        raise ValueError(str(e)) from None
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)

@@ -1,0 +1,67 @@
+"""Hot-path value types shared by every layer.
+
+Everything here is immutable: the datastore replaces an endpoint's metrics object whole, the
+scheduler reads a snapshot and never edits it. Neighbours: `epp.api` holds the resource model,
+`epp.datastore` assembles these into snapshots, `epp.scheduling` consumes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ENGINE_VLLM = "vllm"
+ENGINE_SGLANG = "sglang"
+ENGINE_TRTLLM = "trtllm-serve"
+ENGINE_TRITON = "triton-tensorrt-llm"
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointMetrics:
+    """What one scrape of a model server's /metrics said, plus when it was taken."""
+
+    waiting: int = 0
+    running: int = 0
+    kv_usage: float = 0.0  # fraction 0..1
+    max_lora: int = 0
+    lora_active: frozenset[str] = frozenset()
+    lora_waiting: frozenset[str] = frozenset()
+    block_size: int | None = None
+    num_gpu_blocks: int | None = None
+    scraped_at: float = 0.0  # time.monotonic() of the scrape; 0 = never scraped
+
+
+@dataclass(frozen=True, slots=True)
+class GpuMetrics:
+    """GPU utilization as Prometheus reports it for the pod (DCGM or nvidia exporter)."""
+
+    utilization: float | None = None  # percent 0..100, None = unknown
+    memory_used_fraction: float | None = None  # 0..1, None = unknown
+    sampled_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One schedulable target: a pod address on one of its pool's target ports."""
+
+    address: str  # "ip:port", or "[v6]:port"
+    pod: str  # "namespace/name" of the pod, or the address when there is no pod
+    pool: str  # "namespace/name" of the InferencePool
+    labels: tuple[tuple[str, str], ...] = ()
+    engine: str = ENGINE_VLLM
+    accelerator: str | None = None  # node label such as nvidia-tesla-v100
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointState:
+    """An endpoint with its latest signals, as the scheduler sees it in one snapshot."""
+
+    endpoint: Endpoint
+    metrics: EndpointMetrics = field(default_factory=EndpointMetrics)
+    gpu: GpuMetrics = field(default_factory=GpuMetrics)
+    in_flight: int = 0  # requests this EPP sent and that have not finished
+    in_flight_tokens: int = 0  # their estimated prompt + output tokens
+    healthy: bool = True
+
+    @property
+    def address(self) -> str:
+        return self.endpoint.address

@@ -1,0 +1,67 @@
+"""Small builders shared by the unit tests: pools, models, endpoint states, a director."""
+
+from __future__ import annotations
+
+import random
+import time
+
+from epp.api.model import ModelRoute, PodInfo, Pool, PoolDeployment, ResourceSet, SplitTarget
+from epp.datastore import Datastore
+from epp.director import Director
+from epp.scheduling.registry import build_default_profiles
+from epp.settings import ProtocolSettings, SaturationSettings
+from epp.types import Endpoint, EndpointMetrics, EndpointState
+
+SERVED = "meta-llama/Llama-2-7b-chat-hf"
+
+
+def pool(name: str = "llama2-gpu-pool", served: str | None = SERVED, port: int = 8000) -> Pool:
+    return Pool(
+        "default",
+        name,
+        (("app", name),),
+        (port,),
+        deployment=PoolDeployment(replicas=3, served_model=served) if served else None,
+    )
+
+
+def pod(name: str, ip: str, pool_name: str = "llama2-gpu-pool", ready: bool = True) -> PodInfo:
+    return PodInfo("default", name, (("app", pool_name),), ip, ready)
+
+
+def model(
+    name: str = "llama2-7b-chat",
+    pool_name: str = "llama2-gpu-pool",
+    priority: int = 0,
+    splits: tuple[SplitTarget, ...] = (),
+) -> ModelRoute:
+    return ModelRoute("default", name, name, f"default/{pool_name}", priority, splits=splits)
+
+
+def seed_store(n: int = 3, models: tuple[ModelRoute, ...] | None = None) -> Datastore:
+    store = Datastore()
+    pods = tuple(pod(f"p{i}", f"127.0.0.{i + 2}") for i in range(n))
+    store.apply_resources(
+        ResourceSet((pool(),), models if models is not None else (model(),), pods)
+    )
+    return store
+
+
+def fresh(waiting: int = 0, kv: float = 0.0, running: int = 0) -> EndpointMetrics:
+    return EndpointMetrics(waiting, running, kv, scraped_at=time.monotonic())
+
+
+def state(address: str, waiting: int = 0, kv: float = 0.0, in_flight: int = 0) -> EndpointState:
+    ep = Endpoint(address, address, "default/pool")
+    return EndpointState(ep, fresh(waiting, kv), in_flight=in_flight)
+
+
+def director(store: Datastore, seed: int = 1, protocol: ProtocolSettings | None = None) -> Director:
+    rng = random.Random(seed)
+    return Director(
+        store,
+        build_default_profiles(rng),
+        protocol or ProtocolSettings(),
+        SaturationSettings(),
+        rng=rng,
+    )

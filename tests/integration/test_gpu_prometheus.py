@@ -1,0 +1,241 @@
+"""GpuPoller against a real Prometheus (Debian package `prometheus`) scraping a DCGM-style exporter.
+
+The test starts /usr/bin/prometheus itself (temp config and TSDB, loopback port, 1 s scrapes). It
+scrapes either a small aiohttp exporter serving `DCGM_FI_DEV_GPU_UTIL{pod,namespace}` whose value
+rises when load is applied (the poller must see the rise, then degrade to "unknown" when
+Prometheus goes away), or the simulator's own DCGM exporter while completions keep one pod busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from epp.gpu import GpuPoller, GpuSettings
+from epp.sim.cluster import SimCluster, SimPodSpec
+from epp.types import GpuMetrics
+
+pytestmark = pytest.mark.integration
+
+
+def prometheus_binary() -> str:
+    found = shutil.which("prometheus") or (
+        "/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None
+    )
+    if found is None:
+        pytest.fail(
+            "Prometheus server binary not found: install Debian's package with "
+            "`apt-get install -y prometheus` (the test starts /usr/bin/prometheus itself)"
+        )
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Exporter:
+    """DCGM-like exporter: utilization and framebuffer per pod; `load()` makes pod a busy."""
+
+    util: dict[tuple[str, str | None], float] = field(
+        default_factory=lambda: {("sim-a", "default"): 5.0, ("sim-b", "default"): 10.0,
+                                 ("bare-pod", None): 42.0}
+    )  # fmt: skip
+    used_mib: float = 8_000.0
+
+    def load(self) -> None:
+        self.util[("sim-a", "default")] = 95.0
+        self.used_mib = 60_000.0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        lines = ["# TYPE DCGM_FI_DEV_GPU_UTIL gauge"]
+        for i, ((pod, ns), value) in enumerate(self.util.items()):
+            ns_label = f',namespace="{ns}"' if ns else ""
+            labels = f'{{gpu="{i}",UUID="GPU-{i}",pod="{pod}"{ns_label},container="vllm"}}'
+            lines.append(f"DCGM_FI_DEV_GPU_UTIL{labels} {value}")
+            lines.append(f"DCGM_FI_DEV_FB_USED{labels} {self.used_mib}")
+            lines.append(f"DCGM_FI_DEV_FB_FREE{labels} {80_000 - self.used_mib}")
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
+@dataclass
+class Sink:
+    latest: dict[str, GpuMetrics] = field(default_factory=dict)
+    calls: int = 0
+
+    def set_gpu(self, pod_key: str, gpu: GpuMetrics) -> None:
+        self.latest[pod_key] = gpu
+        self.calls += 1
+
+
+@pytest.fixture
+async def exporter() -> AsyncIterator[tuple[Exporter, int]]:
+    exp = Exporter()
+    app = web.Application()
+    app.router.add_get("/metrics", exp.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield exp, runner.addresses[0][1]
+    await runner.cleanup()
+
+
+@contextlib.contextmanager
+def run_prometheus(tmp_path: Path, target: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """Start /usr/bin/prometheus scraping `target` every second; stop it on exit."""
+    binary = prometheus_binary()
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n  - job_name: dcgm\n    scrape_interval: 1s\n    static_configs:\n"
+        f"      - targets: ['{target}']\n"
+    )
+    log_file = (tmp_path / "prometheus.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log_file.close()
+
+
+@pytest.fixture
+def prometheus(
+    tmp_path: Path, exporter: tuple[Exporter, int]
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    with run_prometheus(tmp_path, f"127.0.0.1:{exporter[1]}") as running:
+        yield running
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def util_of(sink: Sink, key: str) -> float | None:
+    gpu = sink.latest.get(key)
+    return None if gpu is None else gpu.utilization
+
+
+async def test_poller_sees_utilization_rise_then_unknown_when_prometheus_dies(
+    exporter: tuple[Exporter, int],
+    prometheus: tuple[subprocess.Popen[bytes], str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    exp, _ = exporter
+    proc, url = prometheus
+    sink = Sink()
+    poller = GpuPoller(sink, GpuSettings(prometheus_url=url, interval=0.3, timeout=1.0))
+    task = asyncio.create_task(poller.run())
+    caplog.set_level(logging.INFO, logger="epp.gpu")
+    try:
+        await wait_for(lambda: util_of(sink, "default/sim-a") == 5.0, 30, "first samples")
+        assert util_of(sink, "default/sim-b") == 10.0
+        assert util_of(sink, "bare-pod") == 42.0  # no namespace label: the bare pod name
+        memory = sink.latest["default/sim-a"].memory_used_fraction
+        assert memory == pytest.approx(0.1)
+
+        exp.load()
+        await wait_for(lambda: (util_of(sink, "default/sim-a") or 0) > 50, 15, "utilization rise")
+        assert util_of(sink, "default/sim-a") == 95.0
+        assert sink.latest["default/sim-a"].memory_used_fraction == pytest.approx(0.75)
+        assert util_of(sink, "default/sim-b") == 10.0
+
+        proc.terminate()
+        proc.wait(timeout=10)
+        await wait_for(lambda: util_of(sink, "default/sim-a") is None, 10, "unknown")
+        assert all(g.utilization is None for g in sink.latest.values())
+        calls = sink.calls
+        await asyncio.sleep(1.0)  # several failed polls: no crash, one log line, no new sets
+        assert not task.done()
+        assert sink.calls == calls
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, warnings
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_unreachable_prometheus_never_crashes(caplog: pytest.LogCaptureFixture) -> None:
+    sink = Sink()
+    settings = GpuSettings(prometheus_url=f"http://127.0.0.1:{free_port()}", interval=0.05)
+    task = asyncio.create_task(GpuPoller(sink, settings).run())
+    caplog.set_level(logging.INFO, logger="epp.gpu")
+    await asyncio.sleep(0.6)
+    assert not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert sink.latest == {}
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "unavailable" in warnings[0].getMessage()
+
+
+async def test_simulator_gpu_exporter_shows_load(tmp_path: Path) -> None:
+    specs = [SimPodSpec("127.0.0.1", 0, "sim-a"), SimPodSpec("127.0.0.1", 0, "sim-b")]
+    async with SimCluster(specs, gpu_exporter=("127.0.0.1", 0)) as cluster:
+        assert cluster.gpu_exporter_address is not None
+        with run_prometheus(tmp_path, cluster.gpu_exporter_address) as (_, url):
+            sink = Sink()
+            poller = GpuPoller(sink, GpuSettings(prometheus_url=url, interval=0.3, timeout=1.0))
+            task = asyncio.create_task(poller.run())
+            load: list[asyncio.Task[None]] = []
+            try:
+                await wait_for(lambda: "default/sim-a" in sink.latest, 30, "first samples")
+                idle = util_of(sink, "default/sim-a")
+                assert idle is not None and idle < 20
+                busy = cluster.pod("sim-a").address
+                load = [asyncio.create_task(keep_busy(busy, 20.0)) for _ in range(16)]
+                await wait_for(lambda: (util_of(sink, "default/sim-a") or 0) > 50, 20, "load")
+                assert (util_of(sink, "default/sim-b") or 0) < 20
+            finally:
+                for t in [*load, task]:
+                    t.cancel()
+                await asyncio.gather(*load, task, return_exceptions=True)
+
+
+async def keep_busy(address: str, seconds: float) -> None:
+    """Send long completions to one simulated pod back to back, for at most `seconds`."""
+    body = {"model": "meta-llama/Llama-2-7b-chat-hf", "prompt": "hello " * 200,
+            "max_tokens": 256, "ignore_eos": True}  # fmt: skip
+    deadline = time.monotonic() + seconds
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            async with session.post(f"http://{address}/v1/completions", json=body) as resp:
+                await resp.read()

@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from epp.api.model import PRIORITY_CRITICAL, PRIORITY_SHEDDABLE, SplitTarget
+from epp.datastore import Datastore
+from epp.errors import BadRequest, ModelNotFound, NoEndpoints, RequestTooLarge, Shed
+from epp.settings import ProtocolSettings
+from tests.factories import SERVED, director, fresh, model, pool, seed_store
+
+CHAT = orjson.dumps({"model": "llama2-7b-chat", "messages": [{"role": "user", "content": "hi"}]})
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b"", "empty"),
+        (b'{"messages": []}', "model not found in request body"),
+        (b'{"model": 7}', "non-empty string"),
+        (b'{"model": ""}', "non-empty string"),
+    ],
+)
+def test_bad_bodies_are_400_with_a_message(body: bytes, message: str) -> None:
+    with pytest.raises(BadRequest, match=message) as info:
+        director(seed_store()).handle({}, body)
+    assert info.value.status == 400
+
+
+def test_body_over_the_limit_is_413() -> None:
+    d = director(seed_store(), protocol=ProtocolSettings(max_body_bytes=10))
+    with pytest.raises(RequestTooLarge):
+        d.handle({}, CHAT)
+
+
+def test_model_is_rewritten_to_the_served_name_only_when_it_differs() -> None:
+    d = director(seed_store())
+    decision = d.handle({"x-request-id": "r1"}, CHAT)
+    assert decision.target_model == SERVED
+    assert orjson.loads(decision.body)["model"] == SERVED
+    assert decision.request_id == "r1"
+    served_body = orjson.dumps({"model": SERVED, "messages": []})
+    assert d.handle({}, served_body).body is served_body  # not re-serialized
+
+
+def test_least_loaded_endpoint_wins_and_in_flight_counts_at_once() -> None:
+    store = seed_store()
+    store.set_metrics("127.0.0.2:8000", fresh(waiting=9, kv=0.9))
+    store.set_metrics("127.0.0.3:8000", fresh(waiting=0, kv=0.1))
+    store.set_metrics("127.0.0.4:8000", fresh(waiting=4, kv=0.5))
+    d = director(store)
+    first = d.handle({}, CHAT)
+    assert first.endpoints == ("127.0.0.3:8000",)
+    assert store.in_flight("127.0.0.3:8000") == 1
+    d.finish(first)
+    d.finish(first)  # idempotent
+    assert store.in_flight("127.0.0.3:8000") == 0
+
+
+def test_burst_spreads_by_in_flight_before_metrics_catch_up() -> None:
+    store = seed_store()
+    for address in ("127.0.0.2:8000", "127.0.0.3:8000", "127.0.0.4:8000"):
+        store.set_metrics(address, fresh())
+    d = director(store)
+    picks = [d.handle({}, CHAT).endpoints[0] for _ in range(9)]
+    assert sorted(picks.count(a) for a in set(picks)) == [3, 3, 3]
+
+
+def test_unknown_model_goes_to_the_only_pool_unless_registration_is_required() -> None:
+    store = seed_store()
+    other = orjson.dumps({"model": "someone-else", "prompt": "x"})
+    assert director(store).handle({}, other).pool == "default/llama2-gpu-pool"
+    strict = director(store, protocol=ProtocolSettings(require_registered_models=True))
+    with pytest.raises(ModelNotFound) as info:
+        strict.handle({}, other)
+    assert info.value.status == 404
+
+
+def test_canary_split_lands_within_one_point_of_its_weight() -> None:
+    store = Datastore()
+    from epp.api.model import ResourceSet
+    from tests.factories import pod
+
+    splits = (
+        SplitTarget(90, "default/llama2-gpu-pool", version="stable"),
+        SplitTarget(10, "default/canary", version="canary"),
+    )
+    store.apply_resources(
+        ResourceSet(
+            (pool(), pool("canary")),
+            (model(splits=splits),),
+            (pod("a", "127.0.0.2"), pod("b", "127.0.0.3", "canary")),
+        )
+    )
+    d = director(store, seed=7)
+    versions = []
+    for _ in range(10_000):
+        decision = d.handle({}, CHAT)
+        versions.append(decision.version)
+        d.finish(decision)
+    share = versions.count("canary") / len(versions)
+    assert 0.09 <= share <= 0.11
+    assert {d.handle({}, CHAT).pool for _ in range(200)} == {
+        "default/llama2-gpu-pool",
+        "default/canary",
+    }
+
+
+def test_sheddable_is_shed_when_saturated_but_critical_is_not() -> None:
+    for priority, shed in ((PRIORITY_SHEDDABLE, True), (PRIORITY_CRITICAL, False)):
+        store = seed_store(models=(model(priority=priority),))
+        for address in ("127.0.0.2:8000", "127.0.0.3:8000", "127.0.0.4:8000"):
+            store.set_metrics(address, fresh(waiting=50, kv=0.95))
+        d = director(store)
+        if shed:
+            with pytest.raises(Shed) as info:
+                d.handle({}, CHAT)
+            assert info.value.status == 429
+        else:
+            assert d.handle({}, CHAT).endpoints
+
+
+def test_sheddable_is_admitted_when_one_pod_has_room() -> None:
+    store = seed_store(models=(model(priority=PRIORITY_SHEDDABLE),))
+    store.set_metrics("127.0.0.2:8000", fresh(waiting=50, kv=0.95))
+    store.set_metrics("127.0.0.3:8000", fresh(waiting=1, kv=0.2))
+    store.set_metrics("127.0.0.4:8000", fresh(waiting=30, kv=0.9))
+    assert director(store).handle({}, CHAT).endpoints == ("127.0.0.3:8000",)
+
+
+def test_subset_hint_limits_the_choice_and_empty_match_is_503() -> None:
+    d = director(seed_store())
+    for _ in range(20):
+        decision = d.handle({}, CHAT, subset=["127.0.0.4:8000"])
+        assert decision.endpoints == ("127.0.0.4:8000",)
+        d.finish(decision)
+    assert d.handle({}, CHAT, subset=["127.0.0.3"]).endpoints == ("127.0.0.3:8000",)
+    with pytest.raises(NoEndpoints) as info:
+        d.handle({}, CHAT, subset=["10.9.9.9:8000"])
+    assert info.value.status == 503
+    with pytest.raises(NoEndpoints):
+        d.handle({}, CHAT, subset=[])
+
+
+def test_unhealthy_endpoints_are_skipped_and_none_left_is_503() -> None:
+    store = seed_store()
+    store.set_health("127.0.0.2:8000", False)
+    store.set_health("127.0.0.3:8000", False)
+    d = director(store)
+    assert {d.handle({}, CHAT).endpoints[0] for _ in range(10)} == {"127.0.0.4:8000"}
+    store.set_health("127.0.0.4:8000", False)
+    with pytest.raises(NoEndpoints):
+        d.handle({}, CHAT)
+
+
+def test_fallback_endpoints_follow_the_primary() -> None:
+    d = director(seed_store(), protocol=ProtocolSettings(fallback_endpoints=2))
+    decision = d.handle({}, CHAT)
+    assert len(decision.endpoints) == 3
+    assert len(set(decision.endpoints)) == 3

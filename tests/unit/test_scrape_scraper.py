@@ -1,0 +1,168 @@
+"""Scraper loop logic with an in-memory fetch: health transitions, backoff, restarts, targets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from epp.scrape.scraper import ScrapeError, Scraper, ScrapeSettings
+from epp.types import ENGINE_SGLANG, Endpoint, EndpointMetrics
+
+PAGE = b"vllm:num_requests_waiting 2\nvllm:num_requests_running 1\nvllm:kv_cache_usage_perc 0.5\n"
+FAST = ScrapeSettings(interval=0.01, jitter=0.0, unhealthy_after=3, backoff_max=0.08)
+
+
+@dataclass
+class FakePods:
+    """Fetch twin: answers PAGE for every URL unless the address is marked failing."""
+
+    failing: set[str] = field(default_factory=set)
+    calls: dict[str, int] = field(default_factory=dict)
+    urls: set[str] = field(default_factory=set)
+
+    async def __call__(self, url: str) -> bytes:
+        address = url.split("/")[2]
+        self.calls[address] = self.calls.get(address, 0) + 1
+        self.urls.add(url)
+        await asyncio.sleep(0)
+        if address in self.failing:
+            raise ScrapeError("HTTP 503")
+        return PAGE
+
+
+@dataclass
+class Sink:
+    metrics: dict[str, EndpointMetrics] = field(default_factory=dict)
+    health: list[tuple[str, bool]] = field(default_factory=list)
+    explode_once: bool = False
+
+    def set_metrics(self, address: str, metrics: EndpointMetrics) -> None:
+        if self.explode_once:
+            self.explode_once = False
+            raise RuntimeError("datastore bug")
+        self.metrics[address] = metrics
+
+    def set_health(self, address: str, healthy: bool) -> None:
+        self.health.append((address, healthy))
+
+
+def ep(address: str, engine: str = "vllm") -> Endpoint:
+    return Endpoint(address=address, pod=address, pool="ns/pool", engine=engine)
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_unhealthy_after_n_failures_and_back() -> None:
+    pods, sink = FakePods(failing={"10.0.0.1:8000"}), Sink()
+    task = asyncio.create_task(Scraper(sink, lambda: [ep("10.0.0.1:8000")], FAST, fetch=pods).run())
+    await wait_for(lambda: ("10.0.0.1:8000", False) in sink.health)
+    assert pods.calls["10.0.0.1:8000"] >= FAST.unhealthy_after
+    assert "10.0.0.1:8000" not in sink.metrics
+    pods.failing.clear()
+    await wait_for(lambda: ("10.0.0.1:8000", True) in sink.health)
+    assert sink.metrics["10.0.0.1:8000"].waiting == 2
+    assert sink.health == [("10.0.0.1:8000", False), ("10.0.0.1:8000", True)]
+    await stop(task)
+
+
+async def test_failing_pod_is_backed_off() -> None:
+    pods, sink = FakePods(failing={"a:1"}), Sink()
+    task = asyncio.create_task(
+        Scraper(sink, lambda: [ep("a:1"), ep("b:1")], FAST, fetch=pods).run()
+    )
+    await asyncio.sleep(0.5)
+    await stop(task)
+    # healthy pod: ~50 scrapes at 10 ms; failing one: 20, 40, 80, 80 ms ... waits, about 8
+    assert pods.calls["b:1"] > 25
+    assert pods.calls["a:1"] < 15
+
+
+async def test_crashed_loop_is_restarted(caplog: pytest.LogCaptureFixture) -> None:
+    pods, sink = FakePods(), Sink(explode_once=True)
+    task = asyncio.create_task(Scraper(sink, lambda: [ep("a:1")], FAST, fetch=pods).run())
+    await wait_for(lambda: "a:1" in sink.metrics)
+    await stop(task)
+    assert any("died" in r.getMessage() for r in caplog.records)
+
+
+async def test_health_survives_endpoint_change() -> None:
+    pods, sink = FakePods(failing={"a:1"}), Sink()
+    targets = [ep("a:1")]
+    task = asyncio.create_task(Scraper(sink, lambda: targets, FAST, fetch=pods).run())
+    await wait_for(lambda: ("a:1", False) in sink.health)
+    targets[0] = ep("a:1", ENGINE_SGLANG)  # relabelled pod: its loop restarts with the new engine
+    await asyncio.sleep(0.05)
+    pods.failing.clear()
+    targets[0] = ep("a:1")
+    await wait_for(lambda: ("a:1", True) in sink.health)
+    await stop(task)
+
+
+async def test_unexpected_fetch_error_does_not_stop_loop() -> None:
+    calls = 0
+
+    async def flaky(url: str) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            raise KeyError("bug in a fetch twin")
+        return PAGE
+
+    sink = Sink()
+    task = asyncio.create_task(Scraper(sink, lambda: [ep("a:1")], FAST, fetch=flaky).run())
+    await wait_for(lambda: "a:1" in sink.metrics)
+    await stop(task)
+    assert calls >= 3
+
+
+async def test_cancel_stops_every_loop() -> None:
+    pods, sink = FakePods(), Sink()
+    task = asyncio.create_task(
+        Scraper(sink, lambda: [ep(f"p{i}:1") for i in range(20)], FAST, fetch=pods).run()
+    )
+    await wait_for(lambda: len(sink.metrics) == 20)
+    await stop(task)
+    before = sum(pods.calls.values())
+    await asyncio.sleep(0.05)
+    assert sum(pods.calls.values()) == before
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("scrape ")]
+
+
+def test_settings_validation() -> None:
+    assert ScrapeSettings().path_for("trtllm-serve") == "/prometheus/metrics"
+    assert ScrapeSettings().path_for("vllm") == "/metrics"
+    for bad in (
+        {"interval": 0},
+        {"jitter": 1.0},
+        {"max_concurrency": 0},
+        {"backoff_max": 0.01},
+        {"unhealthy_after": 0},
+    ):
+        with pytest.raises(ValueError):
+            ScrapeSettings(**bad)
+
+
+async def test_logs_once_per_outage(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="epp.scrape.scraper")
+    pods, sink = FakePods(failing={"a:1"}), Sink()
+    task = asyncio.create_task(Scraper(sink, lambda: [ep("a:1")], FAST, fetch=pods).run())
+    await wait_for(lambda: pods.calls.get("a:1", 0) >= 6)
+    await stop(task)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "HTTP 503" in warnings[0].getMessage()
