@@ -4,6 +4,7 @@ epp serve      the endpoint picker (ext_proc gRPC, health, metrics)
 epp sim        simulated vLLM pods
 epp up         the local stack: simulated pods + EPP + Envoy from a manifests folder
 epp validate   check manifests (schema + semantics)
+epp top        live view of each endpoint as the EPP sees it
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from epp.settings import ProtocolSettings, SaturationSettings, ServerSettings, Settings
@@ -44,6 +46,13 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     p.add_argument("--scrape-interval", type=float, default=0.05, help="seconds between scrapes")
     p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024)
+    p.add_argument(
+        "--prometheus-url",
+        default=None,
+        help="Prometheus to query for GPU utilization (DCGM), e.g. http://prometheus:9090",
+    )
+    p.add_argument("--gpu-query", default=None, help="PromQL giving GPU utilization %% by pod")
+    p.add_argument("--gpu-interval", type=float, default=5.0)
     p.add_argument("--sd-queue-depth", type=int, default=5)
     p.add_argument("--sd-kv-cache-util", type=float, default=0.8)
     p.add_argument("--sd-staleness", type=float, default=0.2)
@@ -71,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     _up_parser(sub)
     sim = sub.add_parser("sim", help="run simulated vLLM pods", add_help=False)
     sim.add_argument("rest", nargs=argparse.REMAINDER)
+    top = sub.add_parser("top", help="live view of what the EPP sees of each endpoint")
+    top.add_argument("--url", default="http://127.0.0.1:9090", help="the EPP's metrics address")
+    top.add_argument("--interval", type=float, default=1.0)
+    top.add_argument("--once", action="store_true", help="print one table and exit")
     validate = sub.add_parser("validate", help="validate manifests")
     validate.add_argument("paths", nargs="+")
     return parser
@@ -90,6 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "up":
         return _up(args)
+    if args.command == "top":
+        from epp.top import run as run_top
+
+        return run_top(args.url, args.interval, args.once)
     if args.command == "validate":
         from epp.validate import run as run_validate
 
@@ -108,6 +125,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not endpoints and not args.manifests:
         print("epp serve: give --manifests PATH or --endpoints IP:PORT,...", file=sys.stderr)
         return 2
+    from epp.gpu import GpuSettings
     from epp.scrape.scraper import ScrapeSettings
 
     settings = Settings(
@@ -121,9 +139,11 @@ def _serve(args: argparse.Namespace) -> int:
             args.sd_queue_depth, args.sd_kv_cache_util, args.sd_staleness
         ),
     )
-    config = ServeConfig(
-        settings, tuple(args.manifests), endpoints, ScrapeSettings(interval=args.scrape_interval)
-    )
+    gpu = GpuSettings(prometheus_url=args.prometheus_url, interval=args.gpu_interval)
+    if args.gpu_query:
+        gpu = replace(gpu, query=args.gpu_query)
+    scrape = ScrapeSettings(interval=args.scrape_interval)
+    config = ServeConfig(settings, tuple(args.manifests), endpoints, scrape, gpu)
     return run_serve(config)
 
 

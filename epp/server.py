@@ -12,18 +12,20 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health_pb2_grpc
 from prometheus_client import generate_latest
 
-from epp.api.model import Pool
+from epp.api.model import Pool, ResourceSet
 from epp.datastore import Datastore
 from epp.director import Director
 from epp.extproc.service import ExternalProcessor, add_to_server
+from epp.gpu import GpuPoller, GpuSettings
 from epp.health import Health
 from epp.observability import EppMetrics
 from epp.scheduling.registry import build_default_profiles
@@ -42,6 +44,7 @@ class ServeConfig:
     manifests: tuple[str, ...] = ()
     endpoints: tuple[str, ...] = ()  # serve exactly these addresses as one pool, no manifests
     scrape: ScrapeSettings = field(default_factory=ScrapeSettings)
+    gpu: GpuSettings = field(default_factory=GpuSettings)
     reload_interval: float = 0.5
 
 
@@ -84,7 +87,9 @@ class EppServer:
         self.metrics_port = self._http.addresses[0][1]
         await self._load_resources()
         scraper = Scraper(self.store, self.store.endpoints, self.config.scrape)
-        self._tasks.append(asyncio.create_task(self._guard("scraper", scraper.run())))
+        self._spawn("scraper", scraper.run())
+        if self.config.gpu.prometheus_url:
+            self._spawn("gpu", GpuPoller(self.store, self.config.gpu).run())
         log.info(
             "epp serving ext_proc on %s:%d, health on %d, metrics on %d",
             s.grpc_host,
@@ -99,13 +104,10 @@ class EppServer:
         if self.config.manifests:
             source = FolderSource(self.config.manifests, self.config.reload_interval)
             self._apply(source.current())
-            self._tasks.append(asyncio.create_task(self._guard("resources", self._watch(source))))
+            self._spawn("resources", self._watch(source))
         await self.health.set_ready(self.store.synced)
 
-    def _apply(self, resources: object) -> None:
-        from epp.api.model import ResourceSet
-
-        assert isinstance(resources, ResourceSet)
+    def _apply(self, resources: ResourceSet) -> None:
         for problem in resources.problems:
             log.warning("manifest problem: %s", problem)
         self.store.apply_resources(resources)
@@ -120,9 +122,12 @@ class EppServer:
         async for resources in source.watch():
             self._apply(resources)
 
-    async def _guard(self, name: str, job: object) -> None:
+    def _spawn(self, name: str, job: Coroutine[Any, Any, None]) -> None:
+        self._tasks.append(asyncio.create_task(self._guard(name, job), name=name))
+
+    @staticmethod
+    async def _guard(name: str, job: Coroutine[Any, Any, None]) -> None:
         """Run a background loop; a crash is logged at once, cancellation propagates."""
-        assert asyncio.iscoroutine(job)
         try:
             await job
         except asyncio.CancelledError:

@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -27,6 +28,7 @@ SECONDS = 15.0
 WARMUP = 3.0
 TOKENS = 200
 TICK = os.sysconf("SC_CLK_TCK")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -82,7 +84,7 @@ async def load(addresses: list[str], pid: int) -> dict[str, float]:
 
 def run_bench(extra: list[str]) -> dict[str, float]:
     cmd = [sys.executable, "-m", "epp.sim.main", "--replicas", str(PODS), "--port", "0", *extra]
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT) as proc:
         try:
             assert proc.stdout is not None
             addresses = []

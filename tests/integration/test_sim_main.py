@@ -6,11 +6,13 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_process_serves_and_stops_cleanly_on_sigterm() -> None:
@@ -18,7 +20,9 @@ def test_process_serves_and_stops_cleanly_on_sigterm() -> None:
         sys.executable, "-m", "epp.sim.main", "--pods", "127.0.0.2:0,127.0.0.3:0",
         "--pod-option", "1:speed=0.5", "--gpu-exporter-port", "0", "--lora", "sql-lora",
     ]  # fmt: skip
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+    ) as proc:
         try:
             assert proc.stdout is not None
             lines = [proc.stdout.readline() for _ in range(3)]

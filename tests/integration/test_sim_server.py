@@ -268,7 +268,7 @@ async def test_queue_builds_up_and_drains_in_real_time(http: aiohttp.ClientSessi
 
         async def call() -> int:
             async with http.post(f"{base}/v1/chat/completions", json=chat(max_tokens=40)) as r:
-                return (await r.json())["usage"]["completion_tokens"]
+                return int((await r.json())["usage"]["completion_tokens"])
 
         tasks = [asyncio.ensure_future(call()) for _ in range(6)]
         await asyncio.sleep(0.05)

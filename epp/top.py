@@ -1,0 +1,65 @@
+"""`epp top`: a live table of what the EPP sees of each endpoint, read from its debug endpoint.
+
+Reads `GET /debug/endpoints` on the EPP's metrics port (see `epp.server`) and prints queue,
+running, KV %, GPU %, in-flight, LoRA adapters, metrics age and health per endpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
+
+import httpx
+
+COLUMNS = (
+    ("POOL", 22), ("ENDPOINT", 22), ("HEALTH", 7), ("QUEUE", 6), ("RUN", 5), ("KV%", 6),
+    ("GPU%", 6), ("INFLIGHT", 9), ("TOKENS", 8), ("AGE", 8), ("LORA", 20),
+)  # fmt: skip
+
+
+def _pct(value: object, scale: float = 1.0) -> str:
+    return f"{float(value) * scale:5.1f}" if isinstance(value, int | float) else "    -"
+
+
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    head = " ".join(name.ljust(width) for name, width in COLUMNS)
+    lines = [head]
+    for r in rows:
+        age = r.get("metrics_age_s")
+        lora = ",".join(r.get("lora_active", [])) + (
+            " (+" + ",".join(r["lora_waiting"]) + ")" if r.get("lora_waiting") else ""
+        )
+        cells = (
+            r.get("pool", ""), r.get("address", ""), "ok" if r.get("healthy") else "DOWN",
+            str(r.get("waiting", 0)), str(r.get("running", 0)), _pct(r.get("kv_usage"), 100),
+            _pct(r.get("gpu_utilization")), str(r.get("in_flight", 0)),
+            str(r.get("in_flight_tokens", 0)),
+            "never" if age is None else f"{age * 1000:.0f}ms", lora or "-",
+        )  # fmt: skip
+        lines.append(
+            " ".join(str(c)[:w].ljust(w) for c, (_, w) in zip(cells, COLUMNS, strict=True))
+        )
+    return "\n".join(lines)
+
+
+def run(url: str, interval: float, once: bool, out: TextIO = sys.stdout) -> int:
+    endpoint = url.rstrip("/") + "/debug/endpoints"
+    with httpx.Client(timeout=2.0) as client:
+        while True:
+            try:
+                rows = client.get(endpoint).raise_for_status().json()["endpoints"]
+            except (httpx.HTTPError, ValueError, KeyError) as exc:
+                print(f"epp top: cannot read {endpoint}: {exc}", file=sys.stderr)
+                return 1
+            if not once:
+                out.write("\x1b[2J\x1b[H")
+            out.write(format_table(rows) + "\n")
+            out.flush()
+            if once:
+                return 0
+            try:
+                time.sleep(interval)
+            except KeyboardInterrupt:
+                return 0
