@@ -27,12 +27,18 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self,
         request_iterator: AsyncIterator[pb.ProcessingRequest],
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
-    ) -> AsyncIterator[pb.ProcessingResponse]:
+    ) -> None:
+        # Explicit read/write is markedly cheaper than an async-generator servicer in grpc.aio
+        # (measured: about 1.4 times the throughput behind Envoy; tests/bench/test_bench_extproc).
         stream = RequestStream(self._director, self._metrics, self._protocol)
+        read, write = context.read, context.write
         try:
-            async for request in request_iterator:
+            while True:
+                request = await read()
+                if request is grpc.aio.EOF:  # type: ignore[attr-defined]
+                    break
                 for reply in stream.on_message(request):
-                    yield reply
+                    await write(reply)
         finally:
             stream.close()
 
