@@ -2,6 +2,7 @@
 
 epp serve      the endpoint picker (ext_proc gRPC, health, metrics)
 epp sim        simulated vLLM pods
+epp controlplane  xDS server: Gateway / HTTPRoute / inference resources → Envoy config
 epp up         the local stack: simulated pods + EPP + Envoy from a manifests folder
 epp validate   check manifests (schema + semantics)
 epp top        live view of each endpoint as the EPP sees it
@@ -36,9 +37,21 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     p.add_argument("--host", default="127.0.0.1", help="address the gRPC and HTTP ports bind")
     p.add_argument("--grpc-port", type=int, default=9002)
-    p.add_argument("--health-port", type=int, default=9003)
+    p.add_argument("--health-port", "--grpc-health-port", type=int, default=9003)
     p.add_argument("--metrics-port", type=int, default=9090)
+    p.add_argument("--secure-serving", action="store_true", help="serve ext_proc over TLS")
+    p.add_argument(
+        "--cert-path",
+        default=None,
+        help="folder with tls.crt and tls.key (default: a self-signed certificate)",
+    )
     p.add_argument("--fallback-endpoints", type=int, default=0)
+    p.add_argument(
+        "--trust-control-headers",
+        action="store_true",
+        help="honour x-gateway-destination-endpoint-subset / x-gateway-model-name-rewrite "
+        "request headers (only behind a trusted gateway that strips them from clients)",
+    )
     p.add_argument(
         "--require-registered-models",
         action="store_true",
@@ -68,6 +81,7 @@ def _up_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--metrics-port", type=int, default=9090)
     p.add_argument("--run-dir", type=Path, default=None, help="where logs and configs go")
     p.add_argument("--fail-open", action="store_true", help="Envoy failure_mode_allow: true")
+    p.add_argument("--secure-serving", action="store_true", help="ext_proc over TLS")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     _up_parser(sub)
     sim = sub.add_parser("sim", help="run simulated vLLM pods", add_help=False)
     sim.add_argument("rest", nargs=argparse.REMAINDER)
+    cp = sub.add_parser(
+        "controlplane", help="xDS control plane: Gateway/HTTPRoute → Envoy", add_help=False
+    )
+    cp.add_argument("rest", nargs=argparse.REMAINDER)
     top = sub.add_parser("top", help="live view of what the EPP sees of each endpoint")
     top.add_argument("--url", default="http://127.0.0.1:9090", help="the EPP's metrics address")
     top.add_argument("--interval", type=float, default=1.0)
@@ -91,10 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] == ["sim"] or (args_list[2:3] == ["sim"] and args_list[0] == "--log-level"):
-        from epp.sim.main import run as run_sim
+    # programs with their own flags: everything after the subcommand is theirs
+    command = args_list[2:3] if args_list[:1] == ["--log-level"] else args_list[:1]
+    if command in (["sim"], ["controlplane"]):
+        rest = args_list[args_list.index(command[0]) + 1 :]
+        if command == ["sim"]:
+            from epp.sim.main import run as run_sim
 
-        return run_sim(args_list[args_list.index("sim") + 1 :])
+            return run_sim(rest)
+        from epp.controlplane.main import run as run_controlplane
+
+        return run_controlplane(rest)
     args = build_parser().parse_args(args_list)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -129,11 +154,19 @@ def _serve(args: argparse.Namespace) -> int:
     from epp.scrape.scraper import ScrapeSettings
 
     settings = Settings(
-        server=ServerSettings(args.host, args.grpc_port, args.health_port, args.metrics_port),
+        server=ServerSettings(
+            args.host,
+            args.grpc_port,
+            args.health_port,
+            args.metrics_port,
+            secure_serving=args.secure_serving or bool(args.cert_path),
+            cert_path=args.cert_path,
+        ),
         protocol=ProtocolSettings(
             max_body_bytes=args.max_body_bytes,
             fallback_endpoints=args.fallback_endpoints,
             require_registered_models=args.require_registered_models,
+            trust_control_headers=args.trust_control_headers,
         ),
         saturation=SaturationSettings(
             args.sd_queue_depth, args.sd_kv_cache_util, args.sd_staleness
@@ -142,7 +175,9 @@ def _serve(args: argparse.Namespace) -> int:
     gpu = GpuSettings(prometheus_url=args.prometheus_url, interval=args.gpu_interval)
     if args.gpu_query:
         gpu = replace(gpu, query=args.gpu_query)
-    scrape = ScrapeSettings(interval=args.scrape_interval)
+    scrape = ScrapeSettings(
+        interval=args.scrape_interval, backoff_max=max(2.0, args.scrape_interval)
+    )
     config = ServeConfig(settings, tuple(args.manifests), endpoints, scrape, gpu)
     return run_serve(config)
 
@@ -160,6 +195,7 @@ def _up(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         run_dir=args.run_dir,
         failure_mode_allow=args.fail_open,
+        epp_tls=args.secure_serving,
     )
     try:
         import uvloop

@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2_grpc
 from prometheus_client import generate_latest
 
 from epp.api.model import Pool, ResourceSet
+from epp.certs import load_pair, self_signed
 from epp.datastore import Datastore
 from epp.director import Director
 from epp.extproc.service import ExternalProcessor, add_to_server
@@ -75,7 +76,13 @@ class EppServer:
             ExternalProcessor(self.director, self.metrics, self.config.settings.protocol),
             self._grpc,
         )
-        self.grpc_port = self._grpc.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
+        address = f"{s.grpc_host}:{s.grpc_port}"
+        if s.secure_serving:
+            cert, key = load_pair(s.cert_path) if s.cert_path else self_signed()
+            credentials = grpc.ssl_server_credentials([(key, cert)])
+            self.grpc_port = self._grpc.add_secure_port(address, credentials)
+        else:
+            self.grpc_port = self._grpc.add_insecure_port(address)
         self._health_server = grpc.aio.server()
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._health_server)
         self.health_port = self._health_server.add_insecure_port(f"{s.grpc_host}:{s.health_port}")
@@ -106,7 +113,14 @@ class EppServer:
             source = FolderSource(self.config.manifests, self.config.reload_interval)
             self._apply(source.current())
             self._spawn("resources", self._watch(source))
-        await self.health.set_ready(self.store.synced)
+        await self._update_readiness()
+
+    async def _update_readiness(self) -> None:
+        """Ready once resources were read and at least one pool exists to serve."""
+        ready = self.store.synced and bool(self.store.pools())
+        if ready != self.health.ready:
+            log.info("readiness: %s", "SERVING" if ready else "NOT_SERVING")
+            await self.health.set_ready(ready)
 
     def _apply(self, resources: ResourceSet) -> None:
         for problem in resources.problems:
@@ -122,6 +136,7 @@ class EppServer:
     async def _watch(self, source: FolderSource) -> None:
         async for resources in source.watch():
             self._apply(resources)
+            await self._update_readiness()
 
     def _spawn(self, name: str, job: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(self._guard(name, job), name=name))
@@ -139,6 +154,7 @@ class EppServer:
 
     async def stop(self) -> None:
         await self.health.shutting_down()
+        await asyncio.sleep(self.config.settings.server.drain_seconds)
         grace = self.config.settings.server.grace_seconds
         if self._grpc is not None:
             await self._grpc.stop(grace)

@@ -41,8 +41,10 @@ def render_bootstrap(
     failure_mode_allow: bool = False,
     fallback: Sequence[tuple[str, int]] = (),
     source: Path = BOOTSTRAP,
+    ext_proc_tls: bool = False,
 ) -> dict[str, Any]:
-    """The bootstrap with this run's ports; `fallback` = the pods used when failing open."""
+    """The bootstrap with this run's ports and pods (`fallback`: the pool's pods, the only hosts
+    the EPP's pick may name, and the ones spread over when failing open)."""
     config: dict[str, Any] = yaml.safe_load(source.read_text())
     config["admin"]["address"]["socket_address"].update(address=ports.host, port_value=ports.admin)
     listener = config["static_resources"]["listeners"][0]
@@ -58,11 +60,22 @@ def render_bootstrap(
                 modes.update(request_body_mode="BUFFERED", response_body_mode="STREAMED")
                 listener["per_connection_buffer_limit_bytes"] = FAIL_OPEN_BUFFER_BYTES
     for cluster in config["static_resources"]["clusters"]:
-        if cluster["name"] == "pool_fallback" and fallback:
+        if cluster["name"] == "pool" and fallback:
             cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] = [
                 {"endpoint": {"address": {"socket_address": {"address": h, "port_value": p}}}}
                 for h, p in fallback
             ]
+        if cluster["name"] == "ext_proc" and ext_proc_tls:
+            # The EPP serves a self-signed certificate by default (as upstream): encrypt, and
+            # accept it as the upstream gateways do (Istio DestinationRule insecureSkipVerify).
+            cluster["transport_socket"] = {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
+                    ".UpstreamTlsContext",
+                    "common_tls_context": {"alpn_protocols": ["h2"]},
+                },
+            }
         if cluster["name"] == "ext_proc":
             address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
             address["endpoint"]["address"]["socket_address"].update(

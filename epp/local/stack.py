@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from epp.sim.cluster import SimCluster, SimPodSpec
 
 REPO = Path(__file__).resolve().parents[2]
 SEED_EXAMPLE = REPO / "examples" / "seed"
+DEFAULT_MODEL = "meta-llama/Llama-2-7b-chat-hf"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,35 +45,67 @@ class StackConfig:
     default_replicas: int = 2
     run_dir: Path | None = None
     failure_mode_allow: bool = False
+    epp_tls: bool = False  # ext_proc over TLS (self-signed), Envoy configured to use it
     epp_args: tuple[str, ...] = ()
     sim_options: dict[str, Any] = field(default_factory=dict)
+    envoy_patch: Callable[[dict[str, Any]], None] | None = None  # tests: adjust the bootstrap
 
 
 def plan_pods(
     resources: ResourceSet, config: StackConfig
 ) -> tuple[list[SimPodSpec], list[dict[str, Any]]]:
-    """The simulated pods each pool needs, and the Pod manifests that declare them."""
-    specs: list[SimPodSpec] = []
+    """The simulated pods each pool needs, and the Pod manifests that declare the new ones.
+
+    Seed-shaped pools get `deployment.replicas` new pods; pools whose Pod manifests are given
+    get a simulated server at each declared address; others get `default_replicas` new pods.
+    """
+    specs: dict[tuple[str, int], SimPodSpec] = {}
     manifests: list[dict[str, Any]] = []
     next_ip = config.first_pod_ip
     for pool in resources.pools:
-        if pool.deployment is not None:
-            replicas = pool.deployment.replicas
-        elif endpoints_of(pool, resources.pods):
-            continue  # the user declared this pool's pods
-        else:
-            replicas = config.default_replicas
+        options = {**_served_names(pool, resources), **config.sim_options}
+        model = pool.served_model or DEFAULT_MODEL
+        ranks = len(pool.target_ports) > 1  # data-parallel: one engine per port
+        declared = endpoints_of(pool, resources.pods)
+        if declared and pool.deployment is None:
+            for ep in declared:
+                host, port = split_address(ep.address)
+                name = ep.pod.split("/", 1)[1] + (f"-{port}" if ranks else "")
+                specs.setdefault((host, port), SimPodSpec(host, port, name, model, **options))
+            continue
+        replicas = pool.deployment.replicas if pool.deployment else config.default_replicas
         for i in range(replicas):
             ip = f"127.0.0.{next_ip}"
             next_ip += 1
             name = f"{pool.name}-{i}"
-            model = pool.served_model or "meta-llama/Llama-2-7b-chat-hf"
-            specs.extend(
-                SimPodSpec(host=ip, port=port, name=name, model=model, **config.sim_options)
-                for port in pool.target_ports
-            )
+            for port in pool.target_ports:
+                pod_name = f"{name}-{port}" if ranks else name
+                specs[(ip, port)] = SimPodSpec(ip, port, pod_name, model, **options)
             manifests.append(_pod_manifest(pool, name, ip))
-    return specs, manifests
+    return list(specs.values()), manifests
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _served_names(pool: Pool, resources: ResourceSet) -> dict[str, Any]:
+    """What the pool's servers answer to, as a real deployment would configure vLLM: target
+    models of the pool's InferenceModels as LoRA adapters, and the client-facing model names as
+    extra served names (so requests still work when the filter fails open and nothing rewrites
+    the model). A pool with no declared model and no InferenceModel serves any name."""
+    routed = [
+        m
+        for m in resources.models
+        if m.pool == pool.key or any(s.pool == pool.key for s in m.splits)
+    ]
+    served = pool.served_model or DEFAULT_MODEL
+    targets = {s.model for m in routed for s in m.splits if s.model} - {served}
+    aliases = {m.model_name for m in routed} - targets - {served}
+    if pool.served_model is None and not routed:
+        return {"accept_any_model": True}
+    return {"aliases": tuple(sorted(aliases)), "loras": tuple(sorted(targets))}
 
 
 def _pod_manifest(pool: Pool, name: str, ip: str) -> dict[str, Any]:
@@ -141,6 +175,7 @@ class LocalStack:
             str(c.health_port),
             "--metrics-port",
             str(c.metrics_port),
+            *(["--secure-serving"] if c.epp_tls else []),
             *c.epp_args,
         ]
         for path in (*c.manifests, pods_file):
@@ -154,10 +189,16 @@ class LocalStack:
         c = self.config
         ports = EnvoyPorts(c.listener_port, c.admin_port, c.epp_port, c.host)
         config_path = self.run_dir / "envoy.yaml"
-        fallback = [(p.host, p.port) for p in self.pods]
+        # every endpoint the EPP may name (declared pods without a server stay unreachable)
+        known = {(p.host, p.port) for p in self.pods}
+        for pool in self.resources.pools:
+            known.update(split_address(e.address) for e in endpoints_of(pool, self.resources.pods))
+        fallback = sorted(known)
         pools = self.resources.pools
         fail_open = c.failure_mode_allow or all(p.failure_mode == "FailOpen" for p in pools)
-        bootstrap = render_bootstrap(ports, fail_open, fallback)
+        bootstrap = render_bootstrap(ports, fail_open, fallback, ext_proc_tls=c.epp_tls)
+        if c.envoy_patch is not None:
+            c.envoy_patch(bootstrap)
         config_path.write_text(yaml.safe_dump(bootstrap))
         self.envoy = ChildProcess("envoy", envoy_argv(config_path), self.run_dir / "envoy.log")
         await self.envoy.start()

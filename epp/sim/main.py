@@ -57,6 +57,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-model-len", type=int, default=4096)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--accept-any-model", action="store_true", help="serve any model name")
+    p.add_argument(
+        "--alias",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another name for the base model (repeatable), like vLLM --served-model-name",
+    )
     p.add_argument("--legacy-metrics", action="store_true", help="export vllm:gpu_cache_usage_perc")
     p.add_argument("--flush-interval", type=float, default=0.0, help="min seconds between writes")
     p.add_argument("--gpu-exporter-port", type=int, help="serve DCGM metrics on this port")
@@ -100,6 +107,7 @@ def build_specs(args: argparse.Namespace) -> list[SimPodSpec]:
             loras=loras,
             seed=args.seed + i,
             accept_any_model=args.accept_any_model,
+            aliases=tuple(args.alias),
             legacy_metrics=args.legacy_metrics,
             flush_interval=args.flush_interval,
         )

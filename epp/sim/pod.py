@@ -79,7 +79,7 @@ class SimPod:
     # -- requests ---------------------------------------------------------------------------
     def resolve_model(self, model: str) -> str | None:
         """The adapter a request for `model` runs with (None = base model); 404 if unknown."""
-        if model == self.spec.model:
+        if model == self.spec.model or model in self.spec.aliases:
             return None
         if model in self.adapters:
             return model

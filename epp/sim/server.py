@@ -164,6 +164,7 @@ async def models(request: web.Request) -> web.Response:
         }
 
     data = [card(base, base, None)]
+    data.extend(card(alias, base, None) for alias in pod.spec.aliases)
     data.extend(card(name, path, base) for name, path in sorted(pod.adapters.items()))
     return _json({"object": "list", "data": data})
 

@@ -29,6 +29,7 @@ class SimPodSpec:
     lora_load_s: float | None = None  # None: the profile's
     seed: int = 0  # output-length draws and error injection
     accept_any_model: bool = False  # serve any model name as the base model
+    aliases: tuple[str, ...] = ()  # more names for the base model (vLLM --served-model-name a b)
     legacy_metrics: bool = False  # KV usage as vllm:gpu_cache_usage_perc, like older vLLM
     prefix_caching: bool = True
     flush_interval: float = 0.0  # coalesce SSE writes of steps shorter than this (seconds)

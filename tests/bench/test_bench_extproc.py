@@ -31,9 +31,10 @@ BACKENDS = [("127.0.0.60", 8000), ("127.0.0.61", 8000)]
 RATE = 200.0  # requests/s, open loop
 ROUND_SECONDS = 5.0
 ROUNDS = 2
+MESSAGE = {"role": "assistant", "content": "ok"}
 ANSWER = orjson.dumps({
     "id": "cmpl-1", "object": "chat.completion", "model": "m",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+    "choices": [{"index": 0, "message": MESSAGE, "finish_reason": "stop"}],
     "usage": {"prompt_tokens": 500, "completion_tokens": 1, "total_tokens": 501},
 })  # fmt: skip
 BODY = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 2000}]})
@@ -157,7 +158,8 @@ async def test_epp_overhead_side_by_side(tmp_path: Path) -> None:
                 for name, url in urls.items():
                     lat[name] += await open_loop(session, url, ROUND_SECONDS)
             print(
-                f"\nopen loop at {RATE:.0f} req/s, 2 KB bodies, {ROUNDS}×{ROUND_SECONDS:.0f}s per path"
+                f"\nopen loop at {RATE:.0f} req/s, 2 KB bodies, "
+                f"{ROUNDS} rounds of {ROUND_SECONDS:.0f}s per path"
             )
             for name, values in lat.items():
                 print(f"  {name:13s} p50 {pct(values, 50):6.2f} ms   p99 {pct(values, 99):6.2f} ms")

@@ -20,13 +20,12 @@ async def post(stack: LocalStack) -> httpx.Response:
 
 @pytest.mark.parametrize("fail_open", [True, False])
 async def test_epp_killed_mid_run(tmp_path: object, fail_open: bool) -> None:
-    # Failing open bypasses the EPP's model rewrite: the pods must also answer to the client's
-    # name (vLLM's --served-model-name with several names; the simulator: accept_any_model).
+    # Failing open bypasses the EPP's model rewrite: the local stack's pods also answer to the
+    # client-facing model names (as vLLM does with several --served-model-name values).
     config = stack_config(
         tmp_path,  # type: ignore[arg-type]
         failure_mode_allow=fail_open,
         first_pod_ip=20,
-        sim_options={"accept_any_model": True},
     )
     async with LocalStack(config) as stack:
         pods = {f"{p.host}:{p.port}" for p in stack.pods}
