@@ -3,6 +3,7 @@
 epp serve      the endpoint picker (ext_proc gRPC, health, metrics)
 epp sim        simulated vLLM pods
 epp controlplane  xDS server: Gateway / HTTPRoute / inference resources → Envoy config
+epp operator   Kubernetes: resource status, leader election, Deployments of seed pools
 epp up         the local stack: simulated pods + EPP + Envoy from a manifests folder
 epp validate   check manifests (schema + semantics)
 epp top        live view of each endpoint as the EPP sees it
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from epp.kube.flags import add_arguments as add_kube_arguments
 from epp.settings import ProtocolSettings, SaturationSettings, ServerSettings, Settings
 
 
@@ -66,6 +68,19 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     p.add_argument("--gpu-query", default=None, help="PromQL giving GPU utilization %% by pod")
     p.add_argument("--gpu-interval", type=float, default=5.0)
+    p.add_argument(
+        "--scheduler-config",
+        "--config-file",
+        default=None,
+        metavar="FILE",
+        help="EndpointPickerConfig YAML: plugins and scheduling profiles",
+    )
+    p.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="read pools, models and pods from the API server (see docs/kubernetes.md)",
+    )
+    add_kube_arguments(p)
     p.add_argument("--sd-queue-depth", type=int, default=5)
     p.add_argument("--sd-kv-cache-util", type=float, default=0.8)
     p.add_argument("--sd-staleness", type=float, default=0.2)
@@ -74,7 +89,15 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _up_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("up", help="start simulated pods + EPP + Envoy from manifests")
     p.add_argument("manifests", nargs="*", help="folders or files (default: examples/seed)")
-    p.add_argument("--port", type=int, default=8080, help="Envoy listener port")
+    p.add_argument("--port", type=int, default=8080, help="Envoy listener port (plain HTTP)")
+    p.add_argument("--https-port", type=int, default=8443, help="the Gateway's HTTPS listener")
+    p.add_argument("--xds-port", type=int, default=18000)
+    p.add_argument("--status-port", type=int, default=18001, help="control plane status page")
+    p.add_argument(
+        "--static-envoy",
+        action="store_true",
+        help="no control plane: a static bootstrap routes everything to the EPP",
+    )
     p.add_argument("--admin-port", type=int, default=9901)
     p.add_argument("--epp-port", type=int, default=9002)
     p.add_argument("--health-port", type=int, default=9003)
@@ -98,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
         "controlplane", help="xDS control plane: Gateway/HTTPRoute → Envoy", add_help=False
     )
     cp.add_argument("rest", nargs=argparse.REMAINDER)
+    op = sub.add_parser(
+        "operator",
+        help="Kubernetes: status, leader election, seed-pool Deployments",
+        add_help=False,
+    )
+    op.add_argument("rest", nargs=argparse.REMAINDER)
     top = sub.add_parser("top", help="live view of what the EPP sees of each endpoint")
     top.add_argument("--url", default="http://127.0.0.1:9090", help="the EPP's metrics address")
     top.add_argument("--interval", type=float, default=1.0)
@@ -111,12 +140,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     # programs with their own flags: everything after the subcommand is theirs
     command = args_list[2:3] if args_list[:1] == ["--log-level"] else args_list[:1]
-    if command in (["sim"], ["controlplane"]):
+    if command in (["sim"], ["controlplane"], ["operator"]):
         rest = args_list[args_list.index(command[0]) + 1 :]
         if command == ["sim"]:
             from epp.sim.main import run as run_sim
 
             return run_sim(rest)
+        if command == ["operator"]:
+            from epp.kube.main import run as run_operator
+
+            return run_operator(rest)
         from epp.controlplane.main import run as run_controlplane
 
         return run_controlplane(rest)
@@ -147,8 +180,11 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"epp serve: {exc}", file=sys.stderr)
         return 2
-    if not endpoints and not args.manifests:
-        print("epp serve: give --manifests PATH or --endpoints IP:PORT,...", file=sys.stderr)
+    if not endpoints and not args.manifests and not args.kubernetes:
+        print(
+            "epp serve: give --manifests PATH, --endpoints IP:PORT,... or --kubernetes",
+            file=sys.stderr,
+        )
         return 2
     from epp.gpu import GpuSettings
     from epp.scrape.scraper import ScrapeSettings
@@ -178,7 +214,37 @@ def _serve(args: argparse.Namespace) -> int:
     scrape = ScrapeSettings(
         interval=args.scrape_interval, backoff_max=max(2.0, args.scrape_interval)
     )
-    config = ServeConfig(settings, tuple(args.manifests), endpoints, scrape, gpu)
+    scheduler_config = None
+    if args.scheduler_config:
+        import yaml
+
+        from epp.api.yamlio import load_all
+
+        try:
+            docs = [d for d in load_all(Path(args.scheduler_config).read_text()) if d is not None]
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            print(f"epp serve: --scheduler-config {args.scheduler_config}: {exc}", file=sys.stderr)
+            return 2
+        scheduler_config = docs[0] if len(docs) == 1 else None
+        if scheduler_config is None:
+            print("epp serve: --scheduler-config must hold exactly one document", file=sys.stderr)
+            return 2
+        from epp.errors import ManifestError
+        from epp.scheduling.config import load_config
+
+        try:  # fail at start-up, with the field's path, rather than on the first request
+            load_config(scheduler_config, source=args.scheduler_config)
+        except ManifestError as exc:
+            print(f"epp serve: {exc}", file=sys.stderr)
+            return 2
+    kube = None
+    if args.kubernetes:
+        from epp.kube.flags import config_from_args
+
+        kube = config_from_args(args)
+    config = ServeConfig(
+        settings, tuple(args.manifests), endpoints, scrape, gpu, kube, scheduler_config
+    )
     return run_serve(config)
 
 
@@ -196,6 +262,10 @@ def _up(args: argparse.Namespace) -> int:
         run_dir=args.run_dir,
         failure_mode_allow=args.fail_open,
         epp_tls=args.secure_serving,
+        https_port=args.https_port,
+        xds_port=args.xds_port,
+        status_port=args.status_port,
+        control_plane=False if args.static_envoy else None,
     )
     try:
         import uvloop

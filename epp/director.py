@@ -20,7 +20,8 @@ from epp.api.model import PRIORITY_STANDARD, ModelRoute, Pool, SplitTarget
 from epp.datastore import Datastore, Lease
 from epp.errors import BadRequest, ModelNotFound, NoEndpoints, RequestTooLarge, Shed
 from epp.scheduling.base import SchedulingRequest
-from epp.scheduling.registry import DEFAULT_PROFILE
+from epp.scheduling.registry import DEFAULT_PROFILE, select_profile
+from epp.scheduling.saturation import SaturationDetector
 from epp.scheduling.scheduler import Profile
 from epp.settings import ProtocolSettings, SaturationSettings
 from epp.types import EndpointState
@@ -74,7 +75,10 @@ class Director:
         self._store = store
         self._profiles = profiles
         self._protocol = protocol
-        self._saturation = saturation
+        s = saturation
+        self._detector = SaturationDetector(
+            s.queue_depth, s.kv_cache_util, s.staleness_seconds, s.max_in_flight, s.aggregate
+        )
         self._clock = clock
         self._rng = rng or random.Random()
 
@@ -127,7 +131,7 @@ class Director:
         # 4. candidates: the pool's healthy endpoints, narrowed by the proxy's subset hint
         candidates = self._candidates(route.pool, subset)
         # 5. admit: sheddable requests are dropped when the pool is saturated
-        if route.priority < 0 and self._saturated(candidates, started):
+        if route.priority < 0 and self._detector.saturated(candidates, started):
             raise Shed("system saturated, sheddable request dropped")
         # 6. schedule
         prompt = prompt_text(payload) if payload is not None else b""
@@ -143,7 +147,7 @@ class Director:
             adapter,
             route.ceilings,
         )
-        profile = self._profiles.get(route.strategy) or self._profiles[DEFAULT_PROFILE]
+        profile = select_profile(self._profiles, route.strategy, route.priority)
         picked = profile.schedule(request, candidates, 1 + self._protocol.fallback_endpoints)
         # 7. account the pick at once: polled metrics lag behind bursts
         lease = self._store.lease(picked[0].address, prompt_tokens)
@@ -253,15 +257,6 @@ class Director:
         if not healthy:
             raise NoEndpoints(f"no ready endpoint in InferencePool {pool.key}")
         return healthy
-
-    def _saturated(self, candidates: Sequence[EndpointState], now: float) -> bool:
-        limits = self._saturation
-        for c in candidates:
-            m = c.metrics
-            fresh = now - m.scraped_at <= limits.staleness_seconds
-            if fresh and m.waiting <= limits.queue_depth and m.kv_usage <= limits.kv_cache_util:
-                return False
-        return True
 
 
 def prompt_text(payload: Mapping[str, object]) -> bytes:

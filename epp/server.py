@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from aiohttp import web
@@ -30,10 +30,14 @@ from epp.extproc.service import ExternalProcessor, add_to_server
 from epp.gpu import GpuPoller, GpuSettings
 from epp.health import Health
 from epp.observability import EppMetrics
+from epp.scheduling.config import load_config
 from epp.scheduling.registry import build_default_profiles
 from epp.scrape.scraper import Scraper, ScrapeSettings
 from epp.settings import Settings
 from epp.sources.files import FolderSource
+
+if TYPE_CHECKING:
+    from epp.kube.runtime import KubeModeConfig, KubeRuntime
 
 log = logging.getLogger("epp.server")
 
@@ -47,6 +51,8 @@ class ServeConfig:
     endpoints: tuple[str, ...] = ()  # serve exactly these addresses as one pool, no manifests
     scrape: ScrapeSettings = field(default_factory=ScrapeSettings)
     gpu: GpuSettings = field(default_factory=GpuSettings)
+    kube: KubeModeConfig | None = None  # read everything from the API server
+    scheduler_config: object = None  # a decoded EndpointPickerConfig document
     reload_interval: float = 0.5
 
 
@@ -58,7 +64,13 @@ class EppServer:
         self.store = Datastore()
         self.metrics = EppMetrics()
         s = config.settings
-        self.director = Director(self.store, build_default_profiles(), s.protocol, s.saturation)
+        profiles = (
+            load_config(config.scheduler_config, source="--scheduler-config")
+            if config.scheduler_config is not None
+            else build_default_profiles()
+        )
+        self.director = Director(self.store, profiles, s.protocol, s.saturation)
+        self._kube: KubeRuntime | None = None
         self.health = Health()
         self._grpc: grpc.aio.Server | None = None
         self._health_server: grpc.aio.Server | None = None
@@ -113,6 +125,17 @@ class EppServer:
             source = FolderSource(self.config.manifests, self.config.reload_interval)
             self._apply(source.current())
             self._spawn("resources", self._watch(source))
+        if self.config.kube is not None:
+            from epp.kube.runtime import KubeRuntime
+            from epp.kube.serving import feed
+
+            self._kube = await KubeRuntime.open(self.config.kube)
+            self._spawn("kube-resources", feed(self._kube.source, self._apply, self._ready_after))
+            if self._kube.controller is not None:
+                self._spawn("kube-controller", self._kube.controller.run())
+        await self._update_readiness()
+
+    async def _ready_after(self, _synced: bool) -> None:
         await self._update_readiness()
 
     async def _update_readiness(self) -> None:
@@ -163,6 +186,8 @@ class EppServer:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._kube is not None:
+            await self._kube.aclose()
         if self._health_server is not None:
             await self._health_server.stop(0)
         if self._http is not None:

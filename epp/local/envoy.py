@@ -13,6 +13,7 @@ import yaml
 
 FAIL_OPEN_BUFFER_BYTES = 16 * 1024 * 1024
 BOOTSTRAP = Path(__file__).resolve().parents[2] / "gateway" / "envoy.yaml"
+XDS_BOOTSTRAP = BOOTSTRAP.with_name("envoy-xds.yaml")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,17 @@ def render_bootstrap(
             address["endpoint"]["address"]["socket_address"].update(
                 address="127.0.0.1", port_value=ports.ext_proc
             )
+    return config
+
+
+def render_xds_bootstrap(admin_port: int, xds_port: int, host: str = "127.0.0.1") -> dict[str, Any]:
+    """The minimal bootstrap of gateway/envoy-xds.yaml: admin + the way to the control plane."""
+    config: dict[str, Any] = yaml.safe_load(XDS_BOOTSTRAP.read_text())
+    config["admin"]["address"]["socket_address"].update(address=host, port_value=admin_port)
+    for cluster in config["static_resources"]["clusters"]:
+        if cluster["name"] == "xds":
+            endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+            endpoint["address"]["socket_address"].update(address="127.0.0.1", port_value=xds_port)
     return config
 
 

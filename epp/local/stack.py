@@ -23,7 +23,13 @@ import yaml
 from epp.api.load import load_paths
 from epp.api.model import Pool, ResourceSet
 from epp.datastore import endpoints_of
-from epp.local.envoy import EnvoyPorts, envoy_argv, render_bootstrap
+from epp.local.envoy import EnvoyPorts, envoy_argv, render_bootstrap, render_xds_bootstrap
+from epp.local.gateway import (
+    controlplane_argv,
+    gateway_status,
+    gateways_programmed,
+    status_lines,
+)
 from epp.local.processes import ChildProcess, wait_until
 from epp.sim.cluster import SimCluster, SimPodSpec
 
@@ -46,6 +52,11 @@ class StackConfig:
     run_dir: Path | None = None
     failure_mode_allow: bool = False
     epp_tls: bool = False  # ext_proc over TLS (self-signed), Envoy configured to use it
+    # None: use the control plane when the manifests hold a Gateway, else the static bootstrap
+    control_plane: bool | None = None
+    https_port: int = 8443  # the Gateway's 443 listener, locally
+    xds_port: int = 18000
+    status_port: int = 18001
     epp_args: tuple[str, ...] = ()
     sim_options: dict[str, Any] = field(default_factory=dict)
     envoy_patch: Callable[[dict[str, Any]], None] | None = None  # tests: adjust the bootstrap
@@ -126,7 +137,9 @@ class LocalStack:
         self.sim: SimCluster | None = None
         self.epp: ChildProcess | None = None
         self.envoy: ChildProcess | None = None
+        self.controlplane: ChildProcess | None = None
         self.pods: list[SimPodSpec] = []
+        self.gateway_status: dict[str, Any] = {}
 
     @property
     def url(self) -> str:
@@ -159,7 +172,42 @@ class LocalStack:
         self.sim = SimCluster(self.pods)
         await self.sim.__aenter__()
         await self.start_epp(pods_file)
-        await self.start_envoy()
+        if self.uses_control_plane:
+            await self.start_controlplane(pods_file)
+            await self.start_gateway_envoy()
+        else:
+            await self.start_envoy()
+
+    @property
+    def uses_control_plane(self) -> bool:
+        if self.config.control_plane is not None:
+            return self.config.control_plane
+        return any(doc.get("kind") == "Gateway" for doc in self.resources.other)
+
+    async def start_controlplane(self, pods_file: Path) -> None:
+        c = self.config
+        argv = controlplane_argv(
+            (*c.manifests, pods_file), c.xds_port, c.status_port, c.epp_port, c.host,
+            c.listener_port, c.https_port, self.run_dir / "certs", c.epp_tls,
+        )  # fmt: skip
+        self.controlplane = ChildProcess("controlplane", argv, self.run_dir / "controlplane.log")
+        await self.controlplane.start()
+        ready = f"http://127.0.0.1:{c.status_port}/healthz"
+        await wait_until(lambda: _http_ok(ready), "the control plane", 30, self.controlplane)
+
+    async def start_gateway_envoy(self) -> None:
+        c = self.config
+        config_path = self.run_dir / "envoy.yaml"
+        config_path.write_text(yaml.safe_dump(render_xds_bootstrap(c.admin_port, c.xds_port)))
+        self.envoy = ChildProcess("envoy", envoy_argv(config_path), self.run_dir / "envoy.log")
+        await self.envoy.start()
+        ready_url = f"http://{c.host}:{c.admin_port}/ready"
+        await wait_until(lambda: _http_ok(ready_url), "Envoy to be ready", 30, self.envoy)
+        await wait_until(
+            lambda: gateways_programmed(c.status_port), "the Gateway to be programmed", 30,
+            self.envoy,
+        )  # fmt: skip
+        self.gateway_status = await gateway_status(c.status_port)
 
     async def start_epp(self, pods_file: Path | None = None) -> None:
         c = self.config
@@ -206,13 +254,24 @@ class LocalStack:
         await wait_until(lambda: _http_ok(ready_url), "Envoy to be ready", 30, self.envoy)
 
     async def stop(self) -> None:
-        for child in (self.envoy, self.epp):
+        for child in (self.envoy, self.controlplane, self.epp):
             if child is not None:
                 await child.stop()
         if self.sim is not None:
             with contextlib.suppress(Exception):
                 await self.sim.__aexit__(None, None, None)
             self.sim = None
+
+    @property
+    def gateway_host(self) -> str:
+        """The first hostname an HTTPRoute declares (the seed's api.ai-platform.example.com)."""
+        for doc in self.resources.other:
+            spec = doc.get("spec")
+            if doc.get("kind") == "HTTPRoute" and isinstance(spec, dict):
+                hostnames = spec.get("hostnames")
+                if isinstance(hostnames, list) and hostnames:
+                    return str(hostnames[0])
+        return "localhost"
 
     def banner(self) -> str:
         first = (
@@ -229,14 +288,25 @@ class LocalStack:
             for m in self.resources.models
         ]
         lines += [f"  {p.severity}: {p}" for p in self.resources.problems]
+        lines += status_lines(self.gateway_status)
+        data = f'{{"model": "{first}", "messages": [{{"role": "user", "content": "Hello"}}]}}'
         lines += [
             "Try:",
             f"  curl -si {self.url}/v1/chat/completions -H 'content-type: application/json' \\",
-            f"    -H 'x-model-name: {first}' \\",
-            f'    -d \'{{"model": "{first}", "messages": '
-            '[{"role": "user", "content": "Hello"}]}\'',
-            "The x-inference-pod response header names the pod that served it. Ctrl-C stops.",
+            f"    -H 'x-model-name: {first}' -d '{data}'",
         ]
+        if self.uses_control_plane:
+            c = self.config
+            lines += [
+                "or over HTTPS, as the seed's Gateway terminates TLS (certificate made for it):",
+                f"  curl -si --cacert {self.run_dir}/certs/ca.crt "
+                f"--resolve {self.gateway_host}:{c.https_port}:{c.host} \\",
+                f"    https://{self.gateway_host}:{c.https_port}/v1/chat/completions "
+                f"-H 'content-type: application/json' -H 'x-model-name: {first}' -d '{data}'",
+            ]
+        lines.append(
+            "The x-inference-pod response header names the pod that served it. Ctrl-C stops."
+        )
         return "\n".join(lines)
 
 

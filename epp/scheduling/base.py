@@ -49,6 +49,9 @@ class Filter(Protocol):
 
 @runtime_checkable
 class Scorer(Protocol):
+    """Scores in [0, 1], one per candidate, higher is better. The profile clamps the scores
+    unless the class sets `bounded = True`, a promise that they are already in range."""
+
     name: str
 
     def score(

@@ -62,7 +62,7 @@ def load_config(
 
 
 def build_profiles(document: object, ctx: BuildContext, source: str = "") -> dict[str, Profile]:
-    top = Params(document, "config", source)
+    top = Params(document, "", source)
     if top.string("apiVersion") != API_VERSION:
         raise top.error("apiVersion", f"must be {API_VERSION}")
     if top.string("kind") != KIND:
@@ -75,7 +75,7 @@ def build_profiles(document: object, ctx: BuildContext, source: str = "") -> dic
     top.done()
     if profiles_raw is None:  # upstream: one profile with every plugin
         refs: list[object] = [{"pluginRef": name} for name, e in entries.items() if e.plugin]
-        return {"default": _profile("default", refs, entries, ctx, "config", source)}
+        return {"default": _profile("default", refs, entries, ctx, "default profile", source)}
     if not isinstance(profiles_raw, list) or not profiles_raw:
         raise ConfigError("schedulingProfiles", "must be a non-empty list", source)
     profiles: dict[str, Profile] = {}

@@ -37,7 +37,10 @@ class Params:
         self.source = source
 
     def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.path}.{key}", message, self.source)
+        return ConfigError(self._at(key), message, self.source)
+
+    def _at(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
 
     def _get(self, key: str) -> object:
         self._read.add(key)
@@ -110,11 +113,7 @@ class Params:
         unknown = sorted(set(self._raw) - self._read)
         if unknown:
             known = ", ".join(sorted(self._read)) or "none"
-            raise ConfigError(
-                f"{self.path}.{unknown[0]}",
-                f"unknown parameter (known parameters: {known})",
-                self.source,
-            )
+            raise self.error(unknown[0], f"unknown parameter (known parameters: {known})")
 
     def _bounded(self, key: str, value: float, low: float | None, high: float | None) -> float:
         if math.isnan(value):

@@ -20,9 +20,16 @@ from epp.scheduling.defaults import (
     DEFAULT_CONFIG,
     DEFAULT_PROFILE,
 )
+from epp.scheduling.plugins.prefix_cache import PrefixCacheScorer
 from epp.scheduling.scheduler import Profile
 
-__all__ = ["CRITICAL_PROFILE", "DEFAULT_PROFILE", "build_default_profiles", "select_profile"]
+__all__ = [
+    "CRITICAL_PROFILE",
+    "DEFAULT_PROFILE",
+    "build_default_profiles",
+    "prefix_scorers",
+    "select_profile",
+]
 
 
 def build_default_profiles(
@@ -39,3 +46,13 @@ def select_profile(profiles: Mapping[str, Profile], strategy: str, priority: int
         if critical is not None:
             return critical
     return profiles.get(strategy) or profiles[DEFAULT_PROFILE]
+
+
+def prefix_scorers(profiles: Mapping[str, Profile]) -> list[PrefixCacheScorer]:
+    """Each distinct prefix index once: for hit-ratio/size metrics and `forget(address)`."""
+    found: dict[int, PrefixCacheScorer] = {}
+    for profile in profiles.values():
+        for ws in profile.scorers:
+            if isinstance(ws.scorer, PrefixCacheScorer):
+                found.setdefault(id(ws.scorer), ws.scorer)
+    return list(found.values())

@@ -3,8 +3,9 @@
 Per endpoint: max(queue / queueDepth, kv / kvCacheUtil, in_flight / maxInFlight), where the queue
 is the scraped waiting count or, when the EPP knows of more, its in-flight requests beyond the
 scraped running ones (scrapes lag behind bursts). Stale or missing metrics count 1.0 (fail
-closed). Pool saturation is the mean over the candidates; no candidates is 1.0. The director
-sheds sheddable requests at >= 1.0 (upstream's utilization-detector, pre-cleanup default).
+closed). Pool saturation is the mean over the candidates (upstream's utilization-detector), or
+with aggregate="min" the least saturated one (upstream v1.0: saturated iff no pod has room);
+no candidates is 1.0. The director sheds sheddable requests at >= 1.0.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from epp.settings import SaturationSettings
 from epp.types import EndpointState
 
+AGGREGATES = ("mean", "min")
+
 
 @dataclass(frozen=True, slots=True)
 class SaturationDetector:
@@ -22,12 +25,15 @@ class SaturationDetector:
     kv_cache_util: float = 0.8
     staleness: float = 0.2  # seconds
     max_in_flight: int = 0  # EPP-side requests per endpoint counted as full; 0 = not used
+    aggregate: str = "mean"  # or "min"
 
     def __post_init__(self) -> None:
         if self.queue_depth <= 0 or not 0.0 < self.kv_cache_util <= 1.0 or self.staleness <= 0:
             raise ValueError("queue_depth > 0, 0 < kv_cache_util <= 1 and staleness > 0 required")
         if self.max_in_flight < 0:
             raise ValueError("max_in_flight must be >= 0")
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"aggregate must be one of {AGGREGATES}")
 
     @classmethod
     def from_settings(
@@ -39,7 +45,7 @@ class SaturationDetector:
 
     def endpoint(self, state: EndpointState, now: float) -> float:
         m = state.metrics
-        if m.scraped_at <= 0.0 or now - m.scraped_at > self.staleness:
+        if m.scraped_at <= max(now - self.staleness, 0.0):
             return 1.0
         queue = max(m.waiting, state.in_flight - m.running)
         level = max(queue / self.queue_depth, m.kv_usage / self.kv_cache_util)
@@ -50,7 +56,22 @@ class SaturationDetector:
     def saturation(self, candidates: Sequence[EndpointState], now: float) -> float:
         if not candidates:
             return 1.0
-        return sum(self.endpoint(c, now) for c in candidates) / len(candidates)
+        if self.max_in_flight:
+            levels = [self.endpoint(c, now) for c in candidates]
+        else:  # the common case, inlined: this runs per sheddable request over the whole pool
+            cutoff = max(now - self.staleness, 0.0)
+            iq, ik = 1.0 / self.queue_depth, 1.0 / self.kv_cache_util
+            levels = [
+                1.0
+                if (m := c.metrics).scraped_at <= cutoff
+                else max(
+                    (m.waiting if m.waiting > c.in_flight - m.running else c.in_flight - m.running)
+                    * iq,
+                    m.kv_usage * ik,
+                )
+                for c in candidates
+            ]
+        return min(levels) if self.aggregate == "min" else sum(levels) / len(levels)
 
     def saturated(self, candidates: Sequence[EndpointState], now: float) -> bool:
         return self.saturation(candidates, now) >= 1.0

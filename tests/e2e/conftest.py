@@ -12,7 +12,8 @@ from tests.ports import free_ports
 def stack_config(
     tmp: Path, manifests: tuple[Path, ...] = (SEED_EXAMPLE,), **kw: object
 ) -> StackConfig:
-    listener, admin, grpc, health, metrics = free_ports(5)
+    listener, admin, grpc, health, metrics, xds, status, https = free_ports(8)
+    kw.setdefault("control_plane", False)  # most tests drive the static bootstrap directly
     return StackConfig(
         manifests=manifests,
         listener_port=listener,
@@ -20,6 +21,9 @@ def stack_config(
         epp_port=grpc,
         health_port=health,
         metrics_port=metrics,
+        xds_port=xds,
+        status_port=status,
+        https_port=https,
         first_pod_ip=kw.pop("first_pod_ip", 2),  # type: ignore[arg-type]
         run_dir=tmp,
         **kw,  # type: ignore[arg-type]

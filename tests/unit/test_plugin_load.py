@@ -9,7 +9,8 @@ from epp.scheduling.plugins.in_flight import InFlightScorer, TokenLoadScorer
 from epp.scheduling.plugins.kv_cache import KvCacheScorer
 from epp.scheduling.plugins.queue import QueueScorer
 from epp.scheduling.plugins.running import RunningRequestsScorer
-from epp.scheduling.plugins.signals import min_max
+from epp.scheduling.plugins.signals import min_max, min_max_fresh
+from epp.scheduling.snapshot import Snapshot
 from epp.types import Endpoint, EndpointMetrics, EndpointState
 
 NOW = 1000.0
@@ -38,9 +39,10 @@ def ep(
 def test_min_max_normalisation() -> None:
     assert min_max([0, 5, 10]) == [1.0, 0.5, 0.0]
     assert min_max([3, 3]) == [1.0, 1.0]
-    assert min_max([None, 2, 4]) == [0.0, 1.0, 0.0]
-    assert min_max([None, 7]) == [0.0, 1.0]
-    assert min_max([None, None]) == [0.0, 0.0]
+    snap = Snapshot([ep("stale", age=None), ep("a"), ep("b")])
+    assert min_max_fresh(snap, [0, 2, 4], NOW - 1) == [0.0, 1.0, 0.0]
+    assert min_max_fresh(snap, [0, 7, 7], NOW - 1) == [0.0, 1.0, 1.0]
+    assert min_max_fresh(Snapshot([ep("x", age=None)]), [0], NOW - 1) == [0.0]
 
 
 def test_queue_scorer_prefers_short_queue() -> None:

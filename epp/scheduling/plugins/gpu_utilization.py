@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from epp.scheduling.base import BuildContext, Clock, SchedulingRequest
 from epp.scheduling.params import Params
+from epp.scheduling.snapshot import snapshot_of
 from epp.types import EndpointState, GpuMetrics
 
 GPU_UTILIZATION = "gpu_utilization"
@@ -54,6 +55,7 @@ class _GpuPlugin:
 
 class GpuUtilizationScorer(_GpuPlugin):
     name = "gpu-utilization-scorer"
+    bounded = True  # scores already in [0, 1]: the profile skips its clamp
 
     @classmethod
     def from_parameters(cls, params: Params, ctx: BuildContext) -> GpuUtilizationScorer:
@@ -62,7 +64,7 @@ class GpuUtilizationScorer(_GpuPlugin):
     def score(self, request: SchedulingRequest, candidates: Sequence[EndpointState]) -> list[float]:
         ceilings = request.ceilings or DEFAULT_CEILINGS
         cutoff = self._clock() - self.staleness
-        if all(c.gpu.sampled_at < cutoff for c in candidates):
+        if snapshot_of(candidates).newest_gpu_sample < cutoff:
             return [UNKNOWN_SCORE] * len(candidates)  # no GPU source: neutral, and fast
         out = []
         for c in candidates:

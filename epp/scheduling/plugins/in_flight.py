@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from epp.scheduling.base import BuildContext, SchedulingRequest
 from epp.scheduling.params import Params
 from epp.scheduling.plugins.signals import min_max
+from epp.scheduling.snapshot import snapshot_of
 from epp.types import EndpointState
 
 UNITS = ("requests", "tokens")
@@ -20,6 +21,7 @@ UNITS = ("requests", "tokens")
 
 class InFlightScorer:
     name = "in-flight-scorer"
+    bounded = True  # scores already in [0, 1]: the profile skips its clamp
 
     def __init__(self, unit: str = "requests") -> None:
         if unit not in UNITS:
@@ -31,13 +33,13 @@ class InFlightScorer:
         return cls(params.choice("unit", "requests", UNITS))
 
     def score(self, request: SchedulingRequest, candidates: Sequence[EndpointState]) -> list[float]:
-        if self.unit == "requests":
-            return min_max([c.in_flight for c in candidates])
-        return min_max([c.in_flight_tokens for c in candidates])
+        snap = snapshot_of(candidates)
+        return min_max(snap.in_flight if self.unit == "requests" else snap.in_flight_tokens)
 
 
 class TokenLoadScorer:
     name = "token-load-scorer"
+    bounded = True  # scores already in [0, 1]: the profile skips its clamp
 
     def __init__(self, threshold_tokens: int = 4_194_304) -> None:
         if threshold_tokens < 1:
@@ -49,5 +51,8 @@ class TokenLoadScorer:
         return cls(params.integer("queueThresholdTokens", 4_194_304, low=1))
 
     def score(self, request: SchedulingRequest, candidates: Sequence[EndpointState]) -> list[float]:
-        limit = float(self.threshold_tokens)
-        return [1.0 - min(1.0, c.in_flight_tokens / limit) for c in candidates]
+        limit = self.threshold_tokens
+        inv = 1.0 / limit
+        return [
+            1.0 - t * inv if t < limit else 0.0 for t in snapshot_of(candidates).in_flight_tokens
+        ]

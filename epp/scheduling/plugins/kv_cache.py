@@ -11,11 +11,13 @@ from collections.abc import Sequence
 from epp.scheduling.base import BuildContext, Clock, SchedulingRequest
 from epp.scheduling.params import Params
 from epp.scheduling.plugins.signals import DEFAULT_STALENESS, fresh_cutoff
+from epp.scheduling.snapshot import snapshot_of
 from epp.types import EndpointState
 
 
 class KvCacheScorer:
     name = "kv-cache-utilization-scorer"
+    bounded = True  # scores already in [0, 1]: the profile skips its clamp
 
     def __init__(self, staleness: float = DEFAULT_STALENESS, clock: Clock = time.monotonic) -> None:
         self.staleness = staleness
@@ -28,7 +30,10 @@ class KvCacheScorer:
 
     def score(self, request: SchedulingRequest, candidates: Sequence[EndpointState]) -> list[float]:
         cutoff = fresh_cutoff(self._clock(), self.staleness)
+        snap = snapshot_of(candidates)
         # out-of-range usage is clamped by the profile
+        if snap.all_fresh(cutoff):
+            return [1.0 - u for u in snap.kv_usage]
         return [
-            1.0 - c.metrics.kv_usage if c.metrics.scraped_at > cutoff else 0.0 for c in candidates
+            1.0 - u if ok else 0.0 for u, ok in zip(snap.kv_usage, snap.fresh(cutoff), strict=True)
         ]

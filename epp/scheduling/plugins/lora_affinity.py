@@ -31,6 +31,7 @@ def lora_score(m: EndpointMetrics, adapter: str) -> float:
 
 class LoraAffinityScorer:
     name = "lora-affinity-scorer"
+    bounded = True  # scores already in [0, 1]: the profile skips its clamp
 
     @classmethod
     def from_parameters(cls, params: Params, ctx: BuildContext) -> LoraAffinityScorer:

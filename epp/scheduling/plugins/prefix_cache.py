@@ -19,6 +19,7 @@ from epp.scheduling.base import BuildContext, Clock, SchedulingRequest
 from epp.scheduling.params import Params
 from epp.scheduling.plugins.prefix_index import PrefixIndex, block_hashes
 from epp.scheduling.plugins.signals import DEFAULT_STALENESS, fresh_cutoff
+from epp.scheduling.snapshot import snapshot_of
 from epp.types import EndpointState
 
 CHARS_PER_TOKEN = 4
@@ -40,6 +41,7 @@ class PrefixStats:
 
 class PrefixCacheScorer:
     name = "prefix-cache-scorer"
+    bounded = True  # scores already in [0, 1]: the profile skips its clamp
 
     def __init__(
         self,
@@ -88,19 +90,34 @@ class PrefixCacheScorer:
         if not counts:
             return [0.0] * len(candidates)
         cutoff = fresh_cutoff(self._clock(), self.staleness)
-        loads = [
-            max(c.in_flight, c.metrics.waiting + c.metrics.running)
-            if c.metrics.scraped_at > cutoff
-            else c.in_flight
-            for c in candidates
-        ]
-        floor = min(loads)
-        limit = floor * (1.0 + self.gate_ratio) + self.gate_slack
+        snap = snapshot_of(candidates)
+        flights = snap.in_flight
+        if snap.all_fresh(cutoff):
+            scraped = [w + r for w, r in zip(snap.waiting, snap.running, strict=True)]
+        else:
+            scraped = [
+                w + r if ok else 0
+                for w, r, ok in zip(snap.waiting, snap.running, snap.fresh(cutoff), strict=True)
+            ]
+        loads = [f if f > s else s for f, s in zip(flights, scraped, strict=True)]
+        limit = min(loads) * (1.0 + self.gate_ratio) + self.gate_slack
         total = float(len(hashes))
-        return [
-            counts.get(c.address, 0) / total if load <= limit else 0.0
-            for c, load in zip(candidates, loads, strict=True)
-        ]
+        scores = [0.0] * len(candidates)
+        addresses = snap.addresses
+        if len(counts) * 16 < len(addresses):  # few holders: let list.index scan in C
+            for address, matched in counts.items():
+                try:
+                    i = addresses.index(address)
+                except ValueError:
+                    continue  # a holder that is not a candidate this time
+                if loads[i] <= limit:
+                    scores[i] = matched / total
+            return scores
+        for i, address in enumerate(addresses):
+            hit = counts.get(address)
+            if hit is not None and loads[i] <= limit:
+                scores[i] = hit / total
+        return scores
 
     def picked(self, request: SchedulingRequest, endpoint: EndpointState) -> None:
         now = self._clock()

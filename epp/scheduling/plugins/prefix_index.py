@@ -37,7 +37,9 @@ class PrefixIndex:
         self.default_capacity = default_capacity
         self._lru: dict[str, OrderedDict[int, None]] = {}
         self._capacity: dict[str, int] = {}
-        self._holders: dict[int, set[str]] = {}
+        # one holder is stored as the bare address, several as a set: most blocks have one
+        # holder, and a one-element set costs ~200 bytes per indexed block
+        self._holders: dict[int, str | set[str]] = {}
         self._last_added: dict[str, float] = {}
 
     def __len__(self) -> int:
@@ -56,10 +58,13 @@ class PrefixIndex:
         holders_of = self._holders
         for h in hashes:
             holders = holders_of.get(h)
-            if not holders:
+            if holders is None:
                 break
-            for address in holders:
-                counts[address] = counts.get(address, 0) + 1
+            if isinstance(holders, str):
+                counts[holders] = counts.get(holders, 0) + 1
+            else:
+                for address in holders:
+                    counts[address] = counts.get(address, 0) + 1
         return counts
 
     def add(self, address: str, hashes: Sequence[int], now: float = 0.0) -> None:
@@ -76,7 +81,9 @@ class PrefixIndex:
                 lru[h] = None
                 holders = holders_of.get(h)
                 if holders is None:
-                    holders_of[h] = {address}
+                    holders_of[h] = address
+                elif isinstance(holders, str):
+                    holders_of[h] = {holders, address}
                 else:
                     holders.add(address)
         self._last_added[address] = now
@@ -114,7 +121,12 @@ class PrefixIndex:
 
     def _unlink(self, h: int, address: str) -> None:
         holders = self._holders.get(h)
-        if holders is not None:
-            holders.discard(address)
-            if not holders:
+        if holders is None:
+            return
+        if isinstance(holders, str):
+            if holders == address:
                 del self._holders[h]
+            return
+        holders.discard(address)
+        if len(holders) == 1:
+            self._holders[h] = next(iter(holders))

@@ -11,12 +11,14 @@ from collections.abc import Sequence
 
 from epp.scheduling.base import BuildContext, Clock, SchedulingRequest
 from epp.scheduling.params import Params
-from epp.scheduling.plugins.signals import DEFAULT_STALENESS, fresh_cutoff, min_max
+from epp.scheduling.plugins.signals import DEFAULT_STALENESS, fresh_cutoff, min_max_fresh
+from epp.scheduling.snapshot import snapshot_of
 from epp.types import EndpointState
 
 
 class QueueScorer:
     name = "queue-scorer"
+    bounded = True  # scores already in [0, 1]: the profile skips its clamp
 
     def __init__(self, staleness: float = DEFAULT_STALENESS, clock: Clock = time.monotonic) -> None:
         self.staleness = staleness
@@ -29,6 +31,5 @@ class QueueScorer:
 
     def score(self, request: SchedulingRequest, candidates: Sequence[EndpointState]) -> list[float]:
         cutoff = fresh_cutoff(self._clock(), self.staleness)
-        return min_max(
-            [c.metrics.waiting if c.metrics.scraped_at > cutoff else None for c in candidates]
-        )
+        snap = snapshot_of(candidates)
+        return min_max_fresh(snap, snap.waiting, cutoff)

@@ -1,0 +1,183 @@
+"""Prefix-cache scorer and index: hashing, LRU/reverse map, auto-tune, and the load gate."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+
+from epp.scheduling.base import SchedulingRequest
+from epp.scheduling.plugins.prefix_cache import PrefixCacheScorer
+from epp.scheduling.plugins.prefix_index import PrefixIndex, block_hashes
+from epp.scheduling.registry import build_default_profiles
+from epp.types import Endpoint, EndpointMetrics, EndpointState
+
+NOW = 1000.0
+BLOCK = 64  # 16 tokens x 4 chars
+
+
+def clock() -> float:
+    return NOW
+
+
+def ep(
+    address: str, in_flight: int = 0, block_size: int | None = None, blocks: int | None = None
+) -> EndpointState:
+    metrics = EndpointMetrics(block_size=block_size, num_gpu_blocks=blocks, scraped_at=NOW - 0.01)
+    return EndpointState(Endpoint(address, address, "ns/pool"), metrics, in_flight=in_flight)
+
+
+def req(prompt: bytes, model: str = "m", rid: str = "r") -> SchedulingRequest:
+    return SchedulingRequest(rid, model, prompt=prompt)
+
+
+SYSTEM = b"S" * (BLOCK * 8)
+
+
+def test_block_hashes_chain_and_drop_partial_block() -> None:
+    a = block_hashes("m", SYSTEM + b"tail", BLOCK, 256)
+    assert len(a) == 8
+    b = block_hashes("m", SYSTEM[: BLOCK * 3] + b"X" * (BLOCK * 5), BLOCK, 256)
+    assert a[:3] == b[:3] and a[3] != b[3]
+    assert block_hashes("other", SYSTEM, BLOCK, 256)[0] != a[0]  # model seeds the chain
+    assert block_hashes("m", b"short", BLOCK, 256) == []
+    assert len(block_hashes("m", SYSTEM, BLOCK, 5)) == 5
+
+
+def test_index_match_walks_until_first_unknown_block() -> None:
+    index = PrefixIndex()
+    index.add("a", [1, 2, 3])
+    index.add("b", [1, 2])
+    assert index.match([1, 2, 3, 4]) == {"a": 3, "b": 2}
+    assert index.match([9, 1]) == {}
+
+
+def test_index_lru_evicts_deepest_blocks_first_and_updates_reverse_map() -> None:
+    index = PrefixIndex(default_capacity=3)
+    index.add("a", [1, 2, 3])
+    index.add("a", [10, 11])  # over capacity: the oldest entries go
+    assert len(index) == 3
+    assert index.match([10, 11]) == {"a": 2}
+    # within one prompt the root was inserted last, so it outlives the deeper blocks
+    assert index.match([1]) == {"a": 1}
+    assert index.match([1, 2, 3]) == {"a": 1}
+    index.forget("a")
+    assert len(index) == 0 and index.match([10]) == {}
+
+
+def test_index_purges_idle_endpoints() -> None:
+    index = PrefixIndex()
+    index.add("old", [1], now=10.0)
+    index.add("new", [1], now=500.0)
+    assert index.purge_idle(before=100.0) == ["old"]
+    assert index.match([1]) == {"new": 1}
+
+
+def test_scorer_ratio_of_matched_blocks() -> None:
+    scorer = PrefixCacheScorer(clock=clock)
+    a, b = ep("a"), ep("b")
+    first = req(SYSTEM)
+    assert scorer.score(first, [a, b]) == [0.0, 0.0]
+    scorer.picked(first, a)
+    half = req(SYSTEM[: BLOCK * 4] + b"Q" * (BLOCK * 4), rid="2")
+    assert scorer.score(half, [a, b]) == [0.5, 0.0]
+    assert scorer.stats.picks == 1 and scorer.stats.prompt_blocks == 8
+
+
+def test_scorer_hit_stats_follow_the_pick() -> None:
+    scorer = PrefixCacheScorer(clock=clock)
+    a, b = ep("a"), ep("b")
+    scorer.score(req(SYSTEM), [a, b])
+    scorer.picked(req(SYSTEM), a)
+    second = req(SYSTEM, rid="2")
+    scorer.score(second, [a, b])
+    scorer.picked(second, a)
+    assert scorer.stats.hit_ratio == pytest.approx(0.5)
+
+
+def test_load_gate_breaks_affinity_for_overloaded_holder() -> None:
+    scorer = PrefixCacheScorer(gate_slack=4, gate_ratio=0.5, clock=clock)
+    scorer.picked(req(SYSTEM), ep("a"))
+    # within the gate: 0 * 1.5 + 4 >= 4
+    assert scorer.score(req(SYSTEM, rid="2"), [ep("a", 4), ep("b", 0)]) == [1.0, 0.0]
+    assert scorer.score(req(SYSTEM, rid="3"), [ep("a", 5), ep("b", 0)]) == [0.0, 0.0]
+    # the gate is relative to the least-loaded candidate: 10 * 1.5 + 4 = 19
+    assert scorer.score(req(SYSTEM, rid="4"), [ep("a", 19), ep("b", 10)]) == [1.0, 0.0]
+
+
+def test_scraped_queue_counts_in_the_gate() -> None:
+    scorer = PrefixCacheScorer(clock=clock)
+    scorer.picked(req(SYSTEM), ep("a"))
+    holder = replace(ep("a"), metrics=EndpointMetrics(waiting=30, running=8, scraped_at=NOW))
+    assert scorer.score(req(SYSTEM, rid="2"), [holder, ep("b")]) == [0.0, 0.0]
+
+
+def test_auto_tune_block_size_and_capacity() -> None:
+    scorer = PrefixCacheScorer(clock=clock)
+    pod = ep("a", block_size=32, blocks=2)
+    prompt = req(b"P" * (128 * 3))
+    scorer.score(prompt, [pod])
+    scorer.picked(prompt, pod)
+    assert scorer.block_size_tokens == 32
+    assert len(scorer.index) == 2  # capacity = num_gpu_blocks
+    assert scorer.score(req(b"P" * 128, rid="2"), [pod]) == [1.0]
+
+
+def test_auto_tune_off_keeps_parameters() -> None:
+    scorer = PrefixCacheScorer(auto_tune=False, clock=clock)
+    pod = ep("a", block_size=32, blocks=1)
+    scorer.picked(req(SYSTEM), pod)
+    assert scorer.block_size_tokens == 16 and len(scorer.index) == 8
+
+
+def test_repeated_prefix_returns_to_holder_until_it_is_overloaded() -> None:
+    profile = build_default_profiles(random.Random(3), clock)["gpu-aware"]
+    pods = {f"10.0.0.{i}:8000": ep(f"10.0.0.{i}:8000") for i in range(4)}
+    picks = []
+    for i in range(12):  # nothing finishes: each pick adds one in-flight request to its pod
+        chosen = profile.schedule(
+            req(SYSTEM + b"question %d" % i, rid=str(i)), list(pods.values())
+        )[0]
+        pods[chosen.address] = replace(chosen, in_flight=chosen.in_flight + 1)
+        picks.append(chosen.address)
+    holder = picks[0]
+    # the holder keeps the prefix while within the gate (min 0 * 1.5 + 4 slack) ...
+    assert picks[:5] == [holder] * 5
+    # ... then the affinity breaks and the load spreads over the other pods too
+    assert len(set(picks)) >= 3
+    assert max(p.in_flight for p in pods.values()) <= 9
+
+
+def test_without_shared_prefix_load_is_balanced() -> None:
+    profile = build_default_profiles(random.Random(3), clock)["gpu-aware"]
+    pods = {f"10.0.0.{i}:8000": ep(f"10.0.0.{i}:8000") for i in range(4)}
+    for i in range(40):
+        prompt = bytes([65 + i % 26]) * 10 + b"%d" % i * 300
+        chosen = profile.schedule(req(prompt, rid=str(i)), list(pods.values()))[0]
+        pods[chosen.address] = replace(chosen, in_flight=chosen.in_flight + 1)
+    assert sorted(p.in_flight for p in pods.values()) == [10, 10, 10, 10]
+
+
+def test_distinct_prefixes_keep_distinct_holders() -> None:
+    scorer = PrefixCacheScorer(clock=clock)
+    a, b = ep("a"), ep("b")
+    one, two = req(b"1" * 640), req(b"2" * 640, rid="2")
+    scorer.picked(one, a)
+    scorer.picked(two, b)
+    assert scorer.score(req(b"1" * 640, rid="3"), [a, b]) == [1.0, 0.0]
+    assert scorer.score(req(b"2" * 640, rid="4"), [a, b]) == [0.0, 1.0]
+
+
+def test_index_shared_blocks_keep_every_holder_until_evicted() -> None:
+    index = PrefixIndex(default_capacity=2)
+    index.add("a", [1, 2])
+    index.add("b", [1, 2])
+    index.add("c", [1])
+    assert index.match([1, 2]) == {"a": 2, "b": 2, "c": 1}
+    index.add("a", [7, 8])  # a's old blocks are evicted; b and c still hold theirs
+    assert index.match([1, 2]) == {"b": 2, "c": 1}
+    index.forget("b")
+    assert index.match([1, 2]) == {"c": 1}
+    index.forget("c")
+    assert index.match([1]) == {} and index.match([7, 8]) == {"a": 2}
