@@ -157,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll is noise
     if args.command == "serve":
         return _serve(args)
     if args.command == "up":
