@@ -55,6 +55,12 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "request headers (only behind a trusted gateway that strips them from clients)",
     )
     p.add_argument(
+        "--sticky-header",
+        default=None,
+        metavar="NAME",
+        help="request header (e.g. x-user-id) whose value keeps a user on one canary version",
+    )
+    p.add_argument(
         "--require-registered-models",
         action="store_true",
         help="unknown model names get 404 instead of the default route",
@@ -204,6 +210,7 @@ def _serve(args: argparse.Namespace) -> int:
             fallback_endpoints=args.fallback_endpoints,
             require_registered_models=args.require_registered_models,
             trust_control_headers=args.trust_control_headers,
+            sticky_header=args.sticky_header.lower() if args.sticky_header else None,
         ),
         saturation=SaturationSettings(
             args.sd_queue_depth, args.sd_kv_cache_util, args.sd_staleness

@@ -15,8 +15,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import orjson
+import xxhash
 
 from epp.api.model import PRIORITY_STANDARD, ModelRoute, Pool, SplitTarget
+from epp.api.priority import POLICY_HEADER, POOL_HEADER, parse_policy
 from epp.datastore import Datastore, Lease
 from epp.errors import BadRequest, ModelNotFound, NoEndpoints, RequestTooLarge, Shed
 from epp.scheduling.base import SchedulingRequest
@@ -121,7 +123,7 @@ class Director:
     ) -> Decision:
         request_id = headers.get("x-request-id") or str(uuid.uuid4())
         # 2. resolve the model to a pool, a served model and a priority (canary split included)
-        route = self._resolve(client_model, rewrite)
+        route = self._resolve(client_model, headers, rewrite)
         # 3. rewrite the body only when the server must be asked for another name
         if payload is None:
             route = replace(route, target_model=client_model)
@@ -206,18 +208,36 @@ class Director:
             raise BadRequest("'model' must be a non-empty string")
         return payload, model
 
-    def _resolve(self, client_model: str, rewrite: str | None = None) -> _Route:
-        route = self._resolve_model(client_model)
-        return replace(route, target_model=rewrite) if rewrite else route
-
-    def _resolve_model(self, client_model: str) -> _Route:
+    def _resolve(
+        self, client_model: str, headers: Mapping[str, str], rewrite: str | None
+    ) -> _Route:
+        trusted = self._protocol.trust_control_headers
+        pin = headers.get(POOL_HEADER) if trusted else None
         model = self._store.model(client_model)
         if model is None:
-            return self._default_route(client_model)
-        pool_key, target, version = model.pool, None, None
-        if model.splits:
-            split = self._weighted(model)
-            pool_key = split.pool or model.pool
+            route = self._default_route(client_model, pin)
+        else:
+            route = self._model_route(model, client_model, pin, headers)
+        policy_text = headers.get(POLICY_HEADER) if trusted else None
+        policy = parse_policy(policy_text) if policy_text else None
+        if policy is not None:
+            priority = policy.decide(headers.get(policy.header), model.priority if model else None)
+            route = replace(route, priority=priority)
+        return replace(route, target_model=rewrite) if rewrite else route
+
+    def _model_route(
+        self, model: ModelRoute, client_model: str, pin: str | None, headers: Mapping[str, str]
+    ) -> _Route:
+        splits, pool_key = model.splits, model.pool
+        if pin is not None and self._store.pool(pin) is not None:
+            # the proxy already chose this pool (weighted backendRefs): split only within it
+            splits = tuple(s for s in splits if (s.pool or model.pool) == pin)
+            pool_key = pin
+        target = version = None
+        if splits:
+            sticky = self._protocol.sticky_header
+            split = self._weighted(splits, headers.get(sticky) if sticky else None, model.key)
+            pool_key = split.pool or pool_key
             target, version = split.model, split.version
         pool = self._store.pool(pool_key) or self._store.pool(model.pool)
         if pool is None:
@@ -226,20 +246,26 @@ class Director:
         served = target or pool.served_model or client_model
         return _Route(pool, served, model.priority, model.strategy, version, ceilings)
 
-    def _default_route(self, client_model: str) -> _Route:
+    def _default_route(self, client_model: str, pin: str | None = None) -> _Route:
         pools = self._store.pools()
-        if not self._protocol.require_registered_models:
+        pinned = self._store.pool(pin) if pin else None
+        if pinned is not None or not self._protocol.require_registered_models:
             by_served = [p for p in pools if p.served_model == client_model]
-            if by_served or len(pools) == 1:
-                pool = (by_served or list(pools))[0]
+            if pinned is not None or by_served or len(pools) == 1:
+                pool = pinned or (by_served or list(pools))[0]
                 target = pool.served_model or client_model
                 return _Route(pool, target, PRIORITY_STANDARD, DEFAULT_PROFILE, None, ())
         raise ModelNotFound(f"The model `{client_model}` does not exist.")
 
-    def _weighted(self, model: ModelRoute) -> SplitTarget:
-        splits = model.splits
+    def _weighted(
+        self, splits: Sequence[SplitTarget], sticky_key: str | None, salt: str
+    ) -> SplitTarget:
+        """A split by weight: random, or fixed per user when a sticky key is given."""
         total = sum(s.weight for s in splits)
-        point = self._rng.random() * total
+        if sticky_key:
+            point = xxhash.xxh64_intdigest(f"{salt}\0{sticky_key}".encode()) / 2**64 * total
+        else:
+            point = self._rng.random() * total
         for split in splits:
             point -= split.weight
             if point < 0:

@@ -46,6 +46,12 @@ class EppMetrics:
             (*model_labels, "error_code"),
             registry=r,
         )
+        self.versions = Counter(
+            "inference_model_split_requests_total",
+            "Requests per canary version (trafficSplit / targetModels) of a model",
+            ("model_name", "version", "pool"),
+            registry=r,
+        )
         self.duration = Histogram(
             "inference_objective_request_duration_seconds",
             "End-to-end request latency as the EPP saw it",

@@ -30,6 +30,7 @@ class ProtocolSettings:
     fallback_endpoints: int = 0  # how many fallbacks follow the primary in the destination list
     trust_control_headers: bool = False  # honour client x-gateway-* headers (trusted gateways only)
     require_registered_models: bool = False  # unknown model → 404 instead of default route
+    sticky_header: str | None = None  # e.g. x-user-id: one user stays on one canary version
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from epp.api.model import PodInfo, Pool
+from epp.api.priority import POOL_HEADER as TRUSTED_POOL_HEADER
 from epp.controlplane.backends import ServiceBackend
 from epp.datastore import endpoints_of
 
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
-POOL_HEADER = "x-gateway-inference-pool"
+POOL_HEADER = TRUSTED_POOL_HEADER
 EXT_PROC = "envoy.filters.http.ext_proc"
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"

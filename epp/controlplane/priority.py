@@ -12,22 +12,16 @@ exact rule. `resolve` finds the filter; `translate` writes the header.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
-POLICY_HEADER = "x-gateway-priority-policy"
-DEFAULT_CLIENT_HEADER = "x-request-priority"
-WORDS = ("high", "medium", "low")
+from epp.api.priority import (
+    DEFAULT_CLIENT_HEADER,
+    POLICY_HEADER,
+    WORDS,
+    PriorityPolicy,
+    parse_policy,
+)
 
-
-@dataclass(frozen=True, slots=True)
-class PriorityPolicy:
-    header: str = DEFAULT_CLIENT_HEADER
-    default: str = "medium"
-    client_override: bool = False
-
-    def header_value(self) -> str:
-        override = "true" if self.client_override else "false"
-        return f"header={self.header}; default={self.default}; client-override={override}"
+__all__ = ["POLICY_HEADER", "PriorityPolicy", "parse_policy", "policy_of"]
 
 
 def policy_of(resource: Mapping[str, object]) -> PriorityPolicy:
@@ -42,19 +36,3 @@ def policy_of(resource: Mapping[str, object]) -> PriorityPolicy:
         default=default if isinstance(default, str) and default in WORDS else "medium",
         client_override=override is True,
     )
-
-
-def parse_policy(value: str) -> PriorityPolicy | None:
-    """The inverse of `header_value`, for the EPP side and tests; None when malformed."""
-    fields: dict[str, str] = {}
-    for part in value.split(";"):
-        key, sep, item = part.strip().partition("=")
-        if not sep:
-            return None
-        fields[key.strip()] = item.strip()
-    header = fields.get("header", DEFAULT_CLIENT_HEADER)
-    default = fields.get("default", "medium")
-    override = fields.get("client-override", "false")
-    if not header or default not in WORDS or override not in ("true", "false"):
-        return None
-    return PriorityPolicy(header, default, override == "true")

@@ -25,6 +25,9 @@ CONTROL_HEADERS = (
     f"{cl.DESTINATION_HEADER}-subset",
     POLICY_HEADER,
     cl.POOL_HEADER,
+    "x-gateway-model-name-rewrite",
+    "x-gateway-inference-objective",
+    "x-gateway-inference-fairness-id",
 )
 
 

@@ -19,6 +19,7 @@ LB_NAMESPACE = "envoy.lb"
 SUBSET_NAMESPACE = "envoy.lb.subset_hint"
 ERROR_HEADER = "x-gateway-inference-error"
 PICKED_HEADER = "x-inference-endpoint"  # on responses: the endpoint the EPP picked
+VERSION_HEADER = "x-inference-version"  # on responses: the canary version chosen, if any
 REQUEST_ID_HEADER = "x-request-id"
 
 # Headers a client may send but never decide with: removed before the request leaves Envoy.

@@ -133,6 +133,10 @@ class RequestStream:
     def _started(self, decision: Decision) -> Decision:
         self._decision = decision
         self._metrics.requests.labels(decision.client_model, decision.target_model).inc()
+        if decision.version is not None:
+            self._metrics.versions.labels(
+                decision.client_model, decision.version, decision.pool
+            ).inc()
         self._metrics.running.labels(decision.client_model).inc()
         self._metrics.scheduler_e2e.observe(decision.decided - decision.started)
         return decision
@@ -174,6 +178,8 @@ class RequestStream:
                 (m.PICKED_HEADER, decision.endpoints[0]),
                 (m.REQUEST_ID_HEADER, decision.request_id),
             ]
+            if decision.version:
+                sets.append((m.VERSION_HEADER, decision.version))
             if served and decision.lease.address != served:
                 self._director.move_lease(decision, served)
             streaming = "text/event-stream" in headers.get("content-type", "")

@@ -224,6 +224,9 @@ class LocalStack:
             "--metrics-port",
             str(c.metrics_port),
             *(["--secure-serving"] if c.epp_tls else []),
+            # behind the control plane's routes, which strip client copies of the x-gateway-*
+            # headers and set the trusted ones (priority policy, pool pin)
+            *(["--trust-control-headers"] if self.uses_control_plane else []),
             *c.epp_args,
         ]
         for path in (*c.manifests, pods_file):

@@ -160,3 +160,66 @@ def test_fallback_endpoints_follow_the_primary() -> None:
     decision = d.handle({}, CHAT)
     assert len(decision.endpoints) == 3
     assert len(set(decision.endpoints)) == 3
+
+
+def canary_store() -> Datastore:
+    from epp.api.model import ResourceSet
+    from tests.factories import pod
+
+    splits = (
+        SplitTarget(50, "default/llama2-gpu-pool", version="stable"),
+        SplitTarget(50, "default/canary", version="canary"),
+    )
+    store = Datastore()
+    store.apply_resources(
+        ResourceSet(
+            (pool(), pool("canary")),
+            (model(splits=splits, priority=0),),
+            (pod("a", "127.0.0.2"), pod("b", "127.0.0.3", "canary")),
+        )
+    )
+    return store
+
+
+def test_sticky_header_keeps_a_user_on_one_version() -> None:
+    d = director(canary_store(), protocol=ProtocolSettings(sticky_header="x-user-id"))
+    for user in ("alice", "bob", "carol", "dave"):
+        versions = {d.handle({"x-user-id": user}, CHAT).version for _ in range(30)}
+        assert len(versions) == 1
+    spread = {d.handle({"x-user-id": f"user-{i}"}, CHAT).version for i in range(40)}
+    assert spread == {"stable", "canary"}  # different users still split
+
+
+def test_pool_pin_from_a_trusted_proxy_skips_the_pool_split() -> None:
+    headers = {"x-gateway-inference-pool": "default/canary"}
+    trusted = director(canary_store(), protocol=ProtocolSettings(trust_control_headers=True))
+    assert {trusted.handle(headers, CHAT).pool for _ in range(30)} == {"default/canary"}
+    untrusted = director(canary_store())
+    assert len({untrusted.handle(headers, CHAT).pool for _ in range(60)}) == 2
+
+
+@pytest.mark.parametrize(
+    ("policy", "client", "model_priority", "expected"),
+    [
+        ("header=x-request-priority; default=medium; client-override=false", None, 1, 1),
+        ("header=x-request-priority; default=medium; client-override=false", "low", 1, -1),
+        ("header=x-request-priority; default=medium; client-override=false", "high", 0, 0),
+        ("header=x-request-priority; default=medium; client-override=true", "high", -1, 1),
+        ("header=x-tier; default=low; client-override=false", None, None, -1),
+        ("garbage", "high", 0, 0),
+    ],
+)
+def test_priority_policy_from_the_route(
+    policy: str, client: str | None, model_priority: int | None, expected: int
+) -> None:
+    models = () if model_priority is None else (model(priority=model_priority),)
+    store = seed_store(models=models)
+    for address in ("127.0.0.2:8000", "127.0.0.3:8000", "127.0.0.4:8000"):
+        store.set_metrics(address, fresh())  # room everywhere: nothing is shed
+    d = director(store, protocol=ProtocolSettings(trust_control_headers=True))
+    headers = {"x-gateway-priority-policy": policy}
+    if client is not None:
+        headers["x-request-priority"] = client
+    assert d.handle(headers, CHAT).priority == expected
+    untrusted = director(store)
+    assert untrusted.handle(headers, CHAT).priority == (model_priority or 0)
