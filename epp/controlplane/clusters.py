@@ -110,20 +110,24 @@ def _static(name: str, addresses: Iterable[tuple[str, int]], dns: bool) -> dict[
     }
 
 
+def epp_tls_socket() -> dict[str, Any]:
+    """TLS to an EPP. Its certificate is self-signed by default: encrypt without verifying it,
+    as the upstream gateways do (Istio DestinationRule insecureSkipVerify)."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
+            ".UpstreamTlsContext",
+            "common_tls_context": {"alpn_protocols": ["h2"]},
+        },
+    }
+
+
 def epp_cluster(address: str, tls: bool) -> dict[str, Any]:
     host, port = _split(address)
     cluster = _static(epp_cluster_name(address), [(host, port)], dns=not _is_ip(host))
     if tls:
-        # the EPP's certificate is self-signed by default: encrypt without verifying it, as
-        # the upstream gateways do (Istio DestinationRule insecureSkipVerify)
-        cluster["transport_socket"] = {
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
-                ".UpstreamTlsContext",
-                "common_tls_context": {"alpn_protocols": ["h2"]},
-            },
-        }
+        cluster["transport_socket"] = epp_tls_socket()
     cluster["typed_extension_protocol_options"] = {
         HTTP_OPTIONS: {
             "@type": f"type.googleapis.com/{HTTP_OPTIONS}",

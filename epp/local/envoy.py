@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from epp.controlplane.clusters import epp_tls_socket
+
 FAIL_OPEN_BUFFER_BYTES = 16 * 1024 * 1024
 BOOTSTRAP = Path(__file__).resolve().parents[2] / "gateway" / "envoy.yaml"
 XDS_BOOTSTRAP = BOOTSTRAP.with_name("envoy-xds.yaml")
@@ -67,16 +69,7 @@ def render_bootstrap(
                 for h, p in fallback
             ]
         if cluster["name"] == "ext_proc" and ext_proc_tls:
-            # The EPP serves a self-signed certificate by default (as upstream): encrypt, and
-            # accept it as the upstream gateways do (Istio DestinationRule insecureSkipVerify).
-            cluster["transport_socket"] = {
-                "name": "envoy.transport_sockets.tls",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
-                    ".UpstreamTlsContext",
-                    "common_tls_context": {"alpn_protocols": ["h2"]},
-                },
-            }
+            cluster["transport_socket"] = epp_tls_socket()
         if cluster["name"] == "ext_proc":
             address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
             address["endpoint"]["address"]["socket_address"].update(

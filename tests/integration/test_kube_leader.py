@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from epp.kube.client import SEED_MODELS, SEED_POOLS, V1_POOLS, ClientConfig, KubeApi, connect
+from epp.kube.client import SEED_MODELS, SEED_POOLS, V1_POOLS, KubeApi
 from epp.kube.controller import KubeController
 from epp.kube.deployments import DeploymentReconciler
 from epp.kube.leader import LeaderElector, LeaderSettings
@@ -23,21 +22,6 @@ pytestmark = pytest.mark.integration
 
 FAST = WatchSettings(watch_timeout=30, resync=60, backoff_initial=0.05, backoff_max=0.2)
 QUICK_LEASE = LeaderSettings(name="epp", lease_duration=1.0, renew_deadline=0.6, retry_period=0.1)
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[ApiServer]:
-    srv = ApiServer()
-    await srv.start()
-    yield srv
-    await srv.stop()
-
-
-@pytest.fixture
-async def api(server: ApiServer) -> AsyncIterator[KubeApi]:
-    client = await connect(ClientConfig(host=server.url, request_timeout=5))
-    yield client
-    await client.close()
 
 
 def conditions(obj: dict[str, Any] | None) -> dict[str, tuple[str, str]]:

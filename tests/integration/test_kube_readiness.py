@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -12,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from epp.datastore import Datastore
 from epp.health import Health
-from epp.kube.client import ClientConfig, KubeApi, connect
+from epp.kube.client import KubeApi
 from epp.kube.serving import feed
 from epp.kube.source import KubeSource, SourceConfig
 from epp.kube.watch import WatchSettings
@@ -22,21 +21,6 @@ from tests.kube.objects import pod, seed_model, seed_pool, until
 pytestmark = pytest.mark.integration
 
 FAST = WatchSettings(watch_timeout=30, resync=60, backoff_initial=0.05, backoff_max=0.2)
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[ApiServer]:
-    srv = ApiServer()
-    await srv.start()
-    yield srv
-    await srv.stop()
-
-
-@pytest.fixture
-async def api(server: ApiServer) -> AsyncIterator[KubeApi]:
-    client = await connect(ClientConfig(host=server.url, request_timeout=5))
-    yield client
-    await client.close()
 
 
 async def readiness(port: int) -> int:

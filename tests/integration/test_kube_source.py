@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,21 +18,6 @@ from tests.kube.objects import node, pod, seed_model, seed_pool, until
 pytestmark = pytest.mark.integration
 
 FAST = WatchSettings(watch_timeout=30, resync=60, backoff_initial=0.05, backoff_max=0.2)
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[ApiServer]:
-    srv = ApiServer()
-    await srv.start()
-    yield srv
-    await srv.stop()
-
-
-@pytest.fixture
-async def api(server: ApiServer) -> AsyncIterator[KubeApi]:
-    client = await connect(ClientConfig(host=server.url, request_timeout=5))
-    yield client
-    await client.close()
 
 
 def addresses(store: Datastore) -> set[str]:
