@@ -65,6 +65,7 @@ class Datastore:
         self._models: dict[str, ModelRoute] = {}
         self._states: dict[str, dict[str, EndpointState]] = {}  # pool key → address → state
         self._pool_of: dict[str, str] = {}  # address → pool key
+        self._by_pod: dict[str, list[str]] = {}  # "ns/pod" and bare "pod" → addresses
         self._cached: dict[str, tuple[EndpointState, ...]] = {}
         self._metrics: dict[str, EndpointMetrics] = {}
         self._gpu: dict[str, GpuMetrics] = {}  # pod key → gpu
@@ -105,7 +106,14 @@ class Datastore:
         for gone in set(self._pool_of) - set(pool_of):
             self._metrics.pop(gone, None)
             self._health.pop(gone, None)
-        self._pools, self._states, self._pool_of = pools, states, pool_of
+        by_pod: dict[str, list[str]] = {}
+        for per_pool in states.values():
+            for address, state in per_pool.items():
+                pod = state.endpoint.pod
+                by_pod.setdefault(pod, []).append(address)
+                if "/" in pod:  # GPU series without a namespace label name the bare pod
+                    by_pod.setdefault(pod.split("/", 1)[1], []).append(address)
+        self._pools, self._states, self._pool_of, self._by_pod = pools, states, pool_of, by_pod
         self._cached = {}
 
     def _fresh_state(self, ep: Endpoint) -> EndpointState:
@@ -113,7 +121,7 @@ class Datastore:
         return EndpointState(
             ep,
             self._metrics.get(ep.address, EndpointMetrics()),
-            self._gpu.get(ep.pod, GpuMetrics()),
+            self._gpu.get(ep.pod) or self._gpu.get(ep.pod.split("/", 1)[-1], GpuMetrics()),
             flights,
             tokens,
             self._health.get(ep.address, True),
@@ -164,10 +172,8 @@ class Datastore:
 
     def set_gpu(self, pod_key: str, gpu: GpuMetrics) -> None:
         self._gpu[pod_key] = gpu
-        for per_pool in self._states.values():
-            for address, state in per_pool.items():
-                if state.endpoint.pod == pod_key or state.endpoint.pod.endswith("/" + pod_key):
-                    self._update(address, gpu=gpu)
+        for address in self._by_pod.get(pod_key, ()):
+            self._update(address, gpu=gpu)
 
     # ---- in-flight accounting --------------------------------------------------------------
     def lease(self, address: str, tokens: int) -> Lease:
