@@ -36,7 +36,9 @@ def endpoints_of(pool: Pool, pods: Iterable[PodInfo]) -> list[Endpoint]:
             continue
         engine = labels.get(ENGINE_LABEL, "vllm")
         found.extend(
-            Endpoint(format_address(pod.ip, port), pod.key, pool.key, pod.labels, engine)
+            Endpoint(
+                format_address(pod.ip, port), pod.key, pool.key, pod.labels, engine, pod.accelerator
+            )
             for port in pool.target_ports
         )
     return found

@@ -227,6 +227,7 @@ class EppServer:
                         "waiting": m.waiting,
                         "running": m.running,
                         "kv_usage": m.kv_usage,
+                        "accelerator": st.endpoint.accelerator,
                         "gpu_utilization": st.gpu.utilization,
                         "in_flight": st.in_flight,
                         "in_flight_tokens": st.in_flight_tokens,

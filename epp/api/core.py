@@ -111,6 +111,8 @@ def read_pod(doc: Obj) -> PodInfo:
     meta = read_meta(doc)
     spec = doc.obj("spec")
     node = spec.string("nodeName") if spec else None
+    selector = spec.str_map("nodeSelector") if spec else None
+    accelerator = (selector or {}).get("accelerator")
     status = doc.obj("status")
     ip: str | None = None
     ready = False
@@ -131,6 +133,7 @@ def read_pod(doc: Obj) -> PodInfo:
         ready=ready,
         node_name=node,
         deleting=deleting,
+        accelerator=accelerator,
     )
 
 

@@ -116,6 +116,7 @@ class PodInfo:
     ready: bool
     node_name: str | None = None
     deleting: bool = False
+    accelerator: str | None = None  # the node's GPU type (label or nodeSelector `accelerator`)
 
     @property
     def key(self) -> str:

@@ -5,7 +5,7 @@ every served shape, Pods, Nodes), and turns their caches into the same `Resource
 `epp.sources.files.FolderSource` hands out: `await synced()` returns the first complete set (every
 list answered), `watch()` yields a new set on every change. Scoping: given namespaces only, or one
 named pool (`--pool-name/--pool-namespace`). A watch outage keeps the last known objects and adds
-a `Stale` warning. Node labels (accelerator) are kept in `node_labels` until PodInfo carries them.
+a `Stale` warning. Each selected pod carries its node's accelerator label (`PodInfo.accelerator`).
 Meaning comes from `epp.api.parse`; `status.py` and `deployments.py` read `view()`.
 """
 
@@ -182,7 +182,12 @@ class KubeSource:
         if self.config.pool_name:
             wanted = key_of(self.config.pool_namespace, self.config.pool_name)
             pools = tuple(p for p in pools if p.key == wanted)
-        selected = self._selected_pods(pods, pools)
+        selected = tuple(
+            replace(p, accelerator=accelerator_of(nodes.get(p.node_name, {})) or p.accelerator)
+            if p.node_name
+            else p
+            for p in self._selected_pods(pods, pools)
+        )
         problems = list(parsed.problems)
         stale = [r for r in self.reflectors if r.stale]
         for r in stale:

@@ -120,11 +120,15 @@ def _served_names(pool: Pool, resources: ResourceSet) -> dict[str, Any]:
 
 
 def _pod_manifest(pool: Pool, name: str, ip: str) -> dict[str, Any]:
+    accel = pool.deployment.accelerator if pool.deployment else None
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": pool.namespace, "labels": dict(pool.selector)},
-        "spec": {"containers": [{"name": "vllm-sim", "image": "epp-sim"}]},
+        "spec": {
+            "containers": [{"name": "vllm-sim", "image": "epp-sim"}],
+            **({"nodeSelector": {"accelerator": accel}} if accel else {}),
+        },
         "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]},
     }
 

@@ -54,6 +54,8 @@ async def test_initial_sync_gives_pools_models_ready_pods_and_accelerators(
         assert addresses(store) == {"10.0.0.1:8000"}
         (ready,) = [p for p in resources.pods if p.ready]
         assert source.accelerator(ready) == "nvidia-tesla-v100"
+        assert ready.accelerator == "nvidia-tesla-v100"  # carried to the endpoint
+        assert {e.accelerator for e in store.endpoints()} == {"nvidia-tesla-v100"}
         assert not source.stale
         assert not [p for p in resources.problems if p.severity == "error"]
     finally:
