@@ -69,6 +69,8 @@ class EppServer:
             if config.scheduler_config is not None
             else build_default_profiles()
         )
+        for profile in profiles.values():
+            profile.timing = self.metrics.plugin_timing
         self.director = Director(self.store, profiles, s.protocol, s.saturation)
         self._kube: KubeRuntime | None = None
         self.health = Health()

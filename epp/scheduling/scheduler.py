@@ -10,6 +10,7 @@ logged with each endpoint's score per plugin (the explainability log).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +19,9 @@ from epp.scheduling.snapshot import snapshot_of
 from epp.types import EndpointState
 
 log = logging.getLogger(__name__)
+
+# (extension point, plugin type, plugin name, seconds): the plugin-duration metric's feed
+TimingSink = Callable[[str, str, str, float], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,15 @@ class Profile:
         self.picker = picker
         self.observers = tuple(observers)
         self._combine = weighted_sum([ws.weight for ws in self.scorers])
+        self.timing: TimingSink | None = None  # set by the server; sampled, not every request
+        self.timing_every = 16
+        self._runs = 0
+
+    def _timed(self) -> bool:
+        if self.timing is None:
+            return False
+        self._runs += 1
+        return self._runs % self.timing_every == 0
 
     def __repr__(self) -> str:
         parts = [f.name for f in self.filters]
@@ -70,9 +83,13 @@ class Profile:
     ) -> list[EndpointState]:
         """Return up to `count` endpoints, best first. `candidates` must not be empty."""
         explain = log.isEnabledFor(logging.DEBUG)
+        timed = self._timed()
         candidates = snapshot_of(candidates)
         for flt in self.filters:
+            start = time.perf_counter() if timed else 0.0
             kept = flt.filter(request, candidates)
+            if timed:
+                self._report("Filter", flt.name, start)
             if explain:
                 log.debug(
                     "request %s profile %s filter %s kept %d of %d%s",
@@ -84,20 +101,34 @@ class Profile:
         if len(candidates) == 1:
             picked = [candidates[0]]
         else:
-            totals, details = self._score(request, candidates, explain)
+            totals, details = self._score(request, candidates, explain, timed)
+            start = time.perf_counter() if timed else 0.0
             picked = self.picker.pick(candidates, totals, count)
+            if timed:
+                self._report("Picker", self.picker.name, start)
             if explain:
                 self._explain(request, candidates, totals, details, picked)
         for observer in self.observers:
             observer.picked(request, picked[0])
         return picked
 
+    def _report(self, point: str, plugin: str, start: float) -> None:
+        assert self.timing is not None
+        self.timing(point, plugin, plugin, time.perf_counter() - start)
+
     def _score(
-        self, request: SchedulingRequest, candidates: Sequence[EndpointState], explain: bool
+        self,
+        request: SchedulingRequest,
+        candidates: Sequence[EndpointState],
+        explain: bool,
+        timed: bool = False,
     ) -> tuple[list[float], list[tuple[str, list[float]]]]:
         columns: list[list[float]] = []
         for ws in self.scorers:
+            start = time.perf_counter() if timed else 0.0
             scores = ws.scorer.score(request, candidates)
+            if timed:
+                self._report("Scorer", ws.scorer.name, start)
             if len(scores) != len(candidates):
                 raise ValueError(f"scorer {ws.scorer.name} returned {len(scores)} scores")
             if not getattr(ws.scorer, "bounded", False) and not (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 
 import httpx
@@ -124,3 +125,27 @@ async def test_a_slow_pod_receives_clearly_fewer_requests(seed_stack: LocalStack
     print("requests per pod with", slow_address, "slowed:", dict(counts))
     others = [n for a, n in counts.items() if a != slow_address]
     assert counts[slow_address] * 2 < min(others), counts
+
+
+async def test_epp_metrics_use_the_upstream_names(seed_stack: LocalStack) -> None:
+    async with httpx.AsyncClient(base_url=seed_stack.url, timeout=30) as client:
+        for i in range(40):
+            check_served(await send(client, chat(stream=i % 2 == 0)), stream=i % 2 == 0)
+        metrics = await client.get(f"http://127.0.0.1:{seed_stack.config.metrics_port}/metrics")
+    text = metrics.text
+    labels = f'model_name="{MODEL}",target_model_name="{SERVED}"'
+    for name in (
+        f"inference_objective_request_total{{{labels}}}",
+        f"inference_objective_request_duration_seconds_count{{{labels}}}",
+        f"inference_objective_input_tokens_count{{{labels}}}",
+        f"inference_objective_output_tokens_count{{{labels}}}",
+        f"inference_objective_normalized_time_per_output_token_seconds_count{{{labels}}}",
+        f'inference_objective_running_requests{{model_name="{MODEL}"}}',
+        'inference_pool_average_kv_cache_utilization{name="llama2-gpu-pool"}',
+        'inference_pool_average_queue_size{name="llama2-gpu-pool"}',
+        'inference_pool_ready_pods{name="llama2-gpu-pool"} 3.0',
+        "inference_extension_scheduler_e2e_duration_seconds_count",
+        'inference_extension_plugin_duration_seconds_count{extension_point="Scorer"',
+    ):
+        assert name in text, name
+    assert re.search(r'inference_objective_request_error_total\{[^}]*error_code="BadRequest"', text)
