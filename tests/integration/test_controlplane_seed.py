@@ -104,8 +104,9 @@ async def _eventually_shifted(gateway: Gateway) -> None:
     import asyncio
 
     for _ in range(40):  # the EPP re-reads the folder within a second or two
-        hits = await gateway.pods_hit("/v1/chat/completions", None, 20)
-        if _canary_share(hits) >= 0.25:
+        # 40 samples and a 30 % bar: at the old 10 % weight, reaching it by chance is ~1e-5
+        hits = await gateway.pods_hit("/v1/chat/completions", None, 40)
+        if _canary_share(hits) >= 0.3:
             return
         await asyncio.sleep(0.25)
 
