@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
 import os
 import signal
 import socket
@@ -78,7 +79,8 @@ def _bench_argv(out: Path, first_ip: str, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "loadtest.bench", "--workloads", "shared-prefix",
         "--capacity", "3", "--fractions", "1.0", "--pods", "2", "--first-ip", first_ip,
-        "--drain", "15", "--budget-minutes", "2", "--out", str(out), *extra,
+        "--drain", "15", "--budget-minutes", "2", "--speed", "1", "--slow-speed", "0.5",
+        "--out", str(out), *extra,
     ]  # fmt: skip
 
 
@@ -103,7 +105,7 @@ def _children_alive(marker: str) -> list[str]:
 
 @pytest.mark.timeout(90)
 async def test_bench_runs_ours_and_envoy_and_writes_the_table(tmp_path: Path) -> None:
-    argv = _bench_argv(tmp_path, "127.0.78.2", "--duration", "4", "--routers",
+    argv = _bench_argv(tmp_path, "127.0.78.2", "--duration", "3", "--routers",
                        "epp:gpu-aware,envoy:LEAST_REQUEST,nope-router-kind:x")  # fmt: skip
     bad = await asyncio.create_subprocess_exec(*argv, cwd=REPO, stderr=asyncio.subprocess.PIPE)
     _, err = await bad.communicate()
@@ -121,6 +123,12 @@ async def test_bench_runs_ours_and_envoy_and_writes_the_table(tmp_path: Path) ->
     assert "| envoy:LEAST_REQUEST | 3.00 (1.00) |" in table
     assert "errors" in table and "FAILED" not in text
     assert list(tmp_path.glob("*-shared-prefix.png"))
+    (raw,) = tmp_path.glob("*-shared-prefix.json")
+    points = json.loads(raw.read_text())["points"]
+    assert [p["router"] for p in points] == ["epp:gpu-aware", "envoy:LEAST_REQUEST"]
+    for p in points:
+        assert p["stats"]["ok"] == p["stats"]["sent"] > 0, p
+        assert p["stats"]["ttft"]["p90"] > 0 and 0 <= p["stats"]["hit_rate"] <= 1, p
     assert not _children_alive("127.0.78.2")
 
 

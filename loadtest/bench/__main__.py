@@ -1,0 +1,264 @@
+"""`python -m loadtest.bench`: ours and the peers, side by side, on one simulated cluster.
+
+For each workload: measure the cluster's capacity (a saturating closed loop through Envoy's
+least-request balancer), then for every router and every rate (fractions of that capacity)
+start a fresh simulator process (`epp sim`, so caches start cold and equal) and the router,
+send open-loop Poisson arrivals of streaming requests for a fixed time, and stop both.
+Writes `<out>/<date>-<workload>.md|.json|.png` (report.py). Every child process is stopped on
+the way out, also on Ctrl-C, SIGTERM or failure; the whole run has a wall-clock budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import shlex
+import signal
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from loadtest.bench import client, report, stats
+from loadtest.bench.routers import Children, RouterSpec, SimPod, settle, start_router, start_sim
+from loadtest.workloads import WORKLOADS, poisson_arrivals, workload
+
+DEFAULT_ROUTERS = (
+    "epp:gpu-aware,epp:prefix-cache-aware,envoy:ROUND_ROBIN,envoy:LEAST_REQUEST,"
+    "vllm-router:round_robin,vllm-router:power_of_two,vllm-router:cache_aware,"
+    "sglang-router:cache_aware,sglang-router:power_of_two"
+)
+CAPACITY_ROUTER = "envoy:LEAST_REQUEST"
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__)
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated")
+    p.add_argument("--routers", default=DEFAULT_ROUTERS, help="comma-separated KIND:OPTION")
+    p.add_argument("--fractions", default="0.9,1.2", help="rates as fractions of capacity")
+    p.add_argument("--capacity", type=float, help="req/s; skip the capacity measurement")
+    p.add_argument("--capacity-seconds", type=float, default=24.0)
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of arrivals per point")
+    p.add_argument("--drain", type=float, default=20.0, help="max wait for stragglers")
+    p.add_argument("--request-timeout", type=float, default=60.0)
+    p.add_argument("--budget-minutes", type=float, default=45.0, help="wall-clock bound")
+    p.add_argument("--pods", type=int, default=4)
+    p.add_argument("--first-ip", default="127.0.77.2", help="pods on consecutive loopback IPs")
+    p.add_argument("--profile", default="H100")
+    p.add_argument("--speed", type=float, default=0.25, help="speed of every pod but the last")
+    p.add_argument("--slow-speed", type=float, default=0.125, help="speed of the last pod")
+    p.add_argument("--max-num-seqs", type=int, default=8)
+    p.add_argument("--num-gpu-blocks", type=int, default=600)
+    p.add_argument(
+        "--sheddable-share",
+        type=float,
+        default=0.0,
+        help="share of requests sent as a sheddable model (the rest critical); 0 = one model",
+    )
+    p.add_argument(
+        "--epp-args", default="", help='extra `epp serve` flags, e.g. "--sd-queue-depth 1"'
+    )
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", type=Path, default=Path("loadtest/results"))
+    p.add_argument("--tag", default="", help="suffix of the output file names")
+    return p
+
+
+def sim_args(a: argparse.Namespace) -> list[str]:
+    last = f"{a.pods - 1}:speed={a.slow_speed}"
+    return [
+        "--profile", a.profile, "--speed", str(a.speed), "--max-num-seqs", str(a.max_num_seqs),
+        "--num-gpu-blocks", str(a.num_gpu_blocks), "--seed", str(a.seed),
+        "--name-prefix", "pod", "--pod-option", last,
+    ]  # fmt: skip
+
+
+def cluster_text(a: argparse.Namespace) -> str:
+    return (
+        f"{a.pods} simulated {a.profile} pods (`epp sim`, one process), speed {a.speed} "
+        f"(the last at {a.slow_speed}), max_num_seqs {a.max_num_seqs}, "
+        f"{a.num_gpu_blocks} KV blocks of 16 tokens each"
+    )
+
+
+def machine_text() -> str:
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{platform.node()}, {os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}"
+
+
+def load_text() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, children: Children) -> None:
+        self.a = args
+        self.children = children
+        base = [int(x) for x in args.first_ip.split(".")]
+        self.pods = [
+            SimPod(f"{base[0]}.{base[1]}.{base[2]}.{base[3] + i}", 8000, f"pod-{i}")
+            for i in range(args.pods)
+        ]
+        self.deadline = time.monotonic() + args.budget_minutes * 60
+
+    async def _with_router(self, spec: RouterSpec) -> str:
+        await start_sim(self.children, self.pods, sim_args(self.a))
+        url = await start_router(
+            self.children, spec, self.pods, self.a.sheddable_share > 0, shlex.split(self.a.epp_args)
+        )
+        await settle(1.0)
+        return url + "/v1/chat/completions"
+
+    async def capacity(self, name: str) -> float:
+        a = self.a
+        spec = RouterSpec.parse(CAPACITY_ROUTER)
+        try:
+            url = await self._with_router(spec)
+            async with client.make_session(a.request_timeout) as session:
+                workers = a.pods * a.max_num_seqs * 2
+                requests = workload(name, a.seed + 1000)
+                samples = await client.closed_loop(
+                    session, url, requests, "bench", workers, a.capacity_seconds
+                )
+        finally:
+            await self.children.stop_all()
+        return stats.completion_rate(samples, a.capacity_seconds / 3, a.capacity_seconds)
+
+    async def point(
+        self, spec: RouterSpec, name: str, rate: float, fraction: float
+    ) -> report.Point:
+        a = self.a
+        try:
+            url = await self._with_router(spec)
+            arrivals = poisson_arrivals(a.seed, rate, a.duration)
+            labels = client.priorities(len(arrivals), a.sheddable_share, a.seed)
+            async with client.make_session(a.request_timeout) as session:
+                samples = await client.open_loop(
+                    session, url, workload(name, a.seed), arrivals, "bench", a.drain, labels
+                )
+        finally:
+            await self.children.stop_all()
+        by_priority = tuple(
+            (p, stats.summarize([x for x in samples if x.priority == p]))
+            for p in sorted({x.priority for x in samples} - {""})
+        )
+        return report.Point(spec.name, rate, fraction, stats.summarize(samples), by_priority)
+
+    async def run_workload(self, name: str) -> Path:
+        a = self.a
+        load_before = load_text()
+        if a.capacity:
+            capacity, note = a.capacity, "given with --capacity"
+        else:
+            print(f"[{name}] measuring capacity through {CAPACITY_ROUTER} …", flush=True)
+            capacity = await self.capacity(name)
+            note = (
+                f"completions/s of a closed loop of {a.pods * a.max_num_seqs * 2} streams "
+                f"through {CAPACITY_ROUTER}, last {a.capacity_seconds * 2 / 3:.0f} of "
+                f"{a.capacity_seconds:.0f} s"
+            )
+        print(f"[{name}] capacity {capacity:.2f} req/s", flush=True)
+        fractions = [float(f) for f in a.fractions.split(",")]
+        points: list[report.Point] = []
+        unavailable: list[tuple[str, str]] = []
+        for spec in (RouterSpec.parse(r) for r in a.routers.split(",")):
+            why = spec.unavailable()
+            if why:
+                unavailable.append((spec.name, why))
+                continue
+            for fraction in fractions:
+                if time.monotonic() > self.deadline:
+                    unavailable.append((spec.name, f"{fraction}x skipped: time budget spent"))
+                    continue
+                rate = capacity * fraction
+                try:
+                    point = await self.point(spec, name, rate, fraction)
+                except (RuntimeError, TimeoutError, OSError) as e:
+                    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    unavailable.append((spec.name, f"failed to start or run: {first}"))
+                    print(f"[{name}] {spec.name}: FAILED {first}", flush=True)
+                    break
+                s = point.stats
+                print(
+                    f"[{name}] {spec.name:28s} {rate:5.2f} req/s ok {s.ok}/{s.sent} "
+                    f"ttft p90 {s.ttft.p90:.3f}s e2e p90 {s.e2e.p90:.2f}s "
+                    f"hit {s.hit_rate:.0%} pods {s.pods_text()} errors {s.errors_text()}",
+                    flush=True,
+                )
+                points.append(point)
+        return self.write(name, capacity, note, load_before, points, unavailable)
+
+    def write(
+        self,
+        name: str,
+        capacity: float,
+        note: str,
+        load_before: str,
+        points: list[report.Point],
+        unavailable: list[tuple[str, str]],
+    ) -> Path:
+        a = self.a
+        now = datetime.now(UTC)
+        stem = f"{now:%Y-%m-%d}-{name}{a.tag}"
+        a.out.mkdir(parents=True, exist_ok=True)
+        command = " ".join(shlex.quote(x) for x in [".venv/bin/python", "-m", "loadtest.bench"])
+        command += " " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+        header = report.Header(
+            name, command.strip(), f"{now:%Y-%m-%d %H:%M} UTC", machine_text(),
+            cluster_text(a), capacity, note, a.duration, load_before,
+        )  # fmt: skip
+        plots: list[str] = []
+        if points:
+            png = report.plot(points, a.out / f"{stem}.png", f"{name}: p90 latency vs rate")
+            plots.append(str(png))
+        report.write_json(a.out / f"{stem}.json", header, points)
+        path: Path = a.out / f"{stem}.md"
+        path.write_text(report.render_markdown(header, points, unavailable, plots))
+        return path
+
+
+async def amain(args: argparse.Namespace, children: Children) -> int:
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    assert task is not None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    bench = Bench(args, children)
+    try:
+        for name in args.workloads.split(","):
+            if name not in WORKLOADS:
+                raise SystemExit(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
+            path = await bench.run_workload(name)
+            print(f"wrote {path}", flush=True)
+    except asyncio.CancelledError:
+        print("interrupted: stopping every child process", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        await children.stop_all()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    for r in args.routers.split(","):
+        RouterSpec.parse(r)
+    run_dir = Path(tempfile.mkdtemp(prefix="epp-bench-"))
+    children = Children(run_dir)
+    print(f"logs in {run_dir}", flush=True)
+    try:
+        return asyncio.run(amain(args, children))
+    finally:
+        children.kill_now()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""The benchmark's outputs: a markdown file per workload, PNG plots, and the raw numbers as JSON.
+
+`Point` is one (router, rate) measurement; `render_markdown` writes the table, the routers that
+could not run (with the reason) and the verdict lines comparing ours (`epp:*`) with every peer
+at the rate nearest 90% of capacity; `plot` draws latency against request rate, one line per
+router (matplotlib, Agg backend, imported lazily so the runner starts without it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from loadtest.bench.stats import RunStats
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    router: str
+    rate: float  # offered requests/s
+    fraction: float  # of the measured capacity
+    stats: RunStats
+    by_priority: tuple[tuple[str, RunStats], ...] = ()  # ("critical", ...), ("sheddable", ...)
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    workload: str
+    command: str
+    date: str
+    machine: str
+    cluster: str
+    capacity: float
+    capacity_note: str
+    duration: float
+    load_before: str
+
+
+def _ms(v: float) -> str:
+    return "-" if math.isnan(v) else f"{v * 1000:.0f}"
+
+
+def _s(v: float) -> str:
+    return "-" if math.isnan(v) else f"{v:.2f}"
+
+
+def is_ours(router: str) -> bool:
+    return router.startswith("epp:")
+
+
+def table(points: Sequence[Point]) -> list[str]:
+    lines = [
+        "| router | rate req/s (x cap) | sent | ok | errors | TTFT p50 / p90 / p99 ms "
+        "| ITL p50 / p90 ms | e2e p50 / p90 / p99 s | req/s | out tok/s | prefix hit "
+        "| pods per group | per pod |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in points:
+        s = p.stats
+        lines.append(
+            f"| {'**' + p.router + '**' if is_ours(p.router) else p.router} "
+            f"| {p.rate:.2f} ({p.fraction:.2f}) | {s.sent} | {s.ok} | {s.errors_text()} "
+            f"| {_ms(s.ttft.p50)} / {_ms(s.ttft.p90)} / {_ms(s.ttft.p99)} "
+            f"| {_ms(s.itl.p50)} / {_ms(s.itl.p90)} "
+            f"| {_s(s.e2e.p50)} / {_s(s.e2e.p90)} / {_s(s.e2e.p99)} "
+            f"| {s.throughput:.2f} | {s.output_tps:.0f} | {s.hit_rate:.0%} "
+            f"| {'-' if math.isnan(s.group_pods) else f'{s.group_pods:.1f}'} | {s.pods_text()} |"
+        )
+    return lines
+
+
+def priority_table(points: Sequence[Point]) -> list[str]:
+    """Critical against sheddable requests, for runs with --sheddable-share."""
+    lines = [
+        "| router | rate req/s (x cap) | critical ok / sent | critical TTFT p50 / p90 ms "
+        "| critical e2e p90 s | sheddable ok / sent | sheddable 429 | sheddable TTFT p90 ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in points:
+        by = dict(p.by_priority)
+        c, d = by.get("critical"), by.get("sheddable")
+        if c is None or d is None:
+            continue
+        shed = dict(d.errors).get("429", 0)
+        lines.append(
+            f"| {p.router} | {p.rate:.2f} ({p.fraction:.2f}) | {c.ok} / {c.sent} "
+            f"| {_ms(c.ttft.p50)} / {_ms(c.ttft.p90)} | {_s(c.e2e.p90)} | {d.ok} / {d.sent} "
+            f"| {shed} | {_ms(d.ttft.p90)} |"
+        )
+    return lines
+
+
+def verdict(points: Sequence[Point], metric: str, target: float = 0.9) -> list[str]:
+    """Ours against every peer on `metric` ("ttft" or "e2e", p90) at the rate nearest `target`."""
+    if not points:
+        return []
+    fraction = min({p.fraction for p in points}, key=lambda f: abs(f - target))
+    at = [p for p in points if p.fraction == fraction and p.stats.ok]
+    ours = [p for p in at if is_ours(p.router)]
+    peers = [p for p in at if not is_ours(p.router)]
+    if not ours or not peers:
+        return [f"- at {fraction:.2f}x capacity: not enough routers ran to compare."]
+
+    def value(p: Point) -> float:
+        return p.stats.ttft.p90 if metric == "ttft" else p.stats.e2e.p90
+
+    best = min(peers, key=value)
+    label = "p90 TTFT" if metric == "ttft" else "p90 e2e"
+    out = [
+        f"- at {fraction:.2f}x capacity, {label}; best peer **{best.router}** {value(best):.3f} s:"
+    ]
+    for p in ours:
+        beaten = [q.router for q in peers if value(q) <= value(p)]
+        ratio = value(p) / value(best) if value(best) > 0 else math.inf
+        status = "below every peer" if not beaten else f"not below {', '.join(beaten)}"
+        out.append(f"  - {p.router}: {value(p):.3f} s = {ratio:.2f}x the best peer ({status})")
+    return out
+
+
+def render_markdown(
+    header: Header,
+    points: Sequence[Point],
+    unavailable: Sequence[tuple[str, str]],
+    plots: Sequence[str],
+    note: str = "",
+) -> str:
+    h = header
+    lines = [
+        f"# Benchmark: {h.workload} workload, {h.date}",
+        "",
+        f"- command: `{h.command}`",
+        f"- machine: {h.machine}; load average before the run: {h.load_before}",
+        f"- cluster: {h.cluster}",
+        f"- capacity: {h.capacity:.2f} req/s ({h.capacity_note}); each rate point runs "
+        f"{h.duration:.0f} s of open-loop Poisson arrivals on a freshly started cluster and router",
+        "- TTFT = first body byte; ITL = (e2e - TTFT) / (output tokens - 1) per request; "
+        "prefix hit = cached / prompt tokens from `usage`; per pod = requests served by each "
+        "pod (`x-inference-pod`), slow pod last; pods per group = distinct pods that served each "
+        "shared-prefix group (1.0 = full affinity)",
+        "",
+        *table(points),
+        "",
+    ]
+    if unavailable:
+        lines += ["Not run:", ""]
+        lines += [f"- {name}: {why}" for name, why in unavailable]
+        lines.append("")
+    if any(p.by_priority for p in points):
+        lines += ["## Critical and sheddable requests", "", *priority_table(points), ""]
+    metric = "ttft" if h.workload == "shared-prefix" else "e2e"
+    lines += ["## Verdict", "", *verdict(points, metric), ""]
+    if note:
+        lines += [note, ""]
+    lines += [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def write_json(path: Path, header: Header, points: Sequence[Point]) -> None:
+    data = {
+        "header": dataclasses.asdict(header),
+        "points": [dataclasses.asdict(p) for p in points],
+    }
+    path.write_text(json.dumps(data, indent=1, default=str))
+
+
+def plot(points: Sequence[Point], path: Path, title: str) -> Path:
+    """TTFT p90 and e2e p90 against offered rate, one line per router."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    routers = sorted({p.router for p in points}, key=lambda r: (not is_ours(r), r))
+    for router in routers:
+        mine = sorted(
+            (p for p in points if p.router == router and p.stats.ok), key=lambda p: p.rate
+        )
+        if not mine:
+            continue
+        style = {"linewidth": 2.5} if is_ours(router) else {"linestyle": "--"}
+        rates = [p.rate for p in mine]
+        axes[0].plot(rates, [p.stats.ttft.p90 for p in mine], marker="o", label=router, **style)
+        axes[1].plot(rates, [p.stats.e2e.p90 for p in mine], marker="o", label=router, **style)
+    for ax, what in zip(axes, ("TTFT p90 (s)", "end-to-end p90 (s)"), strict=True):
+        ax.set_xlabel("offered rate (requests/s)")
+        ax.set_ylabel(what)
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=8, loc="upper left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,248 @@
+"""The routers under test and the simulated cluster they share, as child processes.
+
+`RouterSpec.parse("epp:gpu-aware")` names one router: ours (Envoy + EPP with a scheduling
+profile), Envoy alone (`envoy:ROUND_ROBIN` / `envoy:LEAST_REQUEST` on the pool cluster),
+`vllm-router:POLICY` or `sglang-router:POLICY` (PyPI wheels, started from .venv/bin). `Children`
+owns every process: each runs in its own process group (epp.local.processes) and is stopped on
+the way out, and `kill_now()` is the synchronous last resort for an interrupted interpreter.
+All addresses are on 127.0.0.0/8.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from epp.local.envoy import EnvoyPorts, envoy_argv, render_bootstrap
+from epp.local.processes import ChildProcess, wait_until
+
+KINDS = ("epp", "envoy", "vllm-router", "sglang-router")
+POOL_LABEL = "inference.networking.x-k8s.io/pool"
+POOL = "bench-pool"
+MODEL = "bench"
+SERVED_MODEL = "meta-llama/Llama-2-7b-chat-hf"
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSpec:
+    kind: str
+    option: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}:{self.option}"
+
+    @classmethod
+    def parse(cls, text: str) -> RouterSpec:
+        kind, _, option = text.partition(":")
+        if kind not in KINDS or not option:
+            raise ValueError(f"bad router {text!r}: want KIND:OPTION with KIND in {KINDS}")
+        return cls(kind, option)
+
+    def unavailable(self) -> str | None:
+        """Why this router cannot run here, or None."""
+        if self.kind in ("vllm-router", "sglang-router") and not _binary(self.kind):
+            return f"`{self.kind}` is not installed (pip install {self.kind})"
+        if self.kind in ("epp", "envoy"):
+            try:
+                envoy_argv(Path("/dev/null"))
+            except RuntimeError as e:
+                return str(e)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class SimPod:
+    host: str
+    port: int
+    name: str
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _binary(name: str) -> str | None:
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class Children:
+    """Every process the benchmark started, stopped together."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.children: list[ChildProcess] = []
+
+    async def start(self, name: str, argv: Sequence[str]) -> ChildProcess:
+        child = ChildProcess(name, argv, self.run_dir / f"{name}.log")
+        self.children.append(child)
+        await child.start()
+        return child
+
+    async def stop(self, child: ChildProcess) -> None:
+        await child.stop(grace=3.0)
+        if child in self.children:
+            self.children.remove(child)
+
+    async def stop_all(self) -> None:
+        for child in reversed(list(self.children)):
+            await self.stop(child)
+
+    def kill_now(self) -> None:
+        for child in self.children:
+            if child.proc is not None and child.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.proc.pid, signal.SIGKILL)
+
+
+async def _ok(url: str) -> bool:
+    timeout = aiohttp.ClientTimeout(total=1.0)
+    async with aiohttp.ClientSession(timeout=timeout) as s, s.get(url) as r:
+        return r.status == 200
+
+
+def _probe(url: str) -> Callable[[], Awaitable[bool]]:
+    return lambda: _ok(url)
+
+
+async def start_sim(children: Children, pods: Sequence[SimPod], args: Sequence[str]) -> None:
+    argv = [sys.executable, "-m", "epp", "--log-level", "WARNING", "sim"]
+    argv += ["--pods", ",".join(p.address for p in pods), "--accept-any-model", *args]
+    child = await children.start("sim", argv)
+    for pod in pods:
+        await wait_until(_probe(f"http://{pod.address}/health"), "sim pods", 30, child)
+
+
+def _model(name: str, strategy: str, priority: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "gateway.networking.x-k8s.io/v1alpha1",
+        "kind": "InferenceModel",
+        "metadata": {"name": name},
+        "spec": {
+            "poolRef": {"name": POOL},
+            "routing": {"priority": priority, "loadBalancing": {"strategy": strategy}},
+        },
+    }
+
+
+def epp_manifests(
+    pods: Sequence[SimPod], strategy: str, priorities: bool = False
+) -> list[dict[str, Any]]:
+    """One seed-shape pool owning the simulated pods and the model `bench` with `strategy`.
+
+    With `priorities`, `bench` is critical (high) and `bench-sheddable` is sheddable (low)."""
+    env = [{"name": "MODEL_NAME", "value": SERVED_MODEL}]
+    container = {"name": "vllm", "image": "vllm/vllm-openai:latest", "env": env}
+    pool = {
+        "apiVersion": "gateway.networking.x-k8s.io/v1alpha1",
+        "kind": "InferencePool",
+        "metadata": {"name": POOL},
+        "spec": {
+            "targetPortNumber": pods[0].port,
+            "deployment": {
+                "replicas": len(pods),
+                "template": {"spec": {"containers": [container]}},
+            },
+        },
+    }
+    models = [_model(MODEL, strategy, "high" if priorities else "medium")]
+    if priorities:
+        models.append(_model(f"{MODEL}-sheddable", strategy, "low"))
+    pod_docs = [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": p.name, "labels": {POOL_LABEL: POOL}},
+            "spec": {"containers": [{"name": "vllm", "image": "epp-sim"}]},
+            "status": {"podIP": p.host, "conditions": [{"type": "Ready", "status": "True"}]},
+        }
+        for p in pods
+    ]
+    return [pool, *models, *pod_docs]
+
+
+async def _start_envoy(
+    children: Children, pods: Sequence[SimPod], lb_policy: str | None, with_epp: int | None
+) -> str:
+    listener, admin = free_ports(2)
+    fallback = [(p.host, p.port) for p in pods]
+    config = render_bootstrap(EnvoyPorts(listener, admin, with_epp or 1), fallback=fallback)
+    if with_epp is None:
+        hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        filters = hcm["typed_config"]["http_filters"]
+        filters[:] = [f for f in filters if f["name"] != "envoy.filters.http.ext_proc"]
+        for cluster in config["static_resources"]["clusters"]:
+            if cluster["name"] == "pool_fallback":
+                cluster["lb_policy"] = lb_policy
+    path = children.run_dir / "envoy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    child = await children.start("envoy", envoy_argv(path))
+    await wait_until(lambda: _ok(f"http://127.0.0.1:{admin}/ready"), "Envoy", 30, child)
+    return f"http://127.0.0.1:{listener}"
+
+
+async def start_router(
+    children: Children,
+    spec: RouterSpec,
+    pods: Sequence[SimPod],
+    priorities: bool = False,
+    epp_args: Sequence[str] = (),
+) -> str:
+    """Start `spec` in front of `pods`; the base URL clients use."""
+    if spec.kind == "envoy":
+        return await _start_envoy(children, pods, spec.option, None)
+    if spec.kind == "epp":
+        grpc, health, metrics = free_ports(3)
+        manifests = children.run_dir / "manifests.yaml"
+        manifests.write_text(yaml.safe_dump_all(epp_manifests(pods, spec.option, priorities)))
+        argv = [sys.executable, "-m", "epp", "--log-level", "WARNING", "serve"]
+        argv += ["--manifests", str(manifests), "--grpc-port", str(grpc)]
+        argv += ["--health-port", str(health), "--metrics-port", str(metrics), *epp_args]
+        epp = await children.start("epp", argv)
+        await wait_until(lambda: _ok(f"http://127.0.0.1:{metrics}/healthz"), "EPP", 30, epp)
+        return await _start_envoy(children, pods, None, grpc)
+    port, prom = free_ports(2)
+    urls = [f"http://{p.address}" for p in pods]
+    binary = _binary(spec.kind) or spec.kind
+    if spec.kind == "vllm-router":
+        argv = [binary, "--log-level", "warning"]
+    else:
+        argv = [binary, "launch", "--log-level", "warn"]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--policy", spec.option]
+    argv += ["--prometheus-host", "127.0.0.1", "--prometheus-port", str(prom)]
+    argv += ["--worker-urls", *urls]
+    child = await children.start(spec.kind, argv)
+    url = f"http://127.0.0.1:{port}"
+    await wait_until(lambda: _ok(f"{url}/health"), spec.kind, 60, child)
+    return url
+
+
+async def settle(seconds: float) -> None:
+    """Let freshly started routers scrape and connect before load starts."""
+    await asyncio.sleep(seconds)

@@ -1,0 +1,145 @@
+"""loadtest/bench: statistics, report rendering, router specs and manifests, without processes."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from loadtest.bench.__main__ import make_parser, sim_args
+from loadtest.bench.client import Sample, _usage_of, priorities
+from loadtest.bench.report import Header, Point, priority_table, render_markdown, verdict
+from loadtest.bench.routers import RouterSpec, SimPod, epp_manifests
+from loadtest.bench.stats import completion_rate, percentile, pods_per_group, summarize
+
+
+def ok(start: float, ttft: float, e2e: float, pod: str = "pod-0", **kw: int) -> Sample:
+    return Sample(start, 200, "", ttft, e2e, kw.get("prompt", 100), kw.get("cached", 0),
+                  kw.get("tokens", 11), pod)  # fmt: skip
+
+
+def test_percentile_interpolates() -> None:
+    assert percentile([1, 2, 3, 4, 5], 50) == 3
+    assert percentile([0, 10], 90) == pytest.approx(9)
+    assert math.isnan(percentile([], 50))
+
+
+def test_summarize_counts_errors_hits_pods_and_itl() -> None:
+    samples = [
+        ok(0.0, 0.1, 1.1, "pod-0", prompt=100, cached=50),
+        ok(0.5, 0.2, 2.2, "pod-1", prompt=100, cached=0),
+        Sample(1.0, 429, "http-429", 0.01, 0.01),
+        Sample(1.5, 0, "ClientConnectorError", 0.0, 0.2),
+    ]
+    s = summarize(samples)
+    assert (s.sent, s.ok) == (4, 2)
+    assert dict(s.errors) == {"429": 1, "ClientConnectorError": 1}
+    assert s.hit_rate == pytest.approx(0.25)
+    assert dict(s.pods) == {"pod-0": 1, "pod-1": 1}
+    assert s.itl.p50 == pytest.approx(0.15)  # (1.0 / 10 + 2.0 / 10) / 2
+    assert s.throughput == pytest.approx(2 / 2.7)
+    assert s.ttft.p90 == pytest.approx(0.19)
+
+
+def test_completion_rate_counts_the_window_only() -> None:
+    samples = [ok(t, 0.1, 1.0) for t in range(10)]  # ends at 1..10
+    assert completion_rate(samples, 3.0, 9.0) == pytest.approx(7 / 6)
+
+
+def test_usage_is_read_from_the_last_event() -> None:
+    tail = (
+        b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n'
+        b'data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":3,'
+        b'"prompt_tokens_details":{"cached_tokens":4}}}\n\ndata: [DONE]\n\n'
+    )
+    assert _usage_of(tail) == {
+        "prompt_tokens": 9, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 4}
+    }  # fmt: skip
+    assert _usage_of(b'data: {"choices":[]}\n\n') is None
+
+
+def test_router_specs_parse_and_refuse_typos() -> None:
+    spec = RouterSpec.parse("vllm-router:cache_aware")
+    assert (spec.kind, spec.option, spec.name) == ("vllm-router", "cache_aware", spec.name)
+    for bad in ("nginx:rr", "epp", "epp:"):
+        with pytest.raises(ValueError, match="bad router"):
+            RouterSpec.parse(bad)
+
+
+def test_epp_manifests_declare_the_pods_and_the_strategy() -> None:
+    pods = [SimPod("127.0.77.2", 8000, "pod-0"), SimPod("127.0.77.3", 8000, "pod-1")]
+    pool, model, *declared = epp_manifests(pods, "prefix-cache-aware")
+    assert pool["spec"]["deployment"]["replicas"] == 2
+    assert model["spec"]["routing"]["loadBalancing"]["strategy"] == "prefix-cache-aware"
+    assert [d["status"]["podIP"] for d in declared] == ["127.0.77.2", "127.0.77.3"]
+
+
+def test_sim_args_slow_down_the_last_pod() -> None:
+    args = make_parser().parse_args(["--pods", "6", "--slow-speed", "0.1"])
+    assert "5:speed=0.1" in sim_args(args)
+
+
+def _point(router: str, ttft90: float, fraction: float = 0.9) -> Point:
+    samples = [ok(i * 0.1, ttft90 if i == 9 else 0.01, 1.0) for i in range(10)]
+    return Point(router, 5.0 * fraction, fraction, summarize(samples))
+
+
+def test_verdict_names_the_peers_we_do_not_beat() -> None:
+    points = [
+        _point("epp:gpu-aware", 0.5),
+        _point("envoy:LEAST_REQUEST", 0.8),
+        _point("sglang-router:cache_aware", 0.3),
+        _point("epp:gpu-aware", 0.1, 1.2),
+    ]
+    lines = "\n".join(verdict(points, "ttft"))
+    assert "best peer **sglang-router:cache_aware**" in lines
+    assert "not below sglang-router:cache_aware" in lines
+    assert "envoy:LEAST_REQUEST" not in lines.split("epp:gpu-aware")[1]
+
+
+def test_markdown_has_command_table_unavailable_and_plots(tmp_path: Path) -> None:
+    header = Header("shared-prefix", "python -m loadtest.bench", "2026-01-01 00:00 UTC",
+                    "vm", "4 pods", 5.0, "measured", 30.0, "0.5 0.5 0.5")  # fmt: skip
+    text = render_markdown(header, [_point("epp:gpu-aware", 0.2)],
+                           [("sglang-router:cache_aware", "not installed")],
+                           [str(tmp_path / "x.png")])  # fmt: skip
+    assert "`python -m loadtest.bench`" in text
+    assert "| **epp:gpu-aware** | 4.50 (0.90) | 10 | 10 | 0 |" in text
+    assert "- sglang-router:cache_aware: not installed" in text
+    assert "![x](x.png)" in text
+
+
+def test_priorities_split_by_share_and_seed() -> None:
+    assert priorities(3, 0.0, 1) == ["", "", ""]
+    labels = priorities(1000, 0.3, 1)
+    assert labels == priorities(1000, 0.3, 1)
+    assert 250 < labels.count("sheddable") < 350
+    assert labels.count("critical") + labels.count("sheddable") == 1000
+
+
+def test_epp_manifests_with_priorities_add_a_sheddable_model() -> None:
+    docs = epp_manifests([SimPod("127.0.77.2", 8000, "pod-0")], "gpu-aware", priorities=True)
+    models = {d["metadata"]["name"]: d for d in docs if d["kind"] == "InferenceModel"}
+    assert models["bench"]["spec"]["routing"]["priority"] == "high"
+    assert models["bench-sheddable"]["spec"]["routing"]["priority"] == "low"
+
+
+def test_priority_table_counts_shed_requests() -> None:
+    critical = summarize([ok(0.0, 0.1, 1.0)])
+    sheddable = summarize([ok(0.0, 0.2, 1.0), Sample(0.1, 429, "http-429", 0.0, 0.0)])
+    point = Point(
+        "epp:gpu-aware", 6.0, 1.2, critical, (("critical", critical), ("sheddable", sheddable))
+    )
+    rows = priority_table([point])
+    assert rows[2] == "| epp:gpu-aware | 6.00 (1.20) | 1 / 1 | 100 / 100 | 1.00 | 1 / 2 | 1 | 200 |"
+
+
+def test_pods_per_group_measures_affinity() -> None:
+    def on(pod: str, group: str) -> Sample:
+        return Sample(0.0, 200, "", 0.1, 1.0, 10, 0, 5, pod, group=group)
+
+    samples = [on("pod-0", "group-0"), on("pod-0", "group-0"), on("pod-1", "group-1"),
+               on("pod-2", "group-1"), on("pod-3", "group-2")]  # fmt: skip
+    assert pods_per_group(samples) == pytest.approx(1.5)  # group-2 has one request: ignored
+    assert math.isnan(pods_per_group([on("pod-0", "sharegpt-1")]))
