@@ -19,7 +19,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from epp.kube.flags import add_arguments as add_kube_arguments
-from epp.settings import ProtocolSettings, SaturationSettings, ServerSettings, Settings
+from epp.settings import (
+    FlowSettings,
+    ProtocolSettings,
+    SaturationSettings,
+    ServerSettings,
+    Settings,
+)
 
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -87,6 +93,17 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="read pools, models and pods from the API server (see docs/kubernetes.md)",
     )
     add_kube_arguments(p)
+    p.add_argument(
+        "--no-flow-control",
+        action="store_true",
+        help="never hold requests in the EPP (pods queue first come, first served)",
+    )
+    p.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a request may wait for room before a 503",
+    )
     p.add_argument("--sd-queue-depth", type=int, default=5)
     p.add_argument("--sd-kv-cache-util", type=float, default=0.8)
     p.add_argument("--sd-staleness", type=float, default=0.2)
@@ -212,6 +229,7 @@ def _serve(args: argparse.Namespace) -> int:
             trust_control_headers=args.trust_control_headers,
             sticky_header=args.sticky_header.lower() if args.sticky_header else None,
         ),
+        flow=FlowSettings(not args.no_flow_control, args.queue_timeout),
         saturation=SaturationSettings(
             args.sd_queue_depth, args.sd_kv_cache_util, args.sd_staleness
         ),

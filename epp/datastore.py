@@ -9,7 +9,7 @@ consistent; asyncio rebinding is atomic, so the hot path takes no lock.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
 from epp.api.model import ModelRoute, PodInfo, Pool, ResourceSet
@@ -18,6 +18,7 @@ from epp.types import Endpoint, EndpointMetrics, EndpointState, GpuMetrics
 log = logging.getLogger(__name__)
 
 ENGINE_LABEL = "inference.networking.k8s.io/engine-type"
+QUEUED_SCRAPES_TO_LEARN = 3
 
 
 def format_address(ip: str, port: int) -> str:
@@ -73,6 +74,9 @@ class Datastore:
         self._gpu: dict[str, GpuMetrics] = {}  # pod key → gpu
         self._in_flight: dict[str, tuple[int, int]] = {}
         self._health: dict[str, bool] = {}
+        self._limits: dict[str, int] = {}  # learned concurrency limit per address
+        self._queued_scrapes: dict[str, int] = {}  # consecutive scrapes with waiting > 0
+        self._listeners: list[Callable[[str], None]] = []
         self.synced = False
 
     # ---- resources -------------------------------------------------------------------------
@@ -108,6 +112,8 @@ class Datastore:
         for gone in set(self._pool_of) - set(pool_of):
             self._metrics.pop(gone, None)
             self._health.pop(gone, None)
+            self._limits.pop(gone, None)
+            self._queued_scrapes.pop(gone, None)
         by_pod: dict[str, list[str]] = {}
         for per_pool in states.values():
             for address, state in per_pool.items():
@@ -127,6 +133,7 @@ class Datastore:
             flights,
             tokens,
             self._health.get(ep.address, True),
+            self._limits.get(ep.address, 0),
         )
 
     # ---- reads (hot path) ------------------------------------------------------------------
@@ -164,7 +171,17 @@ class Datastore:
 
     def set_metrics(self, address: str, metrics: EndpointMetrics) -> None:
         self._metrics[address] = metrics
-        self._update(address, metrics=metrics)
+        changes: dict[str, object] = {"metrics": metrics}
+        queued = self._queued_scrapes.get(address, 0) + 1 if metrics.waiting > 0 else 0
+        self._queued_scrapes[address] = queued
+        limit = self._limits.get(address, 0)
+        if (queued >= QUEUED_SCRAPES_TO_LEARN or limit) and metrics.running > limit:
+            # a queue that persists over several scrapes means the batch is full at this many
+            # running requests (a single scrape catches requests between engine steps)
+            self._limits[address] = metrics.running
+            changes["limit"] = metrics.running
+        self._update(address, **changes)
+        self._changed(address)
 
     def set_health(self, address: str, healthy: bool) -> None:
         if self._health.get(address, True) != healthy:
@@ -191,6 +208,19 @@ class Datastore:
         else:
             self._in_flight[address] = (flights, toks)
         self._update(address, in_flight=flights, in_flight_tokens=toks)
+        if requests < 0:
+            self._changed(address)
+
+    # ---- change notification (flow control wakes queued requests) ----------------------
+    def add_listener(self, listener: Callable[[str], None]) -> None:
+        """`listener(pool_key)` is called when an endpoint may have gained room."""
+        self._listeners.append(listener)
+
+    def _changed(self, address: str) -> None:
+        pool_key = self._pool_of.get(address)
+        if pool_key is not None:
+            for listener in self._listeners:
+                listener(pool_key)
 
     def in_flight(self, address: str) -> int:
         return self._in_flight.get(address, (0, 0))[0]

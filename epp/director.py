@@ -21,6 +21,7 @@ from epp.api.model import PRIORITY_STANDARD, ModelRoute, Pool, SplitTarget
 from epp.api.priority import POLICY_HEADER, POOL_HEADER, parse_policy
 from epp.datastore import Datastore, Lease
 from epp.errors import BadRequest, ModelNotFound, NoEndpoints, RequestTooLarge, Shed
+from epp.flowcontrol import FlowControl
 from epp.scheduling.base import SchedulingRequest
 from epp.scheduling.registry import DEFAULT_PROFILE, select_profile
 from epp.scheduling.saturation import SaturationDetector
@@ -73,7 +74,9 @@ class Director:
         saturation: SaturationSettings,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        flow: FlowControl | None = None,
     ) -> None:
+        self._flow = flow
         self._store = store
         self._profiles = profiles
         self._protocol = protocol
@@ -96,9 +99,26 @@ class Director:
         started = self._clock()
         # 1. parse the OpenAI body
         payload, client_model = self._parse(body)
-        return self._decide(started, headers, payload, client_model, body, subset, rewrite)
+        # 2. resolve the model to a pool, a served model and a priority (canary split included)
+        route = self._resolve(client_model, headers, rewrite)
+        return self._decide(started, headers, payload, client_model, body, subset, route)
 
-    def handle_headers_only(
+    async def handle_queued(
+        self,
+        headers: Mapping[str, str],
+        body: bytes,
+        subset: Sequence[str] | None = None,
+        rewrite: str | None = None,
+    ) -> Decision:
+        """`handle`, but when the pool has no room the request first waits its turn (flow
+        control: best priority first; sheddable requests are refused instead)."""
+        started = self._clock()
+        payload, client_model = self._parse(body)
+        route = self._resolve(client_model, headers, rewrite)
+        await self._wait_for_room(route, subset)
+        return self._decide(started, headers, payload, client_model, body, subset, route)
+
+    async def handle_headers_only(
         self, headers: Mapping[str, str], subset: Sequence[str] | None = None
     ) -> Decision:
         """Envoy streams the body after routing (STREAMED mode): decide from the x-model-name
@@ -109,7 +129,22 @@ class Director:
             raise BadRequest(
                 "the x-model-name header is required when the proxy streams request bodies"
             )
-        return self._decide(started, headers, None, model, b"", subset, None)
+        route = replace(self._resolve(model, headers, None), target_model=model)
+        await self._wait_for_room(route, subset)
+        return self._decide(started, headers, None, model, b"", subset, route)
+
+    async def _wait_for_room(self, route: _Route, subset: Sequence[str] | None) -> None:
+        flow = self._flow
+        if flow is None or route.priority < 0:
+            return  # sheddable requests never wait: no room means 429
+        key = route.pool.key
+        await flow.wait_for_room(key, route.priority, lambda: self._room(route.pool, subset))
+
+    def _room(self, pool: Pool, subset: Sequence[str] | None) -> bool:
+        try:
+            return any(c.has_room for c in self._candidates(pool, subset))
+        except NoEndpoints:
+            return True  # let the request through to get its 503 now
 
     def _decide(
         self,
@@ -119,11 +154,9 @@ class Director:
         client_model: str,
         body: bytes,
         subset: Sequence[str] | None,
-        rewrite: str | None,
+        route: _Route,
     ) -> Decision:
         request_id = headers.get("x-request-id") or str(uuid.uuid4())
-        # 2. resolve the model to a pool, a served model and a priority (canary split included)
-        route = self._resolve(client_model, headers, rewrite)
         # 3. rewrite the body only when the server must be asked for another name
         if payload is None:
             route = replace(route, target_model=client_model)
@@ -132,9 +165,13 @@ class Director:
             body = orjson.dumps(payload)
         # 4. candidates: the pool's healthy endpoints, narrowed by the proxy's subset hint
         candidates = self._candidates(route.pool, subset)
-        # 5. admit: sheddable requests are dropped when the pool is saturated
-        if route.priority < 0 and self._detector.saturated(candidates, started):
+        # 5. admit: sheddable requests are dropped when the pool is saturated or full; with
+        # flow control, only endpoints with room are offered to the scheduler
+        with_room = [c for c in candidates if c.has_room]
+        if route.priority < 0 and (not with_room or self._detector.saturated(candidates, started)):
             raise Shed("system saturated, sheddable request dropped")
+        if self._flow is not None and with_room:
+            candidates = with_room
         # 6. schedule
         prompt = prompt_text(payload) if payload is not None else b""
         prompt_tokens = max(1, len(prompt) // CHARS_PER_TOKEN)
@@ -153,6 +190,8 @@ class Director:
         picked = profile.schedule(request, candidates, 1 + self._protocol.fallback_endpoints)
         # 7. account the pick at once: polled metrics lag behind bursts
         lease = self._store.lease(picked[0].address, prompt_tokens)
+        if self._flow is not None:
+            self._flow.notify(route.pool.key)  # room may remain: the next waiter may go
         return Decision(
             request_id,
             route.pool.key,

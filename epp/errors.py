@@ -7,6 +7,7 @@
     ├── Shed                  429  rate_limit_error       sheddable request dropped under saturation
     ├── NoCapacity            429  rate_limit_error       scheduler found no endpoint it may use
     ├── NoEndpoints           503  service_unavailable    no ready endpoint (or empty subset hint)
+    ├── QueueTimeout          503  service_unavailable    waited for room longer than allowed
     └── InternalError         500  internal_error         a bug: logged with its traceback
     ManifestError             (not per request) a resource failed validation; carries its field path
 
@@ -60,6 +61,12 @@ class NoEndpoints(EppError):
     status = 503
     error_type = "service_unavailable"
     reason = "NoEndpoints"
+
+
+class QueueTimeout(EppError):
+    status = 503
+    error_type = "service_unavailable"
+    reason = "QueueTimeout"
 
 
 class InternalError(EppError):

@@ -27,6 +27,7 @@ from epp.certs import load_pair, self_signed
 from epp.datastore import Datastore
 from epp.director import Director
 from epp.extproc.service import ExternalProcessor, add_to_server
+from epp.flowcontrol import FlowControl
 from epp.gpu import GpuPoller, GpuSettings
 from epp.health import Health
 from epp.observability import EppMetrics
@@ -71,7 +72,8 @@ class EppServer:
         )
         for profile in profiles.values():
             profile.timing = self.metrics.plugin_timing
-        self.director = Director(self.store, profiles, s.protocol, s.saturation)
+        self.flow = FlowControl(self.store, s.flow.queue_timeout) if s.flow.enabled else None
+        self.director = Director(self.store, profiles, s.protocol, s.saturation, flow=self.flow)
         self._kube: KubeRuntime | None = None
         self.health = Health()
         self._grpc: grpc.aio.Server | None = None
@@ -232,6 +234,7 @@ class EppServer:
                         "accelerator": st.endpoint.accelerator,
                         "gpu_utilization": st.gpu.utilization,
                         "in_flight": st.in_flight,
+                        "limit": st.limit,
                         "in_flight_tokens": st.in_flight_tokens,
                         "lora_active": sorted(m.lora_active),
                         "lora_waiting": sorted(m.lora_waiting),

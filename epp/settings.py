@@ -44,7 +44,14 @@ class SaturationSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class FlowSettings:
+    enabled: bool = True  # hold requests in the EPP, best priority first, when pods are full
+    queue_timeout: float = 30.0  # seconds a request may wait for room before a 503
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     protocol: ProtocolSettings = field(default_factory=ProtocolSettings)
     saturation: SaturationSettings = field(default_factory=SaturationSettings)
+    flow: FlowSettings = field(default_factory=FlowSettings)

@@ -61,6 +61,19 @@ class EndpointState:
     in_flight: int = 0  # requests this EPP sent and that have not finished
     in_flight_tokens: int = 0  # their estimated prompt + output tokens
     healthy: bool = True
+    # concurrent requests the server runs before it queues (learned: the largest `running`
+    # seen while `waiting` > 0); 0 = not learned yet
+    limit: int = 0
+
+    @property
+    def load(self) -> int:
+        """Requests on the endpoint: the EPP's own count, or the server's if it says more."""
+        m = self.metrics
+        return max(self.in_flight, m.running + m.waiting)
+
+    @property
+    def has_room(self) -> bool:
+        return self.healthy and (self.limit == 0 or self.load < self.limit)
 
     @property
     def address(self) -> str:

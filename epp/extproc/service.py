@@ -37,7 +37,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 request = await read()
                 if request is grpc.aio.EOF:  # type: ignore[attr-defined]
                     break
-                for reply in stream.on_message(request):
+                for reply in await stream.on_message(request):
                     await write(reply)
         finally:
             stream.close()

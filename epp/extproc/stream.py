@@ -53,13 +53,13 @@ class RequestStream:
         self._subset: list[str] | None = None
         self.done = False
 
-    def on_message(self, request: pb.ProcessingRequest) -> Replies:
+    async def on_message(self, request: pb.ProcessingRequest) -> Replies:
         kind = request.WhichOneof("request")
         try:
             if kind == "request_headers":
-                return self._on_request_headers(request)
+                return await self._on_request_headers(request)
             if kind == "request_body":
-                return self._on_request_body(request.request_body)
+                return await self._on_request_body(request.request_body)
             if kind == "request_trailers":
                 return [m.trailers_reply("request_trailers")]
             if kind == "response_headers":
@@ -81,7 +81,7 @@ class RequestStream:
         self._complete()
 
     # ---- request path ------------------------------------------------------------------------
-    def _on_request_headers(self, request: pb.ProcessingRequest) -> Replies:
+    async def _on_request_headers(self, request: pb.ProcessingRequest) -> Replies:
         if request.HasField("protocol_config"):
             self._mode = request.protocol_config.request_body_mode
             self._response_mode = request.protocol_config.response_body_mode
@@ -96,13 +96,12 @@ class RequestStream:
         if self._mode == _FULL_DUPLEX:
             return []  # deferred until the body is complete
         if self._mode in (_STREAMED, _NONE):  # routing happens before the body: decide now
-            decision = self._started(
-                self._director.handle_headers_only(self._headers, self._subset)
-            )
+            headers_only = self._director.handle_headers_only(self._headers, self._subset)
+            decision = self._started(await headers_only)
             return [self._destination_headers(",".join(decision.endpoints), None)]
         return [m.headers_reply("request_headers", remove=self._removable())]
 
-    def _on_request_body(self, body: pb.HttpBody) -> Replies:
+    async def _on_request_body(self, body: pb.HttpBody) -> Replies:
         if self._mode == _STREAMED:  # already routed: each chunk continues unchanged
             return [pb.ProcessingResponse(request_body=pb.BodyResponse())]
         if body.body:
@@ -120,7 +119,8 @@ class RequestStream:
         rewrite = None
         if self._protocol.trust_control_headers:
             rewrite = self._headers.get(_TRUSTED_REWRITE_HEADER) or None
-        decision = self._started(self._director.handle(self._headers, data, self._subset, rewrite))
+        queued = self._director.handle_queued(self._headers, data, self._subset, rewrite)
+        decision = self._started(await queued)
         destination = ",".join(decision.endpoints)
         if self._mode in (_BUFFERED, _BUFFERED_PARTIAL):
             sets = self._destination_set(destination, decision)

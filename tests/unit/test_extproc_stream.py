@@ -56,13 +56,13 @@ def new_stream(**protocol: int) -> tuple[RequestStream, object]:
 CHAT = {"model": "llama2-7b-chat", "messages": [{"role": "user", "content": "hello"}]}
 
 
-def test_full_duplex_defers_headers_then_sends_destination_and_body() -> None:
+async def test_full_duplex_defers_headers_then_sends_destination_and_body() -> None:
     stream, _ = new_stream()
     spoof = {":path": "/v1/chat/completions", "x-gateway-destination-endpoint": "127.0.0.1:9"}
-    assert stream.on_message(headers(spoof)) == []
+    assert await stream.on_message(headers(spoof)) == []
     raw = orjson.dumps(CHAT)
-    assert stream.on_message(body(raw[:10], False)) == []
-    replies = stream.on_message(body(raw[10:], True))
+    assert await stream.on_message(body(raw[:10], False)) == []
+    replies = await stream.on_message(body(raw[10:], True))
     head, *chunks = replies
     assert head.WhichOneof("response") == "request_headers"
     assert head.request_headers.response.clear_route_cache
@@ -77,23 +77,23 @@ def test_full_duplex_defers_headers_then_sends_destination_and_body() -> None:
     assert chunks[-1].request_body.response.body_mutation.streamed_response.end_of_stream
 
 
-def test_one_mebibyte_prompt_is_echoed_in_chunks_of_at_most_62000_bytes() -> None:
+async def test_one_mebibyte_prompt_is_echoed_in_chunks_of_at_most_62000_bytes() -> None:
     stream, _ = new_stream()
     big = orjson.dumps({"model": SERVED, "prompt": "x" * (1 << 20)})
-    stream.on_message(headers({":path": "/v1/completions"}))
+    await stream.on_message(headers({":path": "/v1/completions"}))
     replies = []
     for i in range(0, len(big), 16384):
-        replies += stream.on_message(body(big[i : i + 16384], i + 16384 >= len(big)))
+        replies += await stream.on_message(body(big[i : i + 16384], i + 16384 >= len(big)))
     chunks = [r.request_body.response.body_mutation.streamed_response for r in replies[1:]]
     assert all(len(c.body) <= 62_000 for c in chunks)
     assert b"".join(c.body for c in chunks) == big
     assert [c.end_of_stream for c in chunks].count(True) == 1 and chunks[-1].end_of_stream
 
 
-def test_malformed_json_gets_an_openai_style_400() -> None:
+async def test_malformed_json_gets_an_openai_style_400() -> None:
     stream, _ = new_stream()
-    stream.on_message(headers({":path": "/v1/chat/completions", "x-request-id": "abc"}))
-    (reply,) = stream.on_message(body(b'{"model": ', True))
+    await stream.on_message(headers({":path": "/v1/chat/completions", "x-request-id": "abc"}))
+    (reply,) = await stream.on_message(body(b'{"model": ', True))
     immediate = reply.immediate_response
     assert immediate.status.code == 400
     error = orjson.loads(immediate.body)["error"]
@@ -104,28 +104,28 @@ def test_malformed_json_gets_an_openai_style_400() -> None:
     assert sets["x-request-id"] == "abc"
 
 
-def test_body_over_limit_is_refused_as_soon_as_it_is_exceeded() -> None:
+async def test_body_over_limit_is_refused_as_soon_as_it_is_exceeded() -> None:
     stream, _ = new_stream(max_body_bytes=100)
-    stream.on_message(headers({}))
-    (reply,) = stream.on_message(body(b"x" * 101, False))
+    await stream.on_message(headers({}))
+    (reply,) = await stream.on_message(body(b"x" * 101, False))
     assert reply.immediate_response.status.code == 413
 
 
-def test_bodyless_request_is_answered_at_once() -> None:
+async def test_bodyless_request_is_answered_at_once() -> None:
     stream, _ = new_stream()
-    (reply,) = stream.on_message(headers({":method": "GET", ":path": "/v1/models"}, end=True))
+    (reply,) = await stream.on_message(headers({":method": "GET", ":path": "/v1/models"}, end=True))
     assert set_headers(reply, "request_headers")["x-gateway-destination-endpoint"].endswith(":8000")
 
 
-def test_buffered_mode_answers_headers_first_and_decides_on_the_body() -> None:
+async def test_buffered_mode_answers_headers_first_and_decides_on_the_body() -> None:
     stream, _ = new_stream()
-    first = stream.on_message(
+    first = await stream.on_message(
         headers({"x-gateway-inference-objective": "x"}, mode=mode_pb.ProcessingMode.BUFFERED)
     )
     assert first[0].request_headers.response.header_mutation.remove_headers == [
         "x-gateway-inference-objective"
     ]
-    (reply,) = stream.on_message(body(orjson.dumps(CHAT), True))
+    (reply,) = await stream.on_message(body(orjson.dumps(CHAT), True))
     common = reply.request_body.response
     assert common.status == pb.CommonResponse.CONTINUE_AND_REPLACE
     assert orjson.loads(common.body_mutation.body)["model"] == SERVED
@@ -133,26 +133,26 @@ def test_buffered_mode_answers_headers_first_and_decides_on_the_body() -> None:
     assert common.clear_route_cache
 
 
-def test_streamed_response_restores_model_name_and_releases_once() -> None:
+async def test_streamed_response_restores_model_name_and_releases_once() -> None:
     stream, store = new_stream()
-    stream.on_message(headers({}))
-    head, *_ = stream.on_message(body(orjson.dumps(CHAT), True))
+    await stream.on_message(headers({}))
+    head, *_ = await stream.on_message(body(orjson.dumps(CHAT), True))
     address = set_headers(head, "request_headers")["x-gateway-destination-endpoint"]
     assert store.in_flight(address) == 1
-    (rh,) = stream.on_message(
+    (rh,) = await stream.on_message(
         response_headers({":status": "200", "content-type": "text/event-stream"})
     )
     assert rh.WhichOneof("response") == "response_headers"
     event = b'data: {"id":"1","model":"' + SERVED.encode() + b'","choices":[]}\n\n'
     out = b""
     for i in range(0, len(event), 7):  # the model name is split across chunks
-        for r in stream.on_message(response_body(event[i : i + 7], False)):
+        for r in await stream.on_message(response_body(event[i : i + 7], False)):
             out += r.response_body.response.body_mutation.streamed_response.body
     usage = (
         b'data: {"model":"x","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":9}}'
         b"\n\ndata: [DONE]\n\n"
     )
-    for r in stream.on_message(response_body(usage, True)):
+    for r in await stream.on_message(response_body(usage, True)):
         out += r.response_body.response.body_mutation.streamed_response.body
     assert b'"model":"llama2-7b-chat"' in out and SERVED.encode() not in out
     assert out.endswith(b"data: [DONE]\n\n")
@@ -161,13 +161,15 @@ def test_streamed_response_restores_model_name_and_releases_once() -> None:
     assert store.in_flight(address) == 0
 
 
-def test_client_gone_mid_response_releases_the_lease() -> None:
+async def test_client_gone_mid_response_releases_the_lease() -> None:
     stream, store = new_stream()
-    stream.on_message(headers({}))
-    head, *_ = stream.on_message(body(orjson.dumps(CHAT), True))
+    await stream.on_message(headers({}))
+    head, *_ = await stream.on_message(body(orjson.dumps(CHAT), True))
     address = set_headers(head, "request_headers")["x-gateway-destination-endpoint"]
-    stream.on_message(response_headers({":status": "200", "content-type": "application/json"}))
-    stream.on_message(response_body(b'{"model": "', False))
+    await stream.on_message(
+        response_headers({":status": "200", "content-type": "application/json"})
+    )
+    await stream.on_message(response_body(b'{"model": "', False))
     assert store.in_flight(address) == 1
     stream.close()
     assert store.in_flight(address) == 0

@@ -1,0 +1,80 @@
+"""Flow control: when no endpoint of a pool has room, requests wait here, best priority first.
+
+Pods queue first come, first served, so a critical request sent to a full pod waits behind every
+request admitted before it. Holding the excess in the EPP instead (the pods' batches stay full,
+their queues short) lets a critical request overtake queued standard ones, and lets sheddable
+requests be refused while there is no room at all. An endpoint has room while its load is under
+its learned concurrency limit (`EndpointState.has_room`); until a limit is learned every
+endpoint has room and nothing waits. The datastore tells us when an endpoint may have gained
+room (a request finished, new metrics); each such event lets one waiter try again, and a waiter
+that got its endpoint passes the turn on, so a burst of room drains the queue in order.
+Neighbours: `epp.director` calls `wait_for_room`; `epp.datastore` calls `notify`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from epp.datastore import Datastore
+from epp.errors import QueueTimeout
+
+
+@dataclass(order=True, slots=True)
+class _Waiter:
+    rank: int  # -priority: the heap pops the highest priority first
+    seq: int  # then the oldest
+    future: asyncio.Future[None] = field(compare=False)
+
+
+class FlowControl:
+    def __init__(self, store: Datastore, timeout: float = 30.0) -> None:
+        self.timeout = timeout
+        self._store = store
+        self._queues: dict[str, list[_Waiter]] = {}
+        self._seq = itertools.count()
+        store.add_listener(self.notify)
+
+    def queued(self, pool_key: str) -> int:
+        return sum(1 for w in self._queues.get(pool_key, ()) if not w.future.done())
+
+    async def wait_for_room(
+        self, pool_key: str, priority: int, has_room: Callable[[], bool]
+    ) -> None:
+        """Return when the pool has room for this request and no better request waits."""
+        queue = self._queues.setdefault(pool_key, [])
+        while queue and queue[0].future.done():
+            heapq.heappop(queue)
+        if (not queue or -queue[0].rank < priority) and has_room():
+            return
+        waiter = _Waiter(-priority, next(self._seq), asyncio.get_running_loop().create_future())
+        heapq.heappush(queue, waiter)
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    await waiter.future
+                    if has_room():
+                        return
+                    # someone else took the room: back in line, keeping our place
+                    waiter.future = asyncio.get_running_loop().create_future()
+                    heapq.heappush(queue, waiter)
+        except TimeoutError:
+            raise QueueTimeout(
+                f"no room in InferencePool {pool_key} for {self.timeout:g}s (request timed out "
+                "in queue)"
+            ) from None
+        finally:
+            if not waiter.future.done():
+                waiter.future.cancel()  # leaves the heap lazily
+
+    def notify(self, pool_key: str) -> None:
+        """An endpoint of the pool may have room: wake the best waiter."""
+        queue = self._queues.get(pool_key)
+        while queue:
+            waiter = heapq.heappop(queue)
+            if not waiter.future.done():
+                waiter.future.set_result(None)
+                return

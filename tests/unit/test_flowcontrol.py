@@ -1,0 +1,115 @@
+"""Flow control: full pods hold requests in the EPP, best priority first; sheddable ones are
+refused; a wait has a deadline; a cancelled wait leaves no trace."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import orjson
+import pytest
+
+from epp.api.model import ModelRoute, ResourceSet
+from epp.datastore import Datastore
+from epp.director import Director
+from epp.errors import QueueTimeout, Shed
+from epp.flowcontrol import FlowControl
+from epp.scheduling.registry import build_default_profiles
+from epp.settings import ProtocolSettings, SaturationSettings
+from epp.types import EndpointMetrics
+from tests.factories import fresh, pod, pool
+
+A, B = "127.0.0.2:8000", "127.0.0.3:8000"
+
+
+def full(running: int = 1, waiting: int = 2) -> EndpointMetrics:
+    return fresh(waiting=waiting, running=running)
+
+
+def setup(timeout: float = 5.0) -> tuple[Datastore, Director, FlowControl]:
+    store = Datastore()
+    models = tuple(
+        ModelRoute("default", name, name, "default/llama2-gpu-pool", priority)
+        for name, priority in (("crit", 1), ("std", 0), ("shed", -1))
+    )
+    store.apply_resources(
+        ResourceSet((pool(),), models, (pod("a", "127.0.0.2"), pod("b", "127.0.0.3")))
+    )
+    flow = FlowControl(store, timeout)
+    rng = random.Random(3)
+    saturation = SaturationSettings(queue_depth=100, kv_cache_util=0.99)  # only the limit counts
+    director = Director(
+        store, build_default_profiles(rng), ProtocolSettings(), saturation, rng=rng, flow=flow
+    )
+    return store, director, flow
+
+
+def body(model: str) -> bytes:
+    return orjson.dumps({"model": model, "prompt": "hello"})
+
+
+def learn_limit_one(store: Datastore) -> None:
+    for _ in range(3):  # a queue seen on three scrapes in a row: the batch holds one request
+        store.set_metrics(A, full())
+        store.set_metrics(B, full())
+    assert [s.limit for s in store.candidates("default/llama2-gpu-pool")] == [1, 1]
+
+
+def test_a_single_queued_scrape_teaches_nothing() -> None:
+    store, _, _ = setup()
+    store.set_metrics(A, full(running=3, waiting=1))
+    store.set_metrics(A, fresh(running=3))
+    store.set_metrics(A, full(running=3, waiting=1))
+    assert store.candidates("default/llama2-gpu-pool")[0].limit == 0
+
+
+async def test_critical_overtakes_standard_and_sheddable_is_refused() -> None:
+    store, director, flow = setup()
+    learn_limit_one(store)
+    store.set_metrics(A, fresh())
+    store.set_metrics(B, fresh())
+    first = await director.handle_queued({}, body("std"))
+    second = await director.handle_queued({}, body("std"))
+    assert {first.endpoints[0], second.endpoints[0]} == {A, B}  # one each: both now full
+    with pytest.raises(Shed):
+        await director.handle_queued({}, body("shed"))
+    order: list[str] = []
+
+    async def request(model: str) -> None:
+        decision = await director.handle_queued({}, body(model))
+        order.append(model)
+        await asyncio.sleep(0.01)
+        director.finish(decision)
+
+    standard = asyncio.create_task(request("std"))
+    await asyncio.sleep(0.01)
+    critical = asyncio.create_task(request("crit"))
+    await asyncio.sleep(0.01)
+    assert order == [] and flow.queued("default/llama2-gpu-pool") == 2
+    director.finish(first)  # one slot frees: the critical request, queued later, goes first
+    await asyncio.gather(standard, critical, asyncio.sleep(0))
+    director.finish(second)
+    assert order == ["crit", "std"]
+    assert flow.queued("default/llama2-gpu-pool") == 0
+    assert all(s.in_flight == 0 for s in store.candidates("default/llama2-gpu-pool"))
+
+
+async def test_waiting_has_a_deadline_and_a_cancelled_wait_leaves_the_queue() -> None:
+    store, director, flow = setup(timeout=0.05)
+    learn_limit_one(store)
+    with pytest.raises(QueueTimeout) as info:
+        await director.handle_queued({}, body("std"))
+    assert info.value.status == 503
+    waiting = asyncio.create_task(director.handle_queued({}, body("crit")))
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert flow.queued("default/llama2-gpu-pool") == 0
+
+
+async def test_without_a_learned_limit_nothing_waits() -> None:
+    store, director, flow = setup()
+    store.set_metrics(A, fresh(waiting=0, running=50))
+    decisions = [await director.handle_queued({}, body("std")) for _ in range(20)]
+    assert len(decisions) == 20 and flow.queued("default/llama2-gpu-pool") == 0
