@@ -104,6 +104,12 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=30.0,
         help="seconds a request may wait for room before a 503",
     )
+    p.add_argument(
+        "--sheddable-reserve",
+        type=float,
+        default=0.25,
+        help="share of each server's batch kept free of sheddable requests",
+    )
     p.add_argument("--sd-queue-depth", type=int, default=5)
     p.add_argument("--sd-kv-cache-util", type=float, default=0.8)
     p.add_argument("--sd-staleness", type=float, default=0.2)
@@ -231,7 +237,10 @@ def _serve(args: argparse.Namespace) -> int:
         ),
         flow=FlowSettings(not args.no_flow_control, args.queue_timeout),
         saturation=SaturationSettings(
-            args.sd_queue_depth, args.sd_kv_cache_util, args.sd_staleness
+            args.sd_queue_depth,
+            args.sd_kv_cache_util,
+            args.sd_staleness,
+            sheddable_reserve=args.sheddable_reserve,
         ),
     )
     gpu = GpuSettings(prometheus_url=args.prometheus_url, interval=args.gpu_interval)

@@ -81,6 +81,7 @@ class Director:
         self._profiles = profiles
         self._protocol = protocol
         s = saturation
+        self._sheddable_reserve = s.sheddable_reserve
         self._detector = SaturationDetector(
             s.queue_depth, s.kv_cache_util, s.staleness_seconds, s.max_in_flight, s.aggregate
         )
@@ -167,9 +168,12 @@ class Director:
         candidates = self._candidates(route.pool, subset)
         # 5. admit: sheddable requests are dropped when the pool is saturated or full; with
         # flow control, only endpoints with room are offered to the scheduler
-        with_room = [c for c in candidates if c.has_room]
-        if route.priority < 0 and (not with_room or self._detector.saturated(candidates, started)):
-            raise Shed("system saturated, sheddable request dropped")
+        if route.priority < 0:  # a sheddable request leaves part of each batch free
+            with_room = [c for c in candidates if c.has_room_keeping(self._sheddable_reserve)]
+            if not with_room or self._detector.saturated(candidates, started):
+                raise Shed("system saturated, sheddable request dropped")
+        else:
+            with_room = [c for c in candidates if c.has_room]
         if self._flow is not None and with_room:
             candidates = with_room
         # 6. schedule

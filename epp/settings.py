@@ -41,6 +41,9 @@ class SaturationSettings:
     max_in_flight: int = 0  # EPP-side requests per endpoint that count as full; 0 = not used
     # "min": saturated only when no endpoint has room (upstream v1.0); "mean": pool average
     aggregate: str = "min"
+    # sheddable requests are admitted only while an endpoint keeps this share of its learned
+    # batch limit free, so that critical and standard requests still find room
+    sheddable_reserve: float = 0.25
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,6 +75,12 @@ class EndpointState:
     def has_room(self) -> bool:
         return self.healthy and (self.limit == 0 or self.load < self.limit)
 
+    def has_room_keeping(self, reserve: float) -> bool:
+        """Room that leaves `reserve` (a fraction of the limit, at least one request) free."""
+        if self.limit == 0:
+            return self.healthy
+        return self.healthy and self.load < self.limit - max(1, int(self.limit * reserve))
+
     @property
     def address(self) -> str:
         return self.endpoint.address

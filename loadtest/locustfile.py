@@ -10,7 +10,7 @@ observation (responses counted per served version or pool), and, when configured
 (critical vs sheddable models) and LoRA adapters. Environment (all optional): LOADTEST_MODEL
 (llama2-7b-chat), LOADTEST_WORKLOAD (sharegpt | shared-prefix), LOADTEST_SEED (1),
 LOADTEST_CRITICAL_MODEL / LOADTEST_SHEDDABLE_MODEL, LOADTEST_LORA_MODELS (comma-separated),
-LOADTEST_VERSION_HEADER (x-gateway-served-version). Workloads come from loadtest/workloads.py.
+LOADTEST_VERSION_HEADER (x-inference-version). Workloads come from loadtest/workloads.py.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ SEED = int(os.environ.get("LOADTEST_SEED", "1"))
 CRITICAL_MODEL = os.environ.get("LOADTEST_CRITICAL_MODEL", "")
 SHEDDABLE_MODEL = os.environ.get("LOADTEST_SHEDDABLE_MODEL", "")
 LORA_MODELS = [m for m in os.environ.get("LOADTEST_LORA_MODELS", "").split(",") if m]
-VERSION_HEADER = os.environ.get("LOADTEST_VERSION_HEADER", "x-gateway-served-version")
+VERSION_HEADER = os.environ.get("LOADTEST_VERSION_HEADER", "x-inference-version")
 PATH = "/v1/chat/completions"
 SERVED: Counter[str] = Counter()  # responses per served version / pool / pod, printed at the end
 

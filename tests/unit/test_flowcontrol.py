@@ -113,3 +113,17 @@ async def test_without_a_learned_limit_nothing_waits() -> None:
     store.set_metrics(A, fresh(waiting=0, running=50))
     decisions = [await director.handle_queued({}, body("std")) for _ in range(20)]
     assert len(decisions) == 20 and flow.queued("default/llama2-gpu-pool") == 0
+
+
+def test_sheddable_requests_leave_a_reserve_for_the_others() -> None:
+    store, director, _ = setup()
+    for _ in range(3):  # batch limit 4 on both pods
+        store.set_metrics(A, full(running=4))
+        store.set_metrics(B, full(running=4))
+    store.set_metrics(A, fresh(running=3))
+    store.set_metrics(B, fresh(running=3))
+    states = store.candidates("default/llama2-gpu-pool")
+    assert all(s.has_room and not s.has_room_keeping(0.25) for s in states)
+    with pytest.raises(Shed):
+        director.handle({}, body("shed"))
+    assert director.handle({}, body("std")).endpoints
