@@ -95,13 +95,9 @@ class Director:
         subset: Sequence[str] | None = None,
         rewrite: str | None = None,
     ) -> Decision:
-        """Decide for a complete request body. `rewrite` (trusted gateways only) forces the
-        target model name."""
-        started = self._clock()
-        # 1. parse the OpenAI body
-        payload, client_model = self._parse(body)
-        # 2. resolve the model to a pool, a served model and a priority (canary split included)
-        route = self._resolve(client_model, headers, rewrite)
+        """Decide for a complete request body, without waiting for room. `rewrite` (trusted
+        gateways only) forces the target model name."""
+        started, payload, client_model, route = self._prepare(headers, body, rewrite)
         return self._decide(started, headers, payload, client_model, body, subset, route)
 
     async def handle_queued(
@@ -113,9 +109,7 @@ class Director:
     ) -> Decision:
         """`handle`, but when the pool has no room the request first waits its turn (flow
         control: best priority first; sheddable requests are refused instead)."""
-        started = self._clock()
-        payload, client_model = self._parse(body)
-        route = self._resolve(client_model, headers, rewrite)
+        started, payload, client_model, route = self._prepare(headers, body, rewrite)
         await self._wait_for_room(route, subset)
         return self._decide(started, headers, payload, client_model, body, subset, route)
 
@@ -133,6 +127,15 @@ class Director:
         route = replace(self._resolve(model, headers, None), target_model=model)
         await self._wait_for_room(route, subset)
         return self._decide(started, headers, None, model, b"", subset, route)
+
+    def _prepare(
+        self, headers: Mapping[str, str], body: bytes, rewrite: str | None
+    ) -> tuple[float, dict[str, object], str, _Route]:
+        started = self._clock()
+        # 1. parse the OpenAI body
+        payload, client_model = self._parse(body)
+        # 2. resolve the model to a pool, a served model and a priority (canary split included)
+        return started, payload, client_model, self._resolve(client_model, headers, rewrite)
 
     async def _wait_for_room(self, route: _Route, subset: Sequence[str] | None) -> None:
         flow = self._flow
