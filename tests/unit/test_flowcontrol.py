@@ -68,9 +68,10 @@ async def test_critical_overtakes_standard_and_sheddable_is_refused() -> None:
     learn_limit_one(store)
     store.set_metrics(A, fresh())
     store.set_metrics(B, fresh())
-    first = await director.handle_queued({}, body("std"))
-    second = await director.handle_queued({}, body("std"))
-    assert {first.endpoints[0], second.endpoints[0]} == {A, B}  # one each: both now full
+    # limit 1 plus a queue of one: two requests per pod, then both are full
+    admitted = [await director.handle_queued({}, body("std")) for _ in range(4)]
+    assert sorted(d.endpoints[0] for d in admitted) == [A, A, B, B]
+    first, *others = admitted
     with pytest.raises(Shed):
         await director.handle_queued({}, body("shed"))
     order: list[str] = []
@@ -88,7 +89,8 @@ async def test_critical_overtakes_standard_and_sheddable_is_refused() -> None:
     assert order == [] and flow.queued("default/llama2-gpu-pool") == 2
     director.finish(first)  # one slot frees: the critical request, queued later, goes first
     await asyncio.gather(standard, critical, asyncio.sleep(0))
-    director.finish(second)
+    for decision in others:
+        director.finish(decision)
     assert order == ["crit", "std"]
     assert flow.queued("default/llama2-gpu-pool") == 0
     assert all(s.in_flight == 0 for s in store.candidates("default/llama2-gpu-pool"))
@@ -127,3 +129,12 @@ def test_sheddable_requests_leave_a_reserve_for_the_others() -> None:
     with pytest.raises(Shed):
         director.handle({}, body("shed"))
     assert director.handle({}, body("std")).endpoints
+
+
+def test_a_low_first_limit_grows_when_the_server_runs_more() -> None:
+    store, _, _ = setup()
+    for _ in range(3):
+        store.set_metrics(A, full(running=2))
+    assert store.candidates("default/llama2-gpu-pool")[0].limit == 2
+    store.set_metrics(A, fresh(running=3))  # the slack let a third in, and it runs
+    assert store.candidates("default/llama2-gpu-pool")[0].limit == 3
