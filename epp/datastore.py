@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 ENGINE_LABEL = "inference.networking.k8s.io/engine-type"
 QUEUED_SCRAPES_TO_LEARN = 3
+TPOT_SMOOTHING = 0.2
 
 
 def format_address(ip: str, port: int) -> str:
@@ -76,6 +77,7 @@ class Datastore:
         self._health: dict[str, bool] = {}
         self._limits: dict[str, int] = {}  # learned concurrency limit per address
         self._queued_scrapes: dict[str, int] = {}  # consecutive scrapes with waiting > 0
+        self._tpot: dict[str, float] = {}  # moving average of seconds per output token
         self._listeners: list[Callable[[str], None]] = []
         self.synced = False
 
@@ -114,6 +116,7 @@ class Datastore:
             self._health.pop(gone, None)
             self._limits.pop(gone, None)
             self._queued_scrapes.pop(gone, None)
+            self._tpot.pop(gone, None)
         by_pod: dict[str, list[str]] = {}
         for per_pool in states.values():
             for address, state in per_pool.items():
@@ -134,6 +137,7 @@ class Datastore:
             tokens,
             self._health.get(ep.address, True),
             self._limits.get(ep.address, 0),
+            self._tpot.get(ep.address, 0.0),
         )
 
     # ---- reads (hot path) ------------------------------------------------------------------
@@ -193,6 +197,16 @@ class Datastore:
         self._gpu[pod_key] = gpu
         for address in self._by_pod.get(pod_key, ()):
             self._update(address, gpu=gpu)
+
+    def record_tokens(self, address: str, seconds: float, tokens: int) -> None:
+        """A response streamed `tokens` output tokens over `seconds` after its first byte."""
+        if tokens < 2 or seconds <= 0:
+            return
+        sample = seconds / (tokens - 1)
+        old = self._tpot.get(address)
+        tpot = sample if old is None else old + TPOT_SMOOTHING * (sample - old)
+        self._tpot[address] = tpot
+        self._update(address, tpot=tpot)
 
     # ---- in-flight accounting --------------------------------------------------------------
     def lease(self, address: str, tokens: int) -> Lease:

@@ -223,9 +223,14 @@ class Director:
             raise NoEndpoints("no ready endpoint in any pool")
         return self._rng.choice(candidates).address
 
-    @staticmethod
-    def finish(decision: Decision) -> None:
+    def finish(
+        self, decision: Decision, streamed_seconds: float = 0.0, output_tokens: int = 0
+    ) -> None:
+        """End the request's accounting. A streamed response's pace (`output_tokens` over the
+        `streamed_seconds` after its first byte) teaches the endpoint's speed."""
         decision.lease.release()
+        if output_tokens > 1 and streamed_seconds > 0:
+            self._store.record_tokens(decision.lease.address, streamed_seconds, output_tokens)
 
     def move_lease(self, decision: Decision, address: str) -> None:
         """The proxy served the request elsewhere (a fallback): account it where it ran."""

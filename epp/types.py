@@ -64,6 +64,9 @@ class EndpointState:
     # concurrent requests the server runs before it queues (learned: the largest `running`
     # seen while `waiting` > 0); 0 = not learned yet
     limit: int = 0
+    # seconds per output token the EPP measured on this endpoint's recent responses (moving
+    # average); 0 = not measured yet. A slow GPU shows here before anywhere else.
+    tpot: float = 0.0
 
     @property
     def load(self) -> int:

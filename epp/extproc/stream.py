@@ -246,13 +246,18 @@ class RequestStream:
         decision = self._decision
         if decision is None:
             return
-        self._director.finish(decision)
+        now = time.monotonic()
+        follower = self._follower
+        streamed = 0.0  # only a streamed, successful response shows the endpoint's pace
+        ok_stream = follower is not None and follower.streaming and self._status < 400
+        if ok_stream and self._first_byte is not None:
+            streamed = now - self._first_byte
+        outputs = follower.output_tokens if follower else 0
+        self._director.finish(decision, streamed, outputs)
         labels = (decision.client_model, decision.target_model)
-        elapsed = time.monotonic() - decision.started
+        elapsed = now - decision.started
         self._metrics.running.labels(decision.client_model).dec()
         self._metrics.duration.labels(*labels).observe(elapsed)
-        follower = self._follower
-        outputs = follower.output_tokens if follower else 0
         if follower is not None:
             self._metrics.input_tokens.labels(*labels).observe(
                 follower.prompt_tokens or decision.prompt_tokens

@@ -119,3 +119,29 @@ def test_one_thousand_endpoints() -> None:
     assert len(scores) == 1000
     assert max(scores) == 1.0 and min(scores) == 0.0
     assert scores[17] == 1.0 and scores[16] == 0.0
+
+
+def test_in_flight_scorer_weighs_load_by_measured_speed() -> None:
+    from dataclasses import replace
+
+    fast, slow = ep("a:1", in_flight=4), ep("b:1", in_flight=2)
+    request = SchedulingRequest("r", "m")
+    plain = InFlightScorer()
+    assert plain.score(request, [fast, slow]) == [0.0, 1.0]  # unmeasured: fewer requests wins
+    fast, slow = replace(fast, tpot=0.01), replace(slow, tpot=0.025)  # slow streams 2.5x slower
+    assert plain.score(request, [fast, slow]) == [1.0, 0.0]  # (4+1)*1 = 5 beats (2+1)*2.5 = 7.5
+    assert InFlightScorer(speed_aware=False).score(request, [fast, slow]) == [0.0, 1.0]
+
+
+def test_datastore_learns_each_endpoint_pace_from_streamed_responses() -> None:
+    from epp.api.model import ResourceSet
+    from epp.datastore import Datastore
+    from tests.factories import model, pod, pool
+
+    store = Datastore()
+    store.apply_resources(ResourceSet((pool(),), (model(),), (pod("a", "10.0.0.1"),)))
+    store.record_tokens("10.0.0.1:8000", 1.0, 101)  # 100 gaps in 1 s
+    store.record_tokens("10.0.0.1:8000", 3.0, 101)
+    store.record_tokens("10.0.0.1:8000", 0.0, 50)  # ignored: nothing measured
+    (state,) = store.candidates("default/llama2-gpu-pool")
+    assert state.tpot == pytest.approx(0.01 + 0.2 * (0.03 - 0.01))

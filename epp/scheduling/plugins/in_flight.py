@@ -2,8 +2,10 @@
 
 The EPP counts what it sent to each pod and what has not finished yet (`EndpointState.in_flight`,
 `in_flight_tokens`). These counters react to a burst at once, while scraped metrics lag by a
-scrape interval, and they are never stale. `token-load-scorer` is upstream's absolute form:
-1 - min(1, tokens / queueThresholdTokens).
+scrape interval, and they are never stale. With `speedAware` (default) the count is weighed by
+how slow the endpoint has been measured to stream tokens relative to the fastest candidate
+(`EndpointState.tpot`), so a half-speed GPU is as "full" with half the requests.
+`token-load-scorer` is upstream's absolute form: 1 - min(1, tokens / queueThresholdTokens).
 """
 
 from __future__ import annotations
@@ -23,18 +25,31 @@ class InFlightScorer:
     name = "in-flight-scorer"
     bounded = True  # scores already in [0, 1]: the profile skips its clamp
 
-    def __init__(self, unit: str = "requests") -> None:
+    def __init__(self, unit: str = "requests", speed_aware: bool = True) -> None:
         if unit not in UNITS:
             raise ValueError(f"unit must be one of {UNITS}")
         self.unit = unit
+        self.speed_aware = speed_aware
 
     @classmethod
     def from_parameters(cls, params: Params, ctx: BuildContext) -> InFlightScorer:
-        return cls(params.choice("unit", "requests", UNITS))
+        return cls(params.choice("unit", "requests", UNITS), params.boolean("speedAware", True))
 
     def score(self, request: SchedulingRequest, candidates: Sequence[EndpointState]) -> list[float]:
         snap = snapshot_of(candidates)
-        return min_max(snap.in_flight if self.unit == "requests" else snap.in_flight_tokens)
+        loads = snap.in_flight if self.unit == "requests" else snap.in_flight_tokens
+        if not self.speed_aware:
+            return min_max(loads)
+        measured = [c.tpot for c in candidates if c.tpot > 0.0]
+        if not measured:
+            return min_max(loads)
+        fastest = min(measured)
+        # (load + 1): the request being placed counts too, so an idle slow pod still ranks
+        # behind an idle fast one
+        return min_max(
+            [(x + 1) * (c.tpot / fastest if c.tpot > 0.0 else 1.0)
+             for x, c in zip(loads, candidates, strict=True)]
+        )  # fmt: skip
 
 
 class TokenLoadScorer:
