@@ -21,7 +21,7 @@ import httpx
 import yaml
 
 from epp.api.load import load_paths
-from epp.api.model import Pool, ResourceSet
+from epp.api.model import ResourceSet
 from epp.datastore import endpoints_of
 from epp.local.envoy import EnvoyPorts, envoy_argv, render_bootstrap, render_xds_bootstrap
 from epp.local.gateway import (
@@ -30,12 +30,12 @@ from epp.local.gateway import (
     gateways_programmed,
     status_lines,
 )
+from epp.local.pods import plan_pods, split_address
 from epp.local.processes import ChildProcess, wait_until
 from epp.sim.cluster import SimCluster, SimPodSpec
 
 REPO = Path(__file__).resolve().parents[2]
 SEED_EXAMPLE = REPO / "examples" / "seed"
-DEFAULT_MODEL = "meta-llama/Llama-2-7b-chat-hf"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,77 +60,6 @@ class StackConfig:
     epp_args: tuple[str, ...] = ()
     sim_options: dict[str, Any] = field(default_factory=dict)
     envoy_patch: Callable[[dict[str, Any]], None] | None = None  # tests: adjust the bootstrap
-
-
-def plan_pods(
-    resources: ResourceSet, config: StackConfig
-) -> tuple[list[SimPodSpec], list[dict[str, Any]]]:
-    """The simulated pods each pool needs, and the Pod manifests that declare the new ones.
-
-    Seed-shaped pools get `deployment.replicas` new pods; pools whose Pod manifests are given
-    get a simulated server at each declared address; others get `default_replicas` new pods.
-    """
-    specs: dict[tuple[str, int], SimPodSpec] = {}
-    manifests: list[dict[str, Any]] = []
-    next_ip = config.first_pod_ip
-    for pool in resources.pools:
-        options = {**_served_names(pool, resources), **config.sim_options}
-        model = pool.served_model or DEFAULT_MODEL
-        ranks = len(pool.target_ports) > 1  # data-parallel: one engine per port
-        declared = endpoints_of(pool, resources.pods)
-        if declared and pool.deployment is None:
-            for ep in declared:
-                host, port = split_address(ep.address)
-                name = ep.pod.split("/", 1)[1] + (f"-{port}" if ranks else "")
-                specs.setdefault((host, port), SimPodSpec(host, port, name, model, **options))
-            continue
-        replicas = pool.deployment.replicas if pool.deployment else config.default_replicas
-        for i in range(replicas):
-            ip = f"127.0.0.{next_ip}"
-            next_ip += 1
-            name = f"{pool.name}-{i}"
-            for port in pool.target_ports:
-                pod_name = f"{name}-{port}" if ranks else name
-                specs[(ip, port)] = SimPodSpec(ip, port, pod_name, model, **options)
-            manifests.append(_pod_manifest(pool, name, ip))
-    return list(specs.values()), manifests
-
-
-def split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def _served_names(pool: Pool, resources: ResourceSet) -> dict[str, Any]:
-    """What the pool's servers answer to, as a real deployment would configure vLLM: target
-    models of the pool's InferenceModels as LoRA adapters, and the client-facing model names as
-    extra served names (so requests still work when the filter fails open and nothing rewrites
-    the model). A pool with no declared model and no InferenceModel serves any name."""
-    routed = [
-        m
-        for m in resources.models
-        if m.pool == pool.key or any(s.pool == pool.key for s in m.splits)
-    ]
-    served = pool.served_model or DEFAULT_MODEL
-    targets = {s.model for m in routed for s in m.splits if s.model} - {served}
-    aliases = {m.model_name for m in routed} - targets - {served}
-    if pool.served_model is None and not routed:
-        return {"accept_any_model": True}
-    return {"aliases": tuple(sorted(aliases)), "loras": tuple(sorted(targets))}
-
-
-def _pod_manifest(pool: Pool, name: str, ip: str) -> dict[str, Any]:
-    accel = pool.deployment.accelerator if pool.deployment else None
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": pool.namespace, "labels": dict(pool.selector)},
-        "spec": {
-            "containers": [{"name": "vllm-sim", "image": "epp-sim"}],
-            **({"nodeSelector": {"accelerator": accel}} if accel else {}),
-        },
-        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]},
-    }
 
 
 class LocalStack:
@@ -170,7 +99,9 @@ class LocalStack:
                 f"no valid InferencePool in {', '.join(map(str, c.manifests))}: "
                 + "; ".join(map(str, errors))
             )
-        self.pods, manifests = plan_pods(self.resources, c)
+        self.pods, manifests = plan_pods(
+            self.resources, c.first_pod_ip, c.default_replicas, c.sim_options
+        )
         pods_file = self.run_dir / "pods.yaml"
         pods_file.write_text(yaml.safe_dump_all(manifests, sort_keys=False))
         self.sim = SimCluster(self.pods)

@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from epp.api.load import load_paths
+from epp.local.pods import plan_pods
 from epp.local.processes import ChildProcess, wait_until
-from epp.local.stack import StackConfig, plan_pods
 from epp.sim.cluster import SimCluster
 from tests.integration.test_controlplane_harness import CHAT, HOST, start_envoy
 from tests.ports import free_ports
@@ -38,7 +38,7 @@ async def _ok(url: str) -> bool:
 async def test_controlplane_process_serves_the_seed(tmp_path: Path) -> None:
     manifests = tmp_path / "manifests"
     shutil.copytree(SEED, manifests)
-    specs, pods = plan_pods(load_paths([manifests]), StackConfig(first_pod_ip=190))
+    specs, pods = plan_pods(load_paths([manifests]), first_pod_ip=190)
     (manifests / "pods.yaml").write_text(yaml.safe_dump_all(pods))
     epp_port, epp_health, epp_metrics, xds, status, https, http = free_ports(7)
     argv_epp = [sys.executable, "-m", "epp", "serve", "--grpc-port", str(epp_port)]

@@ -16,7 +16,7 @@ import pytest_asyncio
 import yaml
 
 from epp.api.load import load_paths
-from epp.local.stack import StackConfig, plan_pods
+from epp.local.pods import plan_pods
 from tests.integration.test_controlplane_harness import HOST, Gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -52,9 +52,7 @@ async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gat
     run = tmp_path_factory.mktemp("cp-seed")
     manifests = run / "manifests"
     shutil.copytree(CANARY, manifests)
-    specs, pods = plan_pods(
-        load_paths([manifests]), StackConfig(first_pod_ip=160, sim_options={"speed": 10.0})
-    )
+    specs, pods = plan_pods(load_paths([manifests]), first_pod_ip=160, sim_options={"speed": 10.0})
     (manifests / "pods.yaml").write_text(yaml.safe_dump_all(pods))
     async with Gateway(run, manifests, specs, {"main": [manifests]}) as gw:
         yield gw
@@ -161,9 +159,7 @@ async def test_route_to_missing_pool_reports_backend_not_found_and_answers_5xx(
 async def test_an_epp_serving_tls_is_reached_over_tls(tmp_path: Path) -> None:
     manifests = tmp_path / "manifests"
     shutil.copytree(CANARY, manifests)
-    specs, pods = plan_pods(
-        load_paths([manifests]), StackConfig(first_pod_ip=180, sim_options={"speed": 10.0})
-    )
+    specs, pods = plan_pods(load_paths([manifests]), first_pod_ip=180, sim_options={"speed": 10.0})
     (manifests / "pods.yaml").write_text(yaml.safe_dump_all(pods))
     async with Gateway(tmp_path, manifests, specs, {"main": [manifests]}, epp_tls=True) as gw:
         hits = await gw.pods_hit("/v1/chat/completions", None, 4)
