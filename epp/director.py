@@ -175,8 +175,10 @@ class Director:
             with_room = [c for c in candidates if c.has_room_keeping(self._sheddable_reserve)]
             if not with_room or self._detector.saturated(candidates, started):
                 raise Shed("system saturated, sheddable request dropped")
-        else:
+        elif self._flow is not None:  # only flow control narrows to endpoints with room
             with_room = [c for c in candidates if c.has_room]
+        else:
+            with_room = []
         if self._flow is not None and with_room:
             candidates = with_room
         # 6. schedule

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from epp.api.model import Problem, ResourceSet, key_of
+from epp.api.model import ModelRoute, Pool, Problem, ResourceSet, key_of
 from epp.kube.client import POOL_RESOURCES, SEED_POOLS, V1_POOLS, JsonObj, KubeApi, KubeError
 from epp.kube.source import KubeView, label_of
 
@@ -51,14 +51,21 @@ def _messages(problems: list[Problem]) -> str:
     return "; ".join(f"{p.path}: {p.message}" for p in problems[:4])
 
 
-def pool_conditions(obj: JsonObj, label: str, resources: ResourceSet) -> list[Condition]:
+def _judged(
+    obj: JsonObj, label: str, resources: ResourceSet, accepted_as: Iterable[Pool | ModelRoute]
+) -> tuple[int, list[Problem], bool]:
+    """(generation, the object's error problems, whether it made it into the resource set)."""
     meta = obj.get("metadata") or {}
     generation = int(meta.get("generation") or 0)
     errors = [p for p in resources.problems if p.source == label and p.severity == "error"]
     key = key_of(str(meta.get("namespace", "")), str(meta.get("name", "")))
-    accepted = not errors and any(
-        p.key == key and p.api_version == obj.get("apiVersion") for p in resources.pools
-    )
+    version = obj.get("apiVersion")
+    accepted = not errors and any(r.key == key and r.api_version == version for r in accepted_as)
+    return generation, errors, accepted
+
+
+def pool_conditions(obj: JsonObj, label: str, resources: ResourceSet) -> list[Condition]:
+    generation, errors, accepted = _judged(obj, label, resources, resources.pools)
     ref_errors = [p for p in errors if "extensionRef" in p.path or "endpointPickerRef" in p.path]
     resolved = "ResolvedRefs" if not ref_errors else "InvalidExtensionRef"
     return [
@@ -74,13 +81,7 @@ def pool_conditions(obj: JsonObj, label: str, resources: ResourceSet) -> list[Co
 
 
 def model_conditions(obj: JsonObj, label: str, resources: ResourceSet) -> list[Condition]:
-    meta = obj.get("metadata") or {}
-    generation = int(meta.get("generation") or 0)
-    errors = [p for p in resources.problems if p.source == label and p.severity == "error"]
-    key = key_of(str(meta.get("namespace", "")), str(meta.get("name", "")))
-    accepted = not errors and any(
-        m.key == key and m.api_version == obj.get("apiVersion") for m in resources.models
-    )
+    generation, errors, accepted = _judged(obj, label, resources, resources.models)
     if accepted:
         return [_condition("Accepted", True, "Accepted", "", generation)]
     reasons = [p.reason for p in errors if p.reason in ("ModelNameInUse", "PoolNotFound")]

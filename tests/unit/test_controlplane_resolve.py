@@ -102,32 +102,17 @@ def test_missing_backends_keep_their_weight_as_500(tmp_path: Path) -> None:
     assert "InferencePool default/nope" in refs.message and "example.com/Thing" in refs.message
 
 
+def _model_route_with_filter(route: str, group: str, kind: str, name: str) -> str:
+    """One rule: the seed's InferenceModel as backend, with one ExtensionRef filter."""
+    backend = {"group": "gateway.networking.x-k8s.io", "kind": "InferenceModel",
+               "name": "llama2-7b-chat"}  # fmt: skip
+    ref = {"type": "ExtensionRef", "extensionRef": {"group": group, "kind": kind, "name": name}}
+    return _route(route, {"rules": [{"backendRefs": [backend], "filters": [ref]}]})
+
+
 def test_a_missing_priority_filter_applies_its_defaults(tmp_path: Path) -> None:
-    route = _route(
-        "nofilter",
-        {
-            "rules": [
-                {
-                    "backendRefs": [
-                        {
-                            "group": "gateway.networking.x-k8s.io",
-                            "kind": "InferenceModel",
-                            "name": "llama2-7b-chat",
-                        }
-                    ],
-                    "filters": [
-                        {
-                            "type": "ExtensionRef",
-                            "extensionRef": {
-                                "group": "gateway.networking.x-k8s.io",
-                                "kind": "PriorityFilter",
-                                "name": "absent",
-                            },
-                        }
-                    ],
-                }
-            ]
-        },
+    route = _model_route_with_filter(
+        "nofilter", "gateway.networking.x-k8s.io", "PriorityFilter", "absent"
     )
     resolved = resolve(_seed_plus(tmp_path, route), {SECRET})
     rule = next(a.rules[0] for a in resolved.attachments if a.rules[0].route == "default/nofilter")
@@ -138,32 +123,7 @@ def test_a_missing_priority_filter_applies_its_defaults(tmp_path: Path) -> None:
 
 
 def test_an_unsupported_filter_answers_500_rather_than_being_skipped(tmp_path: Path) -> None:
-    route = _route(
-        "oddfilter",
-        {
-            "rules": [
-                {
-                    "backendRefs": [
-                        {
-                            "group": "gateway.networking.x-k8s.io",
-                            "kind": "InferenceModel",
-                            "name": "llama2-7b-chat",
-                        }
-                    ],
-                    "filters": [
-                        {
-                            "type": "ExtensionRef",
-                            "extensionRef": {
-                                "group": "example.com",
-                                "kind": "Unknown",
-                                "name": "x",
-                            },
-                        }
-                    ],
-                }
-            ]
-        },
-    )
+    route = _model_route_with_filter("oddfilter", "example.com", "Unknown", "x")
     resolved = resolve(_seed_plus(tmp_path, route), {SECRET})
     rule = next(a.rules[0] for a in resolved.attachments if a.rules[0].route == "default/oddfilter")
     assert rule.backends == ()
