@@ -83,6 +83,7 @@ class ControlPlane:
         streams = [
             {
                 "node": s.node,
+                "protocol": s.protocol,
                 "types": {
                     t.rsplit(".", 1)[-1]: {
                         "sent": st.sent_version,

@@ -1,8 +1,9 @@
-"""The aggregated xDS server (ADS, state of the world) that feeds Envoy its configuration.
+"""The aggregated xDS server (ADS) that feeds Envoy its configuration.
 
 `XdsCache` holds the current resources per type URL and versions each type by a generation
-counter that moves only when that type's content changes. `AdsServer` serves any number of
-Envoys: per stream and type it tracks the subscribed names, the nonce and version last sent,
+counter that moves only when that type's content changes (each resource also has a content hash,
+for delta xDS). `AdsServer` serves any number of Envoys, state of the world here and incremental
+in `delta`: per stream and type it tracks the subscribed names, the nonce and version last sent,
 and what Envoy ACKed or NACKed. A NACK is recorded and the same version is not resent (Envoy keeps
 its last accepted config). Clusters go first: the other types wait while a changed CDS response
 is unanswered, so a route never names a cluster Envoy does not have yet; a removed cluster stays
@@ -14,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
@@ -35,6 +38,7 @@ PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET)
 WILDCARD_TYPES = (CLUSTER, LISTENER)
 
 Resources = Mapping[str, Mapping[str, Message]]  # type URL -> resource name -> message
+_Request = TypeVar("_Request", discovery_pb2.DiscoveryRequest, discovery_pb2.DeltaDiscoveryRequest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +51,7 @@ class Nack:
 
 
 @dataclass(slots=True)
-class _TypeState:
+class TypeState:
     requested: bool = False
     names: frozenset[str] | None = None  # None: wildcard
     sent_version: str | None = None
@@ -64,7 +68,8 @@ class StreamState:
     """One connected Envoy: its node id and what it holds of each type."""
 
     node: str = ""
-    types: dict[str, _TypeState] = field(default_factory=dict)
+    types: dict[str, TypeState] = field(default_factory=dict)
+    protocol: str = "sotw"  # or "delta"
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -75,6 +80,7 @@ class XdsCache:
         self.generation = 0
         self._resources: dict[str, dict[str, any_pb2.Any]] = {t: {} for t in PUSH_ORDER}
         self._digests: dict[str, bytes] = {t: b"" for t in PUSH_ORDER}
+        self._hashes: dict[str, dict[str, str]] = {t: {} for t in PUSH_ORDER}
         self.versions: dict[str, str] = {t: "0" for t in PUSH_ORDER}
         self.changed_at: float = time.monotonic()
         self._listeners: set[asyncio.Event] = set()
@@ -93,6 +99,7 @@ class XdsCache:
             if digest != self._digests[type_url]:
                 self._resources[type_url] = packed
                 self._digests[type_url] = digest
+                self._hashes[type_url] = {n: _hash(a.value) for n, a in packed.items()}
                 self.versions[type_url] = str(generation)
                 changed = True
         if changed:
@@ -105,6 +112,10 @@ class XdsCache:
     def resources(self, type_url: str) -> dict[str, any_pb2.Any]:
         return self._resources.get(type_url, {})
 
+    def resource_versions(self, type_url: str) -> dict[str, str]:
+        """Name -> a hash of the resource's serialized content (delta xDS versions)."""
+        return self._hashes.get(type_url, {})
+
     def subscribe(self, event: asyncio.Event) -> None:
         self._listeners.add(event)
 
@@ -113,7 +124,7 @@ class XdsCache:
 
 
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
-    """State-of-the-world ADS over one cache, for many Envoys at once."""
+    """ADS over one cache, state of the world or delta, for many Envoys at once."""
 
     def __init__(self, cache: XdsCache) -> None:
         self.cache = cache
@@ -159,22 +170,42 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._synced.wait(), remaining)
 
-    # ---- the stream ------------------------------------------------------------------------
+    # ---- the streams -----------------------------------------------------------------------
     async def StreamAggregatedResources(
         self,
         request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> None:
+        await self._serve(StreamState(), request_iterator, context, self._on_request, self._due)
+
+    async def DeltaAggregatedResources(
+        self,
+        request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> None:
+        from epp.controlplane.delta import DeltaStream  # delta builds on this module's types
+
+        delta = DeltaStream(self)
+        await self._serve(delta.stream, request_iterator, context, delta.on_request, delta.due)
+
+    async def _serve(
+        self,
+        stream: StreamState,
+        requests: AsyncIterator[_Request],
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+        on_request: Callable[[StreamState, _Request], None],
+        due: Callable[[StreamState], Sequence[Message]],
+    ) -> None:
+        """One stream, either protocol: apply requests as they come, write what is due."""
         self._next_id += 1
         stream_id = self._next_id
-        stream = StreamState()
         self.streams[stream_id] = stream
         self.cache.subscribe(stream.wake)
-        reader = asyncio.create_task(self._read(request_iterator, stream))
+        reader = asyncio.create_task(self._read(requests, stream, on_request))
         try:
             while not reader.done():
                 stream.wake.clear()
-                for response in self._due(stream):
+                for response in due(stream):
                     await context.write(response)
                 self._synced.set()
                 waker = asyncio.create_task(stream.wake.wait())
@@ -188,47 +219,40 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             self._synced.set()
             log.info("xDS stream from %s closed", stream.node or "?")
 
-    async def DeltaAggregatedResources(
-        self,
-        request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
-    ) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "use state-of-the-world ADS (GRPC)")
-
     async def _read(
-        self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest], stream: StreamState
+        self,
+        requests: AsyncIterator[_Request],
+        stream: StreamState,
+        on_request: Callable[[StreamState, _Request], None],
     ) -> None:
         async for request in requests:
-            self._on_request(stream, request)
+            on_request(stream, request)
             stream.wake.set()
+
+    def record_nack(self, stream: StreamState, type_url: str, version: str, message: str) -> None:
+        self.nacks.append(Nack(stream.node, type_url, version, message, time.time()))
+        del self.nacks[:-100]
+        log.warning(
+            "Envoy %s rejected %s version %s: %s", stream.node, _short(type_url), version, message
+        )
+
+    def next_nonce(self) -> str:
+        self._nonce += 1
+        return str(self._nonce)
 
     def _on_request(self, stream: StreamState, request: discovery_pb2.DiscoveryRequest) -> None:
         if request.node.id and not stream.node:
             stream.node = request.node.id
             log.info("Envoy %s connected over ADS", stream.node)
-        state = stream.types.setdefault(request.type_url, _TypeState())
+        state = stream.types.setdefault(request.type_url, TypeState())
         if request.response_nonce:
             if request.response_nonce != state.nonce:
                 return  # an answer to a response superseded since: ignore it
             state.answered = True
             if request.HasField("error_detail"):
                 state.nacked_version = state.sent_version
-                nack = Nack(
-                    stream.node,
-                    request.type_url,
-                    state.sent_version or "",
-                    request.error_detail.message,
-                    time.time(),
-                )
-                self.nacks.append(nack)
-                del self.nacks[:-100]
-                log.warning(
-                    "Envoy %s rejected %s version %s: %s",
-                    stream.node,
-                    _short(request.type_url),
-                    nack.version,
-                    nack.message,
-                )
+                message = request.error_detail.message
+                self.record_nack(stream, request.type_url, state.sent_version or "", message)
             else:
                 state.acked_version = state.sent_version
         state.requested = True
@@ -271,14 +295,13 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         return True
 
     def _response(
-        self, state: _TypeState, type_url: str, version: str, held: Mapping[str, any_pb2.Any]
+        self, state: TypeState, type_url: str, version: str, held: Mapping[str, any_pb2.Any]
     ) -> discovery_pb2.DiscoveryResponse:
-        self._nonce += 1
         names = held.keys() if state.names is None else [n for n in state.names if n in held]
         state.sent_version = version
         state.sent_names = state.names
         state.sent = {name: held[name] for name in names}
-        state.nonce = str(self._nonce)
+        state.nonce = self.next_nonce()
         state.answered = False
         return discovery_pb2.DiscoveryResponse(
             version_info=version,
@@ -290,6 +313,10 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
 
 def _short(type_url: str) -> str:
     return type_url.rsplit(".", 1)[-1]
+
+
+def _hash(value: bytes) -> str:
+    return hashlib.blake2b(value, digest_size=8).hexdigest()
 
 
 async def start_server(server: AdsServer, host: str, port: int) -> tuple[grpc.aio.Server, int]:

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -78,10 +78,17 @@ def render_bootstrap(
     return config
 
 
-def render_xds_bootstrap(admin_port: int, xds_port: int, host: str = "127.0.0.1") -> dict[str, Any]:
-    """The minimal bootstrap of gateway/envoy-xds.yaml: admin + the way to the control plane."""
+def render_xds_bootstrap(
+    admin_port: int,
+    xds_port: int,
+    host: str = "127.0.0.1",
+    api_type: Literal["GRPC", "DELTA_GRPC"] = "GRPC",
+) -> dict[str, Any]:
+    """The minimal bootstrap of gateway/envoy-xds.yaml: admin + the way to the control plane
+    (`api_type`: state-of-the-world or delta ADS)."""
     config: dict[str, Any] = yaml.safe_load(XDS_BOOTSTRAP.read_text())
     config["admin"]["address"]["socket_address"].update(address=host, port_value=admin_port)
+    config["dynamic_resources"]["ads_config"]["api_type"] = api_type
     for cluster in config["static_resources"]["clusters"]:
         if cluster["name"] == "xds":
             endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]

@@ -39,9 +39,12 @@ CHAT = {
 }
 
 
-def xds_bootstrap(xds_port: int, admin_port: int, node: str = "test-envoy") -> dict[str, Any]:
+def xds_bootstrap(
+    xds_port: int, admin_port: int, node: str = "test-envoy", api_type: str = "GRPC"
+) -> dict[str, Any]:
     config: dict[str, Any] = yaml.safe_load((REPO / "gateway" / "envoy-xds.yaml").read_text())
     config["node"]["id"] = node
+    config["dynamic_resources"]["ads_config"]["api_type"] = api_type
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
     endpoint = config["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]
     endpoint["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"] = xds_port
@@ -58,11 +61,11 @@ def pod_manifest(name: str, ip: str, labels: Mapping[str, str]) -> dict[str, Any
 
 
 async def start_envoy(
-    run_dir: Path, xds_port: int, name: str = "envoy"
+    run_dir: Path, xds_port: int, name: str = "envoy", api_type: str = "GRPC"
 ) -> tuple[ChildProcess, int]:
     (admin_port,) = free_ports(1)
     path = run_dir / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(xds_bootstrap(xds_port, admin_port, name)))
+    path.write_text(yaml.safe_dump(xds_bootstrap(xds_port, admin_port, name, api_type)))
     argv = [envoy_binary(), "-c", str(path), "--log-level", "warning", "--concurrency", "1"]
     argv += ["--disable-hot-restart", "--base-id-path", str(run_dir / f"{name}.base-id")]
     envoy = ChildProcess(name, argv, run_dir / f"{name}.log")
@@ -90,8 +93,10 @@ class Gateway:
         epps: Mapping[str, Sequence[Path]],
         pool_epps: Mapping[str, str] | None = None,
         epp_tls: bool = False,
+        api_type: str = "GRPC",  # or "DELTA_GRPC": incremental xDS
     ) -> None:
         self.epp_tls = epp_tls
+        self.api_type = api_type
         self.run_dir = run_dir
         self.manifests = manifests
         self.pods = list(pods)
@@ -143,7 +148,9 @@ class Gateway:
         self.plane.apply(self.source.current())
         self._grpc, xds_port = await start_server(self.plane.server, "127.0.0.1", 0)
         self._follow = asyncio.create_task(self.plane.follow(self.source.watch()))
-        self.envoy, self.admin_port = await start_envoy(self.run_dir, xds_port)
+        self.envoy, self.admin_port = await start_envoy(
+            self.run_dir, xds_port, api_type=self.api_type
+        )
         await self.plane.server.wait_synced(timeout=30)
         await wait_until(self._listening, "Envoy's gateway listener", 30, self.envoy)
 

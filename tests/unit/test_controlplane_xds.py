@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
@@ -185,25 +184,6 @@ async def test_many_envoys_each_get_the_update() -> None:
     assert len(server.streams) == 5
     for envoy in envoys:
         await envoy.close()
-
-
-async def test_delta_is_refused() -> None:
-    class Context:
-        code: object = None
-
-        async def abort(self, code: object, message: str) -> None:
-            self.code = code
-            raise RuntimeError(message)
-
-    context = Context()
-    with pytest.raises(RuntimeError, match="state-of-the-world"):
-        await AdsServer(XdsCache()).DeltaAggregatedResources(_empty(), context)  # type: ignore[arg-type]
-    assert context.code is not None
-
-
-async def _empty() -> AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]:
-    return
-    yield
 
 
 async def test_a_removed_cluster_stays_until_envoy_has_the_routes_without_it() -> None:
