@@ -1,18 +1,22 @@
-"""`epp controlplane`: the ADS server over a folder of manifests, plus a status endpoint.
+"""`epp controlplane`: the ADS server over manifests or the API server, plus a status endpoint.
 
 Parses the command line into `TranslateOptions`, builds a `ControlPlane`, serves ADS with grpcio
-and a small aiohttp debug endpoint (`/status`, `/debug`, `/healthz`), follows the manifests with
-`FolderSource`, and prints the Gateway/HTTPRoute status whenever it changes. SIGINT/SIGTERM stop
-it gracefully. `epp.cli` calls `run(argv)`.
+and a small aiohttp debug endpoint (`/status`, `/debug`, `/healthz`), and follows either a folder
+of manifests (`--manifests`, `FolderSource`) or the cluster (`--kubernetes`, `kubemode.KubeMode`,
+which also writes Gateway/HTTPRoute status). It prints the status whenever it changes.
+SIGINT/SIGTERM stop it gracefully. `epp.cli` calls `run(argv)`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -20,6 +24,9 @@ from epp.controlplane.clusters import TranslateOptions
 from epp.controlplane.plane import ControlPlane
 from epp.controlplane.xds import start_server
 from epp.sources.files import FolderSource
+
+if TYPE_CHECKING:
+    from epp.controlplane.kubemode import KubeControlPlaneConfig, KubeMode
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +36,10 @@ def parser() -> argparse.ArgumentParser:
         prog="epp controlplane",
         description="xDS control plane: Gateway + HTTPRoute (+ inference resources) → Envoy",
     )
-    p.add_argument("--manifests", action="append", required=True, help="file or folder (repeat)")
+    p.add_argument("--manifests", action="append", default=[], help="file or folder (repeat)")
+    p.add_argument(
+        "--kubernetes", action="store_true", help="watch the API server instead of --manifests"
+    )
     p.add_argument("--xds-host", default="127.0.0.1")
     p.add_argument("--xds-port", type=int, default=18000)
     p.add_argument("--status-port", type=int, default=18001, help="debug HTTP port, 0: off")
@@ -53,7 +63,71 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gateway-class", action="append", default=[], help="ours (default: any)")
     p.add_argument("--interval", type=float, default=0.5, help="manifest poll interval (s)")
     p.add_argument("--log-level", default="info")
+    _kube_arguments(p)
     return p
+
+
+def _kube_arguments(p: argparse.ArgumentParser) -> None:
+    k = p.add_argument_group("Kubernetes mode (--kubernetes)")
+    k.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster)")
+    k.add_argument("--kube-context", default=None)
+    k.add_argument("--api-server", "--kube-api", dest="api_server", default=None,
+                   help="API server URL without credentials (kubectl proxy, tests)")  # fmt: skip
+    k.add_argument("--namespace", action="append", default=[],
+                   help="watch only this namespace (repeatable; default: all)")  # fmt: skip
+    k.add_argument("--secret-namespace", action="append", default=None,
+                   help="read TLS Secrets here only (repeatable)")  # fmt: skip
+    k.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True,
+                   help="only the Lease holder writes status")  # fmt: skip
+    k.add_argument("--lease-name", default="epp-controlplane-leader")
+    k.add_argument("--lease-namespace", default="default")
+    k.add_argument("--write-status", action=argparse.BooleanOptionalAction, default=True,
+                   help="write Gateway and HTTPRoute status to the API server")  # fmt: skip
+    k.add_argument("--resync", type=float, default=600.0, help="seconds between full relists")
+
+
+def kube_config(args: argparse.Namespace) -> KubeControlPlaneConfig:
+    from epp.controlplane.kubemode import KubeControlPlaneConfig
+    from epp.controlplane.kubesource import GatewaySourceConfig
+    from epp.kube.client import ClientConfig
+    from epp.kube.leader import LeaderSettings
+    from epp.kube.watch import WatchSettings
+
+    return KubeControlPlaneConfig(
+        client=ClientConfig(
+            kubeconfig=args.kubeconfig, context=args.kube_context, host=args.api_server
+        ),
+        source=GatewaySourceConfig(
+            namespaces=tuple(args.namespace),
+            secret_namespaces=tuple(args.secret_namespace) if args.secret_namespace else None,
+            watch=WatchSettings(resync=args.resync),
+        ),
+        gateway_classes=tuple(args.gateway_class),
+        write_status=args.write_status,
+        leader_elect=args.leader_elect,
+        leader=LeaderSettings(namespace=args.lease_namespace, name=args.lease_name),
+    )
+
+
+def mode_error(args: argparse.Namespace) -> str | None:
+    """Why the arguments do not pick exactly one source, or None."""
+    if args.kubernetes and args.manifests:
+        return "--manifests and --kubernetes are exclusive: pick one source"
+    if not args.kubernetes and not args.manifests:
+        return "give --manifests PATH (file mode) or --kubernetes (watch the API server)"
+    kube_only = [
+        flag
+        for flag, value in (
+            ("--kubeconfig", args.kubeconfig),
+            ("--api-server", args.api_server),
+            ("--namespace", args.namespace),
+            ("--secret-namespace", args.secret_namespace),
+        )
+        if value
+    ]
+    if kube_only and not args.kubernetes:
+        return f"{', '.join(kube_only)} only apply with --kubernetes"
+    return None
 
 
 def options_from(args: argparse.Namespace) -> TranslateOptions:
@@ -80,7 +154,10 @@ def _pairs(values: list[str]) -> dict[str, str]:
 
 
 def run(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if (problem := mode_error(args)) is not None:
+        p.error(problem)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -94,29 +171,72 @@ def run(argv: list[str]) -> int:
 
 
 async def serve(plane: ControlPlane, args: argparse.Namespace) -> int:
-    source = FolderSource([Path(p) for p in args.manifests], interval=args.interval)
-    resources = source.current()
-    for problem in resources.problems:
-        log.warning("%s", problem)
-    plane.apply(resources)
-    grpc_server, port = await start_server(plane.server, args.xds_host, args.xds_port)
-    print(f"xDS (ADS) listening on {args.xds_host}:{port}", flush=True)
-    runner: web.AppRunner | None = None
-    if args.status_port:
-        runner = await _debug_site(plane, args.xds_host, args.status_port)
-        print(f"status on http://{args.xds_host}:{args.status_port}/status", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    kube: KubeMode | None = None
+    follow: Coroutine[Any, Any, None]
+    if args.kubernetes:
+        from epp.controlplane.kubemode import KubeMode
+
+        kube = await KubeMode.open(plane, kube_config(args))
+        if not await _until_synced(kube, stop):
+            await kube.aclose()
+            return 0
+        follow = kube.run()
+    else:
+        source = FolderSource([Path(p) for p in args.manifests], interval=args.interval)
+        resources = source.current()
+        for problem in resources.problems:
+            log.warning("%s", problem)
+        plane.apply(resources)
+        follow = plane.follow(source.watch())
     try:
+        return await _serve_xds(plane, args, follow, stop)
+    finally:
+        if kube is not None:
+            await kube.aclose()
+
+
+async def _until_synced(kube: KubeMode, stop: asyncio.Event) -> bool:
+    """Waits for the first complete list of every watched kind; False when stopped first."""
+    print("waiting for the API server's lists…", flush=True)
+    synced = asyncio.create_task(kube.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({synced, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not synced.done():
+        synced.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await synced
+        return False
+    for problem in synced.result().problems:
+        log.warning("%s", problem)
+    return True
+
+
+async def _serve_xds(
+    plane: ControlPlane,
+    args: argparse.Namespace,
+    follow: Coroutine[Any, Any, None],
+    stop: asyncio.Event,
+) -> int:
+    grpc_server, port = await start_server(plane.server, args.xds_host, args.xds_port)
+    print(f"xDS (ADS) listening on {args.xds_host}:{port}", flush=True)
+    runner: web.AppRunner | None = None
+    try:
+        if args.status_port:
+            runner = await _debug_site(plane, args.xds_host, args.status_port)
+            print(f"status on http://{args.xds_host}:{args.status_port}/status", flush=True)
         async with asyncio.TaskGroup() as group:
-            follow = group.create_task(plane.follow(source.watch()))
+            following = group.create_task(follow)
             report = group.create_task(_print_status(plane))
             await stop.wait()
-            follow.cancel()
+            following.cancel()
             report.cancel()
     finally:
+        follow.close()  # never started when the debug site failed to bind
         await grpc_server.stop(1.0)
         if runner is not None:
             await runner.cleanup()

@@ -42,6 +42,7 @@ CORE = [
     Kind("", "v1", "services", "Service"),
     Kind("", "v1", "serviceaccounts", "ServiceAccount", has_status=False),
     Kind("", "v1", "configmaps", "ConfigMap", has_status=False),
+    Kind("", "v1", "secrets", "Secret", has_status=False),
     Kind("", "v1", "namespaces", "Namespace", namespaced=False),
     Kind("apps", "v1", "deployments", "Deployment"),
     Kind("coordination.k8s.io", "v1", "leases", "Lease", has_status=False),
@@ -62,6 +63,12 @@ INFERENCE = [
     Kind("inference.networking.x-k8s.io", "v1alpha2", "inferencepools", "InferencePool"),
     Kind("inference.networking.x-k8s.io", "v1alpha2", "inferencemodels", "InferenceModel"),
     Kind("inference.networking.k8s.io", "v1", "inferencepools", "InferencePool"),
+    Kind("gateway.networking.x-k8s.io", "v1alpha1", "priorityfilters", "PriorityFilter"),
+]
+GATEWAY_API = [
+    Kind("gateway.networking.k8s.io", "v1", "gatewayclasses", "GatewayClass", namespaced=False),
+    Kind("gateway.networking.k8s.io", "v1", "gateways", "Gateway"),
+    Kind("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute"),
 ]
 
 
@@ -100,7 +107,8 @@ class ApiServer:
     """Start with `await start()`; `url` is then the base URL; `await stop()` at the end."""
 
     def __init__(self, kinds: list[Kind] | None = None, history: int = 1000) -> None:
-        self.kinds = {(k.group, k.version, k.plural): k for k in (kinds or CORE + INFERENCE)}
+        chosen = kinds or CORE + INFERENCE + GATEWAY_API
+        self.kinds = {(k.group, k.version, k.plural): k for k in chosen}
         self.objects: dict[tuple[str, str, str], dict[tuple[str, str], Obj]] = {
             key: {} for key in self.kinds
         }
