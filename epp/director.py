@@ -194,6 +194,7 @@ class Director:
             prompt,
             adapter,
             route.ceilings,
+            max_output_tokens=output_limit(payload) if payload is not None else None,
         )
         profile = select_profile(self._profiles, route.strategy, route.priority)
         picked = profile.schedule(request, candidates, 1 + self._protocol.fallback_endpoints)
@@ -366,6 +367,15 @@ def prompt_text(payload: Mapping[str, object]) -> bytes:
     if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
         return "".join(prompt).encode()
     return b""
+
+
+def output_limit(payload: Mapping[str, object]) -> int | None:
+    """The completion's token bound (`max_completion_tokens`, else `max_tokens`), if valid."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = payload.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def _host(address: str) -> str:

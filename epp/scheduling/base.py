@@ -28,6 +28,7 @@ class SchedulingRequest:
     lora_adapter: str | None = None
     ceilings: tuple[tuple[str, float], ...] = ()  # (metric name, percent ceiling)
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    max_output_tokens: int | None = None  # the body's max_tokens: a bound, often the length
 
 
 @dataclass(frozen=True, slots=True)

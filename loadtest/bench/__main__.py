@@ -13,6 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import json
+import math
 import os
 import platform
 import shlex
@@ -23,6 +26,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from epp.sim.profiles import get_profile
 from loadtest.bench import client, report, stats
 from loadtest.bench.routers import Children, RouterSpec, SimPod, settle, start_router, start_sim
 from loadtest.workloads import WORKLOADS, poisson_arrivals, workload
@@ -65,6 +69,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("loadtest/results"))
     p.add_argument("--tag", default="", help="suffix of the output file names")
+    p.add_argument(
+        "--samples", action="store_true", help="also write every request's sample (JSON lines)"
+    )
     return p
 
 
@@ -147,11 +154,26 @@ class Bench:
                 )
         finally:
             await self.children.stop_all()
+        if a.samples:
+            self.write_samples(f"{name}-{spec.name.replace(':', '-')}-{fraction}", samples)
         by_priority = tuple(
             (p, stats.summarize([x for x in samples if x.priority == p]))
             for p in sorted({x.priority for x in samples} - {""})
         )
-        return report.Point(spec.name, rate, fraction, stats.summarize(samples), by_priority)
+        summary = dataclasses.replace(stats.summarize(samples), e2e_floor=self.floor(samples))
+        return report.Point(spec.name, rate, fraction, summary, by_priority)
+
+    def floor(self, samples: list[client.Sample]) -> float:
+        """p90 of each successful request's time alone on an idle full-speed pod."""
+        gpu, speed = get_profile(self.a.profile), self.a.speed
+        alone = [
+            (gpu.step_time(s.prompt_tokens, 0, 0)
+             + sum(gpu.step_time(0, 1, s.prompt_tokens + i) for i in range(1, s.completion_tokens)))
+            / speed
+            for s in samples
+            if s.ok
+        ]  # fmt: skip
+        return stats.percentile(alone, 90) if alone else math.nan
 
     async def run_workload(self, name: str) -> Path:
         a = self.a
@@ -196,6 +218,11 @@ class Bench:
                 )
                 points.append(point)
         return self.write(name, capacity, note, load_before, points, unavailable)
+
+    def write_samples(self, stem: str, samples: list[client.Sample]) -> None:
+        self.a.out.mkdir(parents=True, exist_ok=True)
+        path = self.a.out / f"{stem}{self.a.tag}.samples.jsonl"
+        path.write_text("".join(json.dumps(dataclasses.asdict(s)) + "\n" for s in samples))
 
     def write(
         self,

@@ -118,6 +118,12 @@ def verdict(points: Sequence[Point], metric: str, target: float = 0.9) -> list[s
         ratio = value(p) / value(best) if value(best) > 0 else math.inf
         status = "below every peer" if not beaten else f"not below {', '.join(beaten)}"
         out.append(f"  - {p.router}: {value(p):.3f} s = {ratio:.2f}x the best peer ({status})")
+    floor = best.stats.e2e_floor
+    if metric == "e2e" and not math.isnan(floor):
+        out.append(
+            f"  - floor (every request alone on an idle full-speed pod): {floor:.3f} s = "
+            f"{floor / value(best):.2f}x the best peer"
+        )
     return out
 
 

@@ -50,6 +50,9 @@ class RunStats:
     hit_rate: float  # cached prompt tokens / prompt tokens
     pods: tuple[tuple[str, int], ...]  # requests served per pod, by pod name
     group_pods: float = math.nan  # mean distinct pods per prefix group (groups of 2+ requests)
+    # p90 e2e had every request run alone on an idle full-speed pod (the GPU profile's cost
+    # model): a floor no router can beat, for reading the e2e ratios
+    e2e_floor: float = math.nan
 
     @property
     def error_count(self) -> int:

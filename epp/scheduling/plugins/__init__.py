@@ -17,6 +17,7 @@ from epp.scheduling.plugins.random_picker import RandomPicker
 from epp.scheduling.plugins.round_robin import RoundRobinPicker
 from epp.scheduling.plugins.running import RunningRequestsScorer
 from epp.scheduling.plugins.saturation_filter import SaturationFilter
+from epp.scheduling.plugins.service_time import ServiceTimeScorer
 from epp.scheduling.plugins.weighted_random import WeightedRandomPicker
 
 BUILTIN_PLUGINS = (
@@ -25,6 +26,7 @@ BUILTIN_PLUGINS = (
     KvCacheScorer,
     InFlightScorer,
     TokenLoadScorer,
+    ServiceTimeScorer,
     GpuUtilizationScorer,
     GpuUtilizationFilter,
     LoraAffinityScorer,

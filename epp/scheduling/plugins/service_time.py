@@ -1,0 +1,53 @@
+"""`service-time-scorer`: how much longer this request would take here than on the best endpoint.
+
+The predicted time on an endpoint is the request's expected output tokens (its `max_tokens`, or
+`typicalOutputTokens` when it names none) times the endpoint's measured pace
+(`EndpointState.tpot`), plus a wait when its batch is full (`limit` learned, `load` above it: the
+excess drains at `limit` requests per typical request time). The score is
+1 - (predicted - best) / (a typical request's time on the fastest endpoint), clamped to [0, 1].
+Being relative to the *absolute* difference is what makes it size-aware: a short request loses
+little on a slow GPU and may go there, a long one is kept where it finishes soonest.
+Endpoints with no measured pace count as the median of the measured ones; none measured → all 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from statistics import median
+
+from epp.scheduling.base import BuildContext, SchedulingRequest
+from epp.scheduling.params import Params
+from epp.types import EndpointState
+
+
+class ServiceTimeScorer:
+    name = "service-time-scorer"
+    bounded = True  # scores already in [0, 1]: the profile skips its clamp
+
+    def __init__(self, typical_output_tokens: int = 200) -> None:
+        if typical_output_tokens < 1:
+            raise ValueError("typical_output_tokens must be positive")
+        self.typical = typical_output_tokens
+
+    @classmethod
+    def from_parameters(cls, params: Params, ctx: BuildContext) -> ServiceTimeScorer:
+        return cls(params.integer("typicalOutputTokens", 200, low=1))
+
+    def score(self, request: SchedulingRequest, candidates: Sequence[EndpointState]) -> list[float]:
+        measured = [c.tpot for c in candidates if c.tpot > 0.0]
+        if not measured:
+            return [1.0] * len(candidates)
+        default = median(measured)
+        tokens = request.max_output_tokens or self.typical
+        typical = self.typical
+        predicted = []
+        for c in candidates:
+            pace = c.tpot if c.tpot > 0.0 else default
+            time = tokens * pace
+            excess = c.load - c.limit + 1  # requests that must finish before this one starts
+            if c.limit and excess > 0:
+                time += excess * typical * pace / c.limit
+            predicted.append(time)
+        best = min(predicted)
+        scale = typical * min(measured)
+        return [max(0.0, 1.0 - (p - best) / scale) for p in predicted]
