@@ -23,6 +23,11 @@ from epp.datastore import Datastore, Lease
 from epp.errors import BadRequest, ModelNotFound, NoEndpoints, RequestTooLarge, Shed
 from epp.flowcontrol import FlowControl
 from epp.scheduling.base import SchedulingRequest
+from epp.scheduling.plugins.service_time import (
+    TYPICAL_OUTPUT_TOKENS,
+    fastest_pace,
+    predicted_seconds,
+)
 from epp.scheduling.registry import DEFAULT_PROFILE, select_profile
 from epp.scheduling.saturation import SaturationDetector
 from epp.scheduling.scheduler import Profile
@@ -30,6 +35,9 @@ from epp.settings import ProtocolSettings, SaturationSettings
 from epp.types import EndpointState
 
 CHARS_PER_TOKEN = 4
+# a waiting request declines room where it would finish later than on the best endpoint by more
+# than this share of a typical request's time on the fastest one
+DECLINE_AFTER = 0.5
 
 
 @dataclass(slots=True)
@@ -110,7 +118,7 @@ class Director:
         """`handle`, but when the pool has no room the request first waits its turn (flow
         control: best priority first; sheddable requests are refused instead)."""
         started, payload, client_model, route = self._prepare(headers, body, rewrite)
-        await self._wait_for_room(route, subset)
+        await self._wait_for_room(route, subset, output_limit(payload))
         return self._decide(started, headers, payload, client_model, body, subset, route)
 
     async def handle_headers_only(
@@ -125,7 +133,7 @@ class Director:
                 "the x-model-name header is required when the proxy streams request bodies"
             )
         route = replace(self._resolve(model, headers, None), target_model=model)
-        await self._wait_for_room(route, subset)
+        await self._wait_for_room(route, subset, None)
         return self._decide(started, headers, None, model, b"", subset, route)
 
     def _prepare(
@@ -137,18 +145,44 @@ class Director:
         # 2. resolve the model to a pool, a served model and a priority (canary split included)
         return started, payload, client_model, self._resolve(client_model, headers, rewrite)
 
-    async def _wait_for_room(self, route: _Route, subset: Sequence[str] | None) -> None:
+    async def _wait_for_room(
+        self, route: _Route, subset: Sequence[str] | None, output_tokens: int | None
+    ) -> None:
         flow = self._flow
         if flow is None or route.priority < 0:
             return  # sheddable requests never wait: no room means 429
-        key = route.pool.key
-        await flow.wait_for_room(key, route.priority, lambda: self._room(route.pool, subset))
+        key, since = route.pool.key, self._clock()
+        await flow.wait_for_room(
+            key, route.priority, lambda: self._room(route.pool, subset, output_tokens, since)
+        )
 
-    def _room(self, pool: Pool, subset: Sequence[str] | None) -> bool:
+    def _room(
+        self,
+        pool: Pool,
+        subset: Sequence[str] | None,
+        output_tokens: int | None,
+        since: float,
+    ) -> bool:
+        """Room for this request: an endpoint with room where it would not finish much later
+        than on the best endpoint, full ones included (their queue counted). A long request
+        declines a free slot on a slow GPU while a fast one frees up soon enough; the time it
+        has waited already counts against the gain, so it never waits for longer than it
+        would lose."""
         try:
-            return any(c.has_room for c in self._candidates(pool, subset))
+            candidates = self._candidates(pool, subset)
         except NoEndpoints:
             return True  # let the request through to get its 503 now
+        with_room = [c for c in candidates if c.has_room]
+        if not with_room or len(with_room) == len(candidates):
+            return bool(with_room)
+        predicted = predicted_seconds(candidates, output_tokens)
+        if predicted is None:
+            return True
+        best = min(predicted)
+        best_with_room = min(p for p, c in zip(predicted, candidates, strict=True) if c.has_room)
+        slack = DECLINE_AFTER * TYPICAL_OUTPUT_TOKENS * fastest_pace(candidates)
+        slack += self._clock() - since
+        return best_with_room - best <= slack
 
     def _decide(
         self,

@@ -6,8 +6,11 @@ their queues short) lets a critical request overtake queued standard ones, and l
 requests be refused while there is no room at all. An endpoint has room while its load is under
 its learned concurrency limit (`EndpointState.has_room`); until a limit is learned every
 endpoint has room and nothing waits. The datastore tells us when an endpoint may have gained
-room (a request finished, new metrics); each such event lets one waiter try again, and a waiter
-that got its endpoint passes the turn on, so a burst of room drains the queue in order.
+room (a request finished, new metrics); each such event wakes the best waiter for which there is
+room, and a waiter that got its endpoint passes the turn on, so a burst of room drains the queue
+in order. "Room for" is each request's own test: a long request may decline a free slot on a
+slow GPU and keep its place for a fast one, and the slot goes to the next waiter it suits
+(the director decides; see `Director._room`).
 Neighbours: `epp.director` calls `wait_for_room`; `epp.datastore` calls `notify`.
 """
 
@@ -22,12 +25,15 @@ from dataclasses import dataclass, field
 from epp.datastore import Datastore
 from epp.errors import QueueTimeout
 
+SCAN = 32  # waiters a notification looks at, best first, for one that the room suits
+
 
 @dataclass(order=True, slots=True)
 class _Waiter:
     rank: int  # -priority: the heap pops the highest priority first
     seq: int  # then the oldest
     future: asyncio.Future[None] = field(compare=False)
+    fits: Callable[[], bool] = field(compare=False)  # is there room for this request now?
 
 
 class FlowControl:
@@ -50,8 +56,11 @@ class FlowControl:
             heapq.heappop(queue)
         if (not queue or -queue[0].rank < priority) and has_room():
             return
-        waiter = _Waiter(-priority, next(self._seq), asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(-priority, next(self._seq), loop.create_future(), has_room)
         heapq.heappush(queue, waiter)
+        if has_room():  # room that the waiters ahead declined: let the best taker have it
+            self.notify(pool_key)
         try:
             async with asyncio.timeout(self.timeout):
                 while True:
@@ -59,7 +68,7 @@ class FlowControl:
                     if has_room():
                         return
                     # someone else took the room: back in line, keeping our place
-                    waiter.future = asyncio.get_running_loop().create_future()
+                    waiter.future = loop.create_future()
                     heapq.heappush(queue, waiter)
         except TimeoutError:
             raise QueueTimeout(
@@ -71,10 +80,20 @@ class FlowControl:
                 waiter.future.cancel()  # leaves the heap lazily
 
     def notify(self, pool_key: str) -> None:
-        """An endpoint of the pool may have room: wake the best waiter."""
+        """An endpoint of the pool may have room: wake the best waiter it suits."""
         queue = self._queues.get(pool_key)
-        while queue:
-            waiter = heapq.heappop(queue)
-            if not waiter.future.done():
+        while queue and queue[0].future.done():
+            heapq.heappop(queue)
+        if not queue:
+            return
+        head = queue[0]
+        if head.fits():
+            heapq.heappop(queue)
+            head.future.set_result(None)
+            return
+        for waiter in heapq.nsmallest(SCAN, queue)[1:]:
+            if not waiter.future.done() and waiter.fits():
+                queue.remove(waiter)
+                heapq.heapify(queue)
                 waiter.future.set_result(None)
                 return

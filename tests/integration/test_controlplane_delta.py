@@ -9,24 +9,18 @@ stream state), and a NACKed route that leaves traffic on the last accepted confi
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
-import yaml
 
-from epp.api.load import load_paths
 from epp.controlplane.delta import DeltaTypeState
 from epp.controlplane.xds import ROUTE
-from epp.local.pods import plan_pods
-from tests.integration.test_controlplane_harness import Gateway
+from tests.integration.test_controlplane_harness import Gateway, canary_manifests
 from tests.integration.test_controlplane_seed import RE2_INVALID_ROUTE
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
-CANARY = Path(__file__).resolve().parents[2] / "examples" / "canary"
 PATH = "/v1/completions"
 COMPLETIONS_ROUTE = """
 apiVersion: gateway.networking.k8s.io/v1
@@ -44,10 +38,7 @@ spec:
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]:
     run = tmp_path_factory.mktemp("cp-delta")
-    manifests = run / "manifests"
-    shutil.copytree(CANARY, manifests)
-    specs, pods = plan_pods(load_paths([manifests]), first_pod_ip=220, sim_options={"speed": 10.0})
-    (manifests / "pods.yaml").write_text(yaml.safe_dump_all(pods))
+    manifests, specs = canary_manifests(run, 220)
     gw = Gateway(run, manifests, specs, {"main": [manifests]}, api_type="DELTA_GRPC")
     await gw.__aenter__()
     try:

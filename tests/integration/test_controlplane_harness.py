@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import ssl
 import sys
 from collections.abc import Mapping, Sequence
@@ -21,10 +22,12 @@ import grpc
 import httpx
 import yaml
 
+from epp.api.load import load_paths
 from epp.controlplane.clusters import TranslateOptions
 from epp.controlplane.plane import ControlPlane
 from epp.controlplane.xds import start_server
 from epp.local.envoy import envoy_binary
+from epp.local.pods import plan_pods
 from epp.local.processes import ChildProcess, wait_until
 from epp.sim.cluster import SimCluster, SimPodSpec
 from epp.sources.files import FolderSource
@@ -49,6 +52,20 @@ def xds_bootstrap(
     endpoint = config["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]
     endpoint["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"] = xds_port
     return config
+
+
+CANARY = REPO / "examples" / "canary"
+
+
+def canary_manifests(run_dir: Path, first_pod_ip: int) -> tuple[Path, list[SimPodSpec]]:
+    """A copy of examples/canary plus Pods for its pools on 127.0.0.<first_pod_ip>… (fast sims)."""
+    manifests = run_dir / "manifests"
+    shutil.copytree(CANARY, manifests)
+    specs, pods = plan_pods(
+        load_paths([manifests]), first_pod_ip=first_pod_ip, sim_options={"speed": 10.0}
+    )
+    (manifests / "pods.yaml").write_text(yaml.safe_dump_all(pods))
+    return manifests, list(specs)
 
 
 def pod_manifest(name: str, ip: str, labels: Mapping[str, str]) -> dict[str, Any]:

@@ -7,21 +7,16 @@ edit, a NACKed update that leaves traffic on the last good config, and a route t
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
-import yaml
 
-from epp.api.load import load_paths
-from epp.local.pods import plan_pods
-from tests.integration.test_controlplane_harness import HOST, Gateway
+from tests.integration.test_controlplane_harness import HOST, Gateway, canary_manifests
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
-CANARY = Path(__file__).resolve().parents[2] / "examples" / "canary"
 MISSING_POOL_ROUTE = """
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -50,10 +45,7 @@ spec:
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]:
     run = tmp_path_factory.mktemp("cp-seed")
-    manifests = run / "manifests"
-    shutil.copytree(CANARY, manifests)
-    specs, pods = plan_pods(load_paths([manifests]), first_pod_ip=160, sim_options={"speed": 10.0})
-    (manifests / "pods.yaml").write_text(yaml.safe_dump_all(pods))
+    manifests, specs = canary_manifests(run, 160)
     async with Gateway(run, manifests, specs, {"main": [manifests]}) as gw:
         yield gw
 
@@ -157,10 +149,7 @@ async def test_route_to_missing_pool_reports_backend_not_found_and_answers_5xx(
 
 
 async def test_an_epp_serving_tls_is_reached_over_tls(tmp_path: Path) -> None:
-    manifests = tmp_path / "manifests"
-    shutil.copytree(CANARY, manifests)
-    specs, pods = plan_pods(load_paths([manifests]), first_pod_ip=180, sim_options={"speed": 10.0})
-    (manifests / "pods.yaml").write_text(yaml.safe_dump_all(pods))
+    manifests, specs = canary_manifests(tmp_path, 180)
     async with Gateway(tmp_path, manifests, specs, {"main": [manifests]}, epp_tls=True) as gw:
         hits = await gw.pods_hit("/v1/chat/completions", None, 4)
     assert sum(v for k, v in hits.items() if k.startswith("llama2-gpu-pool")) == 4, hits

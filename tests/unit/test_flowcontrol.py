@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
+from collections.abc import Callable
 
 import orjson
 import pytest
 
 from epp.api.model import ModelRoute, ResourceSet
 from epp.datastore import Datastore
-from epp.director import Director
+from epp.director import Decision, Director
 from epp.errors import QueueTimeout, Shed
 from epp.flowcontrol import FlowControl
 from epp.scheduling.registry import build_default_profiles
@@ -26,7 +28,9 @@ def full(running: int = 1, waiting: int = 2) -> EndpointMetrics:
     return fresh(waiting=waiting, running=running)
 
 
-def setup(timeout: float = 5.0) -> tuple[Datastore, Director, FlowControl]:
+def setup(
+    timeout: float = 5.0, clock: Callable[[], float] = time.monotonic
+) -> tuple[Datastore, Director, FlowControl]:
     store = Datastore()
     models = tuple(
         ModelRoute("default", name, name, "default/llama2-gpu-pool", priority)
@@ -39,13 +43,22 @@ def setup(timeout: float = 5.0) -> tuple[Datastore, Director, FlowControl]:
     rng = random.Random(3)
     saturation = SaturationSettings(queue_depth=100, kv_cache_util=0.99)  # only the limit counts
     director = Director(
-        store, build_default_profiles(rng), ProtocolSettings(), saturation, rng=rng, flow=flow
+        store,
+        build_default_profiles(rng),
+        ProtocolSettings(),
+        saturation,
+        clock=clock,
+        rng=rng,
+        flow=flow,
     )
     return store, director, flow
 
 
-def body(model: str) -> bytes:
-    return orjson.dumps({"model": model, "prompt": "hello"})
+def body(model: str, max_tokens: int | None = None) -> bytes:
+    payload: dict[str, object] = {"model": model, "prompt": "hello"}
+    if max_tokens is not None:
+        payload["max_tokens"] = max_tokens
+    return orjson.dumps(payload)
 
 
 def learn_limit_one(store: Datastore) -> None:
@@ -138,3 +151,56 @@ def test_a_low_first_limit_grows_when_the_server_runs_more() -> None:
     assert store.candidates("default/llama2-gpu-pool")[0].limit == 2
     store.set_metrics(A, fresh(running=3))  # the slack let a third in, and it runs
     assert store.candidates("default/llama2-gpu-pool")[0].limit == 3
+
+
+async def fill_fast_and_slow(store: Datastore, director: Director) -> list[Decision]:
+    """A streams at 25 ms per token, B at 50 ms; limit 1 (+ a queue of one) each, both full."""
+    learn_limit_one(store)
+    store.record_tokens(A, 2.5, 100)
+    store.record_tokens(B, 5.0, 100)
+    store.set_metrics(A, fresh())
+    store.set_metrics(B, fresh())
+    admitted = [await director.handle_queued({}, body("std", 10)) for _ in range(4)]
+    assert sorted(d.endpoints[0] for d in admitted) == [A, A, B, B]
+    return admitted
+
+
+async def test_a_long_request_keeps_its_place_for_a_fast_pod_and_a_short_one_takes_the_slow() -> (
+    None
+):
+    store, director, flow = setup()
+    admitted = await fill_fast_and_slow(store, director)
+    picked: list[tuple[int, str]] = []
+
+    async def request(max_tokens: int) -> None:
+        decision = await director.handle_queued({}, body("std", max_tokens))
+        picked.append((max_tokens, decision.endpoints[0]))
+
+    long_, short = asyncio.create_task(request(400)), None
+    await asyncio.sleep(0.01)
+    short = asyncio.create_task(request(10))
+    await asyncio.sleep(0.01)
+    assert flow.queued("default/llama2-gpu-pool") == 2
+    # a slot frees on the slow pod: 400 tokens there cost 10 s more than waiting for A, so the
+    # long request declines it (keeping its place) and the short one behind it takes it
+    director.finish(next(d for d in admitted if d.endpoints[0] == B))
+    await asyncio.wait_for(short, 1)
+    assert picked == [(10, B)] and not long_.done()
+    director.finish(next(d for d in admitted if d.endpoints[0] == A))  # now a fast slot
+    await asyncio.wait_for(long_, 1)
+    assert picked == [(10, B), (400, A)]
+
+
+async def test_a_declined_slot_is_taken_once_waiting_cost_more_than_it_saves() -> None:
+    now = [100.0]
+    store, director, flow = setup(clock=lambda: now[0])
+    admitted = await fill_fast_and_slow(store, director)
+    waiting = asyncio.create_task(director.handle_queued({}, body("std", 400)))
+    director.finish(next(d for d in admitted if d.endpoints[0] == B))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # declined the slow slot
+    now[0] += 8.0  # 8 s waited + 2.5 s slack >= the 10 s the slow pod costs
+    store.set_metrics(B, fresh())  # any event lets the queue look again
+    decision = await asyncio.wait_for(waiting, 1)
+    assert decision.endpoints[0] == B
+    assert flow.queued("default/llama2-gpu-pool") == 0

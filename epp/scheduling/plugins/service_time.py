@@ -19,35 +19,53 @@ from epp.scheduling.base import BuildContext, SchedulingRequest
 from epp.scheduling.params import Params
 from epp.types import EndpointState
 
+TYPICAL_OUTPUT_TOKENS = 200
+
 
 class ServiceTimeScorer:
     name = "service-time-scorer"
     bounded = True  # scores already in [0, 1]: the profile skips its clamp
 
-    def __init__(self, typical_output_tokens: int = 200) -> None:
+    def __init__(self, typical_output_tokens: int = TYPICAL_OUTPUT_TOKENS) -> None:
         if typical_output_tokens < 1:
             raise ValueError("typical_output_tokens must be positive")
         self.typical = typical_output_tokens
 
     @classmethod
     def from_parameters(cls, params: Params, ctx: BuildContext) -> ServiceTimeScorer:
-        return cls(params.integer("typicalOutputTokens", 200, low=1))
+        return cls(params.integer("typicalOutputTokens", TYPICAL_OUTPUT_TOKENS, low=1))
 
     def score(self, request: SchedulingRequest, candidates: Sequence[EndpointState]) -> list[float]:
-        measured = [c.tpot for c in candidates if c.tpot > 0.0]
-        if not measured:
+        predicted = predicted_seconds(candidates, request.max_output_tokens, self.typical)
+        if predicted is None:
             return [1.0] * len(candidates)
-        default = median(measured)
-        tokens = request.max_output_tokens or self.typical
-        typical = self.typical
-        predicted = []
-        for c in candidates:
-            pace = c.tpot if c.tpot > 0.0 else default
-            time = tokens * pace
-            excess = c.load - c.limit + 1  # requests that must finish before this one starts
-            if c.limit and excess > 0:
-                time += excess * typical * pace / c.limit
-            predicted.append(time)
         best = min(predicted)
-        scale = typical * min(measured)
+        scale = self.typical * fastest_pace(candidates)
         return [max(0.0, 1.0 - (p - best) / scale) for p in predicted]
+
+
+def fastest_pace(candidates: Sequence[EndpointState]) -> float:
+    return min((c.tpot for c in candidates if c.tpot > 0.0), default=0.0)
+
+
+def predicted_seconds(
+    candidates: Sequence[EndpointState],
+    output_tokens: int | None,
+    typical: int = TYPICAL_OUTPUT_TOKENS,
+) -> list[float] | None:
+    """Each candidate's predicted time for a request of `output_tokens` (None: `typical`);
+    None when no candidate's pace is measured yet."""
+    measured = [c.tpot for c in candidates if c.tpot > 0.0]
+    if not measured:
+        return None
+    default = median(measured)
+    tokens = output_tokens or typical
+    predicted = []
+    for c in candidates:
+        pace = c.tpot if c.tpot > 0.0 else default
+        time = tokens * pace
+        excess = c.load - c.limit + 1  # requests that must finish before this one starts
+        if c.limit and excess > 0:
+            time += excess * typical * pace / c.limit
+        predicted.append(time)
+    return predicted
