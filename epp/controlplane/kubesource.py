@@ -21,7 +21,7 @@ from epp.api.model import Problem, ResourceSet
 from epp.api.parse import parse_documents
 from epp.kube.client import JsonObj, KubeApi, Resource
 from epp.kube.source import KubeSource, SourceConfig, label_of
-from epp.kube.watch import Reflector, WatchSettings
+from epp.kube.watch import Changes, Reflector, WatchSettings
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 GATEWAYS = Resource(GATEWAY_GROUP, "v1", "gateways", "Gateway")
@@ -76,8 +76,7 @@ class GatewaySource:
             for ns in (secret_scopes if kind == SECRETS else scopes)
         ]
         self.reflectors.append(Reflector(api, GATEWAY_CLASSES, None, config.watch, self._touch))
-        self.generation = 0  # bumped on every change of any watched object
-        self._changed = asyncio.Event()
+        self.changes = Changes()  # bumped on every change of any watched object
         self._tasks: list[asyncio.Task[None]] = []
         self._cached: tuple[int, ResourceSet] | None = None
 
@@ -105,9 +104,7 @@ class GatewaySource:
             self._touch()
 
     def _touch(self) -> None:
-        self.generation += 1
-        fired, self._changed = self._changed, asyncio.Event()
-        fired.set()
+        self.changes.touch()
 
     @property
     def stale(self) -> bool:
@@ -124,20 +121,18 @@ class GatewaySource:
     async def watch(self) -> AsyncGenerator[ResourceSet, None]:
         """A new set after every change (bursts coalesced), starting after the first sync."""
         last = await self.synced()
-        seen = self.generation
+        seen = self.changes.generation
         while True:
-            if seen == self.generation:
-                await self._changed.wait()
-            await asyncio.sleep(self.config.debounce)
-            seen = self.generation
+            seen = await self.changes.settled(seen, self.config.debounce)
             fresh = self.current()
             if fresh != last:
                 last = fresh
                 yield fresh
 
     def current(self) -> ResourceSet:
-        if self._cached is None or self._cached[0] != self.generation:
-            self._cached = (self.generation, self._build())
+        generation = self.changes.generation
+        if self._cached is None or self._cached[0] != generation:
+            self._cached = (generation, self._build())
         return self._cached[1]
 
     # ---- what the status writer and the class filter read ------------------------------------

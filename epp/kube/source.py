@@ -27,7 +27,7 @@ from epp.kube.client import (
     KubeApi,
     Resource,
 )
-from epp.kube.watch import Reflector, WatchSettings
+from epp.kube.watch import Changes, Reflector, WatchSettings
 
 ACCELERATOR_LABELS = (
     "accelerator",
@@ -71,8 +71,7 @@ class KubeSource:
 
     def __init__(self, api: KubeApi, config: SourceConfig) -> None:
         self.config = config
-        self._changed = asyncio.Event()  # replaced on every change: one per generation
-        self._generation = 0
+        self._changes = Changes()
         self._built = -1  # the generation `_view` was built from
         if config.pool_name:
             scopes: tuple[str | None, ...] = (config.pool_namespace,)
@@ -133,27 +132,22 @@ class KubeSource:
         last = self.view()
         seen = self._built
         while True:
-            if seen == self._generation:
-                await self._changed.wait()
-            await asyncio.sleep(self.config.debounce)
-            seen = self._generation
+            seen = await self._changes.settled(seen, self.config.debounce)
             view = self.view()
             if view != last:
                 last = view
                 yield view
 
     def _touch(self) -> None:
-        self._generation += 1
-        fired, self._changed = self._changed, asyncio.Event()
-        fired.set()
+        self._changes.touch()
 
     def current(self) -> ResourceSet:
         """The latest set (possibly partial before `synced()` returns); never blocks."""
         return self.view().resources
 
     def view(self) -> KubeView:
-        if self._view is None or self._built != self._generation:
-            self._built = self._generation
+        if self._view is None or self._built != self._changes.generation:
+            self._built = self._changes.generation
             self._view = self._build()
         return self._view
 

@@ -34,6 +34,28 @@ class WatchSettings:
     missing_retry: float = 60.0  # how soon to look again for a resource the server lacks (404)
 
 
+class Changes:
+    """A change counter with a wake-up, shared by the sources built on reflectors: `touch()` on
+    every change; `settled(seen, debounce)` waits for a generation newer than `seen`, lets the
+    burst settle, and returns the generation reached. Each consumer keeps its own `seen`, so
+    several consumers of one source never steal each other's wake-ups."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self._event = asyncio.Event()  # replaced on every change: one per generation
+
+    def touch(self) -> None:
+        self.generation += 1
+        fired, self._event = self._event, asyncio.Event()
+        fired.set()
+
+    async def settled(self, seen: int, debounce: float) -> int:
+        if seen == self.generation:
+            await self._event.wait()
+        await asyncio.sleep(debounce)
+        return self.generation
+
+
 def object_key(obj: JsonObj) -> str:
     meta = obj.get("metadata") or {}
     return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
