@@ -198,12 +198,17 @@ class Datastore:
         for address in self._by_pod.get(pod_key, ()):
             self._update(address, gpu=gpu)
 
-    def record_tokens(self, address: str, seconds: float, tokens: int) -> None:
-        """A response streamed `tokens` output tokens over `seconds` after its first byte."""
+    def record_tokens(
+        self, address: str, seconds: float, tokens: int, first_only: bool = False
+    ) -> None:
+        """A response streamed `tokens` output tokens over `seconds` after its first byte.
+        `first_only`: a sample taken mid-stream, kept only while nothing else is known."""
         if tokens < 2 or seconds <= 0:
             return
-        sample = seconds / (tokens - 1)
         old = self._tpot.get(address)
+        if first_only and old is not None:
+            return
+        sample = seconds / (tokens - 1)
         tpot = sample if old is None else old + TPOT_SMOOTHING * (sample - old)
         self._tpot[address] = tpot
         self._update(address, tpot=tpot)

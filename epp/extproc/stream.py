@@ -31,6 +31,9 @@ _BUFFERED_PARTIAL = mode_pb.ProcessingMode.BUFFERED_PARTIAL
 _STREAMED = mode_pb.ProcessingMode.STREAMED
 _NONE = mode_pb.ProcessingMode.NONE
 _TRUSTED_SUBSET_HEADER = "x-gateway-destination-endpoint-subset"
+# output tokens (SSE events) after which a still-streaming response shows an unmeasured
+# endpoint's pace
+EARLY_PACE_EVENTS = 24
 _TRUSTED_REWRITE_HEADER = "x-gateway-model-name-rewrite"
 
 Replies = list[pb.ProcessingResponse]
@@ -50,6 +53,7 @@ class RequestStream:
         self._follower: ResponseFollower | None = None
         self._status = 0
         self._first_byte: float | None = None
+        self._paced = False  # an early pace sample was taken (or the chance has passed)
         self._subset: list[str] | None = None
         self.done = False
 
@@ -195,6 +199,7 @@ class RequestStream:
     def _on_response_body(self, body: pb.HttpBody) -> Replies:
         if self._first_byte is None:
             self._first_byte = time.monotonic()
+        first_byte = self._first_byte
         follower = self._follower
         if self._response_mode != _FULL_DUPLEX:
             return [self._inline_body_reply(follower, body)]
@@ -203,6 +208,11 @@ class RequestStream:
                 "response_body", body.body, self._protocol.chunk_bytes, body.end_of_stream
             )
         out = follower.feed(body.body)
+        if not self._paced and follower.events >= EARLY_PACE_EVENTS:
+            self._paced = True
+            if self._decision is not None and self._status < 400:
+                streamed = time.monotonic() - first_byte
+                self._director.early_pace(self._decision, streamed, follower.events)
         if body.end_of_stream:
             out += follower.finish()
             self._complete()

@@ -5,7 +5,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mode_pb
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from epp.extproc.stream import RequestStream
+from epp.extproc.stream import EARLY_PACE_EVENTS, RequestStream
 from epp.observability import EppMetrics
 from epp.settings import ProtocolSettings
 from tests.factories import SERVED, director, seed_store
@@ -172,4 +172,31 @@ async def test_client_gone_mid_response_releases_the_lease() -> None:
     await stream.on_message(response_body(b'{"model": "', False))
     assert store.in_flight(address) == 1
     stream.close()
+    assert store.in_flight(address) == 0
+
+
+async def test_a_long_stream_shows_an_unmeasured_endpoints_pace_before_it_ends() -> None:
+    stream, store = new_stream()
+    await stream.on_message(headers({}))
+    head, *_ = await stream.on_message(body(orjson.dumps(CHAT), True))
+    address = set_headers(head, "request_headers")["x-gateway-destination-endpoint"]
+    await stream.on_message(
+        response_headers({":status": "200", "content-type": "text/event-stream"})
+    )
+
+    def pace() -> float:
+        return next(s.tpot for s in store.candidates("default/llama2-gpu-pool")
+                    if s.address == address)  # fmt: skip
+
+    event = b'data: {"model":"' + SERVED.encode() + b'","choices":[]}\n\n'
+    for _ in range(EARLY_PACE_EVENTS - 1):
+        await stream.on_message(response_body(event, False))
+    assert pace() == 0.0  # not enough tokens yet to tell
+    await stream.on_message(response_body(event, False))
+    first = pace()
+    assert first > 0.0  # measured while the answer is still streaming
+    for _ in range(EARLY_PACE_EVENTS):
+        await stream.on_message(response_body(event, False))
+    assert pace() == first  # one early sample per response, and only while nothing is known
+    await stream.on_message(response_body(b"data: [DONE]\n\n", True))
     assert store.in_flight(address) == 0

@@ -145,3 +145,6 @@ def test_datastore_learns_each_endpoint_pace_from_streamed_responses() -> None:
     store.record_tokens("10.0.0.1:8000", 0.0, 50)  # ignored: nothing measured
     (state,) = store.candidates("default/llama2-gpu-pool")
     assert state.tpot == pytest.approx(0.01 + 0.2 * (0.03 - 0.01))
+    store.record_tokens("10.0.0.1:8000", 9.0, 101, first_only=True)  # ignored: already known
+    (after,) = store.candidates("default/llama2-gpu-pool")
+    assert after.tpot == state.tpot
