@@ -45,6 +45,20 @@ class Snapshot(tuple[EndpointState, ...]):
         return [c.in_flight_tokens for c in self]
 
     @cached_property
+    def load(self) -> list[int]:
+        """`EndpointState.load` per endpoint: the EPP's in-flight count or the server's total."""
+        columns = zip(self.in_flight, self.running, self.waiting, strict=True)
+        return [f if f > r + w else r + w for f, r, w in columns]
+
+    @cached_property
+    def limit(self) -> list[int]:
+        return [c.limit for c in self]
+
+    @cached_property
+    def tpot(self) -> list[float]:
+        return [c.tpot for c in self]
+
+    @cached_property
     def addresses(self) -> list[str]:
         return [c.endpoint.address for c in self]
 

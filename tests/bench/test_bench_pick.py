@@ -33,6 +33,8 @@ def snapshot(n: int, rng: random.Random, now: float) -> list[EndpointState]:
             ),
             in_flight=rng.randrange(40),
             in_flight_tokens=rng.randrange(40_000),
+            limit=rng.choice((0, 16, 32)),  # learned batch limits, some not yet
+            tpot=rng.choice((0.0, rng.uniform(0.02, 0.05))),  # measured paces, some not yet
         )
         for i in range(n)
     ]
@@ -58,7 +60,13 @@ def test_bench_pick_default_profile(n: int) -> None:
         profile.schedule(SchedulingRequest(f"w{i}", "m", prompt=text), states)
     rounds = 3000 if n <= 256 else 1000
     requests = [
-        SchedulingRequest(str(i), "m", prompt_tokens=600, prompt=texts[i % len(texts)])
+        SchedulingRequest(
+            str(i),
+            "m",
+            prompt_tokens=600,
+            prompt=texts[i % len(texts)],
+            max_output_tokens=rng.choice((None, rng.randrange(1, 1024))),
+        )
         for i in range(rounds)
     ]
     timings: list[int] = []

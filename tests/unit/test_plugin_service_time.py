@@ -42,7 +42,7 @@ def test_a_full_fast_pod_can_lose_to_an_idle_slow_one_for_a_short_request() -> N
     assert long_[0] == 1.0 and long_[1] < 1.0  # 12.5 s more on the slow pod vs 3.1 s waiting
 
 
-def test_unmeasured_endpoints_take_the_median_pace_and_none_measured_is_neutral() -> None:
+def test_unmeasured_endpoints_take_the_mean_pace_and_none_measured_is_neutral() -> None:
     scorer = ServiceTimeScorer()
     assert scorer.score(req(100), [ep("a", 0.0), ep("b", 0.0)]) == [1.0, 1.0]
     scores = scorer.score(req(100), [ep("new", 0.0), ep("fast"), ep("slow", SLOW)])

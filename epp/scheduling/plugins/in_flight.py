@@ -40,16 +40,16 @@ class InFlightScorer:
         loads = snap.in_flight if self.unit == "requests" else snap.in_flight_tokens
         if not self.speed_aware:
             return min_max(loads)
-        measured = [c.tpot for c in candidates if c.tpot > 0.0]
-        if not measured:
+        paces = snap.tpot
+        fastest = min((p for p in paces if p > 0.0), default=0.0)
+        if not fastest:
             return min_max(loads)
-        fastest = min(measured)
+        inv = 1.0 / fastest
         # (load + 1): the request being placed counts too, so an idle slow pod still ranks
         # behind an idle fast one
         return min_max(
-            [(x + 1) * (c.tpot / fastest if c.tpot > 0.0 else 1.0)
-             for x, c in zip(loads, candidates, strict=True)]
-        )  # fmt: skip
+            [(x + 1) * (p * inv if p > 0.0 else 1.0) for x, p in zip(loads, paces, strict=True)]
+        )
 
 
 class TokenLoadScorer:

@@ -7,16 +7,16 @@ excess drains at `limit` requests per typical request time). The score is
 1 - (predicted - best) / (a typical request's time on the fastest endpoint), clamped to [0, 1].
 Being relative to the *absolute* difference is what makes it size-aware: a short request loses
 little on a slow GPU and may go there, a long one is kept where it finishes soonest.
-Endpoints with no measured pace count as the median of the measured ones; none measured → all 1.
+Endpoints with no measured pace count as the mean of the measured ones; none measured → all 1.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from statistics import median
 
 from epp.scheduling.base import BuildContext, SchedulingRequest
 from epp.scheduling.params import Params
+from epp.scheduling.snapshot import snapshot_of
 from epp.types import EndpointState
 
 TYPICAL_OUTPUT_TOKENS = 200
@@ -36,12 +36,13 @@ class ServiceTimeScorer:
         return cls(params.integer("typicalOutputTokens", TYPICAL_OUTPUT_TOKENS, low=1))
 
     def score(self, request: SchedulingRequest, candidates: Sequence[EndpointState]) -> list[float]:
-        predicted = predicted_seconds(candidates, request.max_output_tokens, self.typical)
-        if predicted is None:
+        found = predict(candidates, request.max_output_tokens, self.typical)
+        if found is None:
             return [1.0] * len(candidates)
+        predicted, fastest = found
         best = min(predicted)
-        scale = self.typical * fastest_pace(candidates)
-        return [max(0.0, 1.0 - (p - best) / scale) for p in predicted]
+        inv = 1.0 / (self.typical * fastest)
+        return [1.0 - d if (d := (p - best) * inv) < 1.0 else 0.0 for p in predicted]
 
 
 def fastest_pace(candidates: Sequence[EndpointState]) -> float:
@@ -55,17 +56,31 @@ def predicted_seconds(
 ) -> list[float] | None:
     """Each candidate's predicted time for a request of `output_tokens` (None: `typical`);
     None when no candidate's pace is measured yet."""
-    measured = [c.tpot for c in candidates if c.tpot > 0.0]
+    found = predict(candidates, output_tokens, typical)
+    return None if found is None else found[0]
+
+
+def predict(
+    candidates: Sequence[EndpointState], output_tokens: int | None, typical: int
+) -> tuple[list[float], float] | None:
+    """(predicted seconds per candidate, the fastest measured pace); on the hot path, so it
+    reads the snapshot's shared columns."""
+    snap = snapshot_of(candidates)
+    paces = snap.tpot
+    measured = [p for p in paces if p > 0.0]
     if not measured:
         return None
-    default = median(measured)
+    fastest = min(measured)
+    if len(measured) < len(paces):
+        default = sum(measured) / len(measured)
+        paces = [p if p > 0.0 else default for p in paces]
     tokens = output_tokens or typical
-    predicted = []
-    for c in candidates:
-        pace = c.tpot if c.tpot > 0.0 else default
-        time = tokens * pace
-        excess = c.load - c.limit + 1  # requests that must finish before this one starts
-        if c.limit and excess > 0:
-            time += excess * typical * pace / c.limit
-        predicted.append(time)
-    return predicted
+    limits = snap.limit
+    if not any(limits):
+        return [tokens * p for p in paces], fastest
+    # a full batch adds a wait: the excess drains `limit` requests per typical request time
+    out = [
+        p * (tokens + (e * typical / lim if lim and (e := ld - lim + 1) > 0 else 0))
+        for p, lim, ld in zip(paces, limits, snap.load, strict=True)
+    ]
+    return out, fastest
