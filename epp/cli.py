@@ -107,7 +107,7 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument(
         "--sheddable-reserve",
         type=float,
-        default=0.25,
+        default=0.4,
         help="share of each server's batch kept free of sheddable requests",
     )
     p.add_argument("--sd-queue-depth", type=int, default=5)

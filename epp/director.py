@@ -8,6 +8,7 @@ supplies snapshots; `epp.scheduling` ranks endpoints. Nothing here knows gRPC or
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 import uuid
@@ -35,6 +36,8 @@ from epp.settings import ProtocolSettings, SaturationSettings
 from epp.types import EndpointState
 
 CHARS_PER_TOKEN = 4
+# a critical request waits this long for a free batch slot before queueing inside a server
+CRITICAL_QUEUE_AFTER = 0.5
 # a waiting request declines room where it would finish later than on the best endpoint by more
 # than this share of a typical request's time on the fastest one
 DECLINE_AFTER = 0.5
@@ -152,28 +155,52 @@ class Director:
         if flow is None or route.priority < 0:
             return  # sheddable requests never wait: no room means 429
         key, since = route.pool.key, self._clock()
+        if route.priority > 0:  # critical: the first free batch slot, wherever it is
+            # look again when holding out for a free slot ends, even if nothing else happens
+            timer = asyncio.get_running_loop().call_later(CRITICAL_QUEUE_AFTER, flow.notify, key)
+            try:
+                await flow.wait_for_room(
+                    key, route.priority, lambda: self._free_slot(route.pool, subset, since)
+                )
+            finally:
+                timer.cancel()
+            return
         await flow.wait_for_room(
             key, route.priority, lambda: self._room(route.pool, subset, output_tokens, since)
         )
+
+    def _free_slot(self, pool: Pool, subset: Sequence[str] | None, since: float) -> bool:
+        """Room for a critical request: a free slot in some batch. Queued inside a server it
+        would wait for that server's next finished request; waiting here, for the first one
+        anywhere (a pool of N servers frees slots N times as often). After a short wait any
+        room will do, so the learned limits can still grow under critical-only traffic."""
+        try:
+            candidates = self._candidates(pool, subset)
+        except NoEndpoints:
+            return True  # let the request through to get its 503 now
+        if any(c.healthy and _free(c) for c in candidates):
+            return True
+        waited = self._clock() - since
+        return waited >= CRITICAL_QUEUE_AFTER and any(c.has_room for c in candidates)
 
     def _room(
         self,
         pool: Pool,
         subset: Sequence[str] | None,
-        output_tokens: int | None,
-        since: float,
+        output_tokens: int | None = None,
+        since: float | None = None,
     ) -> bool:
         """Room for this request: an endpoint with room where it would not finish much later
         than on the best endpoint, full ones included (their queue counted). A long request
         declines a free slot on a slow GPU while a fast one frees up soon enough; the time it
         has waited already counts against the gain, so it never waits for longer than it
-        would lose."""
+        would lose. Without `since` (critical requests): any endpoint with room."""
         try:
             candidates = self._candidates(pool, subset)
         except NoEndpoints:
             return True  # let the request through to get its 503 now
         with_room = [c for c in candidates if c.has_room]
-        if not with_room or len(with_room) == len(candidates):
+        if since is None or not with_room or len(with_room) == len(candidates):
             return bool(with_room)
         predicted = predicted_seconds(candidates, output_tokens)
         if predicted is None:
@@ -211,6 +238,8 @@ class Director:
                 raise Shed("system saturated, sheddable request dropped")
         elif self._flow is not None:  # only flow control narrows to endpoints with room
             with_room = [c for c in candidates if c.has_room]
+            if route.priority > 0:  # critical: a free batch slot beats a queue on a faster pod
+                with_room = [c for c in with_room if _free(c)] or with_room
         else:
             with_room = []
         if self._flow is not None and with_room:
@@ -409,6 +438,11 @@ def prompt_text(payload: Mapping[str, object]) -> bytes:
     if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
         return "".join(prompt).encode()
     return b""
+
+
+def _free(state: EndpointState) -> bool:
+    """A free slot in the endpoint's batch (or no limit learned yet)."""
+    return state.limit == 0 or state.load < state.limit
 
 
 def output_limit(payload: Mapping[str, object]) -> int | None:

@@ -9,8 +9,8 @@ endpoint has room and nothing waits. The datastore tells us when an endpoint may
 room (a request finished, new metrics); each such event wakes the best waiter for which there is
 room, and a waiter that got its endpoint passes the turn on, so a burst of room drains the queue
 in order. "Room for" is each request's own test: a long request may decline a free slot on a
-slow GPU and keep its place for a fast one, and the slot goes to the next waiter it suits
-(the director decides; see `Director._room`).
+slow GPU and keep its place for a fast one, and the slot goes to the next waiter of the same
+priority it suits (the director decides; see `Director._room` and `Director._free_slot`).
 Neighbours: `epp.director` calls `wait_for_room`; `epp.datastore` calls `notify`.
 """
 
@@ -92,6 +92,8 @@ class FlowControl:
             head.future.set_result(None)
             return
         for waiter in heapq.nsmallest(SCAN, queue)[1:]:
+            if waiter.rank != head.rank:
+                return  # a lower priority never takes room a higher one is holding out for
             if not waiter.future.done() and waiter.fits():
                 queue.remove(waiter)
                 heapq.heapify(queue)

@@ -43,7 +43,7 @@ class SaturationSettings:
     aggregate: str = "min"
     # sheddable requests are admitted only while an endpoint keeps this share of its learned
     # batch limit free, so that critical and standard requests still find room
-    sheddable_reserve: float = 0.25
+    sheddable_reserve: float = 0.4
 
 
 @dataclass(frozen=True, slots=True)

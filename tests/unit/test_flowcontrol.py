@@ -204,3 +204,39 @@ async def test_a_declined_slot_is_taken_once_waiting_cost_more_than_it_saves() -
     decision = await asyncio.wait_for(waiting, 1)
     assert decision.endpoints[0] == B
     assert flow.queued("default/llama2-gpu-pool") == 0
+
+
+async def test_a_critical_request_takes_the_first_free_slot_even_on_a_slow_pod() -> None:
+    store, director, _ = setup()
+    admitted = await fill_fast_and_slow(store, director)
+    waiting = asyncio.create_task(director.handle_queued({}, body("crit", 400)))
+    await asyncio.sleep(0.01)
+    for decision in [d for d in admitted if d.endpoints[0] == B]:
+        director.finish(decision)  # a free batch slot on the slow pod
+    decision = await asyncio.wait_for(waiting, 1)  # time to first token comes first
+    assert decision.endpoints[0] == B
+
+
+async def test_a_critical_request_waits_for_a_free_batch_slot_not_a_place_in_a_server_queue() -> (
+    None
+):
+    now = [100.0]
+    store, director, flow = setup(clock=lambda: now[0])
+    learn_limit_one(store)
+    store.set_metrics(A, fresh())
+    store.set_metrics(B, fresh())
+    admitted = [await director.handle_queued({}, body("std")) for _ in range(4)]
+    on_a = [d for d in admitted if d.endpoints[0] == A]
+    director.finish(on_a[0])  # A: one running, room for one queued inside it
+    waiting = asyncio.create_task(director.handle_queued({}, body("crit")))
+    await asyncio.sleep(0.01)
+    assert not waiting.done() and flow.queued("default/llama2-gpu-pool") == 1
+    director.finish(on_a[1])  # A's batch slot is free now
+    decision = await asyncio.wait_for(waiting, 1)
+    assert decision.endpoints[0] == A
+    late = asyncio.create_task(director.handle_queued({}, body("crit")))  # no free slot
+    await asyncio.sleep(0.01)
+    assert not late.done()
+    now[0] += 1.0  # after a while a critical request takes queue room too (limits can grow)
+    store.set_metrics(B, fresh())  # any event lets the queue look again
+    assert (await asyncio.wait_for(late, 1)).endpoints[0] == A  # queued behind one there
