@@ -24,11 +24,7 @@ from epp.datastore import Datastore, Lease
 from epp.errors import BadRequest, ModelNotFound, NoEndpoints, RequestTooLarge, Shed
 from epp.flowcontrol import FlowControl
 from epp.scheduling.base import SchedulingRequest
-from epp.scheduling.plugins.service_time import (
-    TYPICAL_OUTPUT_TOKENS,
-    fastest_pace,
-    predicted_seconds,
-)
+from epp.scheduling.plugins.service_time import TYPICAL_OUTPUT_TOKENS, predict
 from epp.scheduling.registry import DEFAULT_PROFILE, select_profile
 from epp.scheduling.saturation import SaturationDetector
 from epp.scheduling.scheduler import Profile
@@ -155,61 +151,41 @@ class Director:
         if flow is None or route.priority < 0:
             return  # sheddable requests never wait: no room means 429
         key, since = route.pool.key, self._clock()
-        if route.priority > 0:  # critical: the first free batch slot, wherever it is
-            # look again when holding out for a free slot ends, even if nothing else happens
-            timer = asyncio.get_running_loop().call_later(CRITICAL_QUEUE_AFTER, flow.notify, key)
-            try:
-                await flow.wait_for_room(
-                    key, route.priority, lambda: self._free_slot(route.pool, subset, since)
-                )
-            finally:
-                timer.cancel()
-            return
-        await flow.wait_for_room(
-            key, route.priority, lambda: self._room(route.pool, subset, output_tokens, since)
+        critical = route.priority > 0
+        # a critical request holding out for a free slot looks again when that ends, even if
+        # nothing else happens meanwhile
+        timer = (
+            asyncio.get_running_loop().call_later(CRITICAL_QUEUE_AFTER, flow.notify, key)
+            if critical
+            else None
         )
-
-    def _free_slot(self, pool: Pool, subset: Sequence[str] | None, since: float) -> bool:
-        """Room for a critical request: a free slot in some batch. Queued inside a server it
-        would wait for that server's next finished request; waiting here, for the first one
-        anywhere (a pool of N servers frees slots N times as often). After a short wait any
-        room will do, so the learned limits can still grow under critical-only traffic."""
         try:
-            candidates = self._candidates(pool, subset)
-        except NoEndpoints:
-            return True  # let the request through to get its 503 now
-        if any(c.healthy and _free(c) for c in candidates):
-            return True
-        waited = self._clock() - since
-        return waited >= CRITICAL_QUEUE_AFTER and any(c.has_room for c in candidates)
+            await flow.wait_for_room(
+                key,
+                route.priority,
+                lambda: self._room(route.pool, subset, since, output_tokens, critical),
+            )
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def _room(
         self,
         pool: Pool,
         subset: Sequence[str] | None,
-        output_tokens: int | None = None,
-        since: float | None = None,
+        since: float,
+        output_tokens: int | None,
+        critical: bool,
     ) -> bool:
-        """Room for this request: an endpoint with room where it would not finish much later
-        than on the best endpoint, full ones included (their queue counted). A long request
-        declines a free slot on a slow GPU while a fast one frees up soon enough; the time it
-        has waited already counts against the gain, so it never waits for longer than it
-        would lose. Without `since` (critical requests): any endpoint with room."""
+        """Whether this waiting request may go now (`FlowControl` asks on every wake-up)."""
         try:
             candidates = self._candidates(pool, subset)
         except NoEndpoints:
             return True  # let the request through to get its 503 now
-        with_room = [c for c in candidates if c.has_room]
-        if since is None or not with_room or len(with_room) == len(candidates):
-            return bool(with_room)
-        predicted = predicted_seconds(candidates, output_tokens)
-        if predicted is None:
-            return True
-        best = min(predicted)
-        best_with_room = min(p for p, c in zip(predicted, candidates, strict=True) if c.has_room)
-        slack = DECLINE_AFTER * TYPICAL_OUTPUT_TOKENS * fastest_pace(candidates)
-        slack += self._clock() - since
-        return best_with_room - best <= slack
+        waited = self._clock() - since
+        if critical:
+            return _free_slot(candidates, waited)
+        return _room_worth_taking(candidates, waited, output_tokens)
 
     def _decide(
         self,
@@ -438,6 +414,35 @@ def prompt_text(payload: Mapping[str, object]) -> bytes:
     if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
         return "".join(prompt).encode()
     return b""
+
+
+def _free_slot(candidates: Sequence[EndpointState], waited: float) -> bool:
+    """Room for a critical request: a free slot in some batch. Queued inside a server it would
+    wait for that server's next finished request; waiting here, for the first one anywhere (a
+    pool of N servers frees slots N times as often). After a short wait any room will do, so
+    the learned limits can still grow under critical-only traffic."""
+    if any(c.healthy and _free(c) for c in candidates):
+        return True
+    return waited >= CRITICAL_QUEUE_AFTER and any(c.has_room for c in candidates)
+
+
+def _room_worth_taking(
+    candidates: Sequence[EndpointState], waited: float, output_tokens: int | None
+) -> bool:
+    """Room for a standard request: an endpoint with room where it would not finish much later
+    than on the best endpoint, full ones included (their queue counted). A long request
+    declines a free slot on a slow GPU while a fast one frees up soon enough; the time it has
+    waited already counts against the gain, so it never waits for longer than it would lose."""
+    room = [c.has_room for c in candidates]
+    if not any(room) or all(room):
+        return any(room)
+    found = predict(candidates, output_tokens, TYPICAL_OUTPUT_TOKENS)
+    if found is None:
+        return True
+    predicted, fastest = found
+    best_with_room = min(p for p, ok in zip(predicted, room, strict=True) if ok)
+    slack = DECLINE_AFTER * TYPICAL_OUTPUT_TOKENS * fastest + waited
+    return best_with_room - min(predicted) <= slack
 
 
 def _free(state: EndpointState) -> bool:

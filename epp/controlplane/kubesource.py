@@ -121,13 +121,11 @@ class GatewaySource:
     async def watch(self) -> AsyncGenerator[ResourceSet, None]:
         """A new set after every change (bursts coalesced), starting after the first sync."""
         last = await self.synced()
-        seen = self.changes.generation
-        while True:
-            seen = await self.changes.settled(seen, self.config.debounce)
-            fresh = self.current()
-            if fresh != last:
-                last = fresh
-                yield fresh
+        changes = self.changes.follow(
+            self.current, last, self.changes.generation, self.config.debounce
+        )
+        async for fresh in changes:
+            yield fresh
 
     def current(self) -> ResourceSet:
         generation = self.changes.generation

@@ -130,13 +130,8 @@ class KubeSource:
         """
         await self.synced()
         last = self.view()
-        seen = self._built
-        while True:
-            seen = await self._changes.settled(seen, self.config.debounce)
-            view = self.view()
-            if view != last:
-                last = view
-                yield view
+        async for view in self._changes.follow(self.view, last, self._built, self.config.debounce):
+            yield view
 
     def _touch(self) -> None:
         self._changes.touch()

@@ -16,8 +16,9 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from epp.kube.client import JsonObj, KubeApi, KubeError, Resource
 
@@ -32,6 +33,9 @@ class WatchSettings:
     backoff_max: float = 30.0
     label_selector: str = ""
     missing_retry: float = 60.0  # how soon to look again for a resource the server lacks (404)
+
+
+T = TypeVar("T")
 
 
 class Changes:
@@ -54,6 +58,18 @@ class Changes:
             await self._event.wait()
         await asyncio.sleep(debounce)
         return self.generation
+
+    async def follow(
+        self, build: Callable[[], T], last: T, seen: int, debounce: float
+    ) -> AsyncGenerator[T, None]:
+        """`build()` after every settled burst of changes since generation `seen`, whenever
+        the result differs from the last one handed out (`last` to begin with)."""
+        while True:
+            seen = await self.settled(seen, debounce)
+            fresh = build()
+            if fresh != last:
+                last = fresh
+                yield fresh
 
 
 def object_key(obj: JsonObj) -> str:

@@ -45,21 +45,6 @@ class ServiceTimeScorer:
         return [1.0 - d if (d := (p - best) * inv) < 1.0 else 0.0 for p in predicted]
 
 
-def fastest_pace(candidates: Sequence[EndpointState]) -> float:
-    return min((c.tpot for c in candidates if c.tpot > 0.0), default=0.0)
-
-
-def predicted_seconds(
-    candidates: Sequence[EndpointState],
-    output_tokens: int | None,
-    typical: int = TYPICAL_OUTPUT_TOKENS,
-) -> list[float] | None:
-    """Each candidate's predicted time for a request of `output_tokens` (None: `typical`);
-    None when no candidate's pace is measured yet."""
-    found = predict(candidates, output_tokens, typical)
-    return None if found is None else found[0]
-
-
 def predict(
     candidates: Sequence[EndpointState], output_tokens: int | None, typical: int
 ) -> tuple[list[float], float] | None:
