@@ -39,7 +39,13 @@ def endpoints_of(pool: Pool, pods: Iterable[PodInfo]) -> list[Endpoint]:
         engine = labels.get(ENGINE_LABEL, "vllm")
         found.extend(
             Endpoint(
-                format_address(pod.ip, port), pod.key, pool.key, pod.labels, engine, pod.accelerator
+                format_address(pod.ip, port),
+                pod.key,
+                pool.key,
+                pod.labels,
+                engine,
+                pod.accelerator,
+                pod.max_num_seqs or 0,
             )
             for port in pool.target_ports
         )
@@ -136,7 +142,7 @@ class Datastore:
             flights,
             tokens,
             self._health.get(ep.address, True),
-            self._limits.get(ep.address, 0),
+            self._limits.get(ep.address) or ep.max_num_seqs,
             self._tpot.get(ep.address, 0.0),
         )
 

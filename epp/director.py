@@ -215,7 +215,11 @@ class Director:
         elif self._flow is not None:  # only flow control narrows to endpoints with room
             with_room = [c for c in candidates if c.has_room]
             if route.priority > 0:  # critical: a free batch slot beats a queue on a faster pod
-                with_room = [c for c in with_room if _free(c)] or with_room
+                with_room = (
+                    [c for c in with_room if _free(c)]
+                    or [c for c in with_room if _probe(c)]
+                    or with_room
+                )
         else:
             with_room = []
         if self._flow is not None and with_room:
@@ -423,7 +427,7 @@ def _free_slot(candidates: Sequence[EndpointState], waited: float) -> bool:
     the learned limits can still grow under critical-only traffic."""
     if any(c.healthy and _free(c) for c in candidates):
         return True
-    return waited >= CRITICAL_QUEUE_AFTER and any(c.has_room for c in candidates)
+    return waited >= CRITICAL_QUEUE_AFTER and any(c.healthy and _probe(c) for c in candidates)
 
 
 def _room_worth_taking(
@@ -443,6 +447,12 @@ def _room_worth_taking(
     best_with_room = min(p for p, ok in zip(predicted, room, strict=True) if ok)
     slack = DECLINE_AFTER * TYPICAL_OUTPUT_TOKENS * fastest + waited
     return best_with_room - min(predicted) <= slack
+
+
+def _probe(state: EndpointState) -> bool:
+    """The batch is full but nothing queues behind it: one request may wait there, first in
+    line for that server's next free slot, and shows whether it can run more than learned."""
+    return state.limit == 0 or state.load <= state.limit
 
 
 def _free(state: EndpointState) -> bool:

@@ -49,6 +49,7 @@ class Endpoint:
     labels: tuple[tuple[str, str], ...] = ()
     engine: str = ENGINE_VLLM
     accelerator: str | None = None  # node label such as nvidia-tesla-v100
+    max_num_seqs: int = 0  # the server's batch size from its pod spec; 0 = not given
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +63,7 @@ class EndpointState:
     in_flight_tokens: int = 0  # their estimated prompt + output tokens
     healthy: bool = True
     # concurrent requests the server runs before it queues (learned: the largest `running`
-    # seen while `waiting` > 0); 0 = not learned yet
+    # seen while `waiting` > 0; until then the pod spec's `--max-num-seqs`); 0 = not known yet
     limit: int = 0
     # seconds per output token the EPP measured on this endpoint's recent responses (moving
     # average); 0 = not measured yet. A slow GPU shows here before anywhere else.

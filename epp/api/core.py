@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import shlex
 from dataclasses import dataclass
 
 from epp.api.fields import DNS_LABEL, DNS_SUBDOMAIN, Obj
@@ -121,6 +122,12 @@ def read_pod(doc: Obj) -> PodInfo:
         for cond in status.objs("conditions"):
             if cond.string("type") == "Ready":
                 ready = cond.enum("status", ("True", "False", "Unknown")) == "True"
+    max_num_seqs = None
+    if spec is not None:
+        for container in spec.objs("containers"):
+            max_num_seqs = max_num_seqs_of(container.get("command"), container.get("args"))
+            if max_num_seqs is not None:
+                break
     deleting = False
     metadata = doc.obj("metadata")
     if metadata is not None and metadata.has("deletionTimestamp"):
@@ -134,7 +141,34 @@ def read_pod(doc: Obj) -> PodInfo:
         node_name=node,
         deleting=deleting,
         accelerator=accelerator,
+        max_num_seqs=max_num_seqs,
     )
+
+
+def max_num_seqs_of(*argument_lists: object) -> int | None:
+    """vLLM's `--max-num-seqs N` (or `=N`) in a container's command and args, also inside a
+    shell line (`sh -c "vllm serve … --max-num-seqs 64"`); None when absent or not a positive
+    integer (the pod is still served, its limit is learned instead)."""
+    words: list[str] = []
+    for arguments in argument_lists:
+        if not isinstance(arguments, list):
+            continue
+        for arg in arguments:
+            if not isinstance(arg, str):
+                continue
+            try:
+                words.extend(shlex.split(arg) if " " in arg else [arg])
+            except ValueError:  # an unbalanced quote in a shell line: take the words as they are
+                words.extend(arg.split())
+    for i, word in enumerate(words):
+        value: str | None = None
+        if word == "--max-num-seqs" and i + 1 < len(words):
+            value = words[i + 1]
+        elif word.startswith("--max-num-seqs="):
+            value = word.partition("=")[2]
+        if value is not None and value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
 
 
 HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")

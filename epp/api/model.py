@@ -117,6 +117,9 @@ class PodInfo:
     node_name: str | None = None
     deleting: bool = False
     accelerator: str | None = None  # the node's GPU type (label or nodeSelector `accelerator`)
+    # `--max-num-seqs` given to the model server in the pod spec: the most requests one batch
+    # runs (None: not given, the server's own default applies and the EPP learns the limit)
+    max_num_seqs: int | None = None
 
     @property
     def key(self) -> str:

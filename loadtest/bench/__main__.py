@@ -64,6 +64,19 @@ def make_parser() -> argparse.ArgumentParser:
         help="share of requests sent as a sheddable model (the rest critical); 0 = one model",
     )
     p.add_argument(
+        "--declare-max-num-seqs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write --max-num-seqs into the pods' container args, as a deployment that sets it "
+        "does (the EPP reads it as each server's batch size until it learns one)",
+    )
+    p.add_argument(
+        "--send-only",
+        choices=("critical", "sheddable"),
+        help="with --sheddable-share: send only this class, at the same arrival times "
+        "(what the other class costs it)",
+    )
+    p.add_argument(
         "--epp-args", default="", help='extra `epp serve` flags, e.g. "--sd-queue-depth 1"'
     )
     p.add_argument("--seed", type=int, default=1)
@@ -87,7 +100,8 @@ def sim_args(a: argparse.Namespace) -> list[str]:
 def cluster_text(a: argparse.Namespace) -> str:
     return (
         f"{a.pods} simulated {a.profile} pods (`epp sim`, one process), speed {a.speed} "
-        f"(the last at {a.slow_speed}), max_num_seqs {a.max_num_seqs}, "
+        f"(the last at {a.slow_speed}), max_num_seqs {a.max_num_seqs} "
+        f"({'declared' if a.declare_max_num_seqs else 'not declared'} in the pod specs), "
         f"{a.num_gpu_blocks} KV blocks of 16 tokens each"
     )
 
@@ -120,7 +134,12 @@ class Bench:
     async def _with_router(self, spec: RouterSpec) -> str:
         await start_sim(self.children, self.pods, sim_args(self.a))
         url = await start_router(
-            self.children, spec, self.pods, self.a.sheddable_share > 0, shlex.split(self.a.epp_args)
+            self.children,
+            spec,
+            self.pods,
+            self.a.sheddable_share > 0,
+            shlex.split(self.a.epp_args),
+            self.a.max_num_seqs if self.a.declare_max_num_seqs else 0,
         )
         await settle(1.0)
         return url + "/v1/chat/completions"
@@ -148,9 +167,12 @@ class Bench:
             url = await self._with_router(spec)
             arrivals = poisson_arrivals(a.seed, rate, a.duration)
             labels = client.priorities(len(arrivals), a.sheddable_share, a.seed)
+            requests = workload(name, a.seed)
+            if a.send_only:
+                arrivals, labels, requests = client.only(a.send_only, arrivals, labels, requests)
             async with client.make_session(a.request_timeout) as session:
                 samples = await client.open_loop(
-                    session, url, workload(name, a.seed), arrivals, "bench", a.drain, labels
+                    session, url, requests, arrivals, "bench", a.drain, labels
                 )
         finally:
             await self.children.stop_all()

@@ -138,6 +138,14 @@ def priorities(count: int, sheddable_share: float, seed: int) -> list[str]:
     return ["sheddable" if rng.random() < sheddable_share else "critical" for _ in range(count)]
 
 
+def only(
+    label: str, arrivals: list[float], labels: list[str], requests: Iterator[ChatRequest]
+) -> tuple[list[float], list[str], Iterator[ChatRequest]]:
+    """The arrivals, labels and requests of one class only, each keeping its time and body."""
+    kept = [(t, x, r) for t, x, r in zip(arrivals, labels, requests, strict=False) if x == label]
+    return [t for t, _, _ in kept], [x for _, x, _ in kept], iter([r for _, _, r in kept])
+
+
 async def open_loop(
     session: aiohttp.ClientSession,
     url: str,

@@ -152,11 +152,16 @@ def _model(name: str, strategy: str, priority: str) -> dict[str, Any]:
 
 
 def epp_manifests(
-    pods: Sequence[SimPod], strategy: str, priorities: bool = False
+    pods: Sequence[SimPod], strategy: str, priorities: bool = False, max_num_seqs: int = 0
 ) -> list[dict[str, Any]]:
     """One seed-shape pool owning the simulated pods and the model `bench` with `strategy`.
 
-    With `priorities`, `bench` is critical (high) and `bench-sheddable` is sheddable (low)."""
+    With `priorities`, `bench` is critical (high) and `bench-sheddable` is sheddable (low).
+    With `max_num_seqs`, the pods' container args say `--max-num-seqs`, as a deployment that
+    sets it does (the EPP takes it as each server's batch size until it learns one)."""
+    args = ["--model", SERVED_MODEL] + (
+        ["--max-num-seqs", str(max_num_seqs)] if max_num_seqs else []
+    )
     env = [{"name": "MODEL_NAME", "value": SERVED_MODEL}]
     container = {"name": "vllm", "image": "vllm/vllm-openai:latest", "env": env}
     pool = {
@@ -179,7 +184,7 @@ def epp_manifests(
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": p.name, "labels": {POOL_LABEL: POOL}},
-            "spec": {"containers": [{"name": "vllm", "image": "epp-sim"}]},
+            "spec": {"containers": [{"name": "vllm", "image": "epp-sim", "args": args}]},
             "status": {"podIP": p.host, "conditions": [{"type": "Ready", "status": "True"}]},
         }
         for p in pods
@@ -213,6 +218,7 @@ async def start_router(
     pods: Sequence[SimPod],
     priorities: bool = False,
     epp_args: Sequence[str] = (),
+    max_num_seqs: int = 0,
 ) -> str:
     """Start `spec` in front of `pods`; the base URL clients use."""
     if spec.kind == "envoy":
@@ -220,7 +226,9 @@ async def start_router(
     if spec.kind == "epp":
         grpc, health, metrics = free_ports(3)
         manifests = children.run_dir / "manifests.yaml"
-        manifests.write_text(yaml.safe_dump_all(epp_manifests(pods, spec.option, priorities)))
+        manifests.write_text(
+            yaml.safe_dump_all(epp_manifests(pods, spec.option, priorities, max_num_seqs))
+        )
         argv = [sys.executable, "-m", "epp", "--log-level", "WARNING", "serve"]
         argv += ["--manifests", str(manifests), "--grpc-port", str(grpc)]
         argv += ["--health-port", str(health), "--metrics-port", str(metrics), *epp_args]

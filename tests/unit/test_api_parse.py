@@ -198,6 +198,28 @@ def test_pods_and_lists() -> None:
     assert parse(not_ready).pods[0].ready is False
 
 
+def test_a_pod_spec_tells_the_servers_batch_size() -> None:
+    def pod_with(*containers: dict[str, Any]) -> Any:
+        doc = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "p1"},
+            "spec": {"containers": list(containers)},
+        }
+        return parse(doc).pods[0].max_num_seqs
+
+    assert pod_with({"name": "c", "args": ["--model", "m", "--max-num-seqs", "64"]}) == 64
+    assert pod_with({"name": "c", "args": ["--max-num-seqs=32", "--port", "8000"]}) == 32
+    shell = {"name": "c", "command": ["sh", "-c", "vllm serve m --max-num-seqs 16 --port 8000"]}
+    assert pod_with({"name": "sidecar"}, shell) == 16
+    assert pod_with({"name": "c", "args": ["--model", "m"]}) is None  # the server's default
+    for broken in (["--max-num-seqs"], ["--max-num-seqs", "0"], ["--max-num-seqs", "many"]):
+        assert pod_with({"name": "c", "args": broken}) is None  # learned instead, no error
+    assert (
+        pod_with({"name": "c", "command": ["sh", "-c", "vllm 'unbalanced --max-num-seqs 8"]}) == 8
+    )
+
+
 def test_other_kinds_are_kept_raw() -> None:
     route = {
         "apiVersion": "gateway.networking.k8s.io/v1",

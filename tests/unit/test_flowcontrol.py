@@ -7,6 +7,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -29,16 +30,20 @@ def full(running: int = 1, waiting: int = 2) -> EndpointMetrics:
 
 
 def setup(
-    timeout: float = 5.0, clock: Callable[[], float] = time.monotonic
+    timeout: float = 5.0,
+    clock: Callable[[], float] = time.monotonic,
+    max_num_seqs: int | None = None,
 ) -> tuple[Datastore, Director, FlowControl]:
     store = Datastore()
     models = tuple(
         ModelRoute("default", name, name, "default/llama2-gpu-pool", priority)
         for name, priority in (("crit", 1), ("std", 0), ("shed", -1))
     )
-    store.apply_resources(
-        ResourceSet((pool(),), models, (pod("a", "127.0.0.2"), pod("b", "127.0.0.3")))
+    pods = tuple(
+        replace(pod(name, ip), max_num_seqs=max_num_seqs)
+        for name, ip in (("a", "127.0.0.2"), ("b", "127.0.0.3"))
     )
+    store.apply_resources(ResourceSet((pool(),), models, pods))
     flow = FlowControl(store, timeout)
     rng = random.Random(3)
     saturation = SaturationSettings(queue_depth=100, kv_cache_util=0.99)  # only the limit counts
@@ -240,3 +245,38 @@ async def test_a_critical_request_waits_for_a_free_batch_slot_not_a_place_in_a_s
     now[0] += 1.0  # after a while a critical request takes queue room too (limits can grow)
     store.set_metrics(B, fresh())  # any event lets the queue look again
     assert (await asyncio.wait_for(late, 1)).endpoints[0] == A  # queued behind one there
+
+
+async def test_after_its_wait_a_critical_request_queues_only_where_it_would_be_first_in_line() -> (
+    None
+):
+    now = [100.0]
+    store, director, flow = setup(clock=lambda: now[0])
+    learn_limit_one(store)
+    store.set_metrics(A, fresh())
+    store.set_metrics(B, fresh())
+    admitted = [await director.handle_queued({}, body("std")) for _ in range(4)]  # 1 + 1 each
+    late = asyncio.create_task(director.handle_queued({}, body("crit")))
+    await asyncio.sleep(0.01)
+    now[0] += 1.0  # waited long enough to take queue room, but every queue is taken
+    store.set_metrics(A, fresh())
+    await asyncio.sleep(0.01)
+    assert not late.done() and flow.queued("default/llama2-gpu-pool") == 1
+    director.finish(next(d for d in admitted if d.endpoints[0] == B))  # B: one running, none queued
+    assert (await asyncio.wait_for(late, 1)).endpoints[0] == B  # first in line there
+
+
+def test_a_declared_batch_size_counts_before_any_limit_is_learned() -> None:
+    store, director, _ = setup(max_num_seqs=4)
+    assert [s.limit for s in store.candidates("default/llama2-gpu-pool")] == [4, 4]
+    store.set_metrics(A, fresh())  # idle servers: nothing learned from them
+    store.set_metrics(B, fresh())
+    # the pod spec's --max-num-seqs already keeps the sheddable reserve (1 of 4 slots)
+    admitted = [director.handle({}, body("shed")) for _ in range(6)]
+    assert sorted(d.endpoints[0] for d in admitted) == [A, A, A, B, B, B]
+    with pytest.raises(Shed):
+        director.handle({}, body("shed"))
+    assert director.handle({}, body("crit")).endpoints
+    for _ in range(3):  # the server queues at 3 running (its KV cache, say): that is learned
+        store.set_metrics(A, full(running=3, waiting=1))
+    assert [s.limit for s in store.candidates("default/llama2-gpu-pool")] == [3, 4]
