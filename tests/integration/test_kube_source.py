@@ -34,7 +34,9 @@ def seed_cluster(server: ApiServer) -> None:
     server.put(node("node-a", "nvidia-tesla-v100"))
     server.put(seed_pool())
     server.put(seed_model("llama2-7b-chat"))
-    server.put(pod("vllm-0", "10.0.0.1"))
+    serving = pod("vllm-0", "10.0.0.1")
+    serving["spec"]["containers"][0]["args"] = ["--model", "m", "--max-num-seqs", "64"]
+    server.put(serving)
     server.put(pod("vllm-1", "10.0.0.2", ready=False))
     server.put(pod("other", "10.0.0.9", pool="elsewhere"))
 
@@ -56,6 +58,8 @@ async def test_initial_sync_gives_pools_models_ready_pods_and_accelerators(
         assert source.accelerator(ready) == "nvidia-tesla-v100"
         assert ready.accelerator == "nvidia-tesla-v100"  # carried to the endpoint
         assert {e.accelerator for e in store.endpoints()} == {"nvidia-tesla-v100"}
+        # the server's --max-num-seqs is its batch size until the EPP learns one
+        assert [s.limit for s in store.candidates("default/llama2-pool")] == [64]
         assert not source.stale
         assert not [p for p in resources.problems if p.severity == "error"]
     finally:

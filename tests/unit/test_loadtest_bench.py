@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from epp.api.parse import parse_documents
 from loadtest.bench.__main__ import make_parser, sim_args
-from loadtest.bench.client import Sample, _usage_of, priorities
+from loadtest.bench.client import Sample, _usage_of, only, priorities
 from loadtest.bench.report import Header, Point, priority_table, render_markdown, verdict
 from loadtest.bench.routers import RouterSpec, SimPod, epp_manifests
 from loadtest.bench.stats import completion_rate, percentile, pods_per_group, summarize
+from loadtest.workloads import workload
 
 
 def ok(start: float, ttft: float, e2e: float, pod: str = "pod-0", **kw: int) -> Sample:
@@ -73,6 +75,28 @@ def test_epp_manifests_declare_the_pods_and_the_strategy() -> None:
     assert pool["spec"]["deployment"]["replicas"] == 2
     assert model["spec"]["routing"]["loadBalancing"]["strategy"] == "prefix-cache-aware"
     assert [d["status"]["podIP"] for d in declared] == ["127.0.77.2", "127.0.77.3"]
+
+
+def test_epp_manifests_can_declare_the_servers_batch_size() -> None:
+    pods = [SimPod("127.0.77.2", 8000, "pod-0")]
+
+    def parsed(max_num_seqs: int) -> list[int | None]:
+        docs = epp_manifests(pods, "gpu-aware", max_num_seqs=max_num_seqs)
+        return [
+            p.max_num_seqs for p in parse_documents((str(i), d) for i, d in enumerate(docs)).pods
+        ]
+
+    assert parsed(8) == [8]
+    assert parsed(0) == [None]
+
+
+def test_send_only_keeps_one_class_with_its_times_and_bodies() -> None:
+    arrivals, labels = [0.1, 0.2, 0.3, 0.4], ["critical", "sheddable", "sheddable", "critical"]
+    everyone = workload("sharegpt", 1)
+    first, _, _, fourth = (next(everyone) for _ in range(4))
+    times, kept, requests = only("critical", arrivals, labels, workload("sharegpt", 1))
+    assert (times, kept) == ([0.1, 0.4], ["critical", "critical"])
+    assert list(requests) == [first, fourth]  # each keeps the body it had among all
 
 
 def test_sim_args_slow_down_the_last_pod() -> None:
