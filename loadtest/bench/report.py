@@ -83,14 +83,19 @@ def priority_table(points: Sequence[Point]) -> list[str]:
     for p in points:
         by = dict(p.by_priority)
         c, d = by.get("critical"), by.get("sheddable")
-        if c is None or d is None:
+        if c is None and d is None:
             continue
-        shed = dict(d.errors).get("429", 0)
-        lines.append(
-            f"| {p.router} | {p.rate:.2f} ({p.fraction:.2f}) | {c.ok} / {c.sent} "
-            f"| {_ms(c.ttft.p50)} / {_ms(c.ttft.p90)} | {_s(c.e2e.p90)} | {d.ok} / {d.sent} "
-            f"| {shed} | {_ms(d.ttft.p90)} |"
+        critical = (
+            f"{c.ok} / {c.sent} | {_ms(c.ttft.p50)} / {_ms(c.ttft.p90)} | {_s(c.e2e.p90)}"
+            if c is not None
+            else "- | - | -"  # --send-only sheddable
         )
+        sheddable = (
+            f"{d.ok} / {d.sent} | {dict(d.errors).get('429', 0)} | {_ms(d.ttft.p90)}"
+            if d is not None
+            else "- | - | -"  # --send-only critical
+        )
+        lines.append(f"| {p.router} | {p.rate:.2f} ({p.fraction:.2f}) | {critical} | {sheddable} |")
     return lines
 
 

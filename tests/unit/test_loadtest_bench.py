@@ -157,6 +157,11 @@ def test_priority_table_counts_shed_requests() -> None:
     )
     rows = priority_table([point])
     assert rows[2] == "| epp:gpu-aware | 6.00 (1.20) | 1 / 1 | 100 / 100 | 1.00 | 1 / 2 | 1 | 200 |"
+    alone = Point("epp:gpu-aware", 6.0, 1.2, critical, (("critical", critical),))  # --send-only
+    assert (
+        priority_table([alone])[2]
+        == "| epp:gpu-aware | 6.00 (1.20) | 1 / 1 | 100 / 100 | 1.00 | - | - | - |"
+    )
 
 
 def test_pods_per_group_measures_affinity() -> None:
