@@ -247,5 +247,9 @@ class Datastore:
             for listener in self._listeners:
                 listener(pool_key)
 
+    def learned_limit(self, address: str) -> int:
+        """The batch limit learned from the server's queue; 0 = none yet."""
+        return self._limits.get(address, 0)
+
     def in_flight(self, address: str) -> int:
         return self._in_flight.get(address, (0, 0))[0]

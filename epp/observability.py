@@ -114,6 +114,13 @@ class EppMetrics:
         self.pool_ready = Gauge(
             "inference_pool_ready_pods", "Ready endpoints per pool", ("name",), registry=r
         )
+        self.batch_limit = Gauge(
+            "epp_endpoint_batch_limit",
+            "Requests an endpoint runs in one batch before it queues, as the EPP knows it "
+            "(source: learned from its queue, or the pod spec's --max-num-seqs)",
+            ("pool", "endpoint", "source"),
+            registry=r,
+        )
 
     def plugin_timing(self, point: str, plugin_type: str, name: str, seconds: float) -> None:
         self.plugin_duration.labels(point, plugin_type, name).observe(seconds)
@@ -130,3 +137,9 @@ class EppMetrics:
             self.pool_queue.labels(pool.name).set(
                 sum(s.metrics.waiting for s in states) / n if n else 0.0
             )
+        self.batch_limit.clear()  # endpoints come and go, and a limit changes its source
+        for pool in store.pools():
+            for state in store.candidates(pool.key):
+                if state.limit:
+                    source = "learned" if store.learned_limit(state.address) else "pod-spec"
+                    self.batch_limit.labels(pool.name, state.address, source).set(state.limit)

@@ -235,6 +235,13 @@ class EppServer:
                         "gpu_utilization": st.gpu.utilization,
                         "in_flight": st.in_flight,
                         "limit": st.limit,
+                        "limit_source": (
+                            "learned"
+                            if self.store.learned_limit(st.address)
+                            else "pod-spec"
+                            if st.limit
+                            else None
+                        ),
                         "in_flight_tokens": st.in_flight_tokens,
                         "lora_active": sorted(m.lora_active),
                         "lora_waiting": sorted(m.lora_waiting),

@@ -11,12 +11,14 @@ from dataclasses import replace
 
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
 from epp.api.model import ModelRoute, ResourceSet
 from epp.datastore import Datastore
 from epp.director import Decision, Director
 from epp.errors import QueueTimeout, Shed
 from epp.flowcontrol import FlowControl
+from epp.observability import EppMetrics
 from epp.scheduling.registry import build_default_profiles
 from epp.settings import ProtocolSettings, SaturationSettings
 from epp.types import EndpointMetrics
@@ -280,3 +282,35 @@ def test_a_declared_batch_size_counts_before_any_limit_is_learned() -> None:
     for _ in range(3):  # the server queues at 3 running (its KV cache, say): that is learned
         store.set_metrics(A, full(running=3, waiting=1))
     assert [s.limit for s in store.candidates("default/llama2-gpu-pool")] == [3, 4]
+
+
+def test_the_batch_limit_and_its_source_are_exported() -> None:
+    store, _, _ = setup(max_num_seqs=4)
+    registry = CollectorRegistry()
+    metrics = EppMetrics(registry)
+
+    def exported() -> dict[tuple[str, str], float | None]:
+        metrics.refresh_pools(store)
+        return {
+            (address, source): registry.get_sample_value(
+                "epp_endpoint_batch_limit",
+                {"pool": "llama2-gpu-pool", "endpoint": address, "source": source},
+            )
+            for address in (A, B)
+            for source in ("pod-spec", "learned")
+        }
+
+    assert exported() == {
+        (A, "pod-spec"): 4,
+        (A, "learned"): None,
+        (B, "pod-spec"): 4,
+        (B, "learned"): None,
+    }
+    for _ in range(3):
+        store.set_metrics(A, full(running=3, waiting=1))
+    assert exported() == {
+        (A, "pod-spec"): None,
+        (A, "learned"): 3,
+        (B, "pod-spec"): 4,
+        (B, "learned"): None,
+    }
