@@ -182,8 +182,34 @@ class Bench:
             (p, stats.summarize([x for x in samples if x.priority == p]))
             for p in sorted({x.priority for x in samples} - {""})
         )
-        summary = dataclasses.replace(stats.summarize(samples), e2e_floor=self.floor(samples))
+        summary = dataclasses.replace(
+            stats.summarize(samples),
+            e2e_floor=self.floor(samples),
+            e2e_batched_floor=self.batched_floor(samples),
+        )
         return report.Point(spec.name, rate, fraction, summary, by_priority)
+
+    def batched_floor(self, samples: list[client.Sample]) -> float:
+        """p90 of each successful request's time on a full-speed pod at the pace measured there
+        in this run (batched, so slower than alone), with no wait and its prefill alone."""
+        slow = {f"pod-{self.a.pods - 1}"} if self.a.slow_speed != self.a.speed else set()
+        pace = stats.percentile(
+            [
+                (s.e2e - s.ttft) / (s.completion_tokens - 1)
+                for s in samples
+                if s.ok and s.pod not in slow and s.completion_tokens >= 50
+            ],
+            50,
+        )
+        if math.isnan(pace):
+            return math.nan
+        gpu = get_profile(self.a.profile)
+        times = [
+            gpu.step_time(s.prompt_tokens, 0, 0) / self.a.speed + (s.completion_tokens - 1) * pace
+            for s in samples
+            if s.ok
+        ]
+        return stats.percentile(times, 90) if times else math.nan
 
     def floor(self, samples: list[client.Sample]) -> float:
         """p90 of each successful request's time alone on an idle full-speed pod."""

@@ -129,6 +129,15 @@ def verdict(points: Sequence[Point], metric: str, target: float = 0.9) -> list[s
             f"  - floor (every request alone on an idle full-speed pod): {floor:.3f} s = "
             f"{floor / value(best):.2f}x the best peer"
         )
+    if metric == "e2e":
+        for p in (*ours, best):
+            batched = p.stats.e2e_batched_floor
+            if not math.isnan(batched):
+                out.append(
+                    f"  - {p.router}'s batched floor (every request on a full-speed pod at the "
+                    f"pace measured there in this run, no waiting): {batched:.3f} s = "
+                    f"{batched / value(best):.2f}x the best peer"
+                )
     return out
 
 

@@ -53,6 +53,9 @@ class RunStats:
     # p90 e2e had every request run alone on an idle full-speed pod (the GPU profile's cost
     # model): a floor no router can beat, for reading the e2e ratios
     e2e_floor: float = math.nan
+    # the same with the pace measured on the full-speed pods in this run (their batches): what
+    # no waiting and no slow GPU would give at this load
+    e2e_batched_floor: float = math.nan
 
     @property
     def error_count(self) -> int:

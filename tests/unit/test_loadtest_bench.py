@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from epp.api.parse import parse_documents
-from loadtest.bench.__main__ import make_parser, sim_args
+from epp.sim.profiles import get_profile
+from loadtest.bench.__main__ import Bench, make_parser, sim_args
 from loadtest.bench.client import Sample, _usage_of, only, priorities
 from loadtest.bench.report import Header, Point, priority_table, render_markdown, verdict
-from loadtest.bench.routers import RouterSpec, SimPod, epp_manifests
+from loadtest.bench.routers import Children, RouterSpec, SimPod, epp_manifests
 from loadtest.bench.stats import completion_rate, percentile, pods_per_group, summarize
 from loadtest.workloads import workload
 
@@ -97,6 +98,17 @@ def test_send_only_keeps_one_class_with_its_times_and_bodies() -> None:
     times, kept, requests = only("critical", arrivals, labels, workload("sharegpt", 1))
     assert (times, kept) == ([0.1, 0.4], ["critical", "critical"])
     assert list(requests) == [first, fourth]  # each keeps the body it had among all
+
+
+def test_the_batched_floor_uses_the_pace_of_the_full_speed_pods_only(tmp_path: Path) -> None:
+    bench = Bench(make_parser().parse_args(["--pods", "2"]), Children(tmp_path))
+    fast = [ok(0.0, 0.1, 0.1 + 99 * 0.03, "pod-0", tokens=100, prompt=100) for _ in range(4)]
+    slow = [ok(0.0, 0.1, 0.1 + 199 * 0.06, "pod-1", tokens=200, prompt=100) for _ in range(5)]
+    prefill = get_profile("H100").step_time(100, 0, 0) / 0.25
+    # every request at the fast pods' 30 ms per token, the slow pod's 60 ms left out
+    expected = percentile([prefill + 99 * 0.03] * 4 + [prefill + 199 * 0.03] * 5, 90)
+    assert bench.batched_floor([*fast, *slow]) == pytest.approx(expected)
+    assert math.isnan(bench.batched_floor(slow))  # nothing measured on a full-speed pod
 
 
 def test_sim_args_slow_down_the_last_pod() -> None:
