@@ -42,6 +42,7 @@ class PoolDeployment:
     accelerator: str | None = None  # nodeSelector accelerator
     gpus_per_pod: int = 0  # resources.limits nvidia.com/gpu
     image: str | None = None
+    max_num_seqs: int | None = None  # `--max-num-seqs` in a template container's command/args
     template: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
 
 

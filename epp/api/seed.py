@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from epp.api.core import Meta
+from epp.api.core import Meta, max_num_seqs_of
 from epp.api.fields import Obj, type_name
 from epp.api.model import (
     PRIORITY_CRITICAL,
@@ -103,6 +103,7 @@ def read_pool(doc: Obj, meta: Meta, api_version: str) -> Pool:
         accelerator=pod.accelerator,
         gpus_per_pod=pod.gpus,
         image=pod.image,
+        max_num_seqs=pod.max_num_seqs,
         template=dict(tmpl.data),
     )
     return Pool(
@@ -127,6 +128,7 @@ class _PodFacts:
     gpus: int = 0
     image: str | None = None
     port: int | None = None
+    max_num_seqs: int | None = None
 
 
 def failure_mode(parent: Obj) -> FailureMode:
@@ -147,6 +149,8 @@ def _read_pod_spec(spec: Obj | None) -> _PodFacts:
         if i == 0:
             facts.image = image
         _read_env(box, facts)
+        if facts.max_num_seqs is None:
+            facts.max_num_seqs = max_num_seqs_of(box.get("command"), box.get("args"))
         for port_obj in box.objs("ports"):
             port_obj.only("containerPort", "name", "protocol", "hostPort", "hostIP")
             number = port_obj.integer("containerPort", lo=1, hi=65535, required=True)

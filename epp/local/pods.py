@@ -2,8 +2,9 @@
 
 Seed-shaped pools get `deployment.replicas` new pods on their own loopback addresses
 (127.0.0.2, 127.0.0.3, … on the pool's target port, like pod IPs); pools whose Pod manifests are
-given get a server at each declared address; others get a default number. `epp.local.stack`
-starts them; the control-plane tests use the same plan.
+given get a server at each declared address; others get a default number. A `--max-num-seqs`
+in the template (or a declared Pod) is the simulated server's batch size, as it would be vLLM's.
+`epp.local.stack` starts them; the control-plane tests use the same plan.
 """
 
 from __future__ import annotations
@@ -41,17 +42,21 @@ def plan_pods(
             for ep in declared:
                 host, port = split_address(ep.address)
                 name = ep.pod.split("/", 1)[1] + (f"-{port}" if ranks else "")
-                specs.setdefault((host, port), SimPodSpec(host, port, name, model, **options))
+                batch = {"max_num_seqs": ep.max_num_seqs} if ep.max_num_seqs else {}
+                spec = SimPodSpec(host, port, name, model, **{**options, **batch})
+                specs.setdefault((host, port), spec)
             continue
         replicas = pool.deployment.replicas if pool.deployment else default_replicas
+        batch_size = pool.deployment.max_num_seqs if pool.deployment else None
+        batch = {"max_num_seqs": batch_size} if batch_size else {}
         for i in range(replicas):
             ip = f"127.0.0.{next_ip}"
             next_ip += 1
             name = f"{pool.name}-{i}"
             for port in pool.target_ports:
                 pod_name = f"{name}-{port}" if ranks else name
-                specs[(ip, port)] = SimPodSpec(ip, port, pod_name, model, **options)
-            manifests.append(_pod_manifest(pool, name, ip))
+                specs[(ip, port)] = SimPodSpec(ip, port, pod_name, model, **{**options, **batch})
+            manifests.append(_pod_manifest(pool, name, ip, batch_size))
     return list(specs.values()), manifests
 
 
@@ -78,14 +83,19 @@ def _served_names(pool: Pool, resources: ResourceSet) -> dict[str, Any]:
     return {"aliases": tuple(sorted(aliases)), "loras": tuple(sorted(targets))}
 
 
-def _pod_manifest(pool: Pool, name: str, ip: str) -> dict[str, Any]:
+def _pod_manifest(
+    pool: Pool, name: str, ip: str, max_num_seqs: int | None = None
+) -> dict[str, Any]:
     accel = pool.deployment.accelerator if pool.deployment else None
+    container: dict[str, Any] = {"name": "vllm-sim", "image": "epp-sim"}
+    if max_num_seqs:  # as the template says: the EPP reads it as the batch size
+        container["args"] = ["--max-num-seqs", str(max_num_seqs)]
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": pool.namespace, "labels": dict(pool.selector)},
         "spec": {
-            "containers": [{"name": "vllm-sim", "image": "epp-sim"}],
+            "containers": [container],
             **({"nodeSelector": {"accelerator": accel}} if accel else {}),
         },
         "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]},
