@@ -224,15 +224,23 @@ async def test_a_critical_request_takes_the_first_free_slot_even_on_a_slow_pod()
     assert decision.endpoints[0] == B
 
 
-async def test_a_critical_request_waits_for_a_free_batch_slot_not_a_place_in_a_server_queue() -> (
-    None
-):
-    now = [100.0]
+async def batch_and_queue_full(
+    now: list[float],
+) -> tuple[Datastore, Director, FlowControl, list[Decision]]:
+    """Both pods: batch limit 1, one running and one queued (four standard requests)."""
     store, director, flow = setup(clock=lambda: now[0])
     learn_limit_one(store)
     store.set_metrics(A, fresh())
     store.set_metrics(B, fresh())
     admitted = [await director.handle_queued({}, body("std")) for _ in range(4)]
+    return store, director, flow, admitted
+
+
+async def test_a_critical_request_waits_for_a_free_batch_slot_not_a_place_in_a_server_queue() -> (
+    None
+):
+    now = [100.0]
+    store, director, flow, admitted = await batch_and_queue_full(now)
     on_a = [d for d in admitted if d.endpoints[0] == A]
     director.finish(on_a[0])  # A: one running, room for one queued inside it
     waiting = asyncio.create_task(director.handle_queued({}, body("crit")))
@@ -253,11 +261,7 @@ async def test_after_its_wait_a_critical_request_queues_only_where_it_would_be_f
     None
 ):
     now = [100.0]
-    store, director, flow = setup(clock=lambda: now[0])
-    learn_limit_one(store)
-    store.set_metrics(A, fresh())
-    store.set_metrics(B, fresh())
-    admitted = [await director.handle_queued({}, body("std")) for _ in range(4)]  # 1 + 1 each
+    store, director, flow, admitted = await batch_and_queue_full(now)
     late = asyncio.create_task(director.handle_queued({}, body("crit")))
     await asyncio.sleep(0.01)
     now[0] += 1.0  # waited long enough to take queue room, but every queue is taken
