@@ -55,6 +55,7 @@ class KubeMode:
             self.elector = LeaderElector(api, config.leader, self._leadership)
         self.applied: Mapping[tuple[str, str], Mapping[str, Any]] = {}
         self.applied_count = 0
+        self._started: ResourceSet | None = None  # the set `start` applied
         self._poke = asyncio.Event()
 
     @classmethod
@@ -73,6 +74,7 @@ class KubeMode:
         """Waits for every watch's first list and applies that set."""
         resources = await self.source.synced()
         self.apply(resources)
+        self._started = resources
         return resources
 
     def apply(self, resources: ResourceSet) -> None:
@@ -98,7 +100,7 @@ class KubeMode:
                 tasks.create_task(self.elector.run())
 
     async def _follow(self) -> None:
-        async for resources in self.source.watch():
+        async for resources in self.source.watch(since=self._started):
             self.apply(resources)
 
     async def _write_status(self) -> None:

@@ -118,12 +118,15 @@ class GatewaySource:
         await asyncio.gather(*(_listed_or_forbidden(r) for r in self.reflectors))
         return self.current()
 
-    async def watch(self) -> AsyncGenerator[ResourceSet, None]:
-        """A new set after every change (bursts coalesced), starting after the first sync."""
+    async def watch(self, since: ResourceSet | None = None) -> AsyncGenerator[ResourceSet, None]:
+        """A new set after every change (bursts coalesced), starting after the first sync.
+        `since`: the set the caller already has (from `synced()`); a change that came between
+        it and this call is handed out at once instead of waiting for the next one."""
         last = await self.synced()
-        changes = self.changes.follow(
-            self.current, last, self.changes.generation, self.config.debounce
-        )
+        seen = self.changes.generation
+        if since is not None and last != since:
+            yield last
+        changes = self.changes.follow(self.current, last, seen, self.config.debounce)
         async for fresh in changes:
             yield fresh
 

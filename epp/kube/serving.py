@@ -27,5 +27,5 @@ async def feed(
     await set_ready(True)
     log.info("first full sync: %d pool(s), %d model(s), %d pod(s)",
              len(first.pools), len(first.models), len(first.pods))  # fmt: skip
-    async for resources in source.watch():
+    async for resources in source.watch(since=first):
         apply(resources)

@@ -118,11 +118,14 @@ class KubeSource:
         await asyncio.gather(*(r.synced.wait() for r in self.reflectors))
         return self.view().resources
 
-    async def watch(self) -> AsyncGenerator[ResourceSet, None]:
-        async for view in self.watch_views():
+    async def watch(self, since: ResourceSet | None = None) -> AsyncGenerator[ResourceSet, None]:
+        """A new set after every change (bursts coalesced), starting after the first sync.
+        `since`: the set the caller already has (from `synced()`); a change that came between
+        it and this call is handed out at once instead of waiting for the next one."""
+        async for view in self.watch_views(since):
             yield view.resources
 
-    async def watch_views(self) -> AsyncGenerator[KubeView, None]:
+    async def watch_views(self, since: ResourceSet | None = None) -> AsyncGenerator[KubeView, None]:
         """A new `KubeView` after every change (bursts coalesced), starting after the first sync.
 
         Each consumer tracks the generation it has seen, so several consumers of one source
@@ -130,7 +133,10 @@ class KubeSource:
         """
         await self.synced()
         last = self.view()
-        async for view in self._changes.follow(self.view, last, self._built, self.config.debounce):
+        seen = self._built
+        if since is not None and last.resources != since:
+            yield last
+        async for view in self._changes.follow(self.view, last, seen, self.config.debounce):
             yield view
 
     def _touch(self) -> None:

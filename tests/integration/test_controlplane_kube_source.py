@@ -27,6 +27,7 @@ from epp.kube.client import ClientConfig, KubeApi
 from epp.kube.leader import LeaderSettings
 from epp.kube.watch import WatchSettings
 from tests.kube.apiserver import ApiServer
+from tests.kube.objects import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -91,7 +92,7 @@ async def test_outage_keeps_the_last_objects_and_bursts_are_coalesced(
     server.put(gateway())
     first = await source.synced()
     assert kinds(first) == ["Gateway/gw"]
-    sets = source.watch()
+    sets = source.watch(since=first)
     server.outage = True
     server.drop_watches()
     stale = await next_set(sets)
@@ -112,6 +113,18 @@ async def test_outage_keeps_the_last_objects_and_bursts_are_coalesced(
         await next_set(sets)
         seen += 1
     assert seen < 30  # one burst, a few sets
+    await sets.aclose()
+
+
+async def test_a_change_between_the_first_set_and_the_watch_is_not_lost(
+    server: ApiServer, source: GatewaySource
+) -> None:
+    server.put(gateway())
+    first = await source.synced()  # applied by the caller, who then awaits something else
+    server.put(route("late"))
+    await until(lambda: "HTTPRoute/late" in kinds(source.current()), what="the late route")
+    sets = source.watch(since=first)
+    assert "HTTPRoute/late" in kinds(await next_set(sets, timeout=1.0))  # not the next change
     await sets.aclose()
 
 

@@ -98,6 +98,23 @@ async def test_pod_readiness_churn_and_dropped_watch_lose_no_event(
         await source.aclose()
 
 
+async def test_a_change_between_the_first_set_and_the_watch_is_not_lost(
+    server: ApiServer, api: KubeApi
+) -> None:
+    seed_cluster(server)
+    source = await started(api)
+    try:
+        first = await source.synced()
+        server.put(pod("vllm-2", "10.0.0.3"))
+        await until(lambda: len(source.current().pods) == 3, what="the third pod")
+        changes = source.watch(since=first)
+        fresh = await asyncio.wait_for(anext(changes), 1.0)  # not only at the next change
+        assert {p.name for p in fresh.pods} == {"vllm-0", "vllm-1", "vllm-2"}
+        await changes.aclose()
+    finally:
+        await source.aclose()
+
+
 async def test_gone_410_relists_and_keeps_state_consistent(server: ApiServer, api: KubeApi) -> None:
     seed_cluster(server)
     source = await started(api)
