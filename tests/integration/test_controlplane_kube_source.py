@@ -188,8 +188,8 @@ async def test_our_status_writes_do_not_make_a_new_set(
     server: ApiServer, api: KubeApi, source: GatewaySource
 ) -> None:
     server.put(gateway())
-    await source.synced()
-    sets = source.watch()
+    first = await source.synced()
+    sets = source.watch(since=first)
     waiting = asyncio.ensure_future(anext(sets))
     path = "/apis/gateway.networking.k8s.io/v1/namespaces/default/gateways/gw"
     live = await api.get(path)

@@ -72,8 +72,9 @@ async def test_pod_readiness_churn_and_dropped_watch_lose_no_event(
     seed_cluster(server)
     source = await started(api)
     store = Datastore()
-    store.apply_resources(await source.synced())
-    views = source.watch()
+    first = await source.synced()
+    store.apply_resources(first)
+    views = source.watch(since=first)
     try:
         for round_ in range(3):
             server.put(pod("vllm-1", "10.0.0.2", ready=True))
@@ -151,8 +152,9 @@ async def test_watch_outage_never_empties_the_endpoint_set(server: ApiServer, ap
     seed_cluster(server)
     source = await started(api)
     store = Datastore()
-    store.apply_resources(await source.synced())
-    views = source.watch()
+    first = await source.synced()
+    store.apply_resources(first)
+    views = source.watch(since=first)
     try:
         server.outage = True
         server.drop_watches()
