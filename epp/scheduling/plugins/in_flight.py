@@ -40,16 +40,11 @@ class InFlightScorer:
         loads = snap.in_flight if self.unit == "requests" else snap.in_flight_tokens
         if not self.speed_aware:
             return min_max(loads)
-        paces = snap.tpot
-        fastest = min((p for p in paces if p > 0.0), default=0.0)
-        if not fastest:
+        if not snap.fastest_tpot:
             return min_max(loads)
-        inv = 1.0 / fastest
         # (load + 1): the request being placed counts too, so an idle slow pod still ranks
         # behind an idle fast one
-        return min_max(
-            [(x + 1) * (p * inv if p > 0.0 else 1.0) for x, p in zip(loads, paces, strict=True)]
-        )
+        return min_max([(x + 1) * r for x, r in zip(loads, snap.relative_pace, strict=True)])
 
 
 class TokenLoadScorer:

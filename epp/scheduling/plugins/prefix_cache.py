@@ -91,15 +91,14 @@ class PrefixCacheScorer:
             return [0.0] * len(candidates)
         cutoff = fresh_cutoff(self._clock(), self.staleness)
         snap = snapshot_of(candidates)
-        flights = snap.in_flight
         if snap.all_fresh(cutoff):
-            scraped = [w + r for w, r in zip(snap.waiting, snap.running, strict=True)]
-        else:
+            loads = snap.load  # shared with the other scorers
+        else:  # a stale scrape counts for nothing: the EPP's own count stands
             scraped = [
                 w + r if ok else 0
                 for w, r, ok in zip(snap.waiting, snap.running, snap.fresh(cutoff), strict=True)
             ]
-        loads = [f if f > s else s for f, s in zip(flights, scraped, strict=True)]
+            loads = [f if f > s else s for f, s in zip(snap.in_flight, scraped, strict=True)]
         limit = min(loads) * (1.0 + self.gate_ratio) + self.gate_slack
         total = float(len(hashes))
         scores = [0.0] * len(candidates)

@@ -56,15 +56,22 @@ class PrefixIndex:
         """Blocks held per endpoint, walking from block 0 until no endpoint holds one."""
         counts: dict[str, int] = {}
         holders_of = self._holders
+        # consecutive blocks mostly have the same holders (a shared system prompt): count such
+        # a run once per holder instead of once per block and holder (set == set runs in C)
+        run_of: str | set[str] | None = None
+        run = 0
         for h in hashes:
             holders = holders_of.get(h)
             if holders is None:
                 break
-            if isinstance(holders, str):
-                counts[holders] = counts.get(holders, 0) + 1
-            else:
-                for address in holders:
-                    counts[address] = counts.get(address, 0) + 1
+            if holders == run_of:
+                run += 1
+                continue
+            if run_of is not None:
+                _credit(counts, run_of, run)
+            run_of, run = holders, 1
+        if run_of is not None:
+            _credit(counts, run_of, run)
         return counts
 
     def add(self, address: str, hashes: Sequence[int], now: float = 0.0) -> None:
@@ -130,3 +137,11 @@ class PrefixIndex:
         holders.discard(address)
         if len(holders) == 1:
             self._holders[h] = next(iter(holders))
+
+
+def _credit(counts: dict[str, int], holders: str | set[str], blocks: int) -> None:
+    if isinstance(holders, str):
+        counts[holders] = counts.get(holders, 0) + blocks
+    else:
+        for address in holders:
+            counts[address] = counts.get(address, 0) + blocks

@@ -51,21 +51,13 @@ def predict(
     """(predicted seconds per candidate, the fastest measured pace); on the hot path, so it
     reads the snapshot's shared columns."""
     snap = snapshot_of(candidates)
-    paces = snap.tpot
-    measured = [p for p in paces if p > 0.0]
-    if not measured:
+    fastest = snap.fastest_tpot
+    if not fastest:
         return None
-    fastest = min(measured)
-    if len(measured) < len(paces):
-        default = sum(measured) / len(measured)
-        paces = [p if p > 0.0 else default for p in paces]
     tokens = output_tokens or typical
-    limits = snap.limit
-    if not any(limits):
+    paces = snap.filled_tpot
+    queued = snap.queued_share
+    if queued is None:
         return [tokens * p for p in paces], fastest
     # a full batch adds a wait: the excess drains `limit` requests per typical request time
-    out = [
-        p * (tokens + (e * typical / lim if lim and (e := ld - lim + 1) > 0 else 0))
-        for p, lim, ld in zip(paces, limits, snap.load, strict=True)
-    ]
-    return out, fastest
+    return [p * (tokens + q * typical) for p, q in zip(paces, queued, strict=True)], fastest
