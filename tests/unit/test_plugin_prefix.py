@@ -53,6 +53,24 @@ def test_index_match_walks_until_first_unknown_block() -> None:
     assert index.match([9, 1]) == {}
 
 
+def test_index_match_counts_every_block_of_every_holder_across_runs() -> None:
+    rng = random.Random(5)
+    for _ in range(200):
+        index = PrefixIndex(default_capacity=rng.randrange(2, 12))
+        for _ in range(rng.randrange(1, 8)):  # holders change along the chain, some evicted
+            start = rng.randrange(0, 4)
+            index.add(rng.choice("abcd"), list(range(start, rng.randrange(start + 1, 14))))
+        chain = list(range(14))
+        expected: dict[str, int] = {}
+        for h in chain:  # block by block, as the index defines a match
+            holders = [a for a in "abcd" if h in index._lru.get(a, {})]
+            if not holders:
+                break
+            for a in holders:
+                expected[a] = expected.get(a, 0) + 1
+        assert index.match(chain) == expected
+
+
 def test_index_lru_evicts_deepest_blocks_first_and_updates_reverse_map() -> None:
     index = PrefixIndex(default_capacity=3)
     index.add("a", [1, 2, 3])

@@ -9,6 +9,7 @@ import pytest
 from epp.director import output_limit
 from epp.scheduling.base import SchedulingRequest
 from epp.scheduling.plugins.service_time import ServiceTimeScorer
+from epp.scheduling.snapshot import Snapshot
 from epp.types import Endpoint, EndpointState
 
 FAST, SLOW = 0.025, 0.05  # seconds per output token: the slow GPU is half speed
@@ -60,3 +61,20 @@ def test_output_limit_reads_the_openai_fields() -> None:
 def test_typical_output_tokens_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         ServiceTimeScorer(0)
+
+
+def test_the_shared_pace_and_queue_columns() -> None:
+    snap = Snapshot(
+        [
+            ep("fast", limit=8, in_flight=10),  # 3 past a full batch of 8, this one included
+            ep("slow", SLOW, limit=8, in_flight=4),
+            ep("new", 0.0),  # no pace measured, no limit learned
+        ]
+    )
+    assert snap.fastest_tpot == FAST
+    assert snap.filled_tpot == [FAST, SLOW, pytest.approx((FAST + SLOW) / 2)]
+    assert snap.relative_pace == [1.0, 2.0, 1.0]
+    assert snap.queued_share == [3 / 8, 0.0, 0.0]
+    assert snap.queued_share is snap.queued_share  # computed once per snapshot
+    assert Snapshot([ep("a", 0.0)]).fastest_tpot == 0.0
+    assert Snapshot([ep("a")]).queued_share is None  # no limit known anywhere
