@@ -28,6 +28,14 @@ DEFAULT_CONFIG: dict[str, object] = {
         {"type": "running-requests-size-scorer"},
         {"type": "in-flight-scorer"},
         {
+            # plain counts for gpu-aware: its service-time scorer already weighs each pod's
+            # pace against the request's size, and weighing the count by pace as well kept the
+            # half-speed pod at 3.4 of its 8 slots on ShareGPT-like traffic
+            "name": "in-flight-count-scorer",
+            "type": "in-flight-scorer",
+            "parameters": {"speedAware": False},
+        },
+        {
             "name": "in-flight-tokens-scorer",
             "type": "in-flight-scorer",
             "parameters": {"unit": "tokens"},
@@ -52,7 +60,7 @@ DEFAULT_CONFIG: dict[str, object] = {
             "plugins": [
                 _ref("gpu-utilization-filter"),
                 _ref("prefix-cache-scorer", 6),
-                _ref("in-flight-scorer", 3),
+                _ref("in-flight-count-scorer", 3),
                 _ref("service-time-scorer", 5),
                 _ref("queue-scorer", 1),
                 _ref("kv-cache-utilization-scorer", 1),

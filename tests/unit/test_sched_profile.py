@@ -130,7 +130,7 @@ def test_explain_log_lists_every_endpoint_and_plugin(caplog: pytest.LogCaptureFi
     for name in (
         "prefix-cache-scorer",
         "queue-scorer",
-        "in-flight-scorer",
+        "in-flight-count-scorer",
         "kv-cache-utilization-scorer",
     ):
         assert f"{name}=" in text
