@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 ENGINE_LABEL = "inference.networking.k8s.io/engine-type"
 QUEUED_SCRAPES_TO_LEARN = 3
+KV_FULL = 0.9  # KV-cache usage at which a batch below --max-num-seqs counts as full
 TPOT_SMOOTHING = 0.2
 
 
@@ -185,13 +186,27 @@ class Datastore:
         queued = self._queued_scrapes.get(address, 0) + 1 if metrics.waiting > 0 else 0
         self._queued_scrapes[address] = queued
         limit = self._limits.get(address, 0)
-        if (queued >= QUEUED_SCRAPES_TO_LEARN or limit) and metrics.running > limit:
+        if (
+            (queued >= QUEUED_SCRAPES_TO_LEARN or limit)
+            and metrics.running > limit
+            and (limit or self._batch_full(address, metrics))
+        ):
             # a queue that persists over several scrapes means the batch is full at this many
             # running requests (a single scrape catches requests between engine steps)
             self._limits[address] = metrics.running
             changes["limit"] = metrics.running
         self._update(address, **changes)
         self._changed(address)
+
+    def _batch_full(self, address: str, metrics: EndpointMetrics) -> bool:
+        """Whether a lasting queue may teach a first limit below the declared batch size. With
+        `--max-num-seqs` known, a batch under it is full only when the KV cache is; otherwise
+        the queue is requests waiting out one long step (a big prefill on a slow GPU spans
+        several scrapes), and learning from it would cap the server too low."""
+        pool_key = self._pool_of.get(address)
+        state = self._states.get(pool_key, {}).get(address) if pool_key else None
+        declared = state.endpoint.max_num_seqs if state is not None else 0
+        return not declared or metrics.running >= declared or metrics.kv_usage >= KV_FULL
 
     def set_health(self, address: str, healthy: bool) -> None:
         if self._health.get(address, True) != healthy:

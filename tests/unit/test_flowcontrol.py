@@ -283,8 +283,14 @@ def test_a_declared_batch_size_counts_before_any_limit_is_learned() -> None:
     with pytest.raises(Shed):
         director.handle({}, body("shed"))
     assert director.handle({}, body("crit")).endpoints
-    for _ in range(3):  # the server queues at 3 running (its KV cache, say): that is learned
+    for _ in range(3):  # a queue at 3 running with room in the KV cache: one long step
         store.set_metrics(A, full(running=3, waiting=1))
+    assert [s.limit for s in store.candidates("default/llama2-gpu-pool")] == [4, 4]
+    for _ in range(3):  # the server queues at 3 running with its KV cache full: that is learned
+        store.set_metrics(A, fresh(waiting=1, kv=0.95, running=3))
+    assert [s.limit for s in store.candidates("default/llama2-gpu-pool")] == [3, 4]
+    for _ in range(3):  # a queue at the declared size itself is learned whatever the cache
+        store.set_metrics(B, full(running=4, waiting=1))
     assert [s.limit for s in store.candidates("default/llama2-gpu-pool")] == [3, 4]
 
 
@@ -310,8 +316,8 @@ def test_the_batch_limit_and_its_source_are_exported() -> None:
         (B, "pod-spec"): 4,
         (B, "learned"): None,
     }
-    for _ in range(3):
-        store.set_metrics(A, full(running=3, waiting=1))
+    for _ in range(3):  # a full KV cache at 3 running
+        store.set_metrics(A, fresh(waiting=1, kv=0.95, running=3))
     assert exported() == {
         (A, "pod-spec"): None,
         (A, "learned"): 3,
