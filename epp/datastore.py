@@ -262,9 +262,12 @@ class Datastore:
             for listener in self._listeners:
                 listener(pool_key)
 
-    def learned_limit(self, address: str) -> int:
-        """The batch limit learned from the server's queue; 0 = none yet."""
-        return self._limits.get(address, 0)
+    def limit_source(self, state: EndpointState) -> str | None:
+        """Where an endpoint's batch limit comes from: "learned" from its queue, "pod-spec"
+        (`--max-num-seqs`), or None when there is none yet."""
+        if not state.limit:
+            return None
+        return "learned" if self._limits.get(state.address) else "pod-spec"
 
     def in_flight(self, address: str) -> int:
         return self._in_flight.get(address, (0, 0))[0]

@@ -282,9 +282,8 @@ class Director:
         """A response still streaming shows the pace of an endpoint not measured yet: long
         answers take many seconds to finish, and until then a slow GPU would look like any
         other (the first requests of a fresh pool would land on it blind)."""
-        if output_tokens > 1 and streamed_seconds > 0:
-            address = decision.lease.address
-            self._store.record_tokens(address, streamed_seconds, output_tokens, first_only=True)
+        address = decision.lease.address
+        self._store.record_tokens(address, streamed_seconds, output_tokens, first_only=True)
 
     def move_lease(self, decision: Decision, address: str) -> None:
         """The proxy served the request elsewhere (a fallback): account it where it ran."""

@@ -140,6 +140,6 @@ class EppMetrics:
         self.batch_limit.clear()  # endpoints come and go, and a limit changes its source
         for pool in store.pools():
             for state in store.candidates(pool.key):
-                if state.limit:
-                    source = "learned" if store.learned_limit(state.address) else "pod-spec"
+                source = store.limit_source(state)
+                if source is not None:
                     self.batch_limit.labels(pool.name, state.address, source).set(state.limit)

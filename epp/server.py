@@ -235,13 +235,7 @@ class EppServer:
                         "gpu_utilization": st.gpu.utilization,
                         "in_flight": st.in_flight,
                         "limit": st.limit,
-                        "limit_source": (
-                            "learned"
-                            if self.store.learned_limit(st.address)
-                            else "pod-spec"
-                            if st.limit
-                            else None
-                        ),
+                        "limit_source": self.store.limit_source(st),
                         "in_flight_tokens": st.in_flight_tokens,
                         "lora_active": sorted(m.lora_active),
                         "lora_waiting": sorted(m.lora_waiting),

@@ -81,15 +81,20 @@ class Snapshot(tuple[EndpointState, ...]):
         return [c.tpot for c in self]
 
     @cached_property
+    def measured_tpot(self) -> list[float]:
+        """The paces measured so far (0.0 means not measured yet)."""
+        return [p for p in self.tpot if p > 0.0]
+
+    @cached_property
     def fastest_tpot(self) -> float:
         """The fastest measured pace (seconds per output token); 0.0 when none is measured."""
-        return min([p for p in self.tpot if p > 0.0], default=0.0)
+        return min(self.measured_tpot, default=0.0)
 
     @cached_property
     def filled_tpot(self) -> list[float]:
         """Measured paces, the unmeasured ones as the mean of the measured (all 0.0: none)."""
         paces = self.tpot
-        measured = [p for p in paces if p > 0.0]
+        measured = self.measured_tpot
         if not measured or len(measured) == len(paces):
             return paces
         default = sum(measured) / len(measured)
