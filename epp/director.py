@@ -62,6 +62,15 @@ class Decision:
         return self.client_model != self.target_model
 
 
+@dataclass(slots=True)
+class _Patience:
+    """When a waiting request, first in line, first declined room (None: not yet). Only that
+    wait counts against what a better endpoint would save: time spent with no room at all, or
+    behind other waiters, was not its choice."""
+
+    declined_since: float | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class _Route:
     pool: Pool
@@ -152,6 +161,7 @@ class Director:
             return  # sheddable requests never wait: no room means 429
         key, since = route.pool.key, self._clock()
         critical = route.priority > 0
+        patience = _Patience()
         # a critical request holding out for a free slot looks again when that ends, even if
         # nothing else happens meanwhile
         timer = (
@@ -163,7 +173,9 @@ class Director:
             await flow.wait_for_room(
                 key,
                 route.priority,
-                lambda: self._room(route.pool, subset, since, output_tokens, critical),
+                lambda first: self._room(
+                    route.pool, subset, since, output_tokens, critical, first, patience
+                ),
             )
         finally:
             if timer is not None:
@@ -176,16 +188,26 @@ class Director:
         since: float,
         output_tokens: int | None,
         critical: bool,
+        first: bool,
+        patience: _Patience,
     ) -> bool:
-        """Whether this waiting request may go now (`FlowControl` asks on every wake-up)."""
+        """Whether this waiting request may go now (`FlowControl` asks on every wake-up;
+        `first`: nothing of its priority waits ahead of it)."""
         try:
             candidates = self._candidates(pool, subset)
         except NoEndpoints:
             return True  # let the request through to get its 503 now
-        waited = self._clock() - since
+        now = self._clock()
         if critical:
-            return _free_slot(candidates, waited)
-        return _room_worth_taking(candidates, waited, output_tokens)
+            return _free_slot(candidates, now - since)
+        declined = patience.declined_since
+        if _room_worth_taking(
+            candidates, 0.0 if declined is None else now - declined, output_tokens
+        ):
+            return True
+        if first and declined is None and any(c.has_room for c in candidates):
+            patience.declined_since = now  # its own choice to wait starts now
+        return False
 
     def _decide(
         self,
@@ -435,7 +457,8 @@ def _room_worth_taking(
     """Room for a standard request: an endpoint with room where it would not finish much later
     than on the best endpoint, full ones included (their queue counted). A long request
     declines a free slot on a slow GPU while a fast one frees up soon enough; the time it has
-    waited already counts against the gain, so it never waits for longer than it would lose."""
+    `waited` since it first declined counts against the gain, so it never holds out for longer
+    than it would lose."""
     room = [c.has_room for c in candidates]
     if not any(room) or all(room):
         return any(room)

@@ -8,9 +8,10 @@ its learned concurrency limit (`EndpointState.has_room`); until a limit is learn
 endpoint has room and nothing waits. The datastore tells us when an endpoint may have gained
 room (a request finished, new metrics); each such event wakes the best waiter for which there is
 room, and a waiter that got its endpoint passes the turn on, so a burst of room drains the queue
-in order. "Room for" is each request's own test: a long request may decline a free slot on a
-slow GPU and keep its place for a fast one, and the slot goes to the next waiter of the same
-priority it suits (the director decides; see `Director._room` and `Director._free_slot`).
+in order. "Room for" is each request's own test, told whether the request is first in line: a
+long request may decline a free slot on a slow GPU and keep its place for a fast one, and the
+slot goes to the next waiter of the same priority it suits (the director decides; see
+`Director._room` and `Director._free_slot`).
 Neighbours: `epp.director` calls `wait_for_room`; `epp.datastore` calls `notify`.
 """
 
@@ -33,7 +34,9 @@ class _Waiter:
     rank: int  # -priority: the heap pops the highest priority first
     seq: int  # then the oldest
     future: asyncio.Future[None] = field(compare=False)
-    fits: Callable[[], bool] = field(compare=False)  # is there room for this request now?
+    # is there room for this request now? (the argument: is it first in line)
+    fits: Callable[[bool], bool] = field(compare=False)
+    first: bool = field(default=False, compare=False)  # first in line when last woken
 
 
 class FlowControl:
@@ -48,24 +51,26 @@ class FlowControl:
         return sum(1 for w in self._queues.get(pool_key, ()) if not w.future.done())
 
     async def wait_for_room(
-        self, pool_key: str, priority: int, has_room: Callable[[], bool]
+        self, pool_key: str, priority: int, has_room: Callable[[bool], bool]
     ) -> None:
-        """Return when the pool has room for this request and no better request waits."""
+        """Return when the pool has room for this request and no better request waits.
+        `has_room(first)` is the request's own test; `first`: nothing of its priority or better
+        waits ahead of it."""
         queue = self._queues.setdefault(pool_key, [])
         while queue and queue[0].future.done():
             heapq.heappop(queue)
-        if (not queue or -queue[0].rank < priority) and has_room():
+        if (not queue or -queue[0].rank < priority) and has_room(True):
             return
         loop = asyncio.get_running_loop()
         waiter = _Waiter(-priority, next(self._seq), loop.create_future(), has_room)
         heapq.heappush(queue, waiter)
-        if has_room():  # room that the waiters ahead declined: let the best taker have it
+        if has_room(queue[0] is waiter):  # room the waiters ahead declined: the best taker may go
             self.notify(pool_key)
         try:
             async with asyncio.timeout(self.timeout):
                 while True:
                     await waiter.future
-                    if has_room():
+                    if has_room(waiter.first):
                         return
                     # someone else took the room: back in line, keeping our place
                     waiter.future = loop.create_future()
@@ -87,14 +92,16 @@ class FlowControl:
         if not queue:
             return
         head = queue[0]
-        if head.fits():
+        head.first = True
+        if head.fits(True):
             heapq.heappop(queue)
             head.future.set_result(None)
             return
         for waiter in heapq.nsmallest(SCAN, queue)[1:]:
             if waiter.rank != head.rank:
                 return  # a lower priority never takes room a higher one is holding out for
-            if not waiter.future.done() and waiter.fits():
+            waiter.first = False
+            if not waiter.future.done() and waiter.fits(False):
                 queue.remove(waiter)
                 heapq.heapify(queue)
                 waiter.future.set_result(None)

@@ -213,6 +213,49 @@ async def test_a_declined_slot_is_taken_once_waiting_cost_more_than_it_saves() -
     assert flow.queued("default/llama2-gpu-pool") == 0
 
 
+async def test_time_spent_with_no_room_at_all_does_not_make_a_long_request_take_a_slow_slot() -> (
+    None
+):
+    now = [100.0]
+    store, director, flow = setup(clock=lambda: now[0])
+    admitted = await fill_fast_and_slow(store, director)
+    waiting = asyncio.create_task(director.handle_queued({}, body("std", 400)))
+    await asyncio.sleep(0.01)
+    now[0] += 20.0  # a long overload: no room anywhere for 20 s
+    director.finish(next(d for d in admitted if d.endpoints[0] == B))
+    await asyncio.sleep(0.01)
+    # first in line, it still declines: those 20 s were not its choice, and the slow pod would
+    # cost it 10 s more than the next fast slot
+    assert not waiting.done()
+    director.finish(next(d for d in admitted if d.endpoints[0] == A))
+    decision = await asyncio.wait_for(waiting, 1)
+    assert decision.endpoints[0] == A
+    assert flow.queued("default/llama2-gpu-pool") == 0
+
+
+async def test_a_request_behind_others_does_not_start_its_patience_clock() -> None:
+    now = [100.0]
+    store, director, flow = setup(clock=lambda: now[0])
+    admitted = await fill_fast_and_slow(store, director)
+    on_slow = [d for d in admitted if d.endpoints[0] == B]
+    first = asyncio.create_task(director.handle_queued({}, body("std", 400)))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(director.handle_queued({}, body("std", 400)))
+    await asyncio.sleep(0.01)
+    director.finish(on_slow[0])  # both decline the slow slot
+    await asyncio.sleep(0.01)
+    assert not first.done() and not second.done()
+    now[0] += 8.0  # the first in line has now held out long enough; the second has not
+    store.set_metrics(B, fresh())
+    assert (await asyncio.wait_for(first, 1)).endpoints[0] == B
+    director.finish(on_slow[1])  # room on the slow pod again
+    await asyncio.sleep(0.01)
+    assert not second.done()  # its own clock started only when it came first in line
+    director.finish(next(d for d in admitted if d.endpoints[0] == A))
+    assert (await asyncio.wait_for(second, 1)).endpoints[0] == A
+    assert flow.queued("default/llama2-gpu-pool") == 0
+
+
 async def test_a_critical_request_takes_the_first_free_slot_even_on_a_slow_pod() -> None:
     store, director, _ = setup()
     admitted = await fill_fast_and_slow(store, director)
