@@ -138,6 +138,14 @@ def verdict(points: Sequence[Point], metric: str, target: float = 0.9) -> list[s
                     f"pace measured there in this run, no waiting): {batched:.3f} s = "
                     f"{batched / value(best):.2f}x the best peer"
                 )
+            in_order = p.stats.e2e_in_order
+            if not math.isnan(in_order):
+                out.append(
+                    f"  - {p.router}'s in-order reference (an ideal first-come-first-served "
+                    f"dispatcher replaying its run: each request, in arrival order, on the slot "
+                    f"where it finishes first at the paces measured there): {in_order:.3f} s = "
+                    f"{in_order / value(best):.2f}x the best peer"
+                )
     return out
 
 
@@ -172,7 +180,10 @@ def render_markdown(
     if any(p.by_priority for p in points):
         lines += ["## Critical and sheddable requests", "", *priority_table(points), ""]
     metric = "ttft" if h.workload == "shared-prefix" else "e2e"
-    lines += ["## Verdict", "", *verdict(points, metric), ""]
+    lines += ["## Verdict", ""]
+    for fraction in sorted({p.fraction for p in points}):
+        lines += verdict(points, metric, fraction)
+    lines.append("")
     if note:
         lines += [note, ""]
     lines += [f"![{Path(p).stem}]({Path(p).name})" for p in plots]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from loadtest.bench.client import Sample
@@ -56,6 +56,10 @@ class RunStats:
     # the same with the pace measured on the full-speed pods in this run (their batches): what
     # no waiting and no slow GPU would give at this load
     e2e_batched_floor: float = math.nan
+    # p90 e2e of an ideal first-come-first-served dispatcher replaying the run at its measured
+    # paces (each request on the slot where it finishes first): the wait that full throughput
+    # in arrival order leaves; not a floor (serving out of order can beat it)
+    e2e_in_order: float = math.nan
 
     @property
     def error_count(self) -> int:
@@ -105,6 +109,19 @@ def summarize(samples: Sequence[Sample]) -> RunStats:
         hit_rate=sum(s.cached_tokens for s in ok) / prompt if prompt else 0.0,
         pods=tuple(sorted(pods.items())),
         group_pods=pods_per_group(ok),
+    )
+
+
+def median_pace(samples: Sequence[Sample], on: Callable[[str], bool]) -> float:
+    """Median seconds per output token after the first, over successful requests of 50+ tokens
+    served by the pods `on` accepts; NaN when there are none."""
+    return percentile(
+        [
+            (s.e2e - s.ttft) / (s.completion_tokens - 1)
+            for s in samples
+            if s.ok and on(s.pod) and s.completion_tokens >= 50
+        ],
+        50,
     )
 
 

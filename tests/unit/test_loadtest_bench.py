@@ -111,6 +111,28 @@ def test_the_batched_floor_uses_the_pace_of_the_full_speed_pods_only(tmp_path: P
     assert math.isnan(bench.batched_floor(slow))  # nothing measured on a full-speed pod
 
 
+def test_the_in_order_reference_replays_arrivals_on_the_slot_where_each_finishes_first(
+    tmp_path: Path,
+) -> None:
+    args = make_parser().parse_args(["--pods", "2", "--max-num-seqs", "1"])
+    bench = Bench(args, Children(tmp_path))  # one slot on pod-0, one on the half-speed pod-1
+    samples = [  # all arrive at once; measured paces 30 ms (pod-0) and 60 ms (pod-1)
+        ok(0.0, 0.1, 0.1 + 99 * 0.03, "pod-0", tokens=100, prompt=100),
+        ok(0.0, 0.1, 0.1 + 49 * 0.06, "pod-1", tokens=50, prompt=100),
+        ok(0.0, 0.1, 0.1 + 99 * 0.03, "pod-0", tokens=100, prompt=100),
+    ]
+    step = get_profile("H100").step_time(100, 0, 0)
+    fast, slow = step / 0.25, step / 0.125  # prefill alone on each pod
+    first = fast + 99 * 0.03  # the fast slot
+    second = slow + 49 * 0.06  # the slow slot beats waiting for the fast one
+    third = first + fast + 99 * 0.03  # waits for the fast slot rather than take the slow one
+    assert second < first + fast + 49 * 0.03 and third < second + slow + 99 * 0.06
+    expected = percentile([first, second, third], 90)
+    assert bench.in_order_reference(samples) == pytest.approx(expected)
+    assert bench.in_order_reference(samples) > bench.batched_floor(samples)  # the wait counts
+    assert math.isnan(bench.in_order_reference([]))
+
+
 def test_sim_args_slow_down_the_last_pod() -> None:
     args = make_parser().parse_args(["--pods", "6", "--slow-speed", "0.1"])
     assert "5:speed=0.1" in sim_args(args)
