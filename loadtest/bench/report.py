@@ -99,6 +99,16 @@ def priority_table(points: Sequence[Point]) -> list[str]:
     return lines
 
 
+BATCHED_FLOOR = (
+    "batched floor (every request on a full-speed pod at the pace measured there in this run, "
+    "no waiting)"
+)
+IN_ORDER_REFERENCE = (
+    "in-order reference (an ideal first-come-first-served dispatcher replaying its run: each "
+    "request, in arrival order, on the slot where it finishes first at the paces measured there)"
+)
+
+
 def verdict(points: Sequence[Point], metric: str, target: float = 0.9) -> list[str]:
     """Ours against every peer on `metric` ("ttft" or "e2e", p90) at the rate nearest `target`."""
     if not points:
@@ -131,21 +141,16 @@ def verdict(points: Sequence[Point], metric: str, target: float = 0.9) -> list[s
         )
     if metric == "e2e":
         for p in (*ours, best):
-            batched = p.stats.e2e_batched_floor
-            if not math.isnan(batched):
-                out.append(
-                    f"  - {p.router}'s batched floor (every request on a full-speed pod at the "
-                    f"pace measured there in this run, no waiting): {batched:.3f} s = "
-                    f"{batched / value(best):.2f}x the best peer"
-                )
-            in_order = p.stats.e2e_in_order
-            if not math.isnan(in_order):
-                out.append(
-                    f"  - {p.router}'s in-order reference (an ideal first-come-first-served "
-                    f"dispatcher replaying its run: each request, in arrival order, on the slot "
-                    f"where it finishes first at the paces measured there): {in_order:.3f} s = "
-                    f"{in_order / value(best):.2f}x the best peer"
-                )
+            references = (
+                (BATCHED_FLOOR, p.stats.e2e_batched_floor),
+                (IN_ORDER_REFERENCE, p.stats.e2e_in_order),
+            )
+            for what, seconds in references:
+                if not math.isnan(seconds):
+                    out.append(
+                        f"  - {p.router}'s {what}: {seconds:.3f} s = "
+                        f"{seconds / value(best):.2f}x the best peer"
+                    )
     return out
 
 

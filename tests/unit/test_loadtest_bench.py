@@ -156,6 +156,15 @@ def test_verdict_names_the_peers_we_do_not_beat() -> None:
     assert "envoy:LEAST_REQUEST" not in lines.split("epp:gpu-aware")[1]
 
 
+def test_markdown_has_a_verdict_for_every_rate() -> None:
+    header = Header("sharegpt", "python -m loadtest.bench", "2026-01-01 00:00 UTC",
+                    "vm", "4 pods", 5.0, "measured", 30.0, "0.5 0.5 0.5")  # fmt: skip
+    points = [_point(router, 0.5, fraction) for fraction in (0.9, 1.2)
+              for router in ("epp:gpu-aware", "envoy:LEAST_REQUEST")]  # fmt: skip
+    text = render_markdown(header, points, [], [])
+    assert "- at 0.90x capacity, p90 e2e" in text and "- at 1.20x capacity, p90 e2e" in text
+
+
 def test_markdown_has_command_table_unavailable_and_plots(tmp_path: Path) -> None:
     header = Header("shared-prefix", "python -m loadtest.bench", "2026-01-01 00:00 UTC",
                     "vm", "4 pods", 5.0, "measured", 30.0, "0.5 0.5 0.5")  # fmt: skip
