@@ -105,6 +105,18 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="seconds a request may wait for room before a 503",
     )
     p.add_argument(
+        "--queue-max-requests",
+        type=_non_negative_int,
+        default=0,
+        help="requests of one priority that may wait per pool before a 429 (0 = no limit)",
+    )
+    p.add_argument(
+        "--queue-max-bytes",
+        type=_non_negative_int,
+        default=1_000_000_000,
+        help="body bytes of one priority that may wait per pool before a 429 (0 = no limit)",
+    )
+    p.add_argument(
         "--sheddable-reserve",
         type=float,
         default=0.4,
@@ -235,7 +247,12 @@ def _serve(args: argparse.Namespace) -> int:
             trust_control_headers=args.trust_control_headers,
             sticky_header=args.sticky_header.lower() if args.sticky_header else None,
         ),
-        flow=FlowSettings(not args.no_flow_control, args.queue_timeout),
+        flow=FlowSettings(
+            not args.no_flow_control,
+            args.queue_timeout,
+            args.queue_max_requests,
+            args.queue_max_bytes,
+        ),
         saturation=SaturationSettings(
             args.sd_queue_depth,
             args.sd_kv_cache_util,
@@ -312,3 +329,13 @@ def _up(args: argparse.Namespace) -> int:
         print(f"epp up: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; use 0 for no limit")
+    return value

@@ -126,7 +126,7 @@ class Director:
         """`handle`, but when the pool has no room the request first waits its turn (flow
         control: best priority first; sheddable requests are refused instead)."""
         started, payload, client_model, route = self._prepare(headers, body, rewrite)
-        await self._wait_for_room(route, subset, output_limit(payload))
+        await self._wait_for_room(route, subset, output_limit(payload), len(body))
         return self._decide(started, headers, payload, client_model, body, subset, route)
 
     async def handle_headers_only(
@@ -154,7 +154,11 @@ class Director:
         return started, payload, client_model, self._resolve(client_model, headers, rewrite)
 
     async def _wait_for_room(
-        self, route: _Route, subset: Sequence[str] | None, output_tokens: int | None
+        self,
+        route: _Route,
+        subset: Sequence[str] | None,
+        output_tokens: int | None,
+        size: int = 0,
     ) -> None:
         flow = self._flow
         if flow is None or route.priority < 0:
@@ -176,6 +180,7 @@ class Director:
                 lambda first: self._room(
                     route.pool, subset, since, output_tokens, critical, first, patience
                 ),
+                size,
             )
         finally:
             if timer is not None:

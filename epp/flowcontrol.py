@@ -11,7 +11,9 @@ room, and a waiter that got its endpoint passes the turn on, so a burst of room 
 in order. "Room for" is each request's own test, told whether the request is first in line: a
 long request may decline a free slot on a slow GPU and keep its place for a fast one, and the
 slot goes to the next waiter of the same priority it suits (the director decides; see
-`Director._room` and `Director._free_slot`).
+`Director._room` and `Director._free_slot`). Each priority of each pool has a bounded waiting
+room (requests and body bytes, like upstream's per-band capacity): a request that finds it full
+gets 429 `QueueFull` at once instead of holding its body in memory for a slot that will not come.
 Neighbours: `epp.director` calls `wait_for_room`; `epp.datastore` calls `notify`.
 """
 
@@ -24,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from epp.datastore import Datastore
-from epp.errors import QueueTimeout
+from epp.errors import QueueFull, QueueTimeout
 
 SCAN = 32  # waiters a notification looks at, best first, for one that the room suits
 
@@ -37,11 +39,17 @@ class _Waiter:
     # is there room for this request now? (the argument: is it first in line)
     fits: Callable[[bool], bool] = field(compare=False)
     first: bool = field(default=False, compare=False)  # first in line when last woken
+    size: int = field(default=0, compare=False)  # body bytes it holds while it waits
 
 
 class FlowControl:
-    def __init__(self, store: Datastore, timeout: float = 30.0) -> None:
+    def __init__(
+        self, store: Datastore, timeout: float = 30.0, max_requests: int = 0, max_bytes: int = 0
+    ) -> None:
+        """`max_requests` and `max_bytes` bound what waits per pool and priority (0: no bound)."""
         self.timeout = timeout
+        self.max_requests = max_requests
+        self.max_bytes = max_bytes
         self._store = store
         self._queues: dict[str, list[_Waiter]] = {}
         self._seq = itertools.count()
@@ -51,18 +59,19 @@ class FlowControl:
         return sum(1 for w in self._queues.get(pool_key, ()) if not w.future.done())
 
     async def wait_for_room(
-        self, pool_key: str, priority: int, has_room: Callable[[bool], bool]
+        self, pool_key: str, priority: int, has_room: Callable[[bool], bool], size: int = 0
     ) -> None:
         """Return when the pool has room for this request and no better request waits.
         `has_room(first)` is the request's own test; `first`: nothing of its priority or better
-        waits ahead of it."""
+        waits ahead of it. `size`: the body bytes the request holds while it waits."""
         queue = self._queues.setdefault(pool_key, [])
         while queue and queue[0].future.done():
             heapq.heappop(queue)
         if (not queue or -queue[0].rank < priority) and has_room(True):
             return
+        self._check_capacity(pool_key, queue, priority, size)
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(-priority, next(self._seq), loop.create_future(), has_room)
+        waiter = _Waiter(-priority, next(self._seq), loop.create_future(), has_room, size=size)
         heapq.heappush(queue, waiter)
         if has_room(queue[0] is waiter):  # room the waiters ahead declined: the best taker may go
             self.notify(pool_key)
@@ -83,6 +92,25 @@ class FlowControl:
         finally:
             if not waiter.future.done():
                 waiter.future.cancel()  # leaves the heap lazily
+
+    def _check_capacity(
+        self, pool_key: str, queue: list[_Waiter], priority: int, size: int
+    ) -> None:
+        if not (self.max_requests or self.max_bytes):
+            return
+        band = [w for w in queue if w.rank == -priority and not w.future.done()]
+        if self.max_requests and len(band) >= self.max_requests:
+            raise QueueFull(
+                f"the waiting room of InferencePool {pool_key} is full: {len(band)} requests of "
+                f"priority {priority} wait already (--queue-max-requests {self.max_requests})"
+            )
+        held = sum(w.size for w in band)
+        if self.max_bytes and band and held + size > self.max_bytes:
+            raise QueueFull(
+                f"the waiting room of InferencePool {pool_key} is full: requests of priority "
+                f"{priority} hold {held} body bytes already, and this one {size} more "
+                f"(--queue-max-bytes {self.max_bytes})"
+            )
 
     def notify(self, pool_key: str) -> None:
         """An endpoint of the pool may have room: wake the best waiter it suits."""

@@ -72,7 +72,12 @@ class EppServer:
         )
         for profile in profiles.values():
             profile.timing = self.metrics.plugin_timing
-        self.flow = FlowControl(self.store, s.flow.queue_timeout) if s.flow.enabled else None
+        f = s.flow
+        self.flow = (
+            FlowControl(self.store, f.queue_timeout, f.max_queued, f.max_queued_bytes)
+            if f.enabled
+            else None
+        )
         self.director = Director(self.store, profiles, s.protocol, s.saturation, flow=self.flow)
         self._kube: KubeRuntime | None = None
         self.health = Health()

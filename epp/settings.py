@@ -50,6 +50,9 @@ class SaturationSettings:
 class FlowSettings:
     enabled: bool = True  # hold requests in the EPP, best priority first, when pods are full
     queue_timeout: float = 30.0  # seconds a request may wait for room before a 503
+    # per pool and priority: waiting requests and their body bytes before a 429 (0 = no limit)
+    max_queued: int = 0
+    max_queued_bytes: int = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)

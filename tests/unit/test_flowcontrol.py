@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from epp.api.model import ModelRoute, ResourceSet
 from epp.datastore import Datastore
 from epp.director import Decision, Director
-from epp.errors import QueueTimeout, Shed
+from epp.errors import QueueFull, QueueTimeout, Shed
 from epp.flowcontrol import FlowControl
 from epp.observability import EppMetrics
 from epp.scheduling.registry import build_default_profiles
@@ -35,6 +35,8 @@ def setup(
     timeout: float = 5.0,
     clock: Callable[[], float] = time.monotonic,
     max_num_seqs: int | None = None,
+    max_requests: int = 0,
+    max_bytes: int = 0,
 ) -> tuple[Datastore, Director, FlowControl]:
     store = Datastore()
     models = tuple(
@@ -46,7 +48,7 @@ def setup(
         for name, ip in (("a", "127.0.0.2"), ("b", "127.0.0.3"))
     )
     store.apply_resources(ResourceSet((pool(),), models, pods))
-    flow = FlowControl(store, timeout)
+    flow = FlowControl(store, timeout, max_requests, max_bytes)
     rng = random.Random(3)
     saturation = SaturationSettings(queue_depth=100, kv_cache_util=0.99)  # only the limit counts
     director = Director(
@@ -128,6 +130,52 @@ async def test_waiting_has_a_deadline_and_a_cancelled_wait_leaves_the_queue() ->
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert flow.queued("default/llama2-gpu-pool") == 0
+
+
+async def fill_both(director: Director) -> list[Decision]:
+    """Limit 1 plus a queue of one on both pods: four standard requests fill them."""
+    return [await director.handle_queued({}, body("std")) for _ in range(4)]
+
+
+async def test_a_full_waiting_room_answers_429_at_once_per_priority() -> None:
+    store, director, flow = setup(max_requests=1)
+    learn_limit_one(store)
+    store.set_metrics(A, fresh())
+    store.set_metrics(B, fresh())
+    admitted = await fill_both(director)
+    waiting = asyncio.create_task(director.handle_queued({}, body("std")))
+    await asyncio.sleep(0.01)
+    with pytest.raises(QueueFull) as info:  # the standard band holds one request already
+        await director.handle_queued({}, body("std"))
+    assert info.value.status == 429 and "--queue-max-requests 1" in info.value.message
+    critical = asyncio.create_task(director.handle_queued({}, body("crit")))  # its own band
+    await asyncio.sleep(0.01)
+    assert flow.queued("default/llama2-gpu-pool") == 2
+    director.finish(admitted[0])
+    director.finish(admitted[1])
+    await asyncio.wait_for(asyncio.gather(waiting, critical), 1)
+    assert flow.queued("default/llama2-gpu-pool") == 0
+
+
+async def test_the_waiting_room_counts_body_bytes() -> None:
+    store, director, flow = setup(max_bytes=2 * len(body("std")))
+    learn_limit_one(store)
+    store.set_metrics(A, fresh())
+    store.set_metrics(B, fresh())
+    admitted = await fill_both(director)
+    first = asyncio.create_task(director.handle_queued({}, body("std")))
+    second = asyncio.create_task(director.handle_queued({}, body("std")))
+    await asyncio.sleep(0.01)
+    with pytest.raises(QueueFull, match="--queue-max-bytes"):  # a third body would not fit
+        await director.handle_queued({}, body("std"))
+    director.finish(admitted[0])
+    await asyncio.wait_for(first, 1)  # one left: room for another body
+    third = asyncio.create_task(director.handle_queued({}, body("std")))
+    await asyncio.sleep(0.01)
+    assert flow.queued("default/llama2-gpu-pool") == 2
+    for decision in admitted[1:]:
+        director.finish(decision)
+    await asyncio.wait_for(asyncio.gather(second, third), 1)
 
 
 async def test_without_a_learned_limit_nothing_waits() -> None:
