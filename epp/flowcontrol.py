@@ -93,6 +93,15 @@ class FlowControl:
             if not waiter.future.done():
                 waiter.future.cancel()  # leaves the heap lazily
 
+    def waiting(self, pool_key: str) -> dict[int, tuple[int, int]]:
+        """Per priority: the requests waiting for the pool and the body bytes they hold."""
+        bands: dict[int, tuple[int, int]] = {}
+        for w in self._queues.get(pool_key, ()):
+            if not w.future.done():
+                count, held = bands.get(-w.rank, (0, 0))
+                bands[-w.rank] = (count + 1, held + w.size)
+        return bands
+
     def _check_capacity(
         self, pool_key: str, queue: list[_Waiter], priority: int, size: int
     ) -> None:

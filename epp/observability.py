@@ -11,7 +11,9 @@ import logging
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from epp.api.model import PRIORITY_STANDARD
 from epp.datastore import Datastore
+from epp.flowcontrol import FlowControl
 
 log = logging.getLogger("epp.requests")
 
@@ -122,10 +124,23 @@ class EppMetrics:
             registry=r,
         )
 
+        self.queue_size = Gauge(
+            "inference_extension_flow_control_queue_size",
+            "Requests waiting in the EPP for room in the pool, per priority (flow control)",
+            ("inference_pool", "priority"),
+            registry=r,
+        )
+        self.queue_bytes = Gauge(
+            "inference_extension_flow_control_queue_bytes",
+            "Request body bytes waiting in the EPP for room in the pool, per priority",
+            ("inference_pool", "priority"),
+            registry=r,
+        )
+
     def plugin_timing(self, point: str, plugin_type: str, name: str, seconds: float) -> None:
         self.plugin_duration.labels(point, plugin_type, name).observe(seconds)
 
-    def refresh_pools(self, store: Datastore) -> None:
+    def refresh_pools(self, store: Datastore, flow: FlowControl | None = None) -> None:
         """Pool gauges, computed on each scrape of /metrics rather than per request."""
         for pool in store.pools():
             states = [s for s in store.candidates(pool.key) if s.healthy]
@@ -143,3 +158,16 @@ class EppMetrics:
                 source = store.limit_source(state)
                 if source is not None:
                     self.batch_limit.labels(pool.name, state.address, source).set(state.limit)
+        if flow is not None:
+            self._refresh_queues(store, flow)
+
+    def _refresh_queues(self, store: Datastore, flow: FlowControl) -> None:
+        """Waiting requests per pool and priority; the standard band is always there (0 when
+        empty), so an autoscaler reading it sees a series rather than nothing."""
+        self.queue_size.clear()
+        self.queue_bytes.clear()
+        for pool in store.pools():
+            bands = {PRIORITY_STANDARD: (0, 0), **flow.waiting(pool.key)}
+            for priority, (count, held) in bands.items():
+                self.queue_size.labels(pool.name, str(priority)).set(count)
+                self.queue_bytes.labels(pool.name, str(priority)).set(held)

@@ -211,7 +211,7 @@ class EppServer:
         return app
 
     async def _serve_metrics(self, request: web.Request) -> web.Response:
-        self.metrics.refresh_pools(self.store)
+        self.metrics.refresh_pools(self.store, self.flow)
         return web.Response(
             body=generate_latest(self.metrics.registry), content_type="text/plain", charset="utf-8"
         )

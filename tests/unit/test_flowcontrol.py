@@ -178,6 +178,31 @@ async def test_the_waiting_room_counts_body_bytes() -> None:
     await asyncio.wait_for(asyncio.gather(second, third), 1)
 
 
+async def test_waiting_requests_are_exported_per_priority() -> None:
+    store, director, flow = setup()
+    registry = CollectorRegistry()
+    metrics = EppMetrics(registry)
+
+    def exported(metric: str, priority: str) -> float | None:
+        metrics.refresh_pools(store, flow)
+        labels = {"inference_pool": "llama2-gpu-pool", "priority": priority}
+        return registry.get_sample_value(f"inference_extension_flow_control_queue_{metric}", labels)
+
+    assert exported("size", "0") == 0 and exported("size", "1") is None  # standard: always
+    learn_limit_one(store)
+    store.set_metrics(A, fresh())
+    store.set_metrics(B, fresh())
+    admitted = await fill_both(director)
+    waiting = [asyncio.create_task(director.handle_queued({}, body(m))) for m in ("std", "crit")]
+    await asyncio.sleep(0.01)
+    assert (exported("size", "0"), exported("size", "1")) == (1, 1)
+    assert exported("bytes", "0") == len(body("std"))
+    for decision in admitted[:2]:
+        director.finish(decision)
+    await asyncio.wait_for(asyncio.gather(*waiting), 1)
+    assert (exported("size", "0"), exported("size", "1")) == (0, None)
+
+
 async def test_without_a_learned_limit_nothing_waits() -> None:
     store, director, flow = setup()
     store.set_metrics(A, fresh(waiting=0, running=50))
