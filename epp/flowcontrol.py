@@ -52,11 +52,13 @@ class FlowControl:
         self.max_bytes = max_bytes
         self._store = store
         self._queues: dict[str, list[_Waiter]] = {}
+        # (pool, priority) -> [requests waiting, body bytes they hold], kept as they come and go
+        self._bands: dict[tuple[str, int], list[int]] = {}
         self._seq = itertools.count()
         store.add_listener(self.notify)
 
     def queued(self, pool_key: str) -> int:
-        return sum(1 for w in self._queues.get(pool_key, ()) if not w.future.done())
+        return sum(n for n, _ in self.waiting(pool_key).values())
 
     async def wait_for_room(
         self, pool_key: str, priority: int, has_room: Callable[[bool], bool], size: int = 0
@@ -69,13 +71,16 @@ class FlowControl:
             heapq.heappop(queue)
         if (not queue or -queue[0].rank < priority) and has_room(True):
             return
-        self._check_capacity(pool_key, queue, priority, size)
+        band = self._bands.setdefault((pool_key, priority), [0, 0])
+        self._check_capacity(pool_key, priority, band, size)
         loop = asyncio.get_running_loop()
         waiter = _Waiter(-priority, next(self._seq), loop.create_future(), has_room, size=size)
         heapq.heappush(queue, waiter)
-        if has_room(queue[0] is waiter):  # room the waiters ahead declined: the best taker may go
-            self.notify(pool_key)
+        band[0] += 1
+        band[1] += size
         try:
+            if has_room(queue[0] is waiter):  # room the waiters ahead declined: the best may go
+                self.notify(pool_key)
             async with asyncio.timeout(self.timeout):
                 while True:
                     await waiter.future
@@ -90,31 +95,23 @@ class FlowControl:
                 "in queue)"
             ) from None
         finally:
+            band[0] -= 1
+            band[1] -= size
             if not waiter.future.done():
                 waiter.future.cancel()  # leaves the heap lazily
 
     def waiting(self, pool_key: str) -> dict[int, tuple[int, int]]:
         """Per priority: the requests waiting for the pool and the body bytes they hold."""
-        bands: dict[int, tuple[int, int]] = {}
-        for w in self._queues.get(pool_key, ()):
-            if not w.future.done():
-                count, held = bands.get(-w.rank, (0, 0))
-                bands[-w.rank] = (count + 1, held + w.size)
-        return bands
+        return {p: (n, b) for (key, p), (n, b) in self._bands.items() if key == pool_key and n}
 
-    def _check_capacity(
-        self, pool_key: str, queue: list[_Waiter], priority: int, size: int
-    ) -> None:
-        if not (self.max_requests or self.max_bytes):
-            return
-        band = [w for w in queue if w.rank == -priority and not w.future.done()]
-        if self.max_requests and len(band) >= self.max_requests:
+    def _check_capacity(self, pool_key: str, priority: int, band: list[int], size: int) -> None:
+        count, held = band
+        if self.max_requests and count >= self.max_requests:
             raise QueueFull(
-                f"the waiting room of InferencePool {pool_key} is full: {len(band)} requests of "
+                f"the waiting room of InferencePool {pool_key} is full: {count} requests of "
                 f"priority {priority} wait already (--queue-max-requests {self.max_requests})"
             )
-        held = sum(w.size for w in band)
-        if self.max_bytes and band and held + size > self.max_bytes:
+        if self.max_bytes and count and held + size > self.max_bytes:
             raise QueueFull(
                 f"the waiting room of InferencePool {pool_key} is full: requests of priority "
                 f"{priority} hold {held} body bytes already, and this one {size} more "
