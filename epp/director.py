@@ -205,12 +205,14 @@ class Director:
         now = self._clock()
         if critical:
             return _free_slot(candidates, now - since)
+        room = [c.has_room for c in candidates]
+        if not any(room):
+            return False
         declined = patience.declined_since
-        if _room_worth_taking(
-            candidates, 0.0 if declined is None else now - declined, output_tokens
-        ):
+        waited = 0.0 if declined is None else now - declined
+        if _room_worth_taking(candidates, room, waited, output_tokens):
             return True
-        if first and declined is None and any(c.has_room for c in candidates):
+        if first and declined is None:
             patience.declined_since = now  # its own choice to wait starts now
         return False
 
@@ -457,16 +459,18 @@ def _free_slot(candidates: Sequence[EndpointState], waited: float) -> bool:
 
 
 def _room_worth_taking(
-    candidates: Sequence[EndpointState], waited: float, output_tokens: int | None
+    candidates: Sequence[EndpointState],
+    room: Sequence[bool],
+    waited: float,
+    output_tokens: int | None,
 ) -> bool:
     """Room for a standard request: an endpoint with room where it would not finish much later
     than on the best endpoint, full ones included (their queue counted). A long request
     declines a free slot on a slow GPU while a fast one frees up soon enough; the time it has
     `waited` since it first declined counts against the gain, so it never holds out for longer
-    than it would lose."""
-    room = [c.has_room for c in candidates]
-    if not any(room) or all(room):
-        return any(room)
+    than it would lose. `room`: each candidate's `has_room`, some of them true."""
+    if all(room):
+        return True
     found = predict(candidates, output_tokens, TYPICAL_OUTPUT_TOKENS)
     if found is None:
         return True

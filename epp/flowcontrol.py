@@ -39,7 +39,6 @@ class _Waiter:
     # is there room for this request now? (the argument: is it first in line)
     fits: Callable[[bool], bool] = field(compare=False)
     first: bool = field(default=False, compare=False)  # first in line when last woken
-    size: int = field(default=0, compare=False)  # body bytes it holds while it waits
 
 
 class FlowControl:
@@ -74,7 +73,7 @@ class FlowControl:
         band = self._bands.setdefault((pool_key, priority), [0, 0])
         self._check_capacity(pool_key, priority, band, size)
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(-priority, next(self._seq), loop.create_future(), has_room, size=size)
+        waiter = _Waiter(-priority, next(self._seq), loop.create_future(), has_room)
         heapq.heappush(queue, waiter)
         band[0] += 1
         band[1] += size

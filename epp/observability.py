@@ -123,7 +123,6 @@ class EppMetrics:
             ("pool", "endpoint", "source"),
             registry=r,
         )
-
         self.queue_size = Gauge(
             "inference_extension_flow_control_queue_size",
             "Requests waiting in the EPP for room in the pool, per priority (flow control)",

@@ -42,20 +42,19 @@ def plan_pods(
             for ep in declared:
                 host, port = split_address(ep.address)
                 name = ep.pod.split("/", 1)[1] + (f"-{port}" if ranks else "")
-                batch = {"max_num_seqs": ep.max_num_seqs} if ep.max_num_seqs else {}
-                spec = SimPodSpec(host, port, name, model, **{**options, **batch})
+                spec = SimPodSpec(host, port, name, model, **_batched(options, ep.max_num_seqs))
                 specs.setdefault((host, port), spec)
             continue
         replicas = pool.deployment.replicas if pool.deployment else default_replicas
         batch_size = pool.deployment.max_num_seqs if pool.deployment else None
-        batch = {"max_num_seqs": batch_size} if batch_size else {}
+        pod_options = _batched(options, batch_size)
         for i in range(replicas):
             ip = f"127.0.0.{next_ip}"
             next_ip += 1
             name = f"{pool.name}-{i}"
             for port in pool.target_ports:
                 pod_name = f"{name}-{port}" if ranks else name
-                specs[(ip, port)] = SimPodSpec(ip, port, pod_name, model, **{**options, **batch})
+                specs[(ip, port)] = SimPodSpec(ip, port, pod_name, model, **pod_options)
             manifests.append(_pod_manifest(pool, name, ip, batch_size))
     return list(specs.values()), manifests
 
@@ -81,6 +80,11 @@ def _served_names(pool: Pool, resources: ResourceSet) -> dict[str, Any]:
     if pool.served_model is None and not routed:
         return {"accept_any_model": True}
     return {"aliases": tuple(sorted(aliases)), "loras": tuple(sorted(targets))}
+
+
+def _batched(options: dict[str, Any], max_num_seqs: int | None) -> dict[str, Any]:
+    """The simulator options, with the declared batch size where one is given."""
+    return {**options, "max_num_seqs": max_num_seqs} if max_num_seqs else options
 
 
 def _pod_manifest(

@@ -196,7 +196,8 @@ class Bench:
     def batched_floor(self, samples: list[client.Sample]) -> float:
         """p90 of each successful request's time on a full-speed pod at the pace measured there
         in this run (batched, so slower than alone), with no wait and its prefill alone."""
-        pace = stats.median_pace(samples, lambda pod: pod not in self._slow_pods())
+        slow = self._slow_pods()
+        pace = stats.median_pace(samples, lambda pod: pod not in slow)
         if math.isnan(pace):
             return math.nan
         gpu = get_profile(self.a.profile)
