@@ -5,7 +5,6 @@
     ├── ModelNotFound         404  not_found_error        unknown model, registration required
     ├── RequestTooLarge       413  invalid_request_error  body over the configured limit
     ├── Shed                  429  rate_limit_error       sheddable request dropped under saturation
-    ├── NoCapacity            429  rate_limit_error       scheduler found no endpoint it may use
     ├── QueueFull             429  rate_limit_error       the pool's waiting room is at its limit
     ├── NoEndpoints           503  service_unavailable    no ready endpoint (or empty subset hint)
     ├── QueueTimeout          503  service_unavailable    waited for room longer than allowed
@@ -50,12 +49,6 @@ class Shed(EppError):
     status = 429
     error_type = "rate_limit_error"
     reason = "Shed"
-
-
-class NoCapacity(EppError):
-    status = 429
-    error_type = "rate_limit_error"
-    reason = "NoCapacity"
 
 
 class QueueFull(EppError):

@@ -104,10 +104,6 @@ class KubeSource:
         self._tasks = []
 
     @property
-    def is_synced(self) -> bool:
-        return all(r.synced.is_set() for r in self.reflectors)
-
-    @property
     def stale(self) -> bool:
         return any(r.stale for r in self.reflectors)
 

@@ -74,6 +74,3 @@ class PickObserver(Protocol):
     """A plugin that learns from the final pick (e.g. the prefix index)."""
 
     def picked(self, request: SchedulingRequest, endpoint: EndpointState) -> None: ...
-
-
-Plugin = Filter | Scorer | Picker
