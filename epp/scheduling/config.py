@@ -40,7 +40,7 @@ class _Entry:
 
 
 def builtin_factories() -> dict[str, Factory]:
-    return {cls.name: cls.from_parameters for cls in BUILTIN_PLUGINS}
+    return {cls.type: cls.from_parameters for cls in BUILTIN_PLUGINS}
 
 
 def load_config(
@@ -124,7 +124,7 @@ def _plugins(raw: object, ctx: BuildContext, source: str) -> dict[str, _Entry]:
         except ValueError as exc:
             raise ConfigError(params.path, str(exc), source) from None
         params.done()
-        if name != kind:
+        if name != kind:  # the type stays the class's: metrics report both
             plugin.name = name  # type: ignore[attr-defined]
         entries[name] = _Entry(kind, plugin)
     return entries

@@ -89,7 +89,7 @@ class Profile:
             start = time.perf_counter() if timed else 0.0
             kept = flt.filter(request, candidates)
             if timed:
-                self._report("Filter", flt.name, start)
+                self._report("Filter", flt, start)
             if explain:
                 log.debug(
                     "request %s profile %s filter %s kept %d of %d%s",
@@ -105,16 +105,19 @@ class Profile:
             start = time.perf_counter() if timed else 0.0
             picked = self.picker.pick(candidates, totals, count)
             if timed:
-                self._report("Picker", self.picker.name, start)
+                self._report("Picker", self.picker, start)
             if explain:
                 self._explain(request, candidates, totals, details, picked)
         for observer in self.observers:
             observer.picked(request, picked[0])
         return picked
 
-    def _report(self, point: str, plugin: str, start: float) -> None:
+    def _report(self, point: str, plugin: Filter | Scorer | Picker, start: float) -> None:
         assert self.timing is not None
-        self.timing(point, plugin, plugin, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        # the type is the plugin's kind (`queue-scorer`), the name what the config calls it; a
+        # plugin with no `type` (a test double) reports its name as both
+        self.timing(point, str(getattr(plugin, "type", plugin.name)), plugin.name, seconds)
 
     def _score(
         self,
@@ -128,7 +131,7 @@ class Profile:
             start = time.perf_counter() if timed else 0.0
             scores = ws.scorer.score(request, candidates)
             if timed:
-                self._report("Scorer", ws.scorer.name, start)
+                self._report("Scorer", ws.scorer, start)
             if len(scores) != len(candidates):
                 raise ValueError(f"scorer {ws.scorer.name} returned {len(scores)} scores")
             if not getattr(ws.scorer, "bounded", False) and not (

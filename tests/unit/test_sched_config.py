@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import random
 
 import pytest
 import yaml
 
+from epp.scheduling.base import SchedulingRequest
 from epp.scheduling.config import load_config
 from epp.scheduling.params import ConfigError
 from epp.scheduling.plugins.prefix_cache import PrefixCacheScorer
 from epp.scheduling.registry import DEFAULT_PROFILE
+from epp.types import Endpoint, EndpointMetrics, EndpointState
 
 HEAD = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
 
@@ -110,6 +113,36 @@ def test_no_profiles_makes_one_with_every_plugin() -> None:
 def test_legacy_alias() -> None:
     profiles = load(HEAD + "plugins: [{type: kv-cache-scorer}]\n")
     assert profiles["default"].scorers[0].scorer.name == "kv-cache-scorer"  # type: ignore[attr-defined]
+    assert profiles["default"].scorers[0].scorer.type == "kv-cache-utilization-scorer"  # type: ignore[attr-defined]
+
+
+def test_plugin_timing_reports_type_and_configured_name(caplog: pytest.LogCaptureFixture) -> None:
+    profiles = load_config(
+        yaml.safe_load(
+            HEAD + "plugins: [{name: in-flight-count-scorer, type: in-flight-scorer}]\n"
+        ),
+        random.Random(1),
+    )
+    profile = profiles["default"]
+    scorer = profile.scorers[0].scorer
+    assert (scorer.type, scorer.name) == ("in-flight-scorer", "in-flight-count-scorer")  # type: ignore[attr-defined]
+    timed: list[tuple[str, str, str]] = []
+    profile.timing = lambda point, plugin_type, name, seconds: timed.append(
+        (point, plugin_type, name)
+    )
+    profile.timing_every = 1
+    pods = [
+        EndpointState(Endpoint(a, a, "ns/pool"), EndpointMetrics(0, 0, 0.0), in_flight=n)
+        for a, n in (("a", 3), ("b", 0))
+    ]
+    with caplog.at_level(logging.DEBUG, logger="epp.scheduling.scheduler"):
+        picked = profile.schedule(SchedulingRequest("r1", "m"), pods)
+    assert picked[0].address == "b"
+    assert timed == [
+        ("Scorer", "in-flight-scorer", "in-flight-count-scorer"),
+        ("Picker", "max-score-picker", "max-score-picker"),
+    ]
+    assert "in-flight-count-scorer=" in caplog.text  # the explain log keeps the configured name
 
 
 @pytest.mark.parametrize(

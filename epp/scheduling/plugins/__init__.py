@@ -1,7 +1,8 @@
 """Built-in plugins, one small module each, and the explicit list of them.
 
 `BUILTIN_PLUGINS` is the only place a plugin type becomes config-visible: `config.py` maps each
-class's `name` (upstream's kebab-case type) to its `from_parameters` factory.
+class's `type` (upstream's kebab-case type) to its `from_parameters` factory. Every plugin also
+has a `name`: the type, unless the config file names the instance otherwise.
 """
 
 from __future__ import annotations

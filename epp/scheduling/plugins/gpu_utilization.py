@@ -54,7 +54,8 @@ class _GpuPlugin:
 
 
 class GpuUtilizationScorer(_GpuPlugin):
-    name = "gpu-utilization-scorer"
+    type = "gpu-utilization-scorer"
+    name = type
     bounded = True  # scores already in [0, 1]: the profile skips its clamp
 
     @classmethod
@@ -74,7 +75,8 @@ class GpuUtilizationScorer(_GpuPlugin):
 
 
 class GpuUtilizationFilter(_GpuPlugin):
-    name = "gpu-utilization-filter"
+    type = "gpu-utilization-filter"
+    name = type
 
     @classmethod
     def from_parameters(cls, params: Params, ctx: BuildContext) -> GpuUtilizationFilter:

@@ -22,7 +22,8 @@ UNITS = ("requests", "tokens")
 
 
 class InFlightScorer:
-    name = "in-flight-scorer"
+    type = "in-flight-scorer"
+    name = type
     bounded = True  # scores already in [0, 1]: the profile skips its clamp
 
     def __init__(self, unit: str = "requests", speed_aware: bool = True) -> None:
@@ -48,7 +49,8 @@ class InFlightScorer:
 
 
 class TokenLoadScorer:
-    name = "token-load-scorer"
+    type = "token-load-scorer"
+    name = type
     bounded = True  # scores already in [0, 1]: the profile skips its clamp
 
     def __init__(self, threshold_tokens: int = 4_194_304) -> None:

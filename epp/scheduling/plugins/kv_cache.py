@@ -16,7 +16,8 @@ from epp.types import EndpointState
 
 
 class KvCacheScorer:
-    name = "kv-cache-utilization-scorer"
+    type = "kv-cache-utilization-scorer"
+    name = type
     bounded = True  # scores already in [0, 1]: the profile skips its clamp
 
     def __init__(self, staleness: float = DEFAULT_STALENESS, clock: Clock = time.monotonic) -> None:

@@ -30,7 +30,8 @@ def lora_score(m: EndpointMetrics, adapter: str) -> float:
 
 
 class LoraAffinityScorer:
-    name = "lora-affinity-scorer"
+    type = "lora-affinity-scorer"
+    name = type
     bounded = True  # scores already in [0, 1]: the profile skips its clamp
 
     @classmethod
@@ -45,7 +46,8 @@ class LoraAffinityScorer:
 
 
 class LoraAffinityFilter:
-    name = "lora-affinity-filter"
+    type = "lora-affinity-filter"
+    name = type
 
     def __init__(self, threshold: float = 0.999, rng: random.Random | None = None) -> None:
         self.threshold = threshold

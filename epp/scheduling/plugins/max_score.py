@@ -15,7 +15,8 @@ from epp.types import EndpointState
 
 
 class MaxScorePicker:
-    name = "max-score-picker"
+    type = "max-score-picker"
+    name = type
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()

@@ -40,7 +40,8 @@ class PrefixStats:
 
 
 class PrefixCacheScorer:
-    name = "prefix-cache-scorer"
+    type = "prefix-cache-scorer"
+    name = type
     bounded = True  # scores already in [0, 1]: the profile skips its clamp
 
     def __init__(

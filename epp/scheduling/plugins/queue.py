@@ -17,7 +17,8 @@ from epp.types import EndpointState
 
 
 class QueueScorer:
-    name = "queue-scorer"
+    type = "queue-scorer"
+    name = type
     bounded = True  # scores already in [0, 1]: the profile skips its clamp
 
     def __init__(self, staleness: float = DEFAULT_STALENESS, clock: Clock = time.monotonic) -> None:

@@ -11,7 +11,8 @@ from epp.types import EndpointState
 
 
 class RandomPicker:
-    name = "random-picker"
+    type = "random-picker"
+    name = type
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()

@@ -14,7 +14,8 @@ from epp.types import EndpointState
 
 
 class RoundRobinPicker:
-    name = "round-robin-picker"
+    type = "round-robin-picker"
+    name = type
 
     def __init__(self) -> None:
         self._next = 0

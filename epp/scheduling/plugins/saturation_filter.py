@@ -17,7 +17,8 @@ from epp.types import EndpointState
 
 
 class SaturationFilter:
-    name = "saturation-filter"
+    type = "saturation-filter"
+    name = type
 
     def __init__(
         self,

@@ -23,7 +23,8 @@ TYPICAL_OUTPUT_TOKENS = 200
 
 
 class ServiceTimeScorer:
-    name = "service-time-scorer"
+    type = "service-time-scorer"
+    name = type
     bounded = True  # scores already in [0, 1]: the profile skips its clamp
 
     def __init__(self, typical_output_tokens: int = TYPICAL_OUTPUT_TOKENS) -> None:

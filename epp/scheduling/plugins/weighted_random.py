@@ -15,7 +15,8 @@ from epp.types import EndpointState
 
 
 class WeightedRandomPicker:
-    name = "weighted-random-picker"
+    type = "weighted-random-picker"
+    name = type
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
