@@ -4,7 +4,9 @@ Parses the command line into `TranslateOptions`, builds a `ControlPlane`, serves
 and a small aiohttp debug endpoint (`/status`, `/debug`, `/healthz`), and follows either a folder
 of manifests (`--manifests`, `FolderSource`) or the cluster (`--kubernetes`, `kubemode.KubeMode`,
 which also writes Gateway/HTTPRoute status). It prints the status whenever it changes.
-SIGINT/SIGTERM stop it gracefully. `epp.cli` calls `run(argv)`.
+SIGINT/SIGTERM stop it gracefully. `add_arguments` puts the flags on any parser (`epp.cli`
+registers them as its `controlplane` sub-command and calls `run_parsed`); `run(argv)` is the
+standalone entry point. Building the parser imports neither grpc nor aiohttp.
 """
 
 from __future__ import annotations
@@ -12,30 +14,39 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
 from epp.controlplane.clusters import TranslateOptions
-from epp.controlplane.plane import ControlPlane
-from epp.controlplane.xds import start_server
-from epp.sources.files import FolderSource
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from epp.controlplane.kubemode import KubeControlPlaneConfig, KubeMode
+    from epp.controlplane.plane import ControlPlane
 
 log = logging.getLogger(__name__)
 
+DESCRIPTION = "xDS control plane: Gateway + HTTPRoute (+ inference resources) → Envoy"
+
+
+def _default(name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(TranslateOptions) if f.name == name)
+
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="epp controlplane",
-        description="xDS control plane: Gateway + HTTPRoute (+ inference resources) → Envoy",
-    )
+    p = argparse.ArgumentParser(prog="epp controlplane", description=DESCRIPTION)
+    add_arguments(p)
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Every flag but --log-level, which `epp` has already."""
     p.add_argument("--manifests", action="append", default=[], help="file or folder (repeat)")
     p.add_argument(
         "--kubernetes", action="store_true", help="watch the API server instead of --manifests"
@@ -44,14 +55,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--xds-port", type=int, default=18000)
     p.add_argument("--status-port", type=int, default=18001, help="debug HTTP port, 0: off")
     p.add_argument(
-        "--epp-address", default="127.0.0.1:9002", help="EPP of pools without extensionRef"
+        "--epp-address", default=_default("default_epp"), help="EPP of pools without extensionRef"
     )
     p.add_argument("--pool-epp", action="append", default=[], metavar="NS/POOL=HOST:PORT")
     p.add_argument(
         "--single-epp", action="store_true", help="every pool uses --epp-address (local stack)"
     )
     p.add_argument("--epp-tls", action="store_true", help="the EPPs serve ext_proc over TLS")
-    p.add_argument("--listen-host", default="0.0.0.0", help="address Envoy's listeners bind")
+    p.add_argument(
+        "--listen-host", default=_default("listen_host"), help="address Envoy's listeners bind"
+    )
     p.add_argument("--port-map", action="append", default=[], metavar="GATEWAY_PORT=LOCAL_PORT")
     p.add_argument("--plain-http-port", type=int, help="also serve every route over plain HTTP")
     p.add_argument(
@@ -62,9 +75,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cert-dir", type=Path, help="generate missing TLS Secrets here (local)")
     p.add_argument("--gateway-class", action="append", default=[], help="ours (default: any)")
     p.add_argument("--interval", type=float, default=0.5, help="manifest poll interval (s)")
-    p.add_argument("--log-level", default="info")
     _kube_arguments(p)
-    return p
 
 
 def _kube_arguments(p: argparse.ArgumentParser) -> None:
@@ -155,9 +166,14 @@ def _pairs(values: list[str]) -> dict[str, str]:
 
 def run(argv: list[str]) -> int:
     p = parser()
-    args = p.parse_args(argv)
+    return run_parsed(p.parse_args(argv), p)
+
+
+def run_parsed(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
+    """Serve what parsed flags (`add_arguments`) describe; `p` reports a usage error."""
     if (problem := mode_error(args)) is not None:
         p.error(problem)
+    # a no-op under `epp`, which configured logging from its own --log-level already
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -166,6 +182,8 @@ def run(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"epp controlplane: {exc}")
         return 2
+    from epp.controlplane.plane import ControlPlane
+
     plane = ControlPlane(options, args.cert_dir, args.gateway_class)
     return asyncio.run(serve(plane, args))
 
@@ -186,6 +204,8 @@ async def serve(plane: ControlPlane, args: argparse.Namespace) -> int:
             return 0
         follow = kube.run()
     else:
+        from epp.sources.files import FolderSource
+
         source = FolderSource([Path(p) for p in args.manifests], interval=args.interval)
         resources = source.current()
         for problem in resources.problems:
@@ -222,6 +242,8 @@ async def _serve_xds(
     follow: Coroutine[Any, Any, None],
     stop: asyncio.Event,
 ) -> int:
+    from epp.controlplane.xds import start_server
+
     grpc_server, port = await start_server(plane.server, args.xds_host, args.xds_port)
     print(f"xDS (ADS) listening on {args.xds_host}:{port}", flush=True)
     runner: web.AppRunner | None = None
@@ -256,6 +278,8 @@ async def _print_status(plane: ControlPlane) -> None:
 
 
 async def _debug_site(plane: ControlPlane, host: str, port: int) -> web.AppRunner:
+    from aiohttp import web
+
     async def status(_request: web.Request) -> web.Response:
         return web.json_response(plane.status().to_json())
 

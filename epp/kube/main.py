@@ -2,7 +2,9 @@
 
 Useful when the EPP replicas run with `--no-write-status --no-reconcile-deployments`, or behind
 another gateway's picker. Runs the `KubeSource` + `KubeController` (leader-elected by default)
-until SIGINT/SIGTERM, then hands the Lease back. `epp.cli` calls `run(argv)`.
+until SIGINT/SIGTERM, then hands the Lease back. `add_arguments` puts the flags on any parser
+(`epp.cli` registers them as its `operator` sub-command and calls `run_parsed`); `run(argv)` is
+the standalone entry point. Building the parser does not import the Kubernetes client.
 """
 
 from __future__ import annotations
@@ -13,21 +15,34 @@ import contextlib
 import logging
 import signal
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from epp.kube.flags import add_arguments, config_from_args
-from epp.kube.runtime import KubeModeConfig, KubeRuntime
+from epp.kube import flags
+from epp.kube.flags import config_from_args
+
+if TYPE_CHECKING:
+    from epp.kube.runtime import KubeModeConfig
 
 log = logging.getLogger(__name__)
 
+DESCRIPTION = __doc__.splitlines()[0]
+
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="epp operator", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="epp operator", description=DESCRIPTION)
     add_arguments(p)
     p.add_argument("--log-level", default="INFO")
     return p
 
 
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Every flag but --log-level, which `epp` has already: the Kubernetes-mode ones."""
+    flags.add_arguments(p)
+
+
 async def operate(config: KubeModeConfig, stop: asyncio.Event) -> None:
+    from epp.kube.runtime import KubeRuntime
+
     runtime = await KubeRuntime.open(config)
     if runtime.controller is None:
         await runtime.aclose()
@@ -55,7 +70,14 @@ async def _main(config: KubeModeConfig) -> None:
 
 
 def run(argv: Sequence[str]) -> int:
-    ns = parser().parse_args(list(argv))
-    logging.basicConfig(level=ns.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return run_parsed(parser().parse_args(list(argv)))
+
+
+def run_parsed(ns: argparse.Namespace) -> int:
+    """Operate with parsed flags (`add_arguments`) until SIGINT/SIGTERM."""
+    # a no-op under `epp`, which configured logging from its own --log-level already
+    logging.basicConfig(
+        level=ns.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     asyncio.run(_main(config_from_args(ns)))
     return 0

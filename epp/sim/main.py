@@ -2,7 +2,9 @@
 
 Flags become `SimPodSpec`s (shared defaults, then `--pod-option ADDR_OR_INDEX:key=value`
 overrides), a `SimCluster` hosts them, one line per pod is printed once it listens, and SIGINT
-or SIGTERM shut everything down cleanly. `epp.cli` calls `run(argv)`.
+or SIGTERM shut everything down cleanly. `add_arguments` puts the flags on any parser (`epp.cli`
+registers them as its `sim` sub-command and calls `run_parsed`); `run(argv)` is the standalone
+entry point. Flag defaults are `SimPodSpec`'s.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from epp.sim.cluster import SimCluster
 from epp.sim.spec import SimPodSpec
+
+DESCRIPTION = "Simulated vLLM GPU pods."
 
 _OPTION_TYPES: dict[str, Callable[[str], Any]] = {
     "name": str,
@@ -38,24 +41,37 @@ _OPTION_TYPES: dict[str, Callable[[str], Any]] = {
 }
 
 
+def _default(name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(SimPodSpec) if f.name == name)
+
+
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="epp sim", description="Simulated vLLM GPU pods.")
+    p = argparse.ArgumentParser(prog="epp sim", description=DESCRIPTION)
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--pods", help="comma-separated ip:port list, one pod each")
     where.add_argument("--replicas", type=int, help="number of pods on consecutive loopback IPs")
     p.add_argument("--first-ip", default="127.0.0.2", help="first IP with --replicas")
     p.add_argument("--port", type=int, default=8000, help="port of every pod with --replicas")
     p.add_argument("--name-prefix", default="sim-pod", help="pods are named PREFIX-0, PREFIX-1...")
-    p.add_argument("--model", default="meta-llama/Llama-2-7b-chat-hf", help="served model name")
-    p.add_argument("--profile", default="H100", help="GPU profile (H100, A100-80G, L4, T4, ...)")
-    p.add_argument("--speed", type=float, default=1.0, help="speed multiplier (0.5 = half)")
+    p.add_argument("--model", default=_default("model"), help="served model name")
+    p.add_argument(
+        "--profile", default=_default("profile"), help="GPU profile (H100, A100-80G, L4, T4, ...)"
+    )
+    p.add_argument(
+        "--speed", type=float, default=_default("speed"), help="speed multiplier (0.5 = half)"
+    )
     p.add_argument("--lora", action="append", default=[], help="adapter NAME[=PATH]; repeatable")
-    p.add_argument("--max-loras", type=int, default=4)
+    p.add_argument("--max-loras", type=int, default=_default("max_loras"))
     p.add_argument("--num-gpu-blocks", type=int, help="KV blocks (default: the profile's)")
-    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-num-seqs", type=int, default=_default("max_num_seqs"))
     p.add_argument("--max-num-batched-tokens", type=int)
-    p.add_argument("--max-model-len", type=int, default=4096)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-model-len", type=int, default=_default("max_model_len"))
+    p.add_argument("--seed", type=int, default=_default("seed"))
     p.add_argument("--accept-any-model", action="store_true", help="serve any model name")
     p.add_argument(
         "--alias",
@@ -65,7 +81,12 @@ def make_parser() -> argparse.ArgumentParser:
         help="another name for the base model (repeatable), like vLLM --served-model-name",
     )
     p.add_argument("--legacy-metrics", action="store_true", help="export vllm:gpu_cache_usage_perc")
-    p.add_argument("--flush-interval", type=float, default=0.0, help="min seconds between writes")
+    p.add_argument(
+        "--flush-interval",
+        type=float,
+        default=_default("flush_interval"),
+        help="min seconds between writes",
+    )
     p.add_argument("--gpu-exporter-port", type=int, help="serve DCGM metrics on this port")
     p.add_argument("--gpu-exporter-host", default="127.0.0.1")
     p.add_argument(
@@ -75,7 +96,6 @@ def make_parser() -> argparse.ArgumentParser:
         metavar="POD:KEY=VALUE",
         help="per-pod override; POD is ip:port, name or index, e.g. 127.0.0.3:8000:speed=0.5",
     )
-    return p
 
 
 def _addresses(args: argparse.Namespace) -> list[tuple[str, int]]:
@@ -131,6 +151,8 @@ def build_specs(args: argparse.Namespace) -> list[SimPodSpec]:
 
 
 async def _serve(specs: list[SimPodSpec], exporter: tuple[str, int] | None) -> None:
+    from epp.sim.cluster import SimCluster  # aiohttp: not needed to build the parser
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -159,6 +181,11 @@ def run(argv: list[str]) -> int:
         args = make_parser().parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
+    return run_parsed(args)
+
+
+def run_parsed(args: argparse.Namespace) -> int:
+    """Serve the pods that parsed flags (`add_arguments`) describe; the exit status."""
     try:
         specs = build_specs(args)
         exporter = None
