@@ -1,6 +1,7 @@
 """Frozen settings, grouped per topic, with the upstream defaults.
 
-Read once at the edge (`epp.cli` turns flags into these); nothing else reads `os.environ`.
+Read once at the edge (`epp.cli` turns flags into these, and reads each flag's default from the
+field it fills, so a default is written only here); nothing else reads `os.environ`.
 Neighbours: every layer receives the group it needs from the composition root.
 """
 
