@@ -1,21 +1,22 @@
 """`epp serve`: the endpoint picker program.
 
-Builds the datastore, director and scheduler, then runs under one TaskGroup: the ext_proc gRPC
-server, gRPC health, the Prometheus/debug HTTP server, the resource source and the scraper.
-On SIGTERM: health → NOT_SERVING, gRPC stop with a grace period, loops cancelled, clients closed.
+Builds the datastore, director and scheduler, then serves ext_proc over gRPC, gRPC health and the
+Prometheus/debug HTTP server; its background loops (resource feed, scraper, GPU poller, Kubernetes
+controller) run under one `epp.tasks.TaskOwner`, which restarts a crashed loop with backoff. While
+a resource feed is down, readiness is NOT_SERVING. On SIGTERM: health → NOT_SERVING, gRPC stop
+with a grace period, loops cancelled and awaited, clients closed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import signal
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import grpc
 from aiohttp import web
@@ -36,6 +37,7 @@ from epp.scheduling.registry import build_default_profiles
 from epp.scrape.scraper import Scraper, ScrapeSettings
 from epp.settings import Settings
 from epp.sources.files import FolderSource
+from epp.tasks import Backoff, TaskOwner
 
 if TYPE_CHECKING:
     from epp.kube.runtime import KubeModeConfig, KubeRuntime
@@ -43,6 +45,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("epp.server")
 
 STATIC_POOL = Pool("default", "static", (), (), failure_mode="FailOpen")
+RESOURCES = "resources"  # the manifests folder's watch
+KUBE_RESOURCES = "kube-resources"  # the API server's feed
+FEEDS = frozenset({RESOURCES, KUBE_RESOURCES})  # while one is down, the EPP is not ready
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,7 @@ class ServeConfig:
     kube: KubeModeConfig | None = None  # read everything from the API server
     scheduler_config: object = None  # a decoded EndpointPickerConfig document
     reload_interval: float = 0.5
+    restart: Backoff = field(default_factory=Backoff)  # delays before a crashed loop runs again
 
 
 class EppServer:
@@ -84,7 +90,9 @@ class EppServer:
         self._grpc: grpc.aio.Server | None = None
         self._health_server: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self.tasks = TaskOwner(backoff=config.restart, on_down=self._down, on_up=self._up)
+        self._applied: ResourceSet | None = None  # the last set the datastore took
+        self._stopping = False
         self.grpc_port = 0
         self.health_port = 0
         self.metrics_port = 0
@@ -116,9 +124,9 @@ class EppServer:
         self.metrics_port = self._http.addresses[0][1]
         await self._load_resources()
         scraper = Scraper(self.store, self.store.endpoints, self.config.scrape)
-        self._spawn("scraper", scraper.run())
+        self.tasks.spawn("scraper", scraper.run)
         if self.config.gpu.prometheus_url:
-            self._spawn("gpu", GpuPoller(self.store, self.config.gpu).run())
+            self.tasks.spawn("gpu", GpuPoller(self.store, self.config.gpu).run)
         log.info(
             "epp serving ext_proc on %s:%d, health on %d, metrics on %d",
             s.grpc_host,
@@ -133,23 +141,44 @@ class EppServer:
         if self.config.manifests:
             source = FolderSource(self.config.manifests, self.config.reload_interval)
             self._apply(source.current())
-            self._spawn("resources", self._watch(source))
+            self.tasks.spawn(RESOURCES, lambda: self._watch(source), signals_up=True)
         if self.config.kube is not None:
             from epp.kube.runtime import KubeRuntime
             from epp.kube.serving import feed
 
-            self._kube = await KubeRuntime.open(self.config.kube)
-            self._spawn("kube-resources", feed(self._kube.source, self._apply, self._ready_after))
-            if self._kube.controller is not None:
-                self._spawn("kube-controller", self._kube.controller.run())
+            kube = self._kube = await KubeRuntime.open(self.config.kube)
+            self.tasks.spawn(
+                KUBE_RESOURCES,
+                lambda: feed(kube.source, self._apply, self._ready_after),
+                signals_up=True,
+            )
+            if kube.controller is not None:
+                self.tasks.spawn("kube-controller", kube.controller.run)
         await self._update_readiness()
 
     async def _ready_after(self, _synced: bool) -> None:
+        """The Kubernetes feed applied a full set: on a restart, that is when it runs again."""
+        await self.tasks.up(KUBE_RESOURCES)
         await self._update_readiness()
 
+    async def _down(self, name: str) -> None:
+        if name in FEEDS:
+            log.warning("resource feed %s is down: not ready until it runs again", name)
+            await self._update_readiness()
+
+    async def _up(self, name: str) -> None:
+        if name in FEEDS:
+            await self._update_readiness()
+
     async def _update_readiness(self) -> None:
-        """Ready once resources were read and at least one pool exists to serve."""
-        ready = self.store.synced and bool(self.store.pools())
+        """Ready once resources were read, at least one pool exists to serve, and every resource
+        feed runs (a dead feed would serve frozen resources); never again once stopping."""
+        ready = (
+            not self._stopping
+            and self.store.synced
+            and bool(self.store.pools())
+            and not self.tasks.down & FEEDS
+        )
         if ready != self.health.ready:
             log.info("readiness: %s", "SERVING" if ready else "NOT_SERVING")
             await self.health.set_ready(ready)
@@ -158,6 +187,7 @@ class EppServer:
         for problem in resources.problems:
             log.warning("manifest problem: %s", problem)
         self.store.apply_resources(resources)
+        self._applied = resources
         log.info(
             "resources: %d pools, %d models, %d endpoints",
             len(resources.pools),
@@ -166,35 +196,23 @@ class EppServer:
         )
 
     async def _watch(self, source: FolderSource) -> None:
+        current = source.current()
+        if current is not self._applied:  # restarted: catch up with what a crash left unapplied
+            self._apply(current)
+        await self.tasks.up(RESOURCES)
+        await self._update_readiness()
         async for resources in source.watch():
             self._apply(resources)
             await self._update_readiness()
 
-    def _spawn(self, name: str, job: Coroutine[Any, Any, None]) -> None:
-        self._tasks.append(asyncio.create_task(self._guard(name, job), name=name))
-
-    @staticmethod
-    async def _guard(name: str, job: Coroutine[Any, Any, None]) -> None:
-        """Run a background loop; a crash is logged at once, cancellation propagates."""
-        try:
-            await job
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("background task %s crashed", name)
-            raise
-
     async def stop(self) -> None:
+        self._stopping = True
         await self.health.shutting_down()
         await asyncio.sleep(self.config.settings.server.drain_seconds)
         grace = self.config.settings.server.grace_seconds
         if self._grpc is not None:
             await self._grpc.stop(grace)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self.tasks.aclose()
         if self._kube is not None:
             await self._kube.aclose()
         if self._health_server is not None:
