@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
 from epp.api.model import ModelRoute, PodInfo, Pool, ResourceSet
+from epp.errors import NoEndpoints
 from epp.types import Endpoint, EndpointMetrics, EndpointState, GpuMetrics
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,12 @@ def endpoints_of(pool: Pool, pods: Iterable[PodInfo]) -> list[Endpoint]:
             for port in pool.target_ports
         )
     return found
+
+
+def _host(address: str) -> str:
+    """The host part of an address: subset entries may name a host without its port."""
+    host = address.rsplit(":", 1)[0]
+    return host[1:-1] if host.startswith("[") else host
 
 
 class Lease:
@@ -168,6 +175,20 @@ class Datastore:
             self._cached[pool_key] = cached
         return cached
 
+    def ready(self, pool_key: str, subset: Sequence[str] | None = None) -> list[EndpointState]:
+        """The pool's healthy endpoints, narrowed by a proxy's subset hint (addresses, or hosts
+        without a port); none is `NoEndpoints` (503)."""
+        states = self.candidates(pool_key)
+        if subset is not None:
+            wanted = set(subset)
+            states = tuple(s for s in states if s.address in wanted or _host(s.address) in wanted)
+            if not states:
+                raise NoEndpoints("no endpoint of the pool matches the proxy's subset hint")
+        healthy = [s for s in states if s.healthy]
+        if not healthy:
+            raise NoEndpoints(f"no ready endpoint in InferencePool {pool_key}")
+        return healthy
+
     def endpoints(self) -> list[Endpoint]:
         return [s.endpoint for per_pool in self._states.values() for s in per_pool.values()]
 
@@ -248,8 +269,8 @@ class Datastore:
         else:
             self._in_flight[address] = (flights, toks)
         self._update(address, in_flight=flights, in_flight_tokens=toks)
-        if requests < 0:
-            self._changed(address)
+        # a finished request frees room; a new one may leave room for the next waiter too
+        self._changed(address)
 
     # ---- change notification (flow control wakes queued requests) ----------------------
     def add_listener(self, listener: Callable[[str], None]) -> None:

@@ -1,4 +1,4 @@
-"""The EPP's own Prometheus metrics, with upstream's names and labels, and the request log line.
+"""The EPP's own Prometheus metrics, with upstream's names and labels.
 
 One `EppMetrics` per process, built by the composition root with its own registry (no global
 state), served on the metrics port by `epp.server`. Names follow the upstream EPP so existing
@@ -7,15 +7,11 @@ dashboards keep working (reference/upstream-epp.md §5).
 
 from __future__ import annotations
 
-import logging
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from epp.admission.flow_control import FlowControl
 from epp.api.model import PRIORITY_STANDARD
 from epp.datastore import Datastore
-from epp.flowcontrol import FlowControl
-
-log = logging.getLogger("epp.requests")
 
 _LATENCY_BUCKETS = (0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 60, 120, 300)
 _TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 131072)

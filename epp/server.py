@@ -23,21 +23,24 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2_grpc
 from prometheus_client import generate_latest
 
+from epp.admission.controller import AdmissionController
+from epp.admission.flow_control import FlowControl
 from epp.api.model import Pool, ResourceSet
 from epp.certs import load_pair, self_signed
 from epp.datastore import Datastore
 from epp.director import Director
 from epp.extproc.service import ExternalProcessor, add_to_server
-from epp.flowcontrol import FlowControl
 from epp.gpu import GpuPoller, GpuSettings
 from epp.health import Health
 from epp.observability import EppMetrics
+from epp.routing import Router
 from epp.scheduling.config import load_config
-from epp.scheduling.registry import build_default_profiles
+from epp.scheduling.registry import build_default_profiles, service_time_of
 from epp.scrape.scraper import Scraper, ScrapeSettings
 from epp.settings import Settings
 from epp.sources.files import FolderSource
 from epp.tasks import Backoff, TaskOwner
+from epp.tracking.tracker import Tracking
 
 if TYPE_CHECKING:
     from epp.kube.runtime import KubeModeConfig, KubeRuntime
@@ -84,7 +87,12 @@ class EppServer:
             if f.enabled
             else None
         )
-        self.director = Director(self.store, profiles, s.protocol, s.saturation, flow=self.flow)
+        admission = AdmissionController(
+            self.store, s.saturation, self.flow, service_time_of(profiles)
+        )
+        router = Router(self.store, s.protocol)
+        self.director = Director(self.store, router, admission, profiles, s.protocol)
+        self.tracking = Tracking(self.director, self.store, self.metrics)
         self._kube: KubeRuntime | None = None
         self.health = Health()
         self._grpc: grpc.aio.Server | None = None
@@ -102,7 +110,7 @@ class EppServer:
         await self.health.start()
         self._grpc = grpc.aio.server()
         add_to_server(
-            ExternalProcessor(self.director, self.metrics, self.config.settings.protocol),
+            ExternalProcessor(self.tracking, self.config.settings.protocol),
             self._grpc,
         )
         address = f"{s.grpc_host}:{s.grpc_port}"

@@ -13,6 +13,8 @@ ENGINE_VLLM = "vllm"
 ENGINE_SGLANG = "sglang"
 ENGINE_TRTLLM = "trtllm-serve"
 ENGINE_TRITON = "triton-tensorrt-llm"
+# characters of text per token, where a count must be estimated before any tokenizer has run
+CHARS_PER_TOKEN = 4
 
 
 @dataclass(frozen=True, slots=True)

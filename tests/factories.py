@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 
+from epp.admission.controller import AdmissionController
+from epp.admission.flow_control import FlowControl
 from epp.api.model import ModelRoute, PodInfo, Pool, PoolDeployment, ResourceSet, SplitTarget
 from epp.datastore import Datastore
 from epp.director import Director
-from epp.scheduling.registry import build_default_profiles
+from epp.routing import Router
+from epp.scheduling.registry import build_default_profiles, service_time_of
 from epp.settings import ProtocolSettings, SaturationSettings
 from epp.types import Endpoint, EndpointMetrics, EndpointState
 
@@ -56,12 +60,19 @@ def state(address: str, waiting: int = 0, kv: float = 0.0, in_flight: int = 0) -
     return EndpointState(ep, fresh(waiting, kv), in_flight=in_flight)
 
 
-def director(store: Datastore, seed: int = 1, protocol: ProtocolSettings | None = None) -> Director:
+def director(
+    store: Datastore,
+    seed: int = 1,
+    protocol: ProtocolSettings | None = None,
+    saturation: SaturationSettings | None = None,
+    flow: FlowControl | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Director:
+    """A director wired as `epp serve` wires it (router, admission, default profiles)."""
     rng = random.Random(seed)
-    return Director(
-        store,
-        build_default_profiles(rng),
-        protocol or ProtocolSettings(),
-        SaturationSettings(),
-        rng=rng,
+    protocol = protocol or ProtocolSettings()
+    profiles = build_default_profiles(rng)
+    admission = AdmissionController(
+        store, saturation or SaturationSettings(), flow, service_time_of(profiles), clock
     )
+    return Director(store, Router(store, protocol, rng), admission, profiles, protocol, clock)

@@ -9,18 +9,16 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-from epp.director import Director
 from epp.extproc.stream import RequestStream
-from epp.observability import EppMetrics
 from epp.settings import ProtocolSettings
+from epp.tracking.tracker import Tracking
 
 log = logging.getLogger("epp.extproc")
 
 
 class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    def __init__(self, director: Director, metrics: EppMetrics, protocol: ProtocolSettings) -> None:
-        self._director = director
-        self._metrics = metrics
+    def __init__(self, tracking: Tracking, protocol: ProtocolSettings) -> None:
+        self._tracking = tracking
         self._protocol = protocol
 
     async def Process(
@@ -30,7 +28,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
     ) -> None:
         # Explicit read/write is markedly cheaper than an async-generator servicer in grpc.aio
         # (measured: about 1.4 times the throughput behind Envoy; tests/bench/test_bench_extproc).
-        stream = RequestStream(self._director, self._metrics, self._protocol)
+        stream = RequestStream(self._tracking, self._protocol)
         read, write = context.read, context.write
         try:
             while True:

@@ -21,7 +21,9 @@ from epp.scheduling.defaults import (
     DEFAULT_PROFILE,
 )
 from epp.scheduling.plugins.prefix_cache import PrefixCacheScorer
+from epp.scheduling.plugins.service_time import ServiceTimeScorer
 from epp.scheduling.scheduler import Profile
+from epp.scheduling.service_time import ServiceTime
 
 __all__ = [
     "CRITICAL_PROFILE",
@@ -29,6 +31,7 @@ __all__ = [
     "build_default_profiles",
     "prefix_scorers",
     "select_profile",
+    "service_time_of",
 ]
 
 
@@ -56,3 +59,14 @@ def prefix_scorers(profiles: Mapping[str, Profile]) -> list[PrefixCacheScorer]:
             if isinstance(ws.scorer, PrefixCacheScorer):
                 found.setdefault(id(ws.scorer), ws.scorer)
     return list(found.values())
+
+
+def service_time_of(profiles: Mapping[str, Profile]) -> ServiceTime:
+    """The service-time model admission shares with the scorer: the default profile's
+    `service-time-scorer` (else any profile's), so a user's `typicalOutputTokens` moves both."""
+    ordered = [profiles[DEFAULT_PROFILE]] if DEFAULT_PROFILE in profiles else []
+    for profile in (*ordered, *profiles.values()):
+        for ws in profile.scorers:
+            if isinstance(ws.scorer, ServiceTimeScorer):
+                return ws.scorer.model
+    return ServiceTime()

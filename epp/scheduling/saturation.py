@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from epp.settings import SaturationSettings
 from epp.types import EndpointState
 
 AGGREGATES = ("mean", "min")
@@ -34,14 +33,6 @@ class SaturationDetector:
             raise ValueError("max_in_flight must be >= 0")
         if self.aggregate not in AGGREGATES:
             raise ValueError(f"aggregate must be one of {AGGREGATES}")
-
-    @classmethod
-    def from_settings(
-        cls, settings: SaturationSettings, max_in_flight: int = 0
-    ) -> SaturationDetector:
-        return cls(
-            settings.queue_depth, settings.kv_cache_util, settings.staleness_seconds, max_in_flight
-        )
 
     def endpoint(self, state: EndpointState, now: float) -> float:
         m = state.metrics

@@ -23,62 +23,62 @@ CHAT = orjson.dumps({"model": "llama2-7b-chat", "messages": [{"role": "user", "c
         (b'{"model": ""}', "non-empty string"),
     ],
 )
-def test_bad_bodies_are_400_with_a_message(body: bytes, message: str) -> None:
+async def test_bad_bodies_are_400_with_a_message(body: bytes, message: str) -> None:
     with pytest.raises(BadRequest, match=message) as info:
-        director(seed_store()).handle({}, body)
+        await director(seed_store()).handle({}, body)
     assert info.value.status == 400
 
 
-def test_body_over_the_limit_is_413() -> None:
+async def test_body_over_the_limit_is_413() -> None:
     d = director(seed_store(), protocol=ProtocolSettings(max_body_bytes=10))
     with pytest.raises(RequestTooLarge):
-        d.handle({}, CHAT)
+        await d.handle({}, CHAT)
 
 
-def test_model_is_rewritten_to_the_served_name_only_when_it_differs() -> None:
+async def test_model_is_rewritten_to_the_served_name_only_when_it_differs() -> None:
     d = director(seed_store())
-    decision = d.handle({"x-request-id": "r1"}, CHAT)
+    decision = await d.handle({"x-request-id": "r1"}, CHAT)
     assert decision.target_model == SERVED
     assert orjson.loads(decision.body)["model"] == SERVED
     assert decision.request_id == "r1"
     served_body = orjson.dumps({"model": SERVED, "messages": []})
-    assert d.handle({}, served_body).body is served_body  # not re-serialized
+    assert (await d.handle({}, served_body)).body is served_body  # not re-serialized
 
 
-def test_least_loaded_endpoint_wins_and_in_flight_counts_at_once() -> None:
+async def test_least_loaded_endpoint_wins_and_in_flight_counts_at_once() -> None:
     store = seed_store()
     store.set_metrics("127.0.0.2:8000", fresh(waiting=9, kv=0.9))
     store.set_metrics("127.0.0.3:8000", fresh(waiting=0, kv=0.1))
     store.set_metrics("127.0.0.4:8000", fresh(waiting=4, kv=0.5))
     d = director(store)
-    first = d.handle({}, CHAT)
+    first = await d.handle({}, CHAT)
     assert first.endpoints == ("127.0.0.3:8000",)
     assert store.in_flight("127.0.0.3:8000") == 1
-    d.finish(first)
-    d.finish(first)  # idempotent
+    first.lease.release()
+    first.lease.release()  # idempotent
     assert store.in_flight("127.0.0.3:8000") == 0
 
 
-def test_burst_spreads_by_in_flight_before_metrics_catch_up() -> None:
+async def test_burst_spreads_by_in_flight_before_metrics_catch_up() -> None:
     store = seed_store()
     for address in ("127.0.0.2:8000", "127.0.0.3:8000", "127.0.0.4:8000"):
         store.set_metrics(address, fresh())
     d = director(store)
-    picks = [d.handle({}, CHAT).endpoints[0] for _ in range(9)]
+    picks = [(await d.handle({}, CHAT)).endpoints[0] for _ in range(9)]
     assert sorted(picks.count(a) for a in set(picks)) == [3, 3, 3]
 
 
-def test_unknown_model_goes_to_the_only_pool_unless_registration_is_required() -> None:
+async def test_unknown_model_goes_to_the_only_pool_unless_registration_is_required() -> None:
     store = seed_store()
     other = orjson.dumps({"model": "someone-else", "prompt": "x"})
-    assert director(store).handle({}, other).pool == "default/llama2-gpu-pool"
+    assert (await director(store).handle({}, other)).pool == "default/llama2-gpu-pool"
     strict = director(store, protocol=ProtocolSettings(require_registered_models=True))
     with pytest.raises(ModelNotFound) as info:
-        strict.handle({}, other)
+        await strict.handle({}, other)
     assert info.value.status == 404
 
 
-def test_canary_split_lands_within_one_point_of_its_weight() -> None:
+async def test_canary_split_lands_within_one_point_of_its_weight() -> None:
     store = Datastore()
     from epp.api.model import ResourceSet
     from tests.factories import pod
@@ -97,18 +97,18 @@ def test_canary_split_lands_within_one_point_of_its_weight() -> None:
     d = director(store, seed=7)
     versions = []
     for _ in range(10_000):
-        decision = d.handle({}, CHAT)
+        decision = await d.handle({}, CHAT)
         versions.append(decision.version)
-        d.finish(decision)
+        decision.lease.release()
     share = versions.count("canary") / len(versions)
     assert 0.09 <= share <= 0.11
-    assert {d.handle({}, CHAT).pool for _ in range(200)} == {
+    assert {(await d.handle({}, CHAT)).pool for _ in range(200)} == {
         "default/llama2-gpu-pool",
         "default/canary",
     }
 
 
-def test_sheddable_is_shed_when_saturated_but_critical_is_not() -> None:
+async def test_sheddable_is_shed_when_saturated_but_critical_is_not() -> None:
     for priority, shed in ((PRIORITY_SHEDDABLE, True), (PRIORITY_CRITICAL, False)):
         store = seed_store(models=(model(priority=priority),))
         for address in ("127.0.0.2:8000", "127.0.0.3:8000", "127.0.0.4:8000"):
@@ -116,48 +116,48 @@ def test_sheddable_is_shed_when_saturated_but_critical_is_not() -> None:
         d = director(store)
         if shed:
             with pytest.raises(Shed) as info:
-                d.handle({}, CHAT)
+                await d.handle({}, CHAT)
             assert info.value.status == 429
         else:
-            assert d.handle({}, CHAT).endpoints
+            assert (await d.handle({}, CHAT)).endpoints
 
 
-def test_sheddable_is_admitted_when_one_pod_has_room() -> None:
+async def test_sheddable_is_admitted_when_one_pod_has_room() -> None:
     store = seed_store(models=(model(priority=PRIORITY_SHEDDABLE),))
     store.set_metrics("127.0.0.2:8000", fresh(waiting=50, kv=0.95))
     store.set_metrics("127.0.0.3:8000", fresh(waiting=1, kv=0.2))
     store.set_metrics("127.0.0.4:8000", fresh(waiting=30, kv=0.9))
-    assert director(store).handle({}, CHAT).endpoints == ("127.0.0.3:8000",)
+    assert (await director(store).handle({}, CHAT)).endpoints == ("127.0.0.3:8000",)
 
 
-def test_subset_hint_limits_the_choice_and_empty_match_is_503() -> None:
+async def test_subset_hint_limits_the_choice_and_empty_match_is_503() -> None:
     d = director(seed_store())
     for _ in range(20):
-        decision = d.handle({}, CHAT, subset=["127.0.0.4:8000"])
+        decision = await d.handle({}, CHAT, subset=["127.0.0.4:8000"])
         assert decision.endpoints == ("127.0.0.4:8000",)
-        d.finish(decision)
-    assert d.handle({}, CHAT, subset=["127.0.0.3"]).endpoints == ("127.0.0.3:8000",)
+        decision.lease.release()
+    assert (await d.handle({}, CHAT, subset=["127.0.0.3"])).endpoints == ("127.0.0.3:8000",)
     with pytest.raises(NoEndpoints) as info:
-        d.handle({}, CHAT, subset=["10.9.9.9:8000"])
+        await d.handle({}, CHAT, subset=["10.9.9.9:8000"])
     assert info.value.status == 503
     with pytest.raises(NoEndpoints):
-        d.handle({}, CHAT, subset=[])
+        await d.handle({}, CHAT, subset=[])
 
 
-def test_unhealthy_endpoints_are_skipped_and_none_left_is_503() -> None:
+async def test_unhealthy_endpoints_are_skipped_and_none_left_is_503() -> None:
     store = seed_store()
     store.set_health("127.0.0.2:8000", False)
     store.set_health("127.0.0.3:8000", False)
     d = director(store)
-    assert {d.handle({}, CHAT).endpoints[0] for _ in range(10)} == {"127.0.0.4:8000"}
+    assert {(await d.handle({}, CHAT)).endpoints[0] for _ in range(10)} == {"127.0.0.4:8000"}
     store.set_health("127.0.0.4:8000", False)
     with pytest.raises(NoEndpoints):
-        d.handle({}, CHAT)
+        await d.handle({}, CHAT)
 
 
-def test_fallback_endpoints_follow_the_primary() -> None:
+async def test_fallback_endpoints_follow_the_primary() -> None:
     d = director(seed_store(), protocol=ProtocolSettings(fallback_endpoints=2))
-    decision = d.handle({}, CHAT)
+    decision = await d.handle({}, CHAT)
     assert len(decision.endpoints) == 3
     assert len(set(decision.endpoints)) == 3
 
@@ -181,21 +181,21 @@ def canary_store() -> Datastore:
     return store
 
 
-def test_sticky_header_keeps_a_user_on_one_version() -> None:
+async def test_sticky_header_keeps_a_user_on_one_version() -> None:
     d = director(canary_store(), protocol=ProtocolSettings(sticky_header="x-user-id"))
     for user in ("alice", "bob", "carol", "dave"):
-        versions = {d.handle({"x-user-id": user}, CHAT).version for _ in range(30)}
+        versions = {(await d.handle({"x-user-id": user}, CHAT)).version for _ in range(30)}
         assert len(versions) == 1
-    spread = {d.handle({"x-user-id": f"user-{i}"}, CHAT).version for i in range(40)}
+    spread = {(await d.handle({"x-user-id": f"user-{i}"}, CHAT)).version for i in range(40)}
     assert spread == {"stable", "canary"}  # different users still split
 
 
-def test_pool_pin_from_a_trusted_proxy_skips_the_pool_split() -> None:
+async def test_pool_pin_from_a_trusted_proxy_skips_the_pool_split() -> None:
     headers = {"x-gateway-inference-pool": "default/canary"}
     trusted = director(canary_store(), protocol=ProtocolSettings(trust_control_headers=True))
-    assert {trusted.handle(headers, CHAT).pool for _ in range(30)} == {"default/canary"}
+    assert {(await trusted.handle(headers, CHAT)).pool for _ in range(30)} == {"default/canary"}
     untrusted = director(canary_store())
-    assert len({untrusted.handle(headers, CHAT).pool for _ in range(60)}) == 2
+    assert len({(await untrusted.handle(headers, CHAT)).pool for _ in range(60)}) == 2
 
 
 @pytest.mark.parametrize(
@@ -209,7 +209,7 @@ def test_pool_pin_from_a_trusted_proxy_skips_the_pool_split() -> None:
         ("garbage", "high", 0, 0),
     ],
 )
-def test_priority_policy_from_the_route(
+async def test_priority_policy_from_the_route(
     policy: str, client: str | None, model_priority: int | None, expected: int
 ) -> None:
     models = () if model_priority is None else (model(priority=model_priority),)
@@ -220,6 +220,6 @@ def test_priority_policy_from_the_route(
     headers = {"x-gateway-priority-policy": policy}
     if client is not None:
         headers["x-request-priority"] = client
-    assert d.handle(headers, CHAT).priority == expected
+    assert (await d.handle(headers, CHAT)).priority == expected
     untrusted = director(store)
-    assert untrusted.handle(headers, CHAT).priority == (model_priority or 0)
+    assert (await untrusted.handle(headers, CHAT)).priority == (model_priority or 0)

@@ -5,9 +5,10 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mode_pb
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from epp.extproc.stream import EARLY_PACE_EVENTS, RequestStream
+from epp.extproc.stream import RequestStream
 from epp.observability import EppMetrics
 from epp.settings import ProtocolSettings
+from epp.tracking.tracker import EARLY_PACE_EVENTS, Tracking
 from tests.factories import SERVED, director, seed_store
 
 
@@ -50,7 +51,9 @@ def set_headers(reply: pb.ProcessingResponse, phase: str) -> dict[str, str]:
 
 def new_stream(**protocol: int) -> tuple[RequestStream, object]:
     store = seed_store()
-    return RequestStream(director(store), EppMetrics(), ProtocolSettings(**protocol)), store
+    settings = ProtocolSettings(**protocol)
+    tracking = Tracking(director(store, protocol=settings), store, EppMetrics())
+    return RequestStream(tracking, settings), store
 
 
 CHAT = {"model": "llama2-7b-chat", "messages": [{"role": "user", "content": "hello"}]}

@@ -4,7 +4,6 @@ refused; a wait has a deadline; a cancelled wait leaves no trace."""
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -13,15 +12,15 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
+from epp.admission.flow_control import FlowControl
 from epp.api.model import ModelRoute, ResourceSet
 from epp.datastore import Datastore
 from epp.director import Decision, Director
 from epp.errors import QueueFull, QueueTimeout, Shed
-from epp.flowcontrol import FlowControl
 from epp.observability import EppMetrics
-from epp.scheduling.registry import build_default_profiles
-from epp.settings import ProtocolSettings, SaturationSettings
+from epp.settings import SaturationSettings
 from epp.types import EndpointMetrics
+from tests.factories import director as make_director
 from tests.factories import fresh, pod, pool
 
 A, B = "127.0.0.2:8000", "127.0.0.3:8000"
@@ -49,17 +48,8 @@ def setup(
     )
     store.apply_resources(ResourceSet((pool(),), models, pods))
     flow = FlowControl(store, timeout, max_requests, max_bytes)
-    rng = random.Random(3)
     saturation = SaturationSettings(queue_depth=100, kv_cache_util=0.99)  # only the limit counts
-    director = Director(
-        store,
-        build_default_profiles(rng),
-        ProtocolSettings(),
-        saturation,
-        clock=clock,
-        rng=rng,
-        flow=flow,
-    )
+    director = make_director(store, 3, saturation=saturation, flow=flow, clock=clock)
     return store, director, flow
 
 
@@ -77,7 +67,7 @@ def learn_limit_one(store: Datastore) -> None:
     assert [s.limit for s in store.candidates("default/llama2-gpu-pool")] == [1, 1]
 
 
-def test_a_single_queued_scrape_teaches_nothing() -> None:
+async def test_a_single_queued_scrape_teaches_nothing() -> None:
     store, _, _ = setup()
     store.set_metrics(A, full(running=3, waiting=1))
     store.set_metrics(A, fresh(running=3))
@@ -91,28 +81,28 @@ async def test_critical_overtakes_standard_and_sheddable_is_refused() -> None:
     store.set_metrics(A, fresh())
     store.set_metrics(B, fresh())
     # limit 1 plus a queue of one: two requests per pod, then both are full
-    admitted = [await director.handle_queued({}, body("std")) for _ in range(4)]
+    admitted = [await director.handle({}, body("std")) for _ in range(4)]
     assert sorted(d.endpoints[0] for d in admitted) == [A, A, B, B]
     first, *others = admitted
     with pytest.raises(Shed):
-        await director.handle_queued({}, body("shed"))
+        await director.handle({}, body("shed"))
     order: list[str] = []
 
     async def request(model: str) -> None:
-        decision = await director.handle_queued({}, body(model))
+        decision = await director.handle({}, body(model))
         order.append(model)
         await asyncio.sleep(0.01)
-        director.finish(decision)
+        decision.lease.release()
 
     standard = asyncio.create_task(request("std"))
     await asyncio.sleep(0.01)
     critical = asyncio.create_task(request("crit"))
     await asyncio.sleep(0.01)
     assert order == [] and flow.queued("default/llama2-gpu-pool") == 2
-    director.finish(first)  # one slot frees: the critical request, queued later, goes first
+    first.lease.release()  # one slot frees: the critical request, queued later, goes first
     await asyncio.gather(standard, critical, asyncio.sleep(0))
     for decision in others:
-        director.finish(decision)
+        decision.lease.release()
     assert order == ["crit", "std"]
     assert flow.queued("default/llama2-gpu-pool") == 0
     assert all(s.in_flight == 0 for s in store.candidates("default/llama2-gpu-pool"))
@@ -122,9 +112,9 @@ async def test_waiting_has_a_deadline_and_a_cancelled_wait_leaves_the_queue() ->
     store, director, flow = setup(timeout=0.05)
     learn_limit_one(store)
     with pytest.raises(QueueTimeout) as info:
-        await director.handle_queued({}, body("std"))
+        await director.handle({}, body("std"))
     assert info.value.status == 503
-    waiting = asyncio.create_task(director.handle_queued({}, body("crit")))
+    waiting = asyncio.create_task(director.handle({}, body("crit")))
     await asyncio.sleep(0.01)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -134,7 +124,7 @@ async def test_waiting_has_a_deadline_and_a_cancelled_wait_leaves_the_queue() ->
 
 async def fill_both(director: Director) -> list[Decision]:
     """Limit 1 plus a queue of one on both pods: four standard requests fill them."""
-    return [await director.handle_queued({}, body("std")) for _ in range(4)]
+    return [await director.handle({}, body("std")) for _ in range(4)]
 
 
 async def test_a_full_waiting_room_answers_429_at_once_per_priority() -> None:
@@ -143,16 +133,16 @@ async def test_a_full_waiting_room_answers_429_at_once_per_priority() -> None:
     store.set_metrics(A, fresh())
     store.set_metrics(B, fresh())
     admitted = await fill_both(director)
-    waiting = asyncio.create_task(director.handle_queued({}, body("std")))
+    waiting = asyncio.create_task(director.handle({}, body("std")))
     await asyncio.sleep(0.01)
     with pytest.raises(QueueFull) as info:  # the standard band holds one request already
-        await director.handle_queued({}, body("std"))
+        await director.handle({}, body("std"))
     assert info.value.status == 429 and "--queue-max-requests 1" in info.value.message
-    critical = asyncio.create_task(director.handle_queued({}, body("crit")))  # its own band
+    critical = asyncio.create_task(director.handle({}, body("crit")))  # its own band
     await asyncio.sleep(0.01)
     assert flow.queued("default/llama2-gpu-pool") == 2
-    director.finish(admitted[0])
-    director.finish(admitted[1])
+    admitted[0].lease.release()
+    admitted[1].lease.release()
     await asyncio.wait_for(asyncio.gather(waiting, critical), 1)
     assert flow.queued("default/llama2-gpu-pool") == 0
 
@@ -163,18 +153,18 @@ async def test_the_waiting_room_counts_body_bytes() -> None:
     store.set_metrics(A, fresh())
     store.set_metrics(B, fresh())
     admitted = await fill_both(director)
-    first = asyncio.create_task(director.handle_queued({}, body("std")))
-    second = asyncio.create_task(director.handle_queued({}, body("std")))
+    first = asyncio.create_task(director.handle({}, body("std")))
+    second = asyncio.create_task(director.handle({}, body("std")))
     await asyncio.sleep(0.01)
     with pytest.raises(QueueFull, match="--queue-max-bytes"):  # a third body would not fit
-        await director.handle_queued({}, body("std"))
-    director.finish(admitted[0])
+        await director.handle({}, body("std"))
+    admitted[0].lease.release()
     await asyncio.wait_for(first, 1)  # one left: room for another body
-    third = asyncio.create_task(director.handle_queued({}, body("std")))
+    third = asyncio.create_task(director.handle({}, body("std")))
     await asyncio.sleep(0.01)
     assert flow.queued("default/llama2-gpu-pool") == 2
     for decision in admitted[1:]:
-        director.finish(decision)
+        decision.lease.release()
     await asyncio.wait_for(asyncio.gather(second, third), 1)
 
 
@@ -193,12 +183,12 @@ async def test_waiting_requests_are_exported_per_priority() -> None:
     store.set_metrics(A, fresh())
     store.set_metrics(B, fresh())
     admitted = await fill_both(director)
-    waiting = [asyncio.create_task(director.handle_queued({}, body(m))) for m in ("std", "crit")]
+    waiting = [asyncio.create_task(director.handle({}, body(m))) for m in ("std", "crit")]
     await asyncio.sleep(0.01)
     assert (exported("size", "0"), exported("size", "1")) == (1, 1)
     assert exported("bytes", "0") == len(body("std"))
     for decision in admitted[:2]:
-        director.finish(decision)
+        decision.lease.release()
     await asyncio.wait_for(asyncio.gather(*waiting), 1)
     assert (exported("size", "0"), exported("size", "1")) == (0, None)
 
@@ -206,11 +196,11 @@ async def test_waiting_requests_are_exported_per_priority() -> None:
 async def test_without_a_learned_limit_nothing_waits() -> None:
     store, director, flow = setup()
     store.set_metrics(A, fresh(waiting=0, running=50))
-    decisions = [await director.handle_queued({}, body("std")) for _ in range(20)]
+    decisions = [await director.handle({}, body("std")) for _ in range(20)]
     assert len(decisions) == 20 and flow.queued("default/llama2-gpu-pool") == 0
 
 
-def test_sheddable_requests_leave_a_reserve_for_the_others() -> None:
+async def test_sheddable_requests_leave_a_reserve_for_the_others() -> None:
     store, director, _ = setup()
     for _ in range(3):  # batch limit 4 on both pods
         store.set_metrics(A, full(running=4))
@@ -220,11 +210,11 @@ def test_sheddable_requests_leave_a_reserve_for_the_others() -> None:
     states = store.candidates("default/llama2-gpu-pool")
     assert all(s.has_room and not s.has_room_keeping(0.25) for s in states)
     with pytest.raises(Shed):
-        director.handle({}, body("shed"))
-    assert director.handle({}, body("std")).endpoints
+        await director.handle({}, body("shed"))
+    assert (await director.handle({}, body("std"))).endpoints
 
 
-def test_a_low_first_limit_grows_when_the_server_runs_more() -> None:
+async def test_a_low_first_limit_grows_when_the_server_runs_more() -> None:
     store, _, _ = setup()
     for _ in range(3):
         store.set_metrics(A, full(running=2))
@@ -240,7 +230,7 @@ async def fill_fast_and_slow(store: Datastore, director: Director) -> list[Decis
     store.record_tokens(B, 5.0, 100)
     store.set_metrics(A, fresh())
     store.set_metrics(B, fresh())
-    admitted = [await director.handle_queued({}, body("std", 10)) for _ in range(4)]
+    admitted = [await director.handle({}, body("std", 10)) for _ in range(4)]
     assert sorted(d.endpoints[0] for d in admitted) == [A, A, B, B]
     return admitted
 
@@ -253,7 +243,7 @@ async def test_a_long_request_keeps_its_place_for_a_fast_pod_and_a_short_one_tak
     picked: list[tuple[int, str]] = []
 
     async def request(max_tokens: int) -> None:
-        decision = await director.handle_queued({}, body("std", max_tokens))
+        decision = await director.handle({}, body("std", max_tokens))
         picked.append((max_tokens, decision.endpoints[0]))
 
     long_, short = asyncio.create_task(request(400)), None
@@ -263,10 +253,10 @@ async def test_a_long_request_keeps_its_place_for_a_fast_pod_and_a_short_one_tak
     assert flow.queued("default/llama2-gpu-pool") == 2
     # a slot frees on the slow pod: 400 tokens there cost 10 s more than waiting for A, so the
     # long request declines it (keeping its place) and the short one behind it takes it
-    director.finish(next(d for d in admitted if d.endpoints[0] == B))
+    next(d for d in admitted if d.endpoints[0] == B).lease.release()
     await asyncio.wait_for(short, 1)
     assert picked == [(10, B)] and not long_.done()
-    director.finish(next(d for d in admitted if d.endpoints[0] == A))  # now a fast slot
+    next(d for d in admitted if d.endpoints[0] == A).lease.release()  # now a fast slot
     await asyncio.wait_for(long_, 1)
     assert picked == [(10, B), (400, A)]
 
@@ -275,8 +265,8 @@ async def test_a_declined_slot_is_taken_once_waiting_cost_more_than_it_saves() -
     now = [100.0]
     store, director, flow = setup(clock=lambda: now[0])
     admitted = await fill_fast_and_slow(store, director)
-    waiting = asyncio.create_task(director.handle_queued({}, body("std", 400)))
-    director.finish(next(d for d in admitted if d.endpoints[0] == B))
+    waiting = asyncio.create_task(director.handle({}, body("std", 400)))
+    next(d for d in admitted if d.endpoints[0] == B).lease.release()
     await asyncio.sleep(0.01)
     assert not waiting.done()  # declined the slow slot
     now[0] += 8.0  # 8 s waited + 2.5 s slack >= the 10 s the slow pod costs
@@ -292,15 +282,15 @@ async def test_time_spent_with_no_room_at_all_does_not_make_a_long_request_take_
     now = [100.0]
     store, director, flow = setup(clock=lambda: now[0])
     admitted = await fill_fast_and_slow(store, director)
-    waiting = asyncio.create_task(director.handle_queued({}, body("std", 400)))
+    waiting = asyncio.create_task(director.handle({}, body("std", 400)))
     await asyncio.sleep(0.01)
     now[0] += 20.0  # a long overload: no room anywhere for 20 s
-    director.finish(next(d for d in admitted if d.endpoints[0] == B))
+    next(d for d in admitted if d.endpoints[0] == B).lease.release()
     await asyncio.sleep(0.01)
     # first in line, it still declines: those 20 s were not its choice, and the slow pod would
     # cost it 10 s more than the next fast slot
     assert not waiting.done()
-    director.finish(next(d for d in admitted if d.endpoints[0] == A))
+    next(d for d in admitted if d.endpoints[0] == A).lease.release()
     decision = await asyncio.wait_for(waiting, 1)
     assert decision.endpoints[0] == A
     assert flow.queued("default/llama2-gpu-pool") == 0
@@ -311,20 +301,20 @@ async def test_a_request_behind_others_does_not_start_its_patience_clock() -> No
     store, director, flow = setup(clock=lambda: now[0])
     admitted = await fill_fast_and_slow(store, director)
     on_slow = [d for d in admitted if d.endpoints[0] == B]
-    first = asyncio.create_task(director.handle_queued({}, body("std", 400)))
+    first = asyncio.create_task(director.handle({}, body("std", 400)))
     await asyncio.sleep(0.01)
-    second = asyncio.create_task(director.handle_queued({}, body("std", 400)))
+    second = asyncio.create_task(director.handle({}, body("std", 400)))
     await asyncio.sleep(0.01)
-    director.finish(on_slow[0])  # both decline the slow slot
+    on_slow[0].lease.release()  # both decline the slow slot
     await asyncio.sleep(0.01)
     assert not first.done() and not second.done()
     now[0] += 8.0  # the first in line has now held out long enough; the second has not
     store.set_metrics(B, fresh())
     assert (await asyncio.wait_for(first, 1)).endpoints[0] == B
-    director.finish(on_slow[1])  # room on the slow pod again
+    on_slow[1].lease.release()  # room on the slow pod again
     await asyncio.sleep(0.01)
     assert not second.done()  # its own clock started only when it came first in line
-    director.finish(next(d for d in admitted if d.endpoints[0] == A))
+    next(d for d in admitted if d.endpoints[0] == A).lease.release()
     assert (await asyncio.wait_for(second, 1)).endpoints[0] == A
     assert flow.queued("default/llama2-gpu-pool") == 0
 
@@ -332,10 +322,10 @@ async def test_a_request_behind_others_does_not_start_its_patience_clock() -> No
 async def test_a_critical_request_takes_the_first_free_slot_even_on_a_slow_pod() -> None:
     store, director, _ = setup()
     admitted = await fill_fast_and_slow(store, director)
-    waiting = asyncio.create_task(director.handle_queued({}, body("crit", 400)))
+    waiting = asyncio.create_task(director.handle({}, body("crit", 400)))
     await asyncio.sleep(0.01)
     for decision in [d for d in admitted if d.endpoints[0] == B]:
-        director.finish(decision)  # a free batch slot on the slow pod
+        decision.lease.release()  # a free batch slot on the slow pod
     decision = await asyncio.wait_for(waiting, 1)  # time to first token comes first
     assert decision.endpoints[0] == B
 
@@ -348,7 +338,7 @@ async def batch_and_queue_full(
     learn_limit_one(store)
     store.set_metrics(A, fresh())
     store.set_metrics(B, fresh())
-    admitted = [await director.handle_queued({}, body("std")) for _ in range(4)]
+    admitted = [await director.handle({}, body("std")) for _ in range(4)]
     return store, director, flow, admitted
 
 
@@ -358,14 +348,14 @@ async def test_a_critical_request_waits_for_a_free_batch_slot_not_a_place_in_a_s
     now = [100.0]
     store, director, flow, admitted = await batch_and_queue_full(now)
     on_a = [d for d in admitted if d.endpoints[0] == A]
-    director.finish(on_a[0])  # A: one running, room for one queued inside it
-    waiting = asyncio.create_task(director.handle_queued({}, body("crit")))
+    on_a[0].lease.release()  # A: one running, room for one queued inside it
+    waiting = asyncio.create_task(director.handle({}, body("crit")))
     await asyncio.sleep(0.01)
     assert not waiting.done() and flow.queued("default/llama2-gpu-pool") == 1
-    director.finish(on_a[1])  # A's batch slot is free now
+    on_a[1].lease.release()  # A's batch slot is free now
     decision = await asyncio.wait_for(waiting, 1)
     assert decision.endpoints[0] == A
-    late = asyncio.create_task(director.handle_queued({}, body("crit")))  # no free slot
+    late = asyncio.create_task(director.handle({}, body("crit")))  # no free slot
     await asyncio.sleep(0.01)
     assert not late.done()
     now[0] += 1.0  # after a while a critical request takes queue room too (limits can grow)
@@ -378,27 +368,27 @@ async def test_after_its_wait_a_critical_request_queues_only_where_it_would_be_f
 ):
     now = [100.0]
     store, director, flow, admitted = await batch_and_queue_full(now)
-    late = asyncio.create_task(director.handle_queued({}, body("crit")))
+    late = asyncio.create_task(director.handle({}, body("crit")))
     await asyncio.sleep(0.01)
     now[0] += 1.0  # waited long enough to take queue room, but every queue is taken
     store.set_metrics(A, fresh())
     await asyncio.sleep(0.01)
     assert not late.done() and flow.queued("default/llama2-gpu-pool") == 1
-    director.finish(next(d for d in admitted if d.endpoints[0] == B))  # B: one running, none queued
+    next(d for d in admitted if d.endpoints[0] == B).lease.release()  # B: one running, none queued
     assert (await asyncio.wait_for(late, 1)).endpoints[0] == B  # first in line there
 
 
-def test_a_declared_batch_size_counts_before_any_limit_is_learned() -> None:
+async def test_a_declared_batch_size_counts_before_any_limit_is_learned() -> None:
     store, director, _ = setup(max_num_seqs=4)
     assert [s.limit for s in store.candidates("default/llama2-gpu-pool")] == [4, 4]
     store.set_metrics(A, fresh())  # idle servers: nothing learned from them
     store.set_metrics(B, fresh())
     # the pod spec's --max-num-seqs already keeps the sheddable reserve (1 of 4 slots)
-    admitted = [director.handle({}, body("shed")) for _ in range(6)]
+    admitted = [await director.handle({}, body("shed")) for _ in range(6)]
     assert sorted(d.endpoints[0] for d in admitted) == [A, A, A, B, B, B]
     with pytest.raises(Shed):
-        director.handle({}, body("shed"))
-    assert director.handle({}, body("crit")).endpoints
+        await director.handle({}, body("shed"))
+    assert (await director.handle({}, body("crit"))).endpoints
     for _ in range(3):  # a queue at 3 running with room in the KV cache: one long step
         store.set_metrics(A, full(running=3, waiting=1))
     assert [s.limit for s in store.candidates("default/llama2-gpu-pool")] == [4, 4]

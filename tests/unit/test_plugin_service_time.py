@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from epp.director import output_limit
+from epp.request import output_limit
 from epp.scheduling.base import SchedulingRequest
 from epp.scheduling.plugins.service_time import ServiceTimeScorer
 from epp.scheduling.snapshot import Snapshot

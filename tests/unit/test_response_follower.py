@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import orjson
 
-from epp.director import prompt_text
-from epp.extproc.response import ResponseFollower
+from epp.request import prompt_text
+from epp.tracking.follower import ResponseFollower
 
 SERVED, CLIENT = "meta-llama/Llama-2-7b-chat-hf", "llama2-7b-chat"
 

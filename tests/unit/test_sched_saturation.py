@@ -7,7 +7,6 @@ import pytest
 from epp.scheduling.base import SchedulingRequest
 from epp.scheduling.plugins.saturation_filter import SaturationFilter
 from epp.scheduling.saturation import SaturationDetector
-from epp.settings import SaturationSettings
 from epp.types import Endpoint, EndpointMetrics, EndpointState
 
 NOW = 1000.0
@@ -69,13 +68,6 @@ def test_in_flight_beyond_scraped_running_counts_as_queue() -> None:
     assert capped.endpoint(ep("a", running=20, in_flight=20), NOW) == pytest.approx(2.0)
 
 
-def test_from_settings() -> None:
-    d = SaturationDetector.from_settings(SaturationSettings(7, 0.5, 1.0))
-    assert (d.queue_depth, d.kv_cache_util, d.staleness) == (7, 0.5, 1.0)
-    with pytest.raises(ValueError):
-        SaturationDetector(kv_cache_util=1.5)
-
-
 def test_filter_keeps_unsaturated_then_falls_back_to_all() -> None:
     flt = SaturationFilter(clock=lambda: NOW)
     req = SchedulingRequest("r", "m")
@@ -103,3 +95,8 @@ def test_pool_level_matches_per_endpoint_levels() -> None:
     levels = [d.endpoint(s, NOW) for s in states]
     assert levels == pytest.approx([1.0, 1.0, 1.0, 0.25])
     assert d.saturation(states, NOW) == pytest.approx(sum(levels) / 4)
+
+
+def test_invalid_thresholds_are_refused() -> None:
+    with pytest.raises(ValueError):
+        SaturationDetector(kv_cache_util=1.5)

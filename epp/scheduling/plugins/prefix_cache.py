@@ -20,9 +20,8 @@ from epp.scheduling.params import Params
 from epp.scheduling.plugins.prefix_index import PrefixIndex, block_hashes
 from epp.scheduling.plugins.signals import DEFAULT_STALENESS, fresh_cutoff
 from epp.scheduling.snapshot import snapshot_of
-from epp.types import EndpointState
+from epp.types import CHARS_PER_TOKEN, EndpointState
 
-CHARS_PER_TOKEN = 4
 PURGE_EVERY = 4096  # picks between sweeps for endpoints that stopped receiving traffic
 
 

@@ -1,20 +1,18 @@
-"""Flow control: when no endpoint of a pool has room, requests wait here, best priority first.
+"""The waiting room: when no endpoint of a pool has room, requests wait here, best priority first.
 
 Pods queue first come, first served, so a critical request sent to a full pod waits behind every
 request admitted before it. Holding the excess in the EPP instead (the pods' batches stay full,
 their queues short) lets a critical request overtake queued standard ones, and lets sheddable
-requests be refused while there is no room at all. An endpoint has room while its load is under
-its learned concurrency limit (`EndpointState.has_room`); until a limit is learned every
-endpoint has room and nothing waits. The datastore tells us when an endpoint may have gained
-room (a request finished, new metrics); each such event wakes the best waiter for which there is
-room, and a waiter that got its endpoint passes the turn on, so a burst of room drains the queue
-in order. "Room for" is each request's own test, told whether the request is first in line: a
-long request may decline a free slot on a slow GPU and keep its place for a fast one, and the
-slot goes to the next waiter of the same priority it suits (the director decides; see
-`Director._room` and `Director._free_slot`). Each priority of each pool has a bounded waiting
+requests be refused while there is no room at all. Whether there is room for a request is its
+own `RoomTest` (`epp.admission.rooms`), told whether the request is first in line: a long
+request may decline a free slot on a slow GPU and keep its place for a fast one, and the slot
+goes to the next waiter of the same priority it suits. The datastore tells us when an endpoint
+may have gained room (a request finished or started, new metrics); each such event wakes the
+best waiter for which there is room, and a waiter that got its endpoint passes the turn on, so
+a burst of room drains the queue in order. Each priority of each pool has a bounded waiting
 room (requests and body bytes, like upstream's per-band capacity): a request that finds it full
-gets 429 `QueueFull` at once instead of holding its body in memory for a slot that will not come.
-Neighbours: `epp.director` calls `wait_for_room`; `epp.datastore` calls `notify`.
+gets 429 `QueueFull` at once instead of holding its body in memory for a slot that will not
+come. Neighbours: `epp.admission.controller` calls `wait_for_room`; `epp.datastore` `notify`.
 """
 
 from __future__ import annotations
@@ -22,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from epp.datastore import Datastore
 from epp.errors import QueueFull, QueueTimeout
@@ -31,13 +29,19 @@ from epp.errors import QueueFull, QueueTimeout
 SCAN = 32  # waiters a notification looks at, best first, for one that the room suits
 
 
+class RoomTest(Protocol):
+    def __call__(self, first: bool) -> bool:
+        """Whether there is room for this request now; `first`: nothing of its priority or
+        better waits ahead of it."""
+        ...
+
+
 @dataclass(order=True, slots=True)
 class _Waiter:
     rank: int  # -priority: the heap pops the highest priority first
     seq: int  # then the oldest
     future: asyncio.Future[None] = field(compare=False)
-    # is there room for this request now? (the argument: is it first in line)
-    fits: Callable[[bool], bool] = field(compare=False)
+    fits: RoomTest = field(compare=False)
     first: bool = field(default=False, compare=False)  # first in line when last woken
 
 
@@ -60,7 +64,7 @@ class FlowControl:
         return sum(n for n, _ in self.waiting(pool_key).values())
 
     async def wait_for_room(
-        self, pool_key: str, priority: int, has_room: Callable[[bool], bool], size: int = 0
+        self, pool_key: str, priority: int, has_room: RoomTest, size: int = 0
     ) -> None:
         """Return when the pool has room for this request and no better request waits.
         `has_room(first)` is the request's own test; `first`: nothing of its priority or better

@@ -1,0 +1,172 @@
+"""The room rules: whether a waiting request may go now, and which endpoints it is offered.
+
+An endpoint has room while its load is under its batch limit plus a small queue
+(`EndpointState.has_room`). A critical request wants a free batch slot (`free`): queued inside
+a server it would wait for that server's next finished request, while waiting here it gets the
+first slot anywhere; after `CRITICAL_QUEUE_AFTER` it also takes a full batch with nothing queued
+(`probe`), so learned limits can still grow under critical-only traffic. A standard request
+takes room where it would not finish much later than on the best endpoint (`StandardRoom`): a
+long one declines a free slot on a slow GPU while a fast one frees up soon enough, and the time
+it has held out since it first declined, first in line, counts against the gain (`Patience`).
+Every test reads a `RoomView`: the facts of one snapshot of the pool, computed once and shared
+by every waiter a wake-up asks. Neighbours: `flow_control` asks the tests, `controller` builds
+them; `epp.scheduling.service_time` predicts the times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from epp.admission.envelope import LowerEnvelope
+from epp.errors import NoEndpoints
+from epp.scheduling.service_time import ServiceTime
+from epp.types import EndpointState
+
+Clock = Callable[[], float]
+# a critical request waits this long for a free batch slot before queueing inside a server
+CRITICAL_QUEUE_AFTER = 0.5
+# a waiting request declines room where it would finish later than on the best endpoint by more
+# than this share of a typical request's time on the fastest one
+DECLINE_AFTER = 0.5
+
+
+def free(state: EndpointState) -> bool:
+    """A free slot in the endpoint's batch (or no limit learned yet)."""
+    return state.limit == 0 or state.load < state.limit
+
+
+def probe(state: EndpointState) -> bool:
+    """The batch is full but nothing queues behind it: one request may wait there, first in
+    line for that server's next free slot, and shows whether it can run more than learned."""
+    return state.limit == 0 or state.load <= state.limit
+
+
+class RoomView:
+    """What the room rules need of one snapshot of a pool's ready endpoints, computed once."""
+
+    __slots__ = ("_envelopes", "any_free", "any_probe", "any_room", "candidates", "room")
+
+    def __init__(self, candidates: Sequence[EndpointState]) -> None:
+        self.candidates = candidates  # ready endpoints (healthy, within the subset hint)
+        self.room = [c.has_room for c in candidates]
+        self.any_room = any(self.room)
+        self.any_free = any(free(c) for c in candidates)
+        self.any_probe = self.any_free or any(probe(c) for c in candidates)
+        self._envelopes: dict[int, tuple[LowerEnvelope, LowerEnvelope, float] | None] = {}
+
+    def envelopes(self, model: ServiceTime) -> tuple[LowerEnvelope, LowerEnvelope, float] | None:
+        """(best predicted time over all endpoints, over those with room, the fastest pace) as
+        functions of the output tokens; None when no pace is measured yet."""
+        key = model.typical_output_tokens
+        if key not in self._envelopes:
+            found = model.lines(self.candidates)
+            if found is None:
+                self._envelopes[key] = None
+            else:
+                slopes, intercepts, fastest = found
+                with_room = [i for i, ok in enumerate(self.room) if ok]
+                self._envelopes[key] = (
+                    LowerEnvelope(slopes, intercepts),
+                    LowerEnvelope(
+                        [slopes[i] for i in with_room], [intercepts[i] for i in with_room]
+                    ),
+                    fastest,
+                )
+        return self._envelopes[key]
+
+    def with_room(self, priority: int) -> list[EndpointState]:
+        """The endpoints a request of this priority is offered once it may go: those with room;
+        for a critical one a free batch slot beats a queue on a faster pod."""
+        with_room = [c for c, ok in zip(self.candidates, self.room, strict=True) if ok]
+        if priority > 0:
+            return (
+                [c for c in with_room if free(c)] or [c for c in with_room if probe(c)] or with_room
+            )
+        return with_room
+
+
+def worth_taking(
+    view: RoomView, model: ServiceTime, waited: float, output_tokens: int | None
+) -> bool:
+    """Room for a standard request: an endpoint with room where it would not finish much later
+    than on the best endpoint, full ones included (their queue counted). The time it has
+    `waited` since it first declined counts against the gain, so it never holds out for longer
+    than it would lose."""
+    if not view.any_room:
+        return False
+    if all(view.room):
+        return True
+    found = view.envelopes(model)
+    if found is None:
+        return True
+    best, best_with_room, fastest = found
+    typical = model.typical_output_tokens
+    tokens = output_tokens or typical
+    slack = DECLINE_AFTER * typical * fastest + waited
+    return best_with_room.min_at(tokens) - best.min_at(tokens) <= slack
+
+
+@dataclass(slots=True)
+class Patience:
+    """When a waiting request, first in line, first declined room (None: not yet). Only that
+    wait counts against what a better endpoint would save: time spent with no room at all, or
+    behind other waiters, was not its choice."""
+
+    declined_since: float | None = None
+
+
+ViewOf = Callable[[], RoomView]  # the current view of the request's pool (raises NoEndpoints)
+
+
+class StandardRoom:
+    """The room test of one waiting standard request (`first`: nothing of its priority or
+    better waits ahead of it)."""
+
+    __slots__ = ("_clock", "_model", "_output_tokens", "_patience", "_view")
+
+    def __init__(
+        self, view: ViewOf, model: ServiceTime, output_tokens: int | None, clock: Clock
+    ) -> None:
+        self._view = view
+        self._model = model
+        self._output_tokens = output_tokens
+        self._clock = clock
+        self._patience = Patience()
+
+    def __call__(self, first: bool) -> bool:
+        try:
+            view = self._view()
+        except NoEndpoints:
+            return True  # let the request through to get its 503 now
+        if not view.any_room:
+            return False
+        now = self._clock()
+        declined = self._patience.declined_since
+        waited = 0.0 if declined is None else now - declined
+        if worth_taking(view, self._model, waited, self._output_tokens):
+            return True
+        if first and declined is None:
+            self._patience.declined_since = now  # its own choice to wait starts now
+        return False
+
+
+class CriticalRoom:
+    """The room test of one waiting critical request: a free slot in some batch; after
+    `CRITICAL_QUEUE_AFTER`, a full batch with nothing queued will do."""
+
+    __slots__ = ("_clock", "_since", "_view")
+
+    def __init__(self, view: ViewOf, clock: Clock) -> None:
+        self._view = view
+        self._clock = clock
+        self._since = clock()
+
+    def __call__(self, first: bool) -> bool:
+        try:
+            view = self._view()
+        except NoEndpoints:
+            return True
+        if view.any_free:
+            return True
+        return self._clock() - self._since >= CRITICAL_QUEUE_AFTER and view.any_probe

@@ -1,0 +1,190 @@
+"""The request tracker: one request's life after the decision, and the EPP's per-request metrics.
+
+`Tracking.start` asks the director for a decision and counts the request; the `RequestTracker`
+it returns follows the response: where the proxy really served it (the lease moves there), the
+first byte, token progress (an early pace sample for an endpoint not measured yet), the usage
+and the model-name back-rewrite (`ResponseFollower`), and the end, exactly once: the lease is
+released, the pace recorded, the metrics observed and the request log line written.
+`Tracking.failed` counts and logs a request that got an error instead. Neighbours: the edge
+(`epp.extproc`) calls these and only translates; `epp.director` decides; `epp.datastore` holds
+leases and paces; `epp.observability` owns the metric objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from epp.datastore import Datastore
+from epp.director import Decision, Director
+from epp.errors import EppError
+from epp.observability import EppMetrics
+from epp.request import Body
+from epp.tracking.follower import ResponseFollower
+
+log = logging.getLogger("epp.requests")
+# output tokens (SSE events) after which a still-streaming response shows an unmeasured
+# endpoint's pace
+EARLY_PACE_EVENTS = 24
+
+
+class Tracking:
+    """Starts, follows and ends the requests of one EPP process."""
+
+    def __init__(
+        self,
+        director: Director,
+        store: Datastore,
+        metrics: EppMetrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.director = director
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+
+    async def start(
+        self,
+        headers: Mapping[str, str],
+        body: bytes | Body,
+        subset: Sequence[str] | None = None,
+        rewrite: str | None = None,
+    ) -> RequestTracker:
+        decision = await self.director.handle(headers, body, subset, rewrite)
+        if decision.runs_inference:
+            m, model = self.metrics, decision.client_model
+            m.requests.labels(model, decision.target_model).inc()
+            if decision.version is not None:
+                m.versions.labels(model, decision.version, decision.pool).inc()
+            m.running.labels(model).inc()
+            m.scheduler_e2e.observe(decision.decided - decision.started)
+        return RequestTracker(self, decision)
+
+    def failed(
+        self, error: EppError, request_id: str | None, tracker: RequestTracker | None = None
+    ) -> None:
+        """A request answered with an error by the EPP itself."""
+        model = tracker.decision.client_model if tracker is not None else ""
+        self.metrics.errors.labels(model, model, error.reason).inc()
+        log.info(
+            "request failed request_id=%s status=%d reason=%s message=%s",
+            request_id or "-",
+            error.status,
+            error.reason,
+            error.message,
+        )
+        if tracker is not None:
+            tracker.complete()
+
+
+class RequestTracker:
+    def __init__(self, tracking: Tracking, decision: Decision) -> None:
+        self.decision = decision
+        self._tracking = tracking
+        self._follower: ResponseFollower | None = None
+        self._status = 0
+        self._first_byte: float | None = None
+        self._paced = False  # an early pace sample was taken (or the chance has passed)
+        self.done = False
+
+    @property
+    def following(self) -> bool:
+        """Whether the response body is followed (a request some model ran, headers seen)."""
+        return self._follower is not None
+
+    def response_headers(self, status: int, content_type: str, served: str | None) -> None:
+        """The response began: its status, its media type and where the proxy sent it."""
+        self._status = status
+        decision = self.decision
+        if not decision.runs_inference:
+            return
+        if served and decision.lease.address != served:  # a fallback served it
+            lease = decision.lease
+            lease.release()
+            decision.lease = self._tracking.store.lease(served, lease.tokens)
+        streaming = "text/event-stream" in content_type
+        self._follower = ResponseFollower(streaming, decision.target_model, decision.client_model)
+
+    def response_body(self, chunk: bytes, end: bool, inline: bool = False) -> bytes:
+        """One chunk of the response body; returns what to forward now (rewritten if needed).
+        `inline`: every chunk must be answered by its own replacement (nothing held back)."""
+        if self._first_byte is None:
+            self._first_byte = self._tracking.clock()
+        follower = self._follower
+        if follower is None:  # not followed: pass through
+            if end:
+                self.complete()
+            return chunk
+        if inline:
+            out = follower.feed_inline(chunk)
+            if end:
+                follower.finish(inline=True)
+        else:
+            out = follower.feed(chunk)
+            self._early_pace(follower)
+            if end:
+                out += follower.finish()
+        if end:
+            self.complete()
+        return out
+
+    def _early_pace(self, follower: ResponseFollower) -> None:
+        """A response still streaming shows the pace of an endpoint not measured yet: long
+        answers take many seconds to finish, and until then a slow GPU would look like any
+        other (the first requests of a fresh pool would land on it blind)."""
+        if self._paced or follower.events < EARLY_PACE_EVENTS or self._first_byte is None:
+            return
+        self._paced = True
+        if self._status < 400:
+            streamed = self._tracking.clock() - self._first_byte
+            address = self.decision.lease.address
+            self._tracking.store.record_tokens(address, streamed, follower.events, first_only=True)
+
+    def complete(self) -> None:
+        """The request ended (normally, client gone, or upstream reset): account it once."""
+        if self.done:
+            return
+        self.done = True
+        decision = self.decision
+        decision.lease.release()
+        if not decision.runs_inference:
+            return
+        tracking = self._tracking
+        now = tracking.clock()
+        follower = self._follower
+        outputs = follower.output_tokens if follower else 0
+        # only a streamed, successful response shows the endpoint's pace
+        streamed = follower is not None and follower.streaming and self._status < 400
+        if streamed and self._first_byte is not None and outputs > 1:
+            seconds = now - self._first_byte
+            tracking.store.record_tokens(decision.lease.address, seconds, outputs)
+        self._observe(now, outputs)
+
+    def _observe(self, now: float, outputs: int) -> None:
+        decision, m, follower = self.decision, self._tracking.metrics, self._follower
+        labels = (decision.client_model, decision.target_model)
+        elapsed = now - decision.started
+        m.running.labels(decision.client_model).dec()
+        m.duration.labels(*labels).observe(elapsed)
+        if follower is not None:
+            m.input_tokens.labels(*labels).observe(follower.prompt_tokens or decision.prompt_tokens)
+            m.output_tokens.labels(*labels).observe(outputs)
+            if outputs:
+                m.ntpot.labels(*labels).observe(elapsed / outputs)
+        if self._status >= 400 or follower is None:
+            code = f"ModelServerError{self._status}" if self._status else "Incomplete"
+            m.errors.labels(*labels, code).inc()
+        log.info(
+            "request request_id=%s model=%s target=%s pool=%s endpoint=%s decision_ms=%.3f "
+            "status=%d duration_ms=%.1f output_tokens=%d",
+            decision.request_id,
+            decision.client_model,
+            decision.target_model,
+            decision.pool,
+            decision.lease.address,
+            (decision.decided - decision.started) * 1000,
+            self._status,
+            elapsed * 1000,
+            outputs,
+        )
