@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from typing import Protocol
 
 from epp.api.model import ModelRoute, PodInfo, Pool, ResourceSet
 from epp.errors import NoEndpoints
@@ -19,8 +20,6 @@ from epp.types import Endpoint, EndpointMetrics, EndpointState, GpuMetrics
 log = logging.getLogger(__name__)
 
 ENGINE_LABEL = "inference.networking.k8s.io/engine-type"
-QUEUED_SCRAPES_TO_LEARN = 3
-KV_FULL = 0.9  # KV-cache usage at which a batch below --max-num-seqs counts as full
 TPOT_SMOOTHING = 0.2
 
 
@@ -77,8 +76,20 @@ class Lease:
             self._store._adjust_in_flight(self.address, -1, -self.tokens)
 
 
+class LimitLearner(Protocol):
+    """Learns an endpoint's batch limit from its scrapes (`epp.admission.limits`)."""
+
+    def learn(self, endpoint: Endpoint, metrics: EndpointMetrics, learned: int) -> int | None:
+        """The new learned limit, or None when it stays `learned` (0: none yet)."""
+        ...
+
+    def forget(self, address: str) -> None: ...
+
+
 class Datastore:
-    def __init__(self) -> None:
+    def __init__(self, learner: LimitLearner | None = None) -> None:
+        """`learner`: where batch limits are learned from scrapes (None: only declared ones)."""
+        self._learner = learner
         self._pools: dict[str, Pool] = {}
         self._models: dict[str, ModelRoute] = {}
         self._states: dict[str, dict[str, EndpointState]] = {}  # pool key → address → state
@@ -90,7 +101,6 @@ class Datastore:
         self._in_flight: dict[str, tuple[int, int]] = {}
         self._health: dict[str, bool] = {}
         self._limits: dict[str, int] = {}  # learned concurrency limit per address
-        self._queued_scrapes: dict[str, int] = {}  # consecutive scrapes with waiting > 0
         self._tpot: dict[str, float] = {}  # moving average of seconds per output token
         self._listeners: list[Callable[[str], None]] = []
         self.synced = False
@@ -129,7 +139,8 @@ class Datastore:
             self._metrics.pop(gone, None)
             self._health.pop(gone, None)
             self._limits.pop(gone, None)
-            self._queued_scrapes.pop(gone, None)
+            if self._learner is not None:
+                self._learner.forget(gone)
             self._tpot.pop(gone, None)
         by_pod: dict[str, list[str]] = {}
         for per_pool in states.values():
@@ -204,30 +215,15 @@ class Datastore:
     def set_metrics(self, address: str, metrics: EndpointMetrics) -> None:
         self._metrics[address] = metrics
         changes: dict[str, object] = {"metrics": metrics}
-        queued = self._queued_scrapes.get(address, 0) + 1 if metrics.waiting > 0 else 0
-        self._queued_scrapes[address] = queued
-        limit = self._limits.get(address, 0)
-        if (
-            (queued >= QUEUED_SCRAPES_TO_LEARN or limit)
-            and metrics.running > limit
-            and (limit or self._batch_full(address, metrics))
-        ):
-            # a queue that persists over several scrapes means the batch is full at this many
-            # running requests (a single scrape catches requests between engine steps)
-            self._limits[address] = metrics.running
-            changes["limit"] = metrics.running
+        pool_key = self._pool_of.get(address)
+        state = self._states[pool_key].get(address) if pool_key is not None else None
+        if self._learner is not None and state is not None:
+            limit = self._learner.learn(state.endpoint, metrics, self._limits.get(address, 0))
+            if limit is not None:
+                self._limits[address] = limit
+                changes["limit"] = limit
         self._update(address, **changes)
         self._changed(address)
-
-    def _batch_full(self, address: str, metrics: EndpointMetrics) -> bool:
-        """Whether a lasting queue may teach a first limit below the declared batch size. With
-        `--max-num-seqs` known, a batch under it is full only when the KV cache is; otherwise
-        the queue is requests waiting out one long step (a big prefill on a slow GPU spans
-        several scrapes), and learning from it would cap the server too low."""
-        pool_key = self._pool_of.get(address)
-        state = self._states.get(pool_key, {}).get(address) if pool_key else None
-        declared = state.endpoint.max_num_seqs if state is not None else 0
-        return not declared or metrics.running >= declared or metrics.kv_usage >= KV_FULL
 
     def set_health(self, address: str, healthy: bool) -> None:
         if self._health.get(address, True) != healthy:

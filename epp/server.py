@@ -25,6 +25,7 @@ from prometheus_client import generate_latest
 
 from epp.admission.controller import AdmissionController
 from epp.admission.flow_control import FlowControl
+from epp.admission.limits import BatchLimitLearner
 from epp.api.model import Pool, ResourceSet
 from epp.certs import load_pair, self_signed
 from epp.datastore import Datastore
@@ -71,7 +72,7 @@ class EppServer:
 
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
-        self.store = Datastore()
+        self.store = Datastore(BatchLimitLearner())
         self.metrics = EppMetrics()
         s = config.settings
         profiles = (

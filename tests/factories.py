@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from epp.admission.controller import AdmissionController
 from epp.admission.flow_control import FlowControl
+from epp.admission.limits import BatchLimitLearner
 from epp.api.model import ModelRoute, PodInfo, Pool, PoolDeployment, ResourceSet, SplitTarget
 from epp.datastore import Datastore
 from epp.director import Director
@@ -43,7 +44,7 @@ def model(
 
 
 def seed_store(n: int = 3, models: tuple[ModelRoute, ...] | None = None) -> Datastore:
-    store = Datastore()
+    store = Datastore(BatchLimitLearner())
     pods = tuple(pod(f"p{i}", f"127.0.0.{i + 2}") for i in range(n))
     store.apply_resources(
         ResourceSet((pool(),), models if models is not None else (model(),), pods)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Sequence
-from itertools import pairwise
+from itertools import accumulate, pairwise
 
 
 class LowerEnvelope:
@@ -20,20 +20,26 @@ class LowerEnvelope:
     def __init__(self, slopes: Sequence[float], intercepts: Sequence[float]) -> None:
         if not slopes:
             raise ValueError("a lower envelope needs at least one line")
-        # steepest first; for equal slopes only the lowest intercept can ever be the minimum
-        ordered = sorted(zip(slopes, intercepts, strict=True), key=lambda line: (-line[0], line[1]))
+        # flattest first (plain tuple order, compared in C). A line can only be lowest
+        # somewhere if every flatter line starts higher: keep that front (it also drops all
+        # but the lowest of equal slopes), then the lines of it that are lowest somewhere
+        ordered = sorted(zip(slopes, intercepts, strict=True))
+        lowest_before = accumulate((b for _, b in ordered), min)
+        front = [ordered[0]]
+        # (the lowest intercept of all the lines, the last of `lowest_before`, is not needed)
+        beyond = zip(ordered[1:], lowest_before, strict=False)
+        front += [line for line, low in beyond if line[1] < low]
         hull: list[tuple[float, float]] = []
-        for a3, b3 in ordered:
-            if hull and hull[-1][0] == a3:
-                continue
+        for a3, b3 in front:
             while len(hull) >= 2:
                 (a1, b1), (a2, b2) = hull[-2], hull[-1]
-                # the middle line is never lowest when the outer two cross before it takes over
-                if (b3 - b1) * (a1 - a2) <= (b2 - b1) * (a1 - a3):
+                # the middle line is never lowest when, where the outer two cross, it is above
+                if (a2 - a1) * (b3 - b1) + (b2 - b1) * (a1 - a3) <= 0:
                     hull.pop()
                 else:
                     break
             hull.append((a3, b3))
+        hull.reverse()  # steepest first: the lowest line from left to right
         self._lines = hull
         # x from which each next (flatter) line is the lowest
         self._breaks = [(b2 - b1) / (a1 - a2) for (a1, b1), (a2, b2) in pairwise(hull)]

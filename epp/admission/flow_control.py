@@ -21,12 +21,14 @@ import asyncio
 import heapq
 import itertools
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Protocol
 
 from epp.datastore import Datastore
 from epp.errors import QueueFull, QueueTimeout
 
 SCAN = 32  # waiters a notification looks at, best first, for one that the room suits
+_ORDER = attrgetter("rank", "seq")  # the heap's order, as a key compared in C
 
 
 class RoomTest(Protocol):
@@ -134,7 +136,7 @@ class FlowControl:
             heapq.heappop(queue)
             head.future.set_result(None)
             return
-        for waiter in heapq.nsmallest(SCAN, queue)[1:]:
+        for waiter in heapq.nsmallest(SCAN, queue, key=_ORDER)[1:]:
             if waiter.rank != head.rank:
                 return  # a lower priority never takes room a higher one is holding out for
             waiter.first = False

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from epp.admission.envelope import LowerEnvelope
 from epp.errors import NoEndpoints
 from epp.scheduling.service_time import ServiceTime
+from epp.scheduling.snapshot import snapshot_of
 from epp.types import EndpointState
 
 Clock = Callable[[], float]
@@ -48,11 +49,14 @@ class RoomView:
     __slots__ = ("_envelopes", "any_free", "any_probe", "any_room", "candidates", "room")
 
     def __init__(self, candidates: Sequence[EndpointState]) -> None:
-        self.candidates = candidates  # ready endpoints (healthy, within the subset hint)
-        self.room = [c.has_room for c in candidates]
+        # ready endpoints (healthy, within the subset hint), as a snapshot whose columns the
+        # service-time model reads too; `EndpointState.has_room`, `free` and `probe` by column
+        snap = self.candidates = snapshot_of(candidates)
+        columns = list(zip(snap.load, snap.limit, strict=True))
+        self.room = [not lim or ld < lim + ((lim >> 2) or 1) for ld, lim in columns]
         self.any_room = any(self.room)
-        self.any_free = any(free(c) for c in candidates)
-        self.any_probe = self.any_free or any(probe(c) for c in candidates)
+        self.any_free = any(not lim or ld < lim for ld, lim in columns)
+        self.any_probe = self.any_free or any(ld <= lim for ld, lim in columns)
         self._envelopes: dict[int, tuple[LowerEnvelope, LowerEnvelope, float] | None] = {}
 
     def envelopes(self, model: ServiceTime) -> tuple[LowerEnvelope, LowerEnvelope, float] | None:

@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from epp.admission.flow_control import FlowControl
+from epp.admission.limits import BatchLimitLearner
 from epp.api.model import ModelRoute, ResourceSet
 from epp.datastore import Datastore
 from epp.director import Decision, Director
@@ -37,7 +38,7 @@ def setup(
     max_requests: int = 0,
     max_bytes: int = 0,
 ) -> tuple[Datastore, Director, FlowControl]:
-    store = Datastore()
+    store = Datastore(BatchLimitLearner())
     models = tuple(
         ModelRoute("default", name, name, "default/llama2-gpu-pool", priority)
         for name, priority in (("crit", 1), ("std", 0), ("shed", -1))

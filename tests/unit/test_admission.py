@@ -1,0 +1,244 @@
+"""Admission rules on their own: no director, no scheduler, no sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import replace
+
+import orjson
+import pytest
+
+from epp.admission.controller import AdmissionController
+from epp.admission.envelope import LowerEnvelope
+from epp.admission.flow_control import FlowControl
+from epp.admission.limits import BatchLimitLearner
+from epp.admission.rooms import (
+    CRITICAL_QUEUE_AFTER,
+    CriticalRoom,
+    RoomView,
+    StandardRoom,
+    worth_taking,
+)
+from epp.admission.shedding import Shedder
+from epp.api.model import ResourceSet
+from epp.datastore import Datastore
+from epp.errors import NoEndpoints, Shed
+from epp.request import NO_INFERENCE, read_body
+from epp.scheduling.config import load_config
+from epp.scheduling.registry import service_time_of
+from epp.scheduling.service_time import ServiceTime
+from epp.settings import SaturationSettings
+from epp.types import Endpoint, EndpointMetrics, EndpointState
+from tests.factories import pod, pool
+
+FAST, SLOW = "10.0.0.1:8000", "10.0.0.2:8000"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def endpoint(address: str, load: int, limit: int, tpot: float) -> EndpointState:
+    """An endpoint with `load` requests on it (the EPP's count), a batch `limit` and a pace."""
+    ep = Endpoint(address, address, "default/pool")
+    return EndpointState(
+        ep, EndpointMetrics(scraped_at=100.0), in_flight=load, limit=limit, tpot=tpot
+    )
+
+
+def two_pods(fast_load: int, slow_load: int) -> RoomView:
+    """A fast pod (20 ms/token) and a half-speed one, batches of 4 (room up to 4 + 1)."""
+    return RoomView([endpoint(FAST, fast_load, 4, 0.02), endpoint(SLOW, slow_load, 4, 0.04)])
+
+
+def test_the_envelope_is_the_minimum_of_its_lines() -> None:
+    rng = random.Random(5)
+    for _ in range(200):
+        n = rng.randrange(1, 40)
+        slopes = [rng.choice((0.02, 0.04, rng.uniform(0.01, 0.1))) for _ in range(n)]
+        intercepts = [rng.choice((0.0, rng.uniform(0.0, 30.0))) for _ in range(n)]
+        envelope = LowerEnvelope(slopes, intercepts)
+        assert len(envelope) <= n
+        for x in (1, 7, 64, 200, 513, 4096, rng.uniform(1, 10_000)):
+            brute = min(a * x + b for a, b in zip(slopes, intercepts, strict=True))
+            assert envelope.min_at(x) == pytest.approx(brute, rel=1e-12, abs=1e-12)
+    with pytest.raises(ValueError):
+        LowerEnvelope([], [])
+
+
+def test_a_long_request_declines_a_slow_slot_a_short_one_takes_it() -> None:
+    model = ServiceTime(200)
+    view = two_pods(fast_load=5, slow_load=3)  # only the slow pod has room
+    assert view.room == [False, True]
+    # 20 tokens: 0.8 s on the slow pod, sooner than 2.4 s on the fast one behind its queue
+    assert worth_taking(view, model, 0.0, 20)
+    # 1,000 tokens: 40 s there against 22 s on the fast pod; the slack is 2 s
+    assert not worth_taking(view, model, 0.0, 1000)
+    assert not worth_taking(view, model, 15.9, 1000)
+    # having held out for the difference, it takes the slow slot after all
+    assert worth_taking(view, model, 16.0, 1000)
+
+
+def test_no_room_anywhere_is_no_room_and_room_everywhere_is_room() -> None:
+    model = ServiceTime(200)
+    assert not worth_taking(two_pods(5, 5), model, 1e9, 1)
+    assert worth_taking(two_pods(0, 0), model, 0.0, 100_000)
+
+
+def test_unmeasured_paces_never_hold_a_request_back() -> None:
+    view = RoomView([endpoint(FAST, 5, 4, 0.0), endpoint(SLOW, 0, 4, 0.0)])
+    assert worth_taking(view, ServiceTime(200), 0.0, 100_000)
+
+
+def test_patience_counts_only_from_declining_while_first_in_line() -> None:
+    clock = Clock()
+    views = [two_pods(5, 3)]
+    room = StandardRoom(lambda: views[0], ServiceTime(200), 1000, clock)
+    clock.now += 60  # waiting behind others does not count
+    assert not room(False)
+    clock.now += 60
+    assert not room(True)  # first in line: declines, its clock starts now
+    clock.now += 10
+    assert not room(True)  # 10 s held out: the 18 s it would lose still exceed 2 s + 10 s
+    clock.now += 6
+    assert room(True)
+
+
+def test_a_pool_that_lost_its_endpoints_lets_the_waiter_through_to_its_503() -> None:
+    def gone() -> RoomView:
+        raise NoEndpoints("no ready endpoint")
+
+    assert StandardRoom(gone, ServiceTime(), None, Clock())(True)
+    assert CriticalRoom(gone, Clock())(True)
+
+
+def test_a_critical_request_wants_a_free_slot_then_settles_for_a_short_queue() -> None:
+    clock = Clock()
+    full_without_queue = [RoomView([endpoint(FAST, 4, 4, 0.02), endpoint(SLOW, 5, 4, 0.04)])]
+    room = CriticalRoom(lambda: full_without_queue[0], clock)
+    assert not room(True)
+    clock.now += CRITICAL_QUEUE_AFTER
+    assert room(True)  # FAST's batch is full but nothing queues behind it
+    assert CriticalRoom(lambda: two_pods(3, 5), clock)(True)  # a free slot at once
+    # offered: free slots first, even on the slow pod
+    assert [c.address for c in two_pods(4, 3).with_room(1)] == [SLOW]
+    assert [c.address for c in two_pods(4, 3).with_room(0)] == [FAST, SLOW]
+
+
+def test_sheddable_requests_keep_a_reserve_and_respect_saturation() -> None:
+    shedder = Shedder(SaturationSettings(queue_depth=100, kv_cache_util=0.99))
+    states = [endpoint(FAST, 3, 4, 0.02), endpoint(SLOW, 1, 4, 0.04)]
+    assert [c.address for c in shedder.admit(states, 100.0)] == [SLOW]  # keeps 1 of 4 free
+    with pytest.raises(Shed):
+        shedder.admit([endpoint(FAST, 3, 4, 0.02)], 100.0)
+    with pytest.raises(Shed):  # stale metrics count as saturated
+        shedder.admit(states, 200.0)
+
+
+def test_the_shedder_keeps_the_configured_aggregate() -> None:
+    assert Shedder(SaturationSettings(aggregate="mean")).detector.aggregate == "mean"
+    assert Shedder(SaturationSettings()).detector.aggregate == SaturationSettings().aggregate
+
+
+def store_of_two(max_num_seqs: int = 1) -> Datastore:
+    store = Datastore()
+    pods = tuple(
+        replace(pod(name, ip), max_num_seqs=max_num_seqs)
+        for name, ip in (("a", "127.0.0.2"), ("b", "127.0.0.3"))
+    )
+    store.apply_resources(ResourceSet((pool(),), (), pods))
+    return store
+
+
+POOL = "default/llama2-gpu-pool"
+BODY = read_body(orjson.dumps({"model": "m", "prompt": "hello"}), 1 << 20)
+
+
+async def test_the_view_is_built_once_per_snapshot() -> None:
+    store = store_of_two()
+    admission = AdmissionController(store, SaturationSettings(), FlowControl(store))
+    first = admission.view(POOL)
+    assert admission.view(POOL) is first
+    lease = store.lease("127.0.0.2:8000", 10)
+    assert admission.view(POOL) is not first  # the snapshot changed
+    lease.release()
+    with pytest.raises(NoEndpoints):
+        admission.view(POOL, ["10.9.9.9"])
+
+
+async def test_admit_waits_for_room_and_offers_only_endpoints_with_room() -> None:
+    store = store_of_two(max_num_seqs=1)  # room: 1 running + 1 queued per pod
+    admission = AdmissionController(store, SaturationSettings(), FlowControl(store, timeout=5))
+    leases = []
+    for _ in range(4):
+        offered = await admission.admit(BODY, POOL, 0)
+        leases.append(store.lease(offered[0].address, 1))
+    waiting = asyncio.create_task(admission.admit(BODY, POOL, 0))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    leases[0].release()  # room on one pod
+    offered = await asyncio.wait_for(waiting, 1)
+    assert [c.address for c in offered] == [leases[0].address]
+    # a request no model runs never waits, and is offered every ready endpoint
+    assert len(await admission.admit(NO_INFERENCE, POOL, 0)) == 2
+
+
+async def test_without_flow_control_nothing_waits() -> None:
+    store = store_of_two(max_num_seqs=1)
+    admission = AdmissionController(store, SaturationSettings())
+    for _ in range(6):
+        assert len(await admission.admit(BODY, POOL, 0)) == 2
+        store.lease("127.0.0.2:8000", 1)
+
+
+def test_admission_and_the_scorer_share_the_users_typical_answer_length() -> None:
+    config = {
+        "apiVersion": "inference.networking.x-k8s.io/v1alpha1",
+        "kind": "EndpointPickerConfig",
+        "plugins": [
+            {"type": "service-time-scorer", "parameters": {"typicalOutputTokens": 50}},
+            {"type": "max-score-picker"},
+        ],
+        "schedulingProfiles": [
+            {
+                "name": "gpu-aware",
+                "plugins": [
+                    {"pluginRef": "service-time-scorer", "weight": 1},
+                    {"pluginRef": "max-score-picker"},
+                ],
+            }
+        ],
+    }
+    assert service_time_of(load_config(config)).typical_output_tokens == 50
+    no_scorer = {**config, "plugins": [{"type": "max-score-picker"}]}
+    no_scorer["schedulingProfiles"] = [
+        {"name": "gpu-aware", "plugins": [{"pluginRef": "max-score-picker"}]}
+    ]
+    assert service_time_of(load_config(no_scorer)) == ServiceTime()
+
+
+def test_a_batch_limit_is_learned_from_a_lasting_queue_and_grows() -> None:
+    learner = BatchLimitLearner()
+    ep = Endpoint(FAST, FAST, "default/pool")
+    queued = EndpointMetrics(waiting=2, running=6)
+    assert learner.learn(ep, queued, 0) is None
+    assert learner.learn(ep, EndpointMetrics(running=6), 0) is None  # the queue went away
+    assert [learner.learn(ep, queued, 0) for _ in range(3)] == [None, None, 6]
+    assert learner.learn(ep, EndpointMetrics(running=7), 6) == 7  # it ran more: the limit grows
+    assert learner.learn(ep, EndpointMetrics(running=5, waiting=1), 7) is None
+    learner.forget(FAST)
+    assert learner.learn(ep, queued, 0) is None  # counting starts over
+
+
+def test_below_a_declared_batch_size_only_a_full_kv_cache_teaches_a_limit() -> None:
+    learner = BatchLimitLearner()
+    declared = Endpoint(FAST, FAST, "default/pool", max_num_seqs=8)
+    half = EndpointMetrics(waiting=3, running=4, kv_usage=0.5)
+    assert [learner.learn(declared, half, 0) for _ in range(4)] == [None] * 4
+    full_kv = EndpointMetrics(waiting=3, running=4, kv_usage=0.95)
+    assert learner.learn(declared, full_kv, 0) == 4
