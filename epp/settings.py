@@ -7,7 +7,8 @@ Neighbours: every layer receives the group it needs from the composition root.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
 
 BODY_CHUNK_BYTES = 62_000  # upstream BodyByteLimit: some Envoys cap a streamed chunk near 64 KB
 
@@ -62,3 +63,12 @@ class Settings:
     protocol: ProtocolSettings = field(default_factory=ProtocolSettings)
     saturation: SaturationSettings = field(default_factory=SaturationSettings)
     flow: FlowSettings = field(default_factory=FlowSettings)
+
+
+def field_default(settings: type[Any], name: str) -> Any:
+    """The default of one field of a settings dataclass: the only place it is written (flags
+    read it from here)."""
+    (found,) = (f for f in fields(settings) if f.name == name)
+    if found.default is MISSING:
+        raise TypeError(f"{settings.__name__}.{name} has no plain default")
+    return found.default

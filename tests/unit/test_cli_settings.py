@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
-from epp.cli import build_parser, main, settings_from
+from epp.cli import build_parser, main
 from epp.controlplane.clusters import TranslateOptions
 from epp.gpu import GpuSettings
 from epp.kube import flags as kube_flags
 from epp.local.stack import StackConfig
 from epp.scrape.scraper import ScrapeSettings
+from epp.serve_cli import settings_from
 from epp.settings import (
     FlowSettings,
     ProtocolSettings,
