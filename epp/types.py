@@ -78,21 +78,5 @@ class EndpointState:
         return max(self.in_flight, m.running + m.waiting)
 
     @property
-    def has_room(self) -> bool:
-        """Under the learned limit plus a small queue (a quarter of it, at least one request).
-        The slack keeps the server able to show it can run more than we learned: the limit
-        grows whenever it reports more running requests, so a low first guess corrects itself
-        instead of capping the server where it was first seen full."""
-        if self.limit == 0:
-            return self.healthy
-        return self.healthy and self.load < self.limit + max(1, self.limit // 4)
-
-    def has_room_keeping(self, reserve: float) -> bool:
-        """Room that leaves `reserve` (a fraction of the limit, at least one request) free."""
-        if self.limit == 0:
-            return self.healthy
-        return self.healthy and self.load < self.limit - max(1, int(self.limit * reserve))
-
-    @property
     def address(self) -> str:
         return self.endpoint.address

@@ -1,10 +1,10 @@
 """The room rules: whether a waiting request may go now, and which endpoints it is offered.
 
-An endpoint has room while its load is under its batch limit plus a small queue
-(`EndpointState.has_room`). A critical request wants a free batch slot (`free`): queued inside
-a server it would wait for that server's next finished request, while waiting here it gets the
-first slot anywhere; after `CRITICAL_QUEUE_AFTER` it also takes a full batch with nothing queued
-(`probe`), so learned limits can still grow under critical-only traffic. A standard request
+An endpoint has room while its load is under its batch limit plus a small queue (`has_room`).
+A critical request wants a free batch slot (`free`): queued inside a server it would wait for
+that server's next finished request, while waiting here it gets the first slot anywhere;
+after `CRITICAL_QUEUE_AFTER` it also takes a full batch with nothing queued (`probe`), so
+learned limits can still grow under critical-only traffic. A standard request
 takes room where it would not finish much later than on the best endpoint (`StandardRoom`): a
 long one declines a free slot on a slow GPU while a fast one frees up soon enough, and the time
 it has held out since it first declined, first in line, counts against the gain (`Patience`).
@@ -32,6 +32,27 @@ CRITICAL_QUEUE_AFTER = 0.5
 DECLINE_AFTER = 0.5
 
 
+def queue_slack(limit: int) -> int:
+    """Requests an endpoint may hold queued beyond its batch limit: a quarter of the limit, at
+    least one. The slack keeps the server able to show it can run more than was learned: the
+    limit grows whenever it reports more running requests, so a low first guess corrects
+    itself instead of capping the server where it was first seen full."""
+    return (limit >> 2) or 1
+
+
+def has_room(state: EndpointState) -> bool:
+    """Room for one more request: under the batch limit plus its queue slack (no limit known:
+    always, while healthy)."""
+    limit = state.limit
+    return state.healthy and (not limit or state.load < limit + queue_slack(limit))
+
+
+def keeps_reserve(state: EndpointState, reserve: float) -> bool:
+    """Room that leaves `reserve` (a fraction of the batch limit, at least one request) free."""
+    limit = state.limit
+    return state.healthy and (not limit or state.load < limit - max(1, int(limit * reserve)))
+
+
 def free(state: EndpointState) -> bool:
     """A free slot in the endpoint's batch (or no limit learned yet)."""
     return state.limit == 0 or state.load < state.limit
@@ -50,7 +71,8 @@ class RoomView:
 
     def __init__(self, candidates: Sequence[EndpointState]) -> None:
         # ready endpoints (healthy, within the subset hint), as a snapshot whose columns the
-        # service-time model reads too; `EndpointState.has_room`, `free` and `probe` by column
+        # service-time model reads too; `has_room`, `free` and `probe` by column (inlined: this
+        # runs once per wake-up over the whole pool)
         snap = self.candidates = snapshot_of(candidates)
         columns = list(zip(snap.load, snap.limit, strict=True))
         self.room = [not lim or ld < lim + ((lim >> 2) or 1) for ld, lim in columns]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from epp.admission.rooms import keeps_reserve
 from epp.errors import Shed
 from epp.scheduling.saturation import SaturationDetector
 from epp.settings import SaturationSettings
@@ -27,7 +28,7 @@ class Shedder:
     def admit(self, candidates: Sequence[EndpointState], now: float) -> list[EndpointState]:
         """The endpoints that keep their reserve free; `Shed` when none does or the pool is
         saturated."""
-        with_room = [c for c in candidates if c.has_room_keeping(self.reserve)]
+        with_room = [c for c in candidates if keeps_reserve(c, self.reserve)]
         if not with_room or self.detector.saturated(candidates, now):
             raise Shed("system saturated, sheddable request dropped")
         return with_room

@@ -18,6 +18,9 @@ from epp.admission.rooms import (
     CriticalRoom,
     RoomView,
     StandardRoom,
+    free,
+    has_room,
+    probe,
     worth_taking,
 )
 from epp.admission.shedding import Shedder
@@ -242,3 +245,16 @@ def test_below_a_declared_batch_size_only_a_full_kv_cache_teaches_a_limit() -> N
     assert [learner.learn(declared, half, 0) for _ in range(4)] == [None] * 4
     full_kv = EndpointMetrics(waiting=3, running=4, kv_usage=0.95)
     assert learner.learn(declared, full_kv, 0) == 4
+
+
+def test_the_room_view_agrees_with_the_room_rules_endpoint_by_endpoint() -> None:
+    rng = random.Random(11)
+    states = [
+        endpoint(f"10.0.{i}.1:8000", rng.randrange(12), rng.choice((0, 1, 3, 4, 8)), 0.02)
+        for i in range(300)
+    ]
+    view = RoomView(states)
+    assert view.room == [has_room(s) for s in states]
+    assert view.any_free == any(free(s) for s in states)
+    assert view.any_probe == any(probe(s) for s in states)
+    assert [has_room(replace(s, healthy=False)) for s in states[:20]] == [False] * 20

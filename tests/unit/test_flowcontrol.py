@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from epp.admission.flow_control import FlowControl
 from epp.admission.limits import BatchLimitLearner
+from epp.admission.rooms import has_room, keeps_reserve
 from epp.api.model import ModelRoute, ResourceSet
 from epp.datastore import Datastore
 from epp.director import Decision, Director
@@ -209,7 +210,7 @@ async def test_sheddable_requests_leave_a_reserve_for_the_others() -> None:
     store.set_metrics(A, fresh(running=3))
     store.set_metrics(B, fresh(running=3))
     states = store.candidates("default/llama2-gpu-pool")
-    assert all(s.has_room and not s.has_room_keeping(0.25) for s in states)
+    assert all(has_room(s) and not keeps_reserve(s, 0.25) for s in states)
     with pytest.raises(Shed):
         await director.handle({}, body("shed"))
     assert (await director.handle({}, body("std"))).endpoints
