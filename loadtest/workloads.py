@@ -25,6 +25,8 @@ WORDS = (
     "version", "adapter", "stream", "chunk", "budget", "window",
 )  # fmt: skip
 WORKLOADS = ("sharegpt", "shared-prefix")
+ANNOUNCED, CAPPED, UNCAPPED = "announced", "cap", "none"
+LENGTHS = (ANNOUNCED, CAPPED, UNCAPPED)  # how a request's answer length reaches the server
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,13 +41,24 @@ class ChatRequest:
     def prompt_chars(self) -> int:
         return sum(len(content) for _, content in self.messages)
 
-    def body(self, model: str, stream: bool = True) -> dict[str, object]:
-        body: dict[str, object] = {
-            "model": model,
-            "messages": [{"role": r, "content": c} for r, c in self.messages],
-            "max_tokens": self.max_tokens,
-            "stream": stream,
-        }
+    def body(
+        self, model: str, stream: bool = True, lengths: str = ANNOUNCED, cap: int = 0
+    ) -> dict[str, object]:
+        """The request body. `lengths`: how the answer's length reaches the server (`LENGTHS`):
+        announced as `max_tokens`, or, as production clients do, a fixed `cap` or no
+        `max_tokens` at all, with the true length told to the simulator in a prompt marker
+        (`epp sim --answer-from-prompt`) that no router interprets."""
+        messages = [{"role": r, "content": c} for r, c in self.messages]
+        body: dict[str, object] = {"model": model, "messages": messages, "stream": stream}
+        if lengths == ANNOUNCED:
+            body["max_tokens"] = self.max_tokens
+        else:
+            if lengths not in LENGTHS:
+                raise ValueError(f"lengths must be one of {LENGTHS}, not {lengths!r}")
+            last = messages[-1]
+            last["content"] = f"{last['content']} #answer={self.max_tokens}"
+            if lengths == CAPPED:
+                body["max_tokens"] = cap
         if stream:
             body["stream_options"] = {"include_usage": True}
         return body

@@ -36,6 +36,7 @@ _OPTION_TYPES: dict[str, Callable[[str], Any]] = {
     "lora_load_s": float,
     "seed": int,
     "accept_any_model": lambda v: v.lower() in ("1", "true", "yes"),
+    "answer_from_prompt": lambda v: v.lower() in ("1", "true", "yes"),
     "legacy_metrics": lambda v: v.lower() in ("1", "true", "yes"),
     "flush_interval": float,
 }
@@ -73,6 +74,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-model-len", type=int, default=_default("max_model_len"))
     p.add_argument("--seed", type=int, default=_default("seed"))
     p.add_argument("--accept-any-model", action="store_true", help="serve any model name")
+    p.add_argument(
+        "--answer-from-prompt",
+        action="store_true",
+        help="benchmarks only: end each answer at the last `#answer=N` marker in the prompt "
+        "(capped by max_tokens), so clients can send production-like caps or none while the "
+        "true length stays hidden from every router",
+    )
     p.add_argument(
         "--alias",
         action="append",
@@ -127,6 +135,7 @@ def build_specs(args: argparse.Namespace) -> list[SimPodSpec]:
             loras=loras,
             seed=args.seed + i,
             accept_any_model=args.accept_any_model,
+            answer_from_prompt=args.answer_from_prompt,
             aliases=tuple(args.alias),
             legacy_metrics=args.legacy_metrics,
             flush_interval=args.flush_interval,

@@ -25,6 +25,7 @@ from epp.sim.spec import METRICS_FAULTS, FakeMetrics, Faults, SimPodSpec
 
 MIN_DRAWN_TOKENS = 32
 DRAWN_TOKENS_SPAN = 353  # drawn output lengths are uniform in [32, 384], mean ~208
+ANSWER_MARKER = b"#answer="
 
 
 class SimPod:
@@ -89,7 +90,10 @@ class SimPod:
 
     def new_seq(self, req: CompletionRequest, adapter: str | None) -> Seq:
         limit = self.engine.capacity_tokens()
-        if req.max_tokens is not None:
+        told = answer_marker(req.prompt) if self.spec.answer_from_prompt else None
+        if told is not None and (req.max_tokens is None or told < req.max_tokens):
+            max_tokens, reason = min(told, limit - req.prompt_tokens), "stop"
+        elif req.max_tokens is not None:
             max_tokens, reason = req.max_tokens, "length"
         else:
             draw = xxhash.xxh64_intdigest(req.prompt, seed=self.spec.seed)
@@ -217,3 +221,15 @@ def _merge(current: _T, body: dict[str, Any], key: str) -> _T:
 
 def _is_number(v: object) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def answer_marker(prompt: bytes) -> int | None:
+    """The answer length a benchmark told in the prompt (`#answer=N`, the last one), if any."""
+    at = prompt.rfind(ANSWER_MARKER)
+    if at < 0:
+        return None
+    digits = prompt[at + len(ANSWER_MARKER) : at + len(ANSWER_MARKER) + 7]
+    end = 0
+    while end < len(digits) and 48 <= digits[end] <= 57:
+        end += 1
+    return int(digits[:end]) if end and int(digits[:end]) > 0 else None

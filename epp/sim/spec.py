@@ -29,6 +29,9 @@ class SimPodSpec:
     lora_load_s: float | None = None  # None: the profile's
     seed: int = 0  # output-length draws and error injection
     accept_any_model: bool = False  # serve any model name as the base model
+    # benchmarks only: end each answer at the prompt's last `#answer=N` marker (capped by
+    # max_tokens), a length the client knows and no router reads
+    answer_from_prompt: bool = False
     aliases: tuple[str, ...] = ()  # more names for the base model (vLLM --served-model-name a b)
     legacy_metrics: bool = False  # KV usage as vllm:gpu_cache_usage_perc, like older vLLM
     prefix_caching: bool = True

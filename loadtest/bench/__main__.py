@@ -29,7 +29,7 @@ from pathlib import Path
 from epp.sim.profiles import get_profile
 from loadtest.bench import client, report, stats
 from loadtest.bench.routers import Children, RouterSpec, SimPod, settle, start_router, start_sim
-from loadtest.workloads import WORKLOADS, poisson_arrivals, workload
+from loadtest.workloads import ANNOUNCED, LENGTHS, WORKLOADS, poisson_arrivals, workload
 
 DEFAULT_ROUTERS = (
     "epp:gpu-aware,epp:prefix-cache-aware,envoy:ROUND_ROBIN,envoy:LEAST_REQUEST,"
@@ -79,6 +79,15 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--epp-args", default="", help='extra `epp serve` flags, e.g. "--sd-queue-depth 1"'
     )
+    p.add_argument(
+        "--lengths",
+        choices=LENGTHS,
+        default=ANNOUNCED,
+        help="how answer lengths reach the server: announced in max_tokens, or as production "
+        "clients send them, a fixed --length-cap or no max_tokens (the simulator ends each "
+        "answer at a length told in a prompt marker no router reads)",
+    )
+    p.add_argument("--length-cap", type=int, default=1024, help="max_tokens with --lengths cap")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("loadtest/results"))
     p.add_argument("--tag", default="", help="suffix of the output file names")
@@ -90,10 +99,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 def sim_args(a: argparse.Namespace) -> list[str]:
     last = f"{a.pods - 1}:speed={a.slow_speed}"
+    told = ["--answer-from-prompt"] if a.lengths != ANNOUNCED else []
     return [
         "--profile", a.profile, "--speed", str(a.speed), "--max-num-seqs", str(a.max_num_seqs),
         "--num-gpu-blocks", str(a.num_gpu_blocks), "--seed", str(a.seed),
-        "--name-prefix", "pod", "--pod-option", last,
+        "--name-prefix", "pod", "--pod-option", last, *told,
     ]  # fmt: skip
 
 
@@ -102,8 +112,15 @@ def cluster_text(a: argparse.Namespace) -> str:
         f"{a.pods} simulated {a.profile} pods (`epp sim`, one process), speed {a.speed} "
         f"(the last at {a.slow_speed}), max_num_seqs {a.max_num_seqs} "
         f"({'declared' if a.declare_max_num_seqs else 'not declared'} in the pod specs), "
-        f"{a.num_gpu_blocks} KV blocks of 16 tokens each"
+        f"{a.num_gpu_blocks} KV blocks of 16 tokens each; answer lengths {lengths_text(a)}"
     )
+
+
+def lengths_text(a: argparse.Namespace) -> str:
+    if a.lengths == ANNOUNCED:
+        return "announced in max_tokens"
+    cap = f"max_tokens {a.length_cap}" if a.lengths == "cap" else "no max_tokens"
+    return f"hidden from the routers ({cap})"
 
 
 def machine_text() -> str:
@@ -153,7 +170,14 @@ class Bench:
                 workers = a.pods * a.max_num_seqs * 2
                 requests = workload(name, a.seed + 1000)
                 samples = await client.closed_loop(
-                    session, url, requests, "bench", workers, a.capacity_seconds
+                    session,
+                    url,
+                    requests,
+                    "bench",
+                    workers,
+                    a.capacity_seconds,
+                    a.lengths,
+                    a.length_cap,
                 )
         finally:
             await self.children.stop_all()
@@ -172,7 +196,15 @@ class Bench:
                 arrivals, labels, requests = client.only(a.send_only, arrivals, labels, requests)
             async with client.make_session(a.request_timeout) as session:
                 samples = await client.open_loop(
-                    session, url, requests, arrivals, "bench", a.drain, labels
+                    session,
+                    url,
+                    requests,
+                    arrivals,
+                    "bench",
+                    a.drain,
+                    labels,
+                    a.lengths,
+                    a.length_cap,
                 )
         finally:
             await self.children.stop_all()

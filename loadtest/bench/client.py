@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
-from loadtest.workloads import ChatRequest
+from loadtest.workloads import ANNOUNCED, ChatRequest
 
 TAIL_BYTES = 4096
 
@@ -120,8 +120,8 @@ async def send(
     )
 
 
-def encode(request: ChatRequest, model: str) -> bytes:
-    return orjson.dumps(request.body(model, stream=True))
+def encode(request: ChatRequest, model: str, lengths: str = ANNOUNCED, cap: int = 0) -> bytes:
+    return orjson.dumps(request.body(model, stream=True, lengths=lengths, cap=cap))
 
 
 def make_session(request_timeout: float) -> aiohttp.ClientSession:
@@ -154,6 +154,8 @@ async def open_loop(
     model: str,
     drain: float,
     labels: list[str] | None = None,
+    lengths: str = ANNOUNCED,
+    cap: int = 0,
 ) -> list[Sample]:
     """Send one request at each arrival offset, then wait at most `drain` s for stragglers.
 
@@ -162,7 +164,7 @@ async def open_loop(
     labels = labels or [""] * len(arrivals)
     reqs = [next(requests) for _ in arrivals]
     bodies = [
-        encode(r, f"{model}-sheddable" if label == "sheddable" else model)
+        encode(r, f"{model}-sheddable" if label == "sheddable" else model, lengths, cap)
         for r, label in zip(reqs, labels, strict=True)
     ]
     tasks: list[asyncio.Task[Sample]] = []
@@ -187,6 +189,8 @@ async def closed_loop(
     model: str,
     workers: int,
     duration: float,
+    lengths: str = ANNOUNCED,
+    cap: int = 0,
 ) -> list[Sample]:
     """`workers` users each sending back-to-back requests until `duration` s have passed."""
     headers = {"content-type": "application/json"}
@@ -196,7 +200,7 @@ async def closed_loop(
 
     async def user() -> None:
         while time.perf_counter() < deadline:
-            body = encode(next(requests), model)
+            body = encode(next(requests), model, lengths, cap)
             samples.append(await send(session, url, body, t0, headers))
 
     tasks = [asyncio.create_task(user()) for _ in range(workers)]
