@@ -22,6 +22,7 @@ from epp.datastore import Datastore, Lease
 from epp.request import API_NONE, Body, read
 from epp.routing import Route, Router
 from epp.scheduling.base import SchedulingRequest
+from epp.scheduling.output_length import OutputLengths
 from epp.scheduling.registry import select_profile
 from epp.scheduling.scheduler import Profile
 from epp.settings import ProtocolSettings
@@ -45,6 +46,7 @@ class Decision:
     started: float
     decided: float
     api: str = ""  # the request's API (`epp.request.API_*`)
+    output_limit: int | None = None  # the client's max_tokens (a cap)
 
     @property
     def model_rewritten(self) -> bool:
@@ -65,7 +67,9 @@ class Director:
         profiles: Mapping[str, Profile],
         protocol: ProtocolSettings,
         clock: Callable[[], float] = time.monotonic,
+        lengths: OutputLengths | None = None,
     ) -> None:
+        self.lengths = lengths or OutputLengths()
         self._store = store
         self._router = router
         self._admission = admission
@@ -89,8 +93,12 @@ class Director:
         request = read(headers, body, self._protocol.max_body_bytes)
         # 2. route: the client's model → pool, served model, priority, profile, canary version
         route = self._router.route(request, headers, rewrite)
-        # 3. admit: wait for room (or be refused); the endpoints the request is offered
-        candidates = await self._admission.admit(request, route.pool.key, route.priority, subset)
+        # 3. admit: wait for room (or be refused); the endpoints the request is offered. The
+        # answer's length is planned from what this model's answers have been (a cap is a cap)
+        plan = self.lengths.plan(route.target_model, request.output_limit)
+        candidates = await self._admission.admit(
+            request, route.pool.key, route.priority, subset, plan
+        )
         # 4. schedule: the route's profile ranks the offered endpoints
         scheduling = SchedulingRequest(
             request_id,
@@ -101,6 +109,8 @@ class Director:
             _adapter(route),
             route.ceilings,
             max_output_tokens=request.output_limit,
+            expected_output_tokens=plan.expected,
+            typical_output_tokens=plan.typical,
         )
         profile = select_profile(self._profiles, route.strategy, route.priority)
         picked = profile.schedule(scheduling, candidates, 1 + self._protocol.fallback_endpoints)
@@ -121,6 +131,7 @@ class Director:
             started,
             self._clock(),
             request.api,
+            request.output_limit,
         )
 
 

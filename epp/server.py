@@ -36,6 +36,7 @@ from epp.health import Health
 from epp.observability import EppMetrics
 from epp.routing import Router
 from epp.scheduling.config import load_config
+from epp.scheduling.output_length import OutputLengths
 from epp.scheduling.registry import build_default_profiles, service_time_of
 from epp.scrape.scraper import Scraper, ScrapeSettings
 from epp.settings import Settings
@@ -88,11 +89,13 @@ class EppServer:
             if f.enabled
             else None
         )
-        admission = AdmissionController(
-            self.store, s.saturation, self.flow, service_time_of(profiles)
-        )
+        service_time = service_time_of(profiles)
+        admission = AdmissionController(self.store, s.saturation, self.flow, service_time)
         router = Router(self.store, s.protocol)
-        self.director = Director(self.store, router, admission, profiles, s.protocol)
+        lengths = OutputLengths(prior=service_time.typical_output_tokens)
+        self.director = Director(
+            self.store, router, admission, profiles, s.protocol, lengths=lengths
+        )
         self.tracking = Tracking(self.director, self.store, self.metrics)
         self._kube: KubeRuntime | None = None
         self.health = Health()
@@ -234,6 +237,7 @@ class EppServer:
         app = web.Application()
         app.router.add_get("/metrics", self._serve_metrics)
         app.router.add_get("/debug/endpoints", self._serve_endpoints)
+        app.router.add_get("/debug/lengths", self._serve_lengths)
         app.router.add_get("/healthz", self._serve_healthz)
         return app
 
@@ -242,6 +246,10 @@ class EppServer:
         return web.Response(
             body=generate_latest(self.metrics.registry), content_type="text/plain", charset="utf-8"
         )
+
+    async def _serve_lengths(self, request: web.Request) -> web.Response:
+        """What answers of each model have been: the lengths requests are planned with."""
+        return web.json_response({"models": self.director.lengths.snapshot()})
 
     async def _serve_healthz(self, request: web.Request) -> web.Response:
         return web.json_response(

@@ -13,6 +13,7 @@ from epp.api.model import ModelRoute, PodInfo, Pool, PoolDeployment, ResourceSet
 from epp.datastore import Datastore
 from epp.director import Director
 from epp.routing import Router
+from epp.scheduling.output_length import OutputLengths
 from epp.scheduling.registry import build_default_profiles, service_time_of
 from epp.settings import ProtocolSettings, SaturationSettings
 from epp.types import Endpoint, EndpointMetrics, EndpointState
@@ -76,4 +77,6 @@ def director(
     admission = AdmissionController(
         store, saturation or SaturationSettings(), flow, service_time_of(profiles), clock
     )
-    return Director(store, Router(store, protocol, rng), admission, profiles, protocol, clock)
+    lengths = OutputLengths(prior=service_time_of(profiles).typical_output_tokens)
+    router = Router(store, protocol, rng)
+    return Director(store, router, admission, profiles, protocol, clock, lengths)

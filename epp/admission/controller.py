@@ -23,6 +23,7 @@ from epp.admission.rooms import CRITICAL_QUEUE_AFTER, CriticalRoom, RoomView, St
 from epp.admission.shedding import Shedder
 from epp.datastore import Datastore
 from epp.request import InferenceRequest
+from epp.scheduling.output_length import LengthPlan
 from epp.scheduling.service_time import ServiceTime
 from epp.settings import SaturationSettings
 from epp.types import EndpointState
@@ -53,8 +54,10 @@ class AdmissionController:
         pool_key: str,
         priority: int,
         subset: Sequence[str] | None = None,
+        plan: LengthPlan | None = None,
     ) -> list[EndpointState]:
-        """Wait for room (or refuse the request), then return the endpoints it is offered."""
+        """Wait for room (or refuse the request), then return the endpoints it is offered.
+        `plan`: the answer length to plan with (default: the request's cap, else typical)."""
         if not request.runs_inference:
             return self._store.ready(pool_key, subset)
         if priority < 0:  # a sheddable request leaves part of each batch free
@@ -63,7 +66,7 @@ class AdmissionController:
             return with_room if self.flow is not None else ready
         if self.flow is None:
             return self._store.ready(pool_key, subset)
-        await self._wait(request, pool_key, priority, subset)
+        await self._wait(request, pool_key, priority, subset, plan)
         view = self.view(pool_key, subset)
         return view.with_room(priority) or list(view.candidates)
 
@@ -81,7 +84,12 @@ class AdmissionController:
         return view
 
     async def _wait(
-        self, request: InferenceRequest, pool_key: str, priority: int, subset: Sequence[str] | None
+        self,
+        request: InferenceRequest,
+        pool_key: str,
+        priority: int,
+        subset: Sequence[str] | None,
+        plan: LengthPlan | None,
     ) -> None:
         flow = self.flow
         assert flow is not None
@@ -97,7 +105,10 @@ class AdmissionController:
                 CRITICAL_QUEUE_AFTER, flow.notify, pool_key
             )
         else:
-            room = StandardRoom(current, self._service_time, request.output_limit, self._clock)
+            tokens, typical = (
+                (plan.expected, plan.typical) if plan else (request.output_limit, None)
+            )
+            room = StandardRoom(current, self._service_time, tokens, self._clock, typical)
             timer = None
         try:
             await flow.wait_for_room(pool_key, priority, room, request.size)

@@ -81,12 +81,15 @@ class RoomView:
         self.any_probe = self.any_free or any(ld <= lim for ld, lim in columns)
         self._envelopes: dict[int, tuple[LowerEnvelope, LowerEnvelope, float] | None] = {}
 
-    def envelopes(self, model: ServiceTime) -> tuple[LowerEnvelope, LowerEnvelope, float] | None:
+    def envelopes(
+        self, model: ServiceTime, typical: int
+    ) -> tuple[LowerEnvelope, LowerEnvelope, float] | None:
         """(best predicted time over all endpoints, over those with room, the fastest pace) as
-        functions of the output tokens; None when no pace is measured yet."""
-        key = model.typical_output_tokens
+        functions of the output tokens, for a typical request of `typical` tokens; None when no
+        pace is measured yet."""
+        key = typical
         if key not in self._envelopes:
-            found = model.lines(self.candidates)
+            found = model.lines(self.candidates, typical)
             if found is None:
                 self._envelopes[key] = None
             else:
@@ -113,7 +116,11 @@ class RoomView:
 
 
 def worth_taking(
-    view: RoomView, model: ServiceTime, waited: float, output_tokens: int | None
+    view: RoomView,
+    model: ServiceTime,
+    waited: float,
+    output_tokens: int | None,
+    typical: int | None = None,
 ) -> bool:
     """Room for a standard request: an endpoint with room where it would not finish much later
     than on the best endpoint, full ones included (their queue counted). The time it has
@@ -123,11 +130,11 @@ def worth_taking(
         return False
     if all(view.room):
         return True
-    found = view.envelopes(model)
+    typical = typical or model.typical_output_tokens
+    found = view.envelopes(model, typical)
     if found is None:
         return True
     best, best_with_room, fastest = found
-    typical = model.typical_output_tokens
     tokens = output_tokens or typical
     slack = DECLINE_AFTER * typical * fastest + waited
     return best_with_room.min_at(tokens) - best.min_at(tokens) <= slack
@@ -149,14 +156,20 @@ class StandardRoom:
     """The room test of one waiting standard request (`first`: nothing of its priority or
     better waits ahead of it)."""
 
-    __slots__ = ("_clock", "_model", "_output_tokens", "_patience", "_view")
+    __slots__ = ("_clock", "_model", "_output_tokens", "_patience", "_typical", "_view")
 
     def __init__(
-        self, view: ViewOf, model: ServiceTime, output_tokens: int | None, clock: Clock
+        self,
+        view: ViewOf,
+        model: ServiceTime,
+        output_tokens: int | None,
+        clock: Clock,
+        typical: int | None = None,
     ) -> None:
         self._view = view
         self._model = model
         self._output_tokens = output_tokens
+        self._typical = typical
         self._clock = clock
         self._patience = Patience()
 
@@ -170,7 +183,7 @@ class StandardRoom:
         now = self._clock()
         declined = self._patience.declined_since
         waited = 0.0 if declined is None else now - declined
-        if worth_taking(view, self._model, waited, self._output_tokens):
+        if worth_taking(view, self._model, waited, self._output_tokens, self._typical):
             return True
         if first and declined is None:
             self._patience.declined_since = now  # its own choice to wait starts now

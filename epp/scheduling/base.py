@@ -28,7 +28,11 @@ class SchedulingRequest:
     lora_adapter: str | None = None
     ceilings: tuple[tuple[str, float], ...] = ()  # (metric name, percent ceiling)
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
-    max_output_tokens: int | None = None  # the body's max_tokens: a bound, often the length
+    max_output_tokens: int | None = None  # the body's max_tokens: a cap, sometimes the length
+    # what to plan with (`epp.scheduling.output_length`): the answer's expected tokens, and a
+    # typical answer's tokens for this model; None: the scorer's own configuration decides
+    expected_output_tokens: int | None = None
+    typical_output_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,10 @@ class ServiceTime:
             raise ValueError("typical_output_tokens must be positive")
 
     def predict(
-        self, candidates: Sequence[EndpointState], output_tokens: int | None
+        self,
+        candidates: Sequence[EndpointState],
+        output_tokens: int | None,
+        typical: int | None = None,
     ) -> tuple[list[float], float] | None:
         """(predicted seconds per candidate, the fastest measured pace); on the hot path, so
         it reads the snapshot's shared columns."""
@@ -37,7 +40,7 @@ class ServiceTime:
         fastest = snap.fastest_tpot
         if not fastest:
             return None
-        typical = self.typical_output_tokens
+        typical = typical or self.typical_output_tokens
         tokens = output_tokens or typical
         paces = snap.filled_tpot
         queued = snap.queued_share
@@ -47,7 +50,7 @@ class ServiceTime:
         return [p * (tokens + q * typical) for p, q in zip(paces, queued, strict=True)], fastest
 
     def lines(
-        self, candidates: Sequence[EndpointState]
+        self, candidates: Sequence[EndpointState], typical: int | None = None
     ) -> tuple[list[float], list[float], float] | None:
         """`predict` as lines in the output tokens, for callers that ask for many sizes: per
         candidate its pace (slope) and the wait behind its full batch (intercept), and the
@@ -60,5 +63,5 @@ class ServiceTime:
         queued = snap.queued_share
         if queued is None:
             return paces, [0.0] * len(paces), fastest
-        typical = self.typical_output_tokens
+        typical = typical or self.typical_output_tokens
         return paces, [p * q * typical for p, q in zip(paces, queued, strict=True)], fastest

@@ -86,6 +86,7 @@ class RequestTracker:
         self._status = 0
         self._first_byte: float | None = None
         self._paced = False  # an early pace sample was taken (or the chance has passed)
+        self._ended = False  # the whole response body was seen
         self.done = False
 
     @property
@@ -126,6 +127,7 @@ class RequestTracker:
             if end:
                 out += follower.finish()
         if end:
+            self._ended = True
             self.complete()
         return out
 
@@ -159,6 +161,8 @@ class RequestTracker:
         if streamed and self._first_byte is not None and outputs > 1:
             seconds = now - self._first_byte
             tracking.store.record_tokens(decision.lease.address, seconds, outputs)
+        if self._ended and self._status < 400 and outputs:  # a whole answer: its length counts
+            tracking.director.lengths.observe(decision.target_model, outputs, decision.output_limit)
         self._observe(now, outputs)
 
     def _observe(self, now: float, outputs: int) -> None:

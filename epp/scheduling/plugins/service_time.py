@@ -31,10 +31,12 @@ class ServiceTimeScorer:
         return cls(params.integer("typicalOutputTokens", TYPICAL_OUTPUT_TOKENS, low=1))
 
     def score(self, request: SchedulingRequest, candidates: Sequence[EndpointState]) -> list[float]:
-        found = self.model.predict(candidates, request.max_output_tokens)
+        tokens = request.expected_output_tokens or request.max_output_tokens
+        typical = request.typical_output_tokens or self.typical
+        found = self.model.predict(candidates, tokens, typical)
         if found is None:
             return [1.0] * len(candidates)
         predicted, fastest = found
         best = min(predicted)
-        inv = 1.0 / (self.typical * fastest)
+        inv = 1.0 / (typical * fastest)
         return [1.0 - d if (d := (p - best) * inv) < 1.0 else 0.0 for p in predicted]

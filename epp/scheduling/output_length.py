@@ -1,0 +1,108 @@
+"""How long answers turn out to be, learned per model from finished requests.
+
+A client's `max_tokens` is a cap, not the answer's length: production clients send one cap for
+every request, or none. So the scheduler plans with what this model's answers have been: the
+mean of the last `window` observed lengths, each cut at the request's cap (E[min(L, cap)]).
+Where the cap does tell the length (most answers run into it: a client that announces the
+length, or a short cap), the cap itself is the plan. Until `min_samples` answers are seen, the
+plan is the cap, else the configured typical length (the prior). The learned mean also replaces
+the prior as the "typical request" that scales queue waits and patience. Neighbours: the
+request tracker (`epp.tracking`) calls `observe` when an answer ends; the director asks `plan`
+and hands the result to admission and the scheduler (`SchedulingRequest.expected_output_tokens`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from epp.scheduling.service_time import TYPICAL_OUTPUT_TOKENS
+
+WINDOW = 512  # answers remembered per model
+MIN_SAMPLES = 20  # answers before the learned figures replace the prior
+CAP_TELLS = 0.5  # share of capped answers that ran into their cap, from which the cap is the length
+HIT_SMOOTHING = 0.05
+REFRESH_EVERY = 16  # answers between recomputed expectations (they move slowly)
+
+
+@dataclass(frozen=True, slots=True)
+class LengthPlan:
+    """The output tokens to plan one request with, and what a typical request of its model is."""
+
+    expected: int
+    typical: int
+
+
+class _ModelLengths:
+    __slots__ = ("_by_cap", "cap_hits", "capped", "lengths", "mean", "version")
+
+    def __init__(self, window: int) -> None:
+        self.lengths: deque[int] = deque(maxlen=window)
+        self.cap_hits = 0.0  # moving share of capped answers that ran into their cap
+        self.capped = 0  # capped answers seen
+        self.mean = 0.0
+        self.version = 0
+        self._by_cap: dict[int, int] = {}
+
+    def expectation(self, cap: int) -> int:
+        """E[min(L, cap)] over the remembered answers (cached until the next refresh)."""
+        found = self._by_cap.get(cap)
+        if found is None:
+            total = sum(x if x < cap else cap for x in self.lengths)
+            found = self._by_cap[cap] = max(1, round(total / len(self.lengths)))
+        return found
+
+    def refresh(self) -> None:
+        self.mean = sum(self.lengths) / len(self.lengths)
+        self._by_cap = {}
+
+
+class OutputLengths:
+    def __init__(
+        self,
+        prior: int = TYPICAL_OUTPUT_TOKENS,
+        window: int = WINDOW,
+        min_samples: int = MIN_SAMPLES,
+    ) -> None:
+        if prior < 1 or window < 1 or min_samples < 1:
+            raise ValueError("prior, window and min_samples must be positive")
+        self.prior = prior
+        self._window = window
+        self._min_samples = min(min_samples, window)
+        self._models: dict[str, _ModelLengths] = {}
+
+    def observe(self, model: str, output_tokens: int, cap: int | None) -> None:
+        """An answer of `model` ended after `output_tokens` tokens (`cap`: its max_tokens)."""
+        if output_tokens < 1:
+            return
+        stats = self._models.get(model)
+        if stats is None:
+            stats = self._models[model] = _ModelLengths(self._window)
+        stats.lengths.append(output_tokens)
+        if cap is not None:
+            hit = 1.0 if output_tokens >= cap else 0.0
+            stats.capped += 1
+            weight = max(HIT_SMOOTHING, 1.0 / stats.capped)  # a plain mean until it settles
+            stats.cap_hits += weight * (hit - stats.cap_hits)
+        stats.version += 1
+        if stats.version % REFRESH_EVERY == 0 or len(stats.lengths) <= self._min_samples:
+            stats.refresh()
+
+    def plan(self, model: str, cap: int | None) -> LengthPlan:
+        """What to plan a request of `model` with `cap` (its max_tokens, if any) for."""
+        stats = self._models.get(model)
+        if stats is None or len(stats.lengths) < self._min_samples:
+            return LengthPlan(cap or self.prior, self.prior)
+        typical = max(1, round(stats.mean))
+        if cap is None:
+            return LengthPlan(typical, typical)
+        if stats.capped >= self._min_samples and stats.cap_hits >= CAP_TELLS:
+            return LengthPlan(cap, typical)  # answers run into their caps: the cap is the length
+        return LengthPlan(stats.expectation(cap), typical)
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        """Per model: answers remembered, their mean, and the share that ran into a cap."""
+        return {
+            model: {"answers": len(s.lengths), "mean": s.mean, "cap_hits": s.cap_hits}
+            for model, s in self._models.items()
+        }
