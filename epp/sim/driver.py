@@ -14,6 +14,7 @@ import heapq
 import itertools
 import logging
 import math
+from collections.abc import Callable
 
 from epp.sim.engine import Engine, Seq
 
@@ -73,6 +74,7 @@ class RealtimeDriver:
         self._wake = asyncio.Event()
         self._dirty: dict[int, Seq] = {}
         self._last_flush = 0.0
+        self.on_step: Callable[[], None] | None = None  # after each step (KV events out)
 
     def submit(self, seq: Seq) -> None:
         self.engine.submit(seq, asyncio.get_running_loop().time())
@@ -113,6 +115,8 @@ class RealtimeDriver:
                 dirty[id(seq)] = seq
                 if seq.generated == 1 or seq.done:
                     urgent = True
+            if self.on_step is not None:
+                self.on_step()
             if urgent or now - self._last_flush >= self.flush_interval:
                 self._flush(now)
 

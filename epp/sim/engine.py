@@ -6,15 +6,17 @@ slots and `max_num_seqs` allow; recompute-preemption of the newest running seque
 out) and returns its duration from the GPU profile; `finish_step(now)` commits it and returns the
 sequences that produced a token. `epp.sim.driver` runs it in real time or on a fake clock;
 `epp.sim.kvcache` holds the blocks; `epp.sim.stats` the counters `epp.sim.metrics` exports.
+Blocks a step newly caches become vLLM `BlockStored` events when the cache records events.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from epp.sim.kvcache import KvCache
+from epp.sim.kvevents import stored
 from epp.sim.profiles import GpuProfile
 from epp.sim.stats import EngineStats
 
@@ -41,9 +43,9 @@ class Seq:
 
     __slots__ = (
         "adapter", "arrival", "blocks", "cached_tokens", "committed", "finish_reason",
-        "finished_at", "first_token_at", "generated", "hashes", "last_token_at", "max_tokens",
-        "notify", "num_computed", "num_tokens", "preemptions", "prompt_tokens", "rid",
-        "scheduled_at", "status", "stop_reason",
+        "finished_at", "first_token_at", "generated", "hashes", "last_token_at", "lora_id",
+        "max_tokens", "notify", "num_computed", "num_tokens", "preemptions", "prompt_tokens",
+        "rid", "scheduled_at", "status", "stop_reason", "token_ids",
     )  # fmt: skip
 
     def __init__(
@@ -55,6 +57,8 @@ class Seq:
         adapter: str | None = None,
         arrival: float = 0.0,
         stop_reason: str = "length",
+        token_ids: Sequence[int] = (),  # the prompt's, for the BlockStored events
+        lora_id: int | None = None,
     ) -> None:
         if prompt_tokens < 1 or max_tokens < 1:
             raise ValueError("a sequence needs at least one prompt token and one output token")
@@ -65,6 +69,8 @@ class Seq:
         self.adapter = adapter
         self.arrival = arrival
         self.stop_reason = stop_reason  # finish_reason once max_tokens are out
+        self.token_ids = token_ids
+        self.lora_id = lora_id
         self.status = WAITING
         self.num_tokens = prompt_tokens  # prompt + generated
         self.num_computed = 0
@@ -252,9 +258,8 @@ class Engine:
                 continue
             seq.num_computed += n
             full = min(seq.num_computed // bs, len(seq.hashes))
-            while seq.committed < full:
-                kv.commit(seq.blocks[seq.committed], seq.hashes[seq.committed])
-                seq.committed += 1
+            if seq.committed < full:
+                self._commit(seq, full)
             if seq.num_computed < seq.num_tokens:
                 continue
             seq.generated += 1
@@ -280,6 +285,36 @@ class Engine:
             self.running = [s for s in self.running if s.status == RUNNING]
         self._scheduled = []
         return out
+
+    def _commit(self, seq: Seq, full: int) -> None:
+        """Cache the sequence's computed full blocks; those newly cached become events."""
+        kv = self.kv
+        run: list[int] = []  # consecutive newly cached blocks: one BlockStored each run
+        for i in range(seq.committed, full):
+            if kv.commit(seq.blocks[i], seq.hashes[i]):
+                if run and run[-1] != i - 1:
+                    self._stored(seq, run)
+                    run = []
+                run.append(i)
+        seq.committed = full
+        if run and kv.events is not None:
+            self._stored(seq, run)
+
+    def _stored(self, seq: Seq, run: list[int]) -> None:
+        events = self.kv.events
+        if events is None:
+            return
+        bs, first, end = self.block_size, run[0], run[-1] + 1
+        events.append(
+            stored(
+                seq.hashes[first:end],
+                seq.hashes[first - 1] if first else None,
+                list(seq.token_ids[first * bs : end * bs]),
+                bs,
+                seq.lora_id,
+                seq.adapter,
+            )
+        )
 
     # -- observations -----------------------------------------------------------------------
     def utilization(self, now: float, window: float = 1.0) -> float:

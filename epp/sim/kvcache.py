@@ -4,26 +4,18 @@ Blocks hold `block_size` tokens. A full prompt block is registered under its cha
 computed; when its last user releases it, the block joins the free queue but keeps its hash, so
 a later request with the same prefix reuses it until the block is evicted (least recently freed
 first). Usage counts cached-but-free blocks as free, like vLLM. Used by `epp.sim.engine`.
+With `events` set to a list, every change to what is cached is recorded there as vLLM's KV
+event (`epp.sim.kvevents`): the engine adds `BlockStored`, evictions add `BlockRemoved` and a
+reset `AllBlocksCleared`, so the events and this cache agree block for block.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
-import xxhash
-
-
-def block_hashes(key: bytes, num_tokens: int, block_size: int, salt: str) -> list[int]:
-    """Chained hashes of the full blocks of a prompt whose token i is `key[4i:4i+4]`."""
-    full = min(num_tokens // block_size, len(key) // (4 * block_size))
-    step = 4 * block_size
-    h = xxhash.xxh64_intdigest(salt.encode())
-    out: list[int] = []
-    for i in range(full):
-        h = xxhash.xxh64_intdigest(key[i * step : (i + 1) * step], seed=h)
-        out.append(h)
-    return out
+from epp.sim.kvevents import cleared, removed
 
 
 class KvCache:
@@ -39,6 +31,7 @@ class KvCache:
         self._hash: list[int | None] = [None] * num_blocks
         self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
         self._cached: dict[int, int] = {}
+        self.events: list[dict[str, Any]] | None = None  # vLLM's KV events, when published
 
     @property
     def num_free(self) -> int:
@@ -82,16 +75,29 @@ class KvCache:
             if h is not None:
                 if self._cached.get(h) == b:
                     del self._cached[h]
+                    if self.events is not None:
+                        self._removed(h)
                 self._hash[b] = None
             self._ref[b] = 1
             out.append(b)
         return out
 
-    def commit(self, block: int, h: int) -> None:
-        """Register a computed full block under its prefix hash (first writer wins)."""
+    def commit(self, block: int, h: int) -> bool:
+        """Register a computed full block under its prefix hash (first writer wins); whether
+        it was registered."""
         if self.prefix_caching and h not in self._cached:
             self._cached[h] = block
             self._hash[block] = h
+            return True
+        return False
+
+    def _removed(self, h: int) -> None:
+        assert self.events is not None
+        last = self.events[-1] if self.events else None
+        if last is not None and last["type"] == "BlockRemoved":
+            last["block_hashes"].append(h)  # evictions of one allocation travel as one event
+        else:
+            self.events.append(removed([h]))
 
     def release(self, blocks: Sequence[int]) -> None:
         """Drop one reference per block; tail blocks are freed first so they are evicted first."""
@@ -104,3 +110,5 @@ class KvCache:
     def reset_prefix_cache(self) -> None:
         self._cached.clear()
         self._hash = [None] * self.num_blocks
+        if self.events is not None:
+            self.events.append(cleared())

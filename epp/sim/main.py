@@ -13,12 +13,13 @@ import argparse
 import asyncio
 import dataclasses
 import ipaddress
+import os
 import signal
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from epp.sim.spec import SimPodSpec
+from epp.sim.spec import KvEventsConfig, SimPodSpec
 
 DESCRIPTION = "Simulated vLLM GPU pods."
 
@@ -39,6 +40,10 @@ _OPTION_TYPES: dict[str, Callable[[str], Any]] = {
     "answer_from_prompt": lambda v: v.lower() in ("1", "true", "yes"),
     "legacy_metrics": lambda v: v.lower() in ("1", "true", "yes"),
     "flush_interval": float,
+    "kv_events": KvEventsConfig.parse,
+    "tokenizer": str,
+    "hash_algo": str,
+    "hash_seed": str,
 }
 
 
@@ -95,6 +100,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=_default("flush_interval"),
         help="min seconds between writes",
     )
+    p.add_argument(
+        "--kv-events-config",
+        metavar="JSON",
+        help="vLLM's KV events config, e.g. "
+        '\'{"enable_kv_cache_events":true,"publisher":"zmq","endpoint":"tcp://*:5557"}\' '
+        "(* is each pod's own IP)",
+    )
+    p.add_argument(
+        "--prefix-caching-hash-algo",
+        default=_default("hash_algo"),
+        choices=("sha256", "sha256_cbor", "xxhash", "xxhash_cbor"),
+        help="block hash function, as vLLM's flag",
+    )
+    p.add_argument(
+        "--hash-seed",
+        default=os.environ.get("PYTHONHASHSEED"),
+        help="seed of the first block's parent hash (vLLM reads PYTHONHASHSEED, the default)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        metavar="DIR",
+        help="folder with the model's tokenizer.json (+ tokenizer_config.json); "
+        "default: 4 bytes of text a token",
+    )
     p.add_argument("--gpu-exporter-port", type=int, help="serve DCGM metrics on this port")
     p.add_argument("--gpu-exporter-host", default="127.0.0.1")
     p.add_argument(
@@ -139,6 +168,12 @@ def build_specs(args: argparse.Namespace) -> list[SimPodSpec]:
             aliases=tuple(args.alias),
             legacy_metrics=args.legacy_metrics,
             flush_interval=args.flush_interval,
+            kv_events=KvEventsConfig.parse(args.kv_events_config)
+            if args.kv_events_config
+            else None,
+            tokenizer=args.tokenizer,
+            hash_algo=args.prefix_caching_hash_algo,
+            hash_seed=args.hash_seed,
         )
         for i, (host, port) in enumerate(_addresses(args))
     ]

@@ -2,7 +2,10 @@
 
 `SimPod` is the runtime object behind one address. `epp.sim.server` routes HTTP requests into
 it; tests and `/sim/config` change it at runtime (`configure`, `set_speed`, ...). It owns the
-`RealtimeDriver` task that moves its `Engine` through time.
+`RealtimeDriver` task that moves its `Engine` through time, tokenizes prompts (`SimTokenizer`,
+or 4 bytes a token), hashes their blocks as vLLM does (`BlockHasher`) and, with vLLM's
+`--kv-events-config`, publishes each step's KV events (`Publisher`); `restart` is an engine
+crash and restart: the requests in it are lost, its cache and its event stream start afresh.
 """
 
 from __future__ import annotations
@@ -14,14 +17,19 @@ import itertools
 import random
 from typing import Any, TypeVar
 
+import orjson
 import xxhash
+import zmq.asyncio
 
+from epp.sim.blockhash import BlockHasher
 from epp.sim.driver import RealtimeDriver
 from epp.sim.engine import Engine, EngineConfig, Seq
-from epp.sim.kvcache import block_hashes
+from epp.sim.kvcache import KvCache
+from epp.sim.kvevents import Publisher
 from epp.sim.openai import ApiError, CompletionRequest
 from epp.sim.profiles import get_profile
 from epp.sim.spec import METRICS_FAULTS, FakeMetrics, Faults, SimPodSpec
+from epp.sim.tokenizer import SimTokenizer, byte_ids
 
 MIN_DRAWN_TOKENS = 32
 DRAWN_TOKENS_SPAN = 353  # drawn output lengths are uniform in [32, 384], mean ~208
@@ -61,9 +69,19 @@ class SimPod:
         self._unhang = asyncio.Event()
         self._unhang.set()
         self._task: asyncio.Task[None] | None = None
+        self.hasher = BlockHasher(spec.block_size, spec.hash_algo, spec.hash_seed)
+        self.tokenizer = SimTokenizer(spec.tokenizer) if spec.tokenizer else None
+        self.publisher: Publisher | None = None
+        self._lora_ids: dict[str, int] = {}  # as vLLM numbers adapters: 1, 2, ... in use order
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
+        events = self.spec.kv_events
+        if events is not None and events.active and self.publisher is None:
+            self.publisher = Publisher(events, self.spec.host, zmq.asyncio.Context.instance())
+            self.publisher.start()
+            self.engine.kv.events = []
+            self.driver.on_step = self._publish
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
                 self.driver.run(), name=f"sim-engine-{self.name}"
@@ -76,6 +94,31 @@ class SimPod:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self.publisher is not None:
+            await self.publisher.close()
+            self.publisher = None
+
+    def _publish(self) -> None:
+        kv = self.engine.kv
+        if kv.events and self.publisher is not None:
+            self.publisher.publish(kv.events)
+            kv.events = []
+
+    def restart(self) -> None:
+        """The engine crashed and came back: requests in it end (aborted), the KV cache and the
+        LoRA slots are empty, and the event stream starts again at sequence 0 (vLLM sends no
+        event to say so)."""
+        engine = self.engine
+        for seq in [*engine.waiting, *engine.running]:
+            self.driver.abort(seq)
+            if seq.notify is not None:
+                seq.notify()
+        old = engine.kv
+        engine.kv = KvCache(old.num_blocks, old.block_size, old.prefix_caching)
+        engine.kv.events = [] if self.publisher is not None else None
+        engine.active_loras.clear()
+        if self.publisher is not None:
+            self.publisher.restart()
 
     # -- requests ---------------------------------------------------------------------------
     def resolve_model(self, model: str) -> str | None:
@@ -88,7 +131,25 @@ class SimPod:
             return None
         raise ApiError(404, f"The model `{model}` does not exist.", "model")
 
-    def new_seq(self, req: CompletionRequest, adapter: str | None) -> Seq:
+    def prompt_ids(self, raw: bytes, chat: bool) -> tuple[int, ...] | None:
+        """Token ids from the model's tokenizer (None without one: 4 bytes a token)."""
+        tok = self.tokenizer
+        if tok is None:
+            return None
+        body = orjson.loads(raw)
+        if chat:
+            return tok.chat_ids(body["messages"])
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1:
+            prompt = prompt[0]
+        return tok.completion_ids(prompt) if isinstance(prompt, str) else None
+
+    def new_seq(
+        self, req: CompletionRequest, adapter: str | None, ids: tuple[int, ...] | None = None
+    ) -> Seq:
+        if ids is not None:
+            req = dataclasses.replace(req, prompt_tokens=max(1, len(ids)))
+        token_ids = ids if ids is not None else byte_ids(req.prompt)
         limit = self.engine.capacity_tokens()
         told = answer_marker(req.prompt) if self.spec.answer_from_prompt else None
         if told is not None and (req.max_tokens is None or told < req.max_tokens):
@@ -107,10 +168,20 @@ class SimPod:
                 f"{max_tokens} in the completion). Please reduce the length of the messages or "
                 "completion.",
             )
-        salt = adapter or ""
-        hashes = block_hashes(req.prompt, req.prompt_tokens, self.spec.block_size, salt)
+        hashes = self.hasher.hashes(token_ids, adapter)
+        lora_id = None
+        if adapter is not None:
+            lora_id = self._lora_ids.setdefault(adapter, len(self._lora_ids) + 1)
         return Seq(
-            f"{next(self._ids)}", req.prompt_tokens, max_tokens, hashes, adapter, 0.0, reason
+            f"{next(self._ids)}",
+            req.prompt_tokens,
+            max_tokens,
+            hashes,
+            adapter,
+            0.0,
+            reason,
+            token_ids,
+            lora_id,
         )
 
     def should_fail(self) -> bool:
@@ -162,12 +233,15 @@ class SimPod:
         """Apply a `/sim/config` document; ValueError on a bad one (nothing applied then)."""
         if not isinstance(body, dict):
             raise ValueError("config must be a JSON object")
-        unknown = set(body) - {"speed", "faults", "fake_metrics"}
+        unknown = set(body) - {"speed", "faults", "fake_metrics", "restart"}
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         speed = body.get("speed")
         if speed is not None and not _is_number(speed):
             raise ValueError("speed must be a number")
+        restart = body.get("restart", False)
+        if not isinstance(restart, bool):
+            raise ValueError("restart must be a boolean")
         faults = _merge(self.faults, body, "faults")
         fake = _merge(self.fake, body, "fake_metrics")
         old = (self.faults, self.fake)
@@ -181,6 +255,8 @@ class SimPod:
             self.faults, self.fake = old
             self.set_faults()
             raise
+        if restart:
+            self.restart()
         return self.view()
 
     def view(self) -> dict[str, Any]:

@@ -69,9 +69,10 @@ def _kill(request: web.Request) -> None:
 async def _completion(request: web.Request, chat: bool) -> web.StreamResponse:
     pod = request.app[POD_KEY]
     try:
-        req = parse_request(await request.read(), chat)
+        raw = await request.read()
+        req = parse_request(raw, chat)
         adapter = pod.resolve_model(req.model)
-        seq = pod.new_seq(req, adapter)
+        seq = pod.new_seq(req, adapter, pod.prompt_ids(raw, chat))
     except ApiError as e:
         return _error(e)
     if pod.should_fail():

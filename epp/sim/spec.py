@@ -1,14 +1,61 @@
 """Values that describe a simulated pod: its start-up spec and its runtime faults/fake metrics.
 
-`SimPodSpec` is re-exported by `epp.sim.cluster` (the public contract); `Faults` and
-`FakeMetrics` are switched at runtime through `SimPod.configure` (the `/sim/config` endpoint).
+`SimPodSpec` is re-exported by `epp.sim.cluster` (the public contract); `KvEventsConfig` is
+vLLM's `--kv-events-config`; `Faults` and `FakeMetrics` are switched at runtime through
+`SimPod.configure` (the `/sim/config` endpoint).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+
+import orjson
 
 METRICS_FAULTS = ("slow", "garbage")
+
+
+@dataclass(frozen=True, slots=True)
+class KvEventsConfig:
+    """vLLM's `KVEventsConfig` (`vllm/config/kv_events.py`), from the same JSON flag."""
+
+    enable_kv_cache_events: bool = False
+    publisher: str | None = None  # None: "zmq" when events are enabled, else "null"
+    endpoint: str = "tcp://*:5557"
+    replay_endpoint: str | None = None
+    buffer_steps: int = 10_000
+    hwm: int = 100_000
+    max_queue_size: int = 100_000
+    topic: str = ""
+
+    @property
+    def active(self) -> bool:
+        kind = self.publisher or ("zmq" if self.enable_kv_cache_events else "null")
+        return self.enable_kv_cache_events and kind == "zmq"
+
+    @classmethod
+    def parse(cls, text: str) -> KvEventsConfig:
+        """The `--kv-events-config` JSON; ValueError naming what is wrong."""
+        try:
+            raw = orjson.loads(text)
+        except orjson.JSONDecodeError as e:
+            raise ValueError(f"--kv-events-config is not JSON: {e}") from None
+        if not isinstance(raw, dict):
+            raise ValueError("--kv-events-config must be a JSON object")
+        unknown = set(raw) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"--kv-events-config: unknown keys {sorted(unknown)}")
+        kinds = {"enable_kv_cache_events": bool, "buffer_steps": int, "hwm": int,
+                 "max_queue_size": int, "endpoint": str, "topic": str}  # fmt: skip
+        for key, kind in kinds.items():
+            value = raw.get(key, kind())
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ValueError(f"--kv-events-config: {key} must be a {kind.__name__}")
+        if raw.get("publisher") not in (None, "zmq", "null"):
+            raise ValueError("--kv-events-config: publisher must be 'zmq' or 'null'")
+        replay = raw.get("replay_endpoint")
+        if replay is not None and not isinstance(replay, str):
+            raise ValueError("--kv-events-config: replay_endpoint must be a string or null")
+        return cls(**raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +84,10 @@ class SimPodSpec:
     prefix_caching: bool = True
     flush_interval: float = 0.0  # coalesce SSE writes of steps shorter than this (seconds)
     metrics_delay_s: float = 5.0  # how long a "slow" /metrics fault stalls
+    kv_events: KvEventsConfig | None = None  # vLLM --kv-events-config
+    tokenizer: str | None = None  # folder with tokenizer.json (None: 4 bytes of text a token)
+    hash_algo: str = "sha256"  # vLLM --prefix-caching-hash-algo
+    hash_seed: str | None = None  # vLLM reads PYTHONHASHSEED (None: random, unmatchable)
 
     def __post_init__(self) -> None:
         if self.speed <= 0:

@@ -9,8 +9,8 @@ import pytest
 
 from epp.sim.driver import ManualDriver
 from epp.sim.engine import FINISHED, Engine, EngineConfig, Seq
-from epp.sim.kvcache import block_hashes
 from epp.sim.profiles import get_profile
+from tests.sim_hashes import block_hashes
 
 H100 = get_profile("H100")
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from epp.sim.kvcache import KvCache, block_hashes
+from epp.sim.kvcache import KvCache
+from tests.sim_hashes import block_hashes
 
 
 def test_hashes_are_chained_per_full_block_and_salted() -> None:

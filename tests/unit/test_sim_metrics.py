@@ -7,10 +7,10 @@ from prometheus_client.samples import Sample
 
 from epp.sim.driver import ManualDriver
 from epp.sim.engine import Seq
-from epp.sim.kvcache import block_hashes
 from epp.sim.metrics import GARBAGE, render_dcgm, render_vllm
 from epp.sim.pod import SimPod
 from epp.sim.spec import SimPodSpec
+from tests.sim_hashes import block_hashes
 
 MODEL = 'org/model "v2"'
 

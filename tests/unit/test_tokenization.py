@@ -71,7 +71,7 @@ def test_completions_prompts(tok: Tokenizer) -> None:
 
 
 def test_missing_or_bad_files_fail_clearly(tmp_path: Path) -> None:
-    with pytest.raises(TokenizerError, match="tokenizer.json"):
+    with pytest.raises(TokenizerError, match=r"tokenizer\.json"):
         Tokenizer.from_dir(tmp_path)
     (tmp_path / "tokenizer.json").write_bytes((TINY / "tokenizer.json").read_bytes())
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{% if %}"}))
@@ -83,7 +83,9 @@ def test_template_without_chat_template_and_raise_exception(tmp_path: Path) -> N
     (tmp_path / "tokenizer.json").write_bytes((TINY / "tokenizer.json").read_bytes())
     plain = Tokenizer.from_dir(tmp_path)
     assert plain.render_chat([{"role": "user", "content": "x"}]) == "user: x\n"
-    template = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('user first') }}{% endif %}"
+    template = (
+        "{% if messages[0]['role'] != 'user' %}{{ raise_exception('user first') }}{% endif %}"
+    )
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
     strict = Tokenizer.from_dir(tmp_path)
     with pytest.raises(TokenizerError, match="user first"):
