@@ -6,6 +6,7 @@ start a fresh simulator process (`epp sim`, so caches start cold and equal) and 
 send open-loop Poisson arrivals of streaming requests for a fixed time, and stop both.
 Writes `<out>/<date>-<workload>.md|.json|.png` (report.py). Every child process is stopped on
 the way out, also on Ctrl-C, SIGTERM or failure; the whole run has a wall-clock budget.
+`loadtest.matrix` drives `Bench` cell by cell (`capacity`, `run_points`, `write`).
 """
 
 from __future__ import annotations
@@ -18,18 +19,29 @@ import json
 import math
 import os
 import platform
+import resource
 import shlex
 import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 from epp.sim.profiles import get_profile
 from loadtest.bench import client, report, stats
 from loadtest.bench.routers import Children, RouterSpec, SimPod, settle, start_router, start_sim
-from loadtest.workloads import ANNOUNCED, LENGTHS, WORKLOADS, poisson_arrivals, workload
+from loadtest.workloads import (
+    ANNOUNCED,
+    LENGTHS,
+    WORKLOADS,
+    ChatRequest,
+    MultiTurnShape,
+    SharedPrefixShape,
+    poisson_arrivals,
+    workload,
+)
 
 DEFAULT_ROUTERS = (
     "epp:gpu-aware,epp:prefix-cache-aware,envoy:ROUND_ROBIN,envoy:LEAST_REQUEST,"
@@ -57,6 +69,25 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--slow-speed", type=float, default=0.125, help="speed of the last pod")
     p.add_argument("--max-num-seqs", type=int, default=8)
     p.add_argument("--num-gpu-blocks", type=int, default=600)
+    p.add_argument(
+        "--pod-option",
+        action="append",
+        default=[],
+        metavar="INDEX:KEY=VALUE",
+        help="per-pod simulator override (epp sim --pod-option), e.g. 3:profile=L4; repeatable",
+    )
+    p.add_argument(
+        "--flush-interval",
+        type=float,
+        default=0.0,
+        help="simulator: coalesce a stream's tokens into writes at most this often (seconds; "
+        "first and last tokens are sent at once), to spare the CPU on large clusters",
+    )
+    p.add_argument("--prefix-groups", type=int, default=8, help="shared-prefix: system prompts")
+    p.add_argument("--prefix-tokens", type=int, default=2000, help="shared-prefix: their length")
+    p.add_argument(
+        "--conversations", type=int, default=32, help="multi-turn: conversations in progress"
+    )
     p.add_argument(
         "--sheddable-share",
         type=float,
@@ -100,20 +131,38 @@ def make_parser() -> argparse.ArgumentParser:
 def sim_args(a: argparse.Namespace) -> list[str]:
     last = f"{a.pods - 1}:speed={a.slow_speed}"
     told = ["--answer-from-prompt"] if a.lengths != ANNOUNCED else []
+    options = [x for option in a.pod_option for x in ("--pod-option", option)]
+    flush = ["--flush-interval", str(a.flush_interval)] if a.flush_interval else []
     return [
         "--profile", a.profile, "--speed", str(a.speed), "--max-num-seqs", str(a.max_num_seqs),
         "--num-gpu-blocks", str(a.num_gpu_blocks), "--seed", str(a.seed),
-        "--name-prefix", "pod", "--pod-option", last, *told,
+        "--name-prefix", "pod", "--pod-option", last, *options, *flush, *told,
     ]  # fmt: skip
 
 
+def hardware_varies(a: argparse.Namespace) -> bool:
+    """Whether --pod-option changes a pod's speed or GPU beyond the slow last pod."""
+    return any(o.rpartition(":")[2].split("=")[0] in ("speed", "profile") for o in a.pod_option)
+
+
 def cluster_text(a: argparse.Namespace) -> str:
+    options = f", per pod {' '.join(a.pod_option)}" if a.pod_option else ""
+    flush = f", streams flushed every {a.flush_interval:g} s" if a.flush_interval else ""
     return (
         f"{a.pods} simulated {a.profile} pods (`epp sim`, one process), speed {a.speed} "
-        f"(the last at {a.slow_speed}), max_num_seqs {a.max_num_seqs} "
+        f"(the last at {a.slow_speed}){options}, max_num_seqs {a.max_num_seqs} "
         f"({'declared' if a.declare_max_num_seqs else 'not declared'} in the pod specs), "
-        f"{a.num_gpu_blocks} KV blocks of 16 tokens each; answer lengths {lengths_text(a)}"
+        f"{a.num_gpu_blocks} KV blocks of 16 tokens each{flush}; answer lengths {lengths_text(a)}"
     )
+
+
+def requests_of(
+    a: argparse.Namespace, name: str, seed: int, arrivals: list[float] | None = None
+) -> Iterator[ChatRequest]:
+    """Workload `name` shaped by the flags (prefix groups, conversations)."""
+    prefix = SharedPrefixShape(groups=a.prefix_groups, system_tokens=a.prefix_tokens)
+    turns = MultiTurnShape(live=a.conversations)
+    return workload(name, seed, prefix, turns, arrivals)
 
 
 def lengths_text(a: argparse.Namespace) -> str:
@@ -147,6 +196,8 @@ class Bench:
             for i in range(args.pods)
         ]
         self.deadline = time.monotonic() + args.budget_minutes * 60
+        command = [".venv/bin/python", "-m", "loadtest.bench", *sys.argv[1:]]
+        self.command = " ".join(shlex.quote(x) for x in command)  # for the report header
 
     async def _with_router(self, spec: RouterSpec) -> str:
         await start_sim(self.children, self.pods, sim_args(self.a))
@@ -168,7 +219,7 @@ class Bench:
             url = await self._with_router(spec)
             async with client.make_session(a.request_timeout) as session:
                 workers = a.pods * a.max_num_seqs * 2
-                requests = workload(name, a.seed + 1000)
+                requests = requests_of(a, name, a.seed + 1000)
                 samples = await client.closed_loop(
                     session,
                     url,
@@ -191,9 +242,11 @@ class Bench:
             url = await self._with_router(spec)
             arrivals = poisson_arrivals(a.seed, rate, a.duration)
             labels = client.priorities(len(arrivals), a.sheddable_share, a.seed)
-            requests = workload(name, a.seed)
+            requests = requests_of(a, name, a.seed, arrivals)
             if a.send_only:
                 arrivals, labels, requests = client.only(a.send_only, arrivals, labels, requests)
+            own = resource.getrusage(resource.RUSAGE_SELF)
+            began = time.monotonic()
             async with client.make_session(a.request_timeout) as session:
                 samples = await client.open_loop(
                     session,
@@ -206,6 +259,7 @@ class Bench:
                     a.lengths,
                     a.length_cap,
                 )
+            cpu = (*self.children.cpu_shares(), ("client", _cpu_share(own, began)))
         finally:
             await self.children.stop_all()
         if a.samples:
@@ -220,7 +274,12 @@ class Bench:
             e2e_batched_floor=self.batched_floor(samples),
             e2e_in_order=self.in_order_reference(samples),
         )
-        return report.Point(spec.name, rate, fraction, summary, by_priority)
+        return report.Point(spec.name, rate, fraction, summary, by_priority, cpu)
+
+    def _references_hold(self) -> bool:
+        """The floors and the in-order reference model the pods as `--profile` at `--speed`
+        with the last at `--slow-speed`; per-pod GPUs or speeds break that."""
+        return not hardware_varies(self.a)
 
     def _slow_pods(self) -> set[str]:
         return {f"pod-{self.a.pods - 1}"} if self.a.slow_speed != self.a.speed else set()
@@ -230,7 +289,7 @@ class Bench:
         in this run (batched, so slower than alone), with no wait and its prefill alone."""
         slow = self._slow_pods()
         pace = stats.median_pace(samples, lambda pod: pod not in slow)
-        if math.isnan(pace):
+        if math.isnan(pace) or not self._references_hold():
             return math.nan
         gpu = get_profile(self.a.profile)
         times = [
@@ -253,7 +312,7 @@ class Bench:
         slow_pace = stats.median_pace(samples, lambda pod: pod in slow) if slow else fast_pace
         if math.isnan(slow_pace):  # nothing measured there: the speed ratio
             slow_pace = fast_pace * a.speed / a.slow_speed
-        if math.isnan(fast_pace):
+        if math.isnan(fast_pace) or not self._references_hold():
             return math.nan
         speeds = [a.speed] * (a.pods - 1) + [a.slow_speed]
         paces = [fast_pace] * (a.pods - 1) + [slow_pace]
@@ -273,6 +332,8 @@ class Bench:
 
     def floor(self, samples: list[client.Sample]) -> float:
         """p90 of each successful request's time alone on an idle full-speed pod."""
+        if not self._references_hold():
+            return math.nan
         gpu, speed = get_profile(self.a.profile), self.a.speed
         alone = [
             (gpu.step_time(s.prompt_tokens, 0, 0)
@@ -291,16 +352,28 @@ class Bench:
         else:
             print(f"[{name}] measuring capacity through {CAPACITY_ROUTER} …", flush=True)
             capacity = await self.capacity(name)
-            note = (
-                f"completions/s of a closed loop of {a.pods * a.max_num_seqs * 2} streams "
-                f"through {CAPACITY_ROUTER}, last {a.capacity_seconds * 2 / 3:.0f} of "
-                f"{a.capacity_seconds:.0f} s"
-            )
+            note = self.capacity_note()
         print(f"[{name}] capacity {capacity:.2f} req/s", flush=True)
         fractions = [float(f) for f in a.fractions.split(",")]
+        points, unavailable = await self.run_points(name, capacity, fractions, name)
+        return self.write(name, capacity, note, load_before, points, unavailable)
+
+    def capacity_note(self) -> str:
+        a = self.a
+        return (
+            f"completions/s of a closed loop of {a.pods * a.max_num_seqs * 2} streams "
+            f"through {CAPACITY_ROUTER}, last {a.capacity_seconds * 2 / 3:.0f} of "
+            f"{a.capacity_seconds:.0f} s"
+        )
+
+    async def run_points(
+        self, name: str, capacity: float, fractions: list[float], label: str
+    ) -> tuple[list[report.Point], list[tuple[str, str]]]:
+        """Every router of --routers at every fraction of `capacity`: the points measured, and
+        the routers (or points) that did not run, with why. `label` prefixes progress lines."""
         points: list[report.Point] = []
         unavailable: list[tuple[str, str]] = []
-        for spec in (RouterSpec.parse(r) for r in a.routers.split(",")):
+        for spec in (RouterSpec.parse(r) for r in self.a.routers.split(",")):
             why = spec.unavailable()
             if why:
                 unavailable.append((spec.name, why))
@@ -315,17 +388,18 @@ class Bench:
                 except (RuntimeError, TimeoutError, OSError) as e:
                     first = str(e).splitlines()[0] if str(e) else type(e).__name__
                     unavailable.append((spec.name, f"failed to start or run: {first}"))
-                    print(f"[{name}] {spec.name}: FAILED {first}", flush=True)
+                    print(f"[{label}] {spec.name}: FAILED {first}", flush=True)
                     break
                 s = point.stats
                 print(
-                    f"[{name}] {spec.name:28s} {rate:5.2f} req/s ok {s.ok}/{s.sent} "
+                    f"[{label}] {spec.name:28s} {rate:5.2f} req/s ok {s.ok}/{s.sent} "
                     f"ttft p90 {s.ttft.p90:.3f}s e2e p90 {s.e2e.p90:.2f}s "
-                    f"hit {s.hit_rate:.0%} pods {s.pods_text()} errors {s.errors_text()}",
+                    f"hit {s.hit_rate:.0%} pods {s.pods_text()} errors {s.errors_text()} "
+                    f"cpu {point.cpu_text()}",
                     flush=True,
                 )
                 points.append(point)
-        return self.write(name, capacity, note, load_before, points, unavailable)
+        return points, unavailable
 
     def write_samples(self, stem: str, samples: list[client.Sample]) -> None:
         self.a.out.mkdir(parents=True, exist_ok=True)
@@ -340,25 +414,35 @@ class Bench:
         load_before: str,
         points: list[report.Point],
         unavailable: list[tuple[str, str]],
+        stem: str = "",
+        plot: bool = True,
+        remark: str = "",
     ) -> Path:
+        """The markdown report (and its JSON, and a PNG with `plot`) as `<out>/<stem>.*`;
+        the stem defaults to `<date>-<workload><tag>`."""
         a = self.a
         now = datetime.now(UTC)
-        stem = f"{now:%Y-%m-%d}-{name}{a.tag}"
+        stem = stem or f"{now:%Y-%m-%d}-{name}{a.tag}"
         a.out.mkdir(parents=True, exist_ok=True)
-        command = " ".join(shlex.quote(x) for x in [".venv/bin/python", "-m", "loadtest.bench"])
-        command += " " + " ".join(shlex.quote(x) for x in sys.argv[1:])
         header = report.Header(
-            name, command.strip(), f"{now:%Y-%m-%d %H:%M} UTC", machine_text(),
+            name, self.command, f"{now:%Y-%m-%d %H:%M} UTC", machine_text(),
             cluster_text(a), capacity, note, a.duration, load_before,
         )  # fmt: skip
         plots: list[str] = []
-        if points:
+        if points and plot:
             png = report.plot(points, a.out / f"{stem}.png", f"{name}: p90 latency vs rate")
             plots.append(str(png))
         report.write_json(a.out / f"{stem}.json", header, points)
         path: Path = a.out / f"{stem}.md"
-        path.write_text(report.render_markdown(header, points, unavailable, plots))
+        path.write_text(report.render_markdown(header, points, unavailable, plots, remark))
         return path
+
+
+def _cpu_share(before: resource.struct_rusage, since: float) -> float:
+    """This process's CPU seconds since `before`, per wall second since `since`."""
+    now = resource.getrusage(resource.RUSAGE_SELF)
+    used = now.ru_utime + now.ru_stime - before.ru_utime - before.ru_stime
+    return used / max(time.monotonic() - since, 1e-9)
 
 
 async def amain(args: argparse.Namespace, children: Children) -> int:

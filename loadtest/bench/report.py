@@ -25,6 +25,10 @@ class Point:
     fraction: float  # of the measured capacity
     stats: RunStats
     by_priority: tuple[tuple[str, RunStats], ...] = ()  # ("critical", ...), ("sheddable", ...)
+    cpu: tuple[tuple[str, float], ...] = ()  # ("sim", 0.42): share of one core per process
+
+    def cpu_text(self) -> str:
+        return " ".join(f"{name} {share:.0%}" for name, share in self.cpu) or "-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +186,16 @@ def render_markdown(
         lines += ["Not run:", ""]
         lines += [f"- {name}: {why}" for name, why in unavailable]
         lines.append("")
+    if any(p.cpu for p in points):
+        lines += [
+            "CPU per point, as a share of one core from the process's start to the end of the "
+            "load (the client is the benchmark process itself):",
+            "",
+            "| router | CPU |",
+            "|---|---|",
+            *(f"| {p.router} ({p.fraction:.2f}) | {p.cpu_text()} |" for p in points),
+            "",
+        ]
     if any(p.by_priority for p in points):
         lines += ["## Critical and sheddable requests", "", *priority_table(points), ""]
     metric = "ttft" if h.workload == "shared-prefix" else "e2e"

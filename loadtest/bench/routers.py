@@ -4,7 +4,8 @@
 profile), Envoy alone (`envoy:ROUND_ROBIN` / `envoy:LEAST_REQUEST` on the pool cluster),
 `vllm-router:POLICY` or `sglang-router:POLICY` (PyPI wheels, started from .venv/bin). `Children`
 owns every process: each runs in its own process group (epp.local.processes) and is stopped on
-the way out, and `kill_now()` is the synchronous last resort for an interrupted interpreter.
+the way out, and `kill_now()` is the synchronous last resort for an interrupted interpreter;
+`cpu_shares()` says how much of one core each used since it started (from /proc).
 All addresses are on 127.0.0.0/8.
 """
 
@@ -17,6 +18,7 @@ import shutil
 import signal
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,17 +100,30 @@ class Children:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self.children: list[ChildProcess] = []
+        self.started: dict[int, float] = {}  # id(child) -> time.monotonic() at start
 
     async def start(self, name: str, argv: Sequence[str]) -> ChildProcess:
         child = ChildProcess(name, argv, self.run_dir / f"{name}.log")
         self.children.append(child)
+        self.started[id(child)] = time.monotonic()
         await child.start()
         return child
+
+    def cpu_shares(self) -> list[tuple[str, float]]:
+        """Per running child: CPU seconds used since it started, per wall second."""
+        out = []
+        for child in self.children:
+            seconds = cpu_seconds(child.proc.pid) if child.proc is not None else None
+            if seconds is not None:
+                elapsed = time.monotonic() - self.started.get(id(child), time.monotonic())
+                out.append((child.name, seconds / max(elapsed, 1e-9)))
+        return out
 
     async def stop(self, child: ChildProcess) -> None:
         await child.stop(grace=3.0)
         if child in self.children:
             self.children.remove(child)
+        self.started.pop(id(child), None)
 
     async def stop_all(self) -> None:
         for child in reversed(list(self.children)):
@@ -119,6 +134,20 @@ class Children:
             if child.proc is not None and child.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(child.proc.pid, signal.SIGKILL)
+
+
+def cpu_seconds(pid: int, proc: Path = Path("/proc")) -> float | None:
+    """User + system CPU seconds of process `pid` and its reaped children; None if unknown."""
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # after "pid (comm)": state is fields[0]
+    try:
+        ticks = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    except (ValueError, IndexError):
+        return None
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 async def _ok(url: str) -> bool:
