@@ -136,7 +136,9 @@ def worth_taking(
         return True
     best, best_with_room, fastest = found
     tokens = output_tokens or typical
-    slack = DECLINE_AFTER * typical * fastest + waited
+    # the margin is a policy, in the configured typical request's time (`typicalOutputTokens`);
+    # the learned `typical` only measures how fast a full batch's excess drains
+    slack = DECLINE_AFTER * model.typical_output_tokens * fastest + waited
     return best_with_room.min_at(tokens) - best.min_at(tokens) <= slack
 
 

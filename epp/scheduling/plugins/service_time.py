@@ -38,5 +38,7 @@ class ServiceTimeScorer:
             return [1.0] * len(candidates)
         predicted, fastest = found
         best = min(predicted)
-        inv = 1.0 / (typical * fastest)
+        # the score's scale is the configured typical request; the learned one (the request's
+        # `typical_output_tokens`) only measures how fast a full batch drains
+        inv = 1.0 / (self.typical * fastest)
         return [1.0 - d if (d := (p - best) * inv) < 1.0 else 0.0 for p in predicted]
