@@ -111,6 +111,7 @@ class Director:
             max_output_tokens=request.output_limit,
             expected_output_tokens=plan.expected,
             typical_output_tokens=plan.typical,
+            payload=request.payload,
         )
         profile = select_profile(self._profiles, route.strategy, route.priority)
         picked = profile.schedule(scheduling, candidates, 1 + self._protocol.fallback_endpoints)

@@ -33,11 +33,12 @@ from epp.director import Director
 from epp.extproc.service import ExternalProcessor, add_to_server
 from epp.gpu import GpuPoller, GpuSettings
 from epp.health import Health
+from epp.kvevents.subscriber import KvEventsSubscriber
 from epp.observability import EppMetrics
 from epp.routing import Router
 from epp.scheduling.config import load_config
 from epp.scheduling.output_length import OutputLengths
-from epp.scheduling.registry import build_default_profiles, service_time_of
+from epp.scheduling.registry import build_default_profiles, precise_scorers, service_time_of
 from epp.scrape.scraper import Scraper, ScrapeSettings
 from epp.settings import Settings
 from epp.sources.files import FolderSource
@@ -81,6 +82,7 @@ class EppServer:
             if config.scheduler_config is not None
             else build_default_profiles()
         )
+        self.profiles = profiles
         for profile in profiles.values():
             profile.timing = self.metrics.plugin_timing
         f = s.flow
@@ -105,6 +107,7 @@ class EppServer:
         self.tasks = TaskOwner(backoff=config.restart, on_down=self._down, on_up=self._up)
         self._applied: ResourceSet | None = None  # the last set the datastore took
         self._stopping = False
+        self.kv_events: list[KvEventsSubscriber] = []  # one per precise prefix scorer
         self.grpc_port = 0
         self.health_port = 0
         self.metrics_port = 0
@@ -139,6 +142,10 @@ class EppServer:
         self.tasks.spawn("scraper", scraper.run)
         if self.config.gpu.prometheus_url:
             self.tasks.spawn("gpu", GpuPoller(self.store, self.config.gpu).run)
+        for i, precise in enumerate(precise_scorers(self.profiles)):
+            events = KvEventsSubscriber(precise.index, self.store.endpoints, precise.events)
+            self.kv_events.append(events)
+            self.tasks.spawn(f"kv-events-{i}", events.run)
         log.info(
             "epp serving ext_proc on %s:%d, health on %d, metrics on %d",
             s.grpc_host,

@@ -9,7 +9,7 @@ keep is what must outlive a request (an index, a round-robin cursor). Everything
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -29,6 +29,8 @@ class SchedulingRequest:
     ceilings: tuple[tuple[str, float], ...] = ()  # (metric name, percent ceiling)
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     max_output_tokens: int | None = None  # the body's max_tokens: a cap, sometimes the length
+    # the decoded body, for plugins that read more of it (the precise scorer's tokenizer)
+    payload: Mapping[str, object] | None = field(default=None, repr=False, compare=False)
     # what to plan with (`epp.scheduling.output_length`): the answer's expected tokens, and a
     # typical answer's tokens for this model; None: the scorer's own configuration decides
     expected_output_tokens: int | None = None

@@ -20,6 +20,7 @@ from epp.scheduling.defaults import (
     DEFAULT_CONFIG,
     DEFAULT_PROFILE,
 )
+from epp.scheduling.plugins.precise_prefix import PreciseCacheScorer
 from epp.scheduling.plugins.prefix_cache import PrefixCacheScorer
 from epp.scheduling.plugins.service_time import ServiceTimeScorer
 from epp.scheduling.scheduler import Profile
@@ -29,6 +30,7 @@ __all__ = [
     "CRITICAL_PROFILE",
     "DEFAULT_PROFILE",
     "build_default_profiles",
+    "precise_scorers",
     "prefix_scorers",
     "select_profile",
     "service_time_of",
@@ -57,6 +59,16 @@ def prefix_scorers(profiles: Mapping[str, Profile]) -> list[PrefixCacheScorer]:
     for profile in profiles.values():
         for ws in profile.scorers:
             if isinstance(ws.scorer, PrefixCacheScorer):
+                found.setdefault(id(ws.scorer), ws.scorer)
+    return list(found.values())
+
+
+def precise_scorers(profiles: Mapping[str, Profile]) -> list[PreciseCacheScorer]:
+    """Each distinct precise scorer once: the server feeds each one's index from KV events."""
+    found: dict[int, PreciseCacheScorer] = {}
+    for profile in profiles.values():
+        for ws in profile.scorers:
+            if isinstance(ws.scorer, PreciseCacheScorer):
                 found.setdefault(id(ws.scorer), ws.scorer)
     return list(found.values())
 

@@ -12,6 +12,7 @@ from epp.scheduling.plugins.in_flight import InFlightScorer, TokenLoadScorer
 from epp.scheduling.plugins.kv_cache import KvCacheScorer
 from epp.scheduling.plugins.lora_affinity import LoraAffinityFilter, LoraAffinityScorer
 from epp.scheduling.plugins.max_score import MaxScorePicker
+from epp.scheduling.plugins.precise_prefix import PreciseCacheScorer
 from epp.scheduling.plugins.prefix_cache import PrefixCacheScorer
 from epp.scheduling.plugins.queue import QueueScorer
 from epp.scheduling.plugins.random_picker import RandomPicker
@@ -33,6 +34,7 @@ BUILTIN_PLUGINS = (
     LoraAffinityScorer,
     LoraAffinityFilter,
     PrefixCacheScorer,
+    PreciseCacheScorer,
     SaturationFilter,
     MaxScorePicker,
     WeightedRandomPicker,

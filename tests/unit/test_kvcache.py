@@ -1,0 +1,122 @@
+"""The EPP's side of KV events: decoding both vLLM encodings, the index, gaps and restarts."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from epp.kvcache.hashing import BlockHasher
+from epp.kvcache.index import KvBlockIndex
+from epp.kvcache.wire import Cleared, KvEventsSettings, Removed, Stored, WireError, decode
+from epp.kvevents.subscriber import KvEventsSubscriber
+from epp.sim.blockhash import BlockHasher as SimHasher
+from epp.sim.kvevents import cleared, removed, stored
+from tests.fixtures.vllm_kv_events import (
+    LEGACY_ENCODER,
+    LegacyAllBlocksCleared,
+    LegacyBlockRemoved,
+    LegacyBlockStored,
+    LegacyKVEventBatch,
+)
+
+
+def batch(*events: object, ts: float = 1.0) -> bytes:
+    return msgpack.packb([ts, list(events), 0])
+
+
+def test_decodes_map_events_as_vllm_026_sends_them() -> None:
+    b = decode(
+        batch(
+            stored([1, 2], None, [7] * 32, 16, 3, "sql"),
+            removed([1]),
+            cleared(),
+            {"type": "SomethingNew", "x": 1},
+        )
+    )
+    assert b.ts == 1.0 and b.rank == 0
+    assert b.events == [Stored([1, 2], None, "GPU", "sql"), Removed([1], "GPU"), Cleared()]
+
+
+def test_decodes_positional_events_of_older_vllm() -> None:
+    legacy = LegacyKVEventBatch(
+        2.0,
+        [
+            LegacyBlockStored([2**64 - 1], 5, [1] * 16, 16, None, "cpu", None),
+            LegacyBlockRemoved([9], None),
+            LegacyAllBlocksCleared(),
+        ],
+        1,
+    )
+    b = decode(LEGACY_ENCODER.encode(legacy))
+    assert b.rank == 1
+    assert b.events == [Stored([2**64 - 1], 5, "CPU", None), Removed([9], "GPU"), Cleared()]
+
+
+def test_bytes_hashes_become_their_low_64_bits() -> None:
+    digest = bytes(range(32))
+    (event,) = decode(batch({"type": "BlockRemoved", "block_hashes": [digest]})).events
+    assert event == Removed([int.from_bytes(digest[-8:], "big")], "GPU")
+
+
+@pytest.mark.parametrize("payload", [b"\xc1", msgpack.packb({"a": 1}), batch([1, 2])])
+def test_garbage_is_a_wire_error(payload: bytes) -> None:
+    with pytest.raises(WireError):
+        decode(payload)
+
+
+def test_the_epp_hashes_blocks_as_the_simulator_does() -> None:
+    ids = list(range(1000, 1100))
+    for algo in ("sha256", "sha256_cbor", "xxhash", "xxhash_cbor"):
+        for lora in (None, "sql"):
+            ours = BlockHasher(16, algo, "9").hashes(ids, lora)
+            assert ours == SimHasher(16, algo, "9").hashes(ids, lora)
+    base, lora_hashes = BlockHasher(16).hashes(ids), BlockHasher(16).hashes(ids, "sql")
+    assert not set(base) & set(lora_hashes)  # a LoRA's blocks never match the base model's
+    assert BlockHasher(16).hashes(ids, limit=2) == base[:2]
+
+
+def test_index_counts_leading_blocks_gpu_before_cpu() -> None:
+    index = KvBlockIndex(slow_weight=0.5)
+    index.store("a", [1, 2, 3])
+    index.store("b", [1, 2])
+    index.store("b", [3], "CPU")
+    index.store("c", [2, 3])  # no block 1: nothing counts
+    assert index.match([1, 2, 3, 4]) == {"a": 3.0, "b": 2.5}
+    index.remove("a", [2])
+    assert index.match([1, 2, 3]) == {"a": 1.0, "b": 2.5}
+    index.clear("b")
+    assert index.match([1, 2, 3]) == {"a": 1.0}
+    assert index.blocks_of("b") == 0 and len(index) == 3  # a: 1, 3; c: 2, 3
+
+
+def test_index_runs_of_shared_holders() -> None:
+    index = KvBlockIndex()
+    index.store("a", range(100))
+    index.store("b", range(50))
+    index.store("c", range(60, 100))
+    assert index.match(list(range(120))) == {"a": 100.0, "b": 50.0}
+    index.remove("a", [0])
+    assert index.match(list(range(120))) == {"b": 50.0}
+
+
+async def test_restart_and_unrecoverable_gap_clear_the_pod() -> None:
+    index = KvBlockIndex()
+    sub = KvEventsSubscriber(index, list, KvEventsSettings(replay_port=0), clock=lambda: 1.5)
+    await sub.receive("p:1", 0, batch(stored([1, 2], None, [0] * 32, 16, None, None)))
+    second = batch(stored([3], 2, [0] * 16, 16, None, None))
+    await sub.receive("p:1", 1, second)
+    assert index.match([1, 2, 3]) == {"p:1": 3.0}
+    index.remove("p:1", [3])
+    await sub.receive("p:1", 1, second)  # the same batch again: ignored
+    assert index.blocks_of("p:1") == 2
+    await sub.receive("p:1", 0, batch(stored([5], None, [0] * 16, 16, None, None)))  # restarted
+    assert index.match([1]) == {} and index.match([5]) == {"p:1": 1.0}
+    assert sub.stats.restarts == 1
+    await sub.receive("p:1", 0, batch(stored([7], None, [0] * 16, 16, None, None)))  # again
+    assert sub.stats.restarts == 2 and index.match([7]) == {"p:1": 1.0}
+    await sub.receive("p:1", 4, batch(stored([6], None, [0] * 16, 16, None, None)))  # lost 1-3
+    assert index.match([7]) == {} and index.match([6]) == {"p:1": 1.0}
+    assert (sub.stats.gaps, sub.stats.dropped_pods) == (1, 1)
+    assert list(sub.stats.latencies)[-1] == pytest.approx(0.5)
+    await sub.receive("p:1", 5, b"\xc1")
+    assert sub.stats.bad == 1
