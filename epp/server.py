@@ -143,7 +143,9 @@ class EppServer:
         if self.config.gpu.prometheus_url:
             self.tasks.spawn("gpu", GpuPoller(self.store, self.config.gpu).run)
         for i, precise in enumerate(precise_scorers(self.profiles)):
-            events = KvEventsSubscriber(precise.index, self.store.endpoints, precise.events)
+            events = KvEventsSubscriber(
+                precise.index, self.store.endpoints, precise.events, prefill=precise.prefill
+            )
             self.kv_events.append(events)
             self.tasks.spawn(f"kv-events-{i}", events.run)
         log.info(

@@ -27,6 +27,7 @@ class Stored:
     parent: int | None
     medium: str
     lora: str | None  # the adapter's name (or its id, as text, from pods that send no name)
+    tokens: int = 0  # tokens in the blocks
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,7 @@ def _event(raw: Any) -> Event | None:
         raise WireError("an event is neither a tagged map nor a tagged array")
     if kind == "BlockStored":
         parent = fields.get("parent_block_hash")
+        tokens = fields.get("token_ids")
         lora = fields.get("lora_name")
         if lora is None and fields.get("lora_id") is not None:
             lora = str(fields["lora_id"])
@@ -94,6 +96,7 @@ def _event(raw: Any) -> Event | None:
             None if parent is None else _key(parent),
             _medium(fields.get("medium")),
             lora if isinstance(lora, str) else None,
+            len(tokens) if isinstance(tokens, list) else 0,
         )
     if kind == "BlockRemoved":
         return Removed(_keys(fields.get("block_hashes")), _medium(fields.get("medium")))

@@ -23,6 +23,7 @@ import zmq
 import zmq.asyncio
 
 from epp.kvcache.index import KvBlockIndex
+from epp.kvcache.prefill import PrefillTracker
 from epp.kvcache.wire import Cleared, KvEventsSettings, Removed, Stored, WireError, decode
 from epp.types import Endpoint
 
@@ -55,8 +56,10 @@ class KvEventsSubscriber:
         settings: KvEventsSettings,
         ctx: zmq.asyncio.Context | None = None,
         clock: Callable[[], float] = time.time,
+        prefill: PrefillTracker | None = None,
     ) -> None:
         self.index = index
+        self.prefill = prefill
         self.settings = settings
         self.stats = EventStats()
         self._endpoints = endpoints
@@ -89,6 +92,8 @@ class KvEventsSubscriber:
 
     def _forget(self, address: str) -> None:
         self.index.clear(address)
+        if self.prefill is not None:
+            self.prefill.forget(address)
         self._last.pop(address, None)
         self._payload.pop(address, None)
 
@@ -139,13 +144,17 @@ class KvEventsSubscriber:
             log.warning("kv events of %s: %s", address, e)
             return
         index = self.index
+        stored = 0
         for event in batch.events:
             if isinstance(event, Stored):
                 index.store(address, event.hashes, event.medium)
+                stored += event.tokens
             elif isinstance(event, Removed):
                 index.remove(address, event.hashes, event.medium)
             elif isinstance(event, Cleared):
                 index.clear(address)
+        if self.prefill is not None and stored and batch.ts:
+            self.prefill.stored(address, stored, batch.ts)
         stats = self.stats
         stats.batches += 1
         stats.events += len(batch.events)

@@ -34,7 +34,7 @@ def test_decodes_map_events_as_vllm_026_sends_them() -> None:
         )
     )
     assert b.ts == 1.0 and b.rank == 0
-    assert b.events == [Stored([1, 2], None, "GPU", "sql"), Removed([1], "GPU"), Cleared()]
+    assert b.events == [Stored([1, 2], None, "GPU", "sql", 32), Removed([1], "GPU"), Cleared()]
 
 
 def test_decodes_positional_events_of_older_vllm() -> None:
@@ -49,7 +49,7 @@ def test_decodes_positional_events_of_older_vllm() -> None:
     )
     b = decode(LEGACY_ENCODER.encode(legacy))
     assert b.rank == 1
-    assert b.events == [Stored([2**64 - 1], 5, "CPU", None), Removed([9], "GPU"), Cleared()]
+    assert b.events == [Stored([2**64 - 1], 5, "CPU", None, 16), Removed([9], "GPU"), Cleared()]
 
 
 def test_bytes_hashes_become_their_low_64_bits() -> None:

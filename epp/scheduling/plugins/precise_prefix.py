@@ -7,18 +7,24 @@ holds, as its own KV events reported them (`epp.kvcache.index`, fed by `epp.kvev
 the server starts for each such plugin). Unlike `prefix-cache-scorer` nothing is guessed from
 past picks, so evictions, restarts and other EPP replicas' traffic are seen as they happen.
 Tokens and hashes of recent prompts are cached: a repeated prompt costs one lookup.
+Token-aware affinity gate: each pick adds the prompt tokens its pod did not hold to that pod's
+queued prefill (`epp.kvcache.prefill`, drained at the pod's learned prefill rate); a holder
+whose queued prefill plus this prompt's would take longer than `ttftBudget` scores 0, so a hot
+prefix spreads to a second pod instead of queueing behind itself.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from epp.kvcache.hashing import ALGOS, BlockHasher
 from epp.kvcache.index import KvBlockIndex
+from epp.kvcache.prefill import PrefillTracker
 from epp.kvcache.wire import KvEventsSettings
-from epp.scheduling.base import BuildContext, SchedulingRequest
+from epp.scheduling.base import BuildContext, Clock, SchedulingRequest
 from epp.scheduling.params import Params
 from epp.tokenization import Tokenizer, TokenizerError
 from epp.types import EndpointState
@@ -32,6 +38,7 @@ class PreciseStats:
     prompt_blocks: int = 0
     hit_blocks: float = 0.0  # best holder's blocks per request, summed
     untokenized: int = 0  # requests without a prompt the tokenizer could read
+    gated: int = 0  # holders passed over because their queued prefill exceeded the budget
 
 
 class PreciseCacheScorer:
@@ -46,15 +53,22 @@ class PreciseCacheScorer:
         index: KvBlockIndex | None = None,
         events: KvEventsSettings | None = None,
         max_blocks: int = 4096,
+        ttft_budget: float = 2.0,
+        prefill: PrefillTracker | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.tokenizer = tokenizer
         self.hasher = hasher
         self.index = index if index is not None else KvBlockIndex()
         self.events = events if events is not None else KvEventsSettings()
         self.max_blocks = max_blocks
+        self.ttft_budget = ttft_budget  # 0: no gate
+        self.prefill = prefill if prefill is not None else PrefillTracker()
+        self._clock = clock
         self.stats = PreciseStats()
         self._hashes: OrderedDict[tuple[str | None, tuple[int, ...]], list[int]] = OrderedDict()
-        self._last: tuple[SchedulingRequest, list[int], dict[str, float]] | None = None
+        # the request being scheduled: its hashes, matches and prompt tokens, reused by `picked`
+        self._last: tuple[SchedulingRequest, list[int], dict[str, float], int] | None = None
 
     @classmethod
     def from_parameters(cls, params: Params, ctx: BuildContext) -> PreciseCacheScorer:
@@ -76,37 +90,50 @@ class PreciseCacheScorer:
         )
         index = KvBlockIndex(params.number("cpuBlockWeight", 0.5, low=0.0, high=1.0))
         blocks = params.integer("maxPrefixBlocksToMatch", 4096, low=1)
-        return cls(tokenizer, hasher, index, events, blocks)
+        budget = params.duration("ttftBudget", 2.0)
+        prior = params.number("prefillTokensPerSecondPrior", 8_000.0, low=1.0)
+        return cls(
+            tokenizer, hasher, index, events, blocks, budget, PrefillTracker(prior), ctx.clock
+        )
 
     def block_hashes(self, request: SchedulingRequest) -> list[int]:
         """The request's prompt blocks as vLLM would hash them ([] if it has no prompt)."""
+        return self._hash(self._ids(request), request.lora_adapter)
+
+    def _ids(self, request: SchedulingRequest) -> tuple[int, ...]:
         payload = request.payload
         ids = self.tokenizer.prompt_ids(payload) if payload is not None else None
         if not ids:
             self.stats.untokenized += 1
+        return ids or ()
+
+    def _hash(self, ids: tuple[int, ...], lora: str | None) -> list[int]:
+        if not ids:
             return []
-        key = (request.lora_adapter, ids)
+        key = (lora, ids)
         cached = self._hashes.get(key)
         if cached is not None:
             self._hashes.move_to_end(key)
             return cached
-        hashes = self.hasher.hashes(ids, request.lora_adapter, self.max_blocks)
+        hashes = self.hasher.hashes(ids, lora, self.max_blocks)
         self._hashes[key] = hashes
         if len(self._hashes) > HASH_CACHE:
             self._hashes.popitem(last=False)
         return hashes
 
-    def matches(self, request: SchedulingRequest) -> tuple[list[int], dict[str, float]]:
+    def matches(self, request: SchedulingRequest) -> tuple[list[int], dict[str, float], int]:
+        """The request's block hashes, blocks held per pod, and prompt tokens."""
         last = self._last
         if last is not None and last[0] is request:
-            return last[1], last[2]
-        hashes = self.block_hashes(request)
+            return last[1], last[2], last[3]
+        ids = self._ids(request)
+        hashes = self._hash(ids, request.lora_adapter)
         counts = self.index.match(hashes) if hashes else {}
-        self._last = (request, hashes, counts)
-        return hashes, counts
+        self._last = (request, hashes, counts, len(ids))
+        return hashes, counts, len(ids)
 
     def score(self, request: SchedulingRequest, candidates: Sequence[EndpointState]) -> list[float]:
-        hashes, counts = self.matches(request)
+        hashes, counts, tokens = self.matches(request)
         stats = self.stats
         stats.scored += 1
         stats.prompt_blocks += len(hashes)
@@ -115,4 +142,31 @@ class PreciseCacheScorer:
         total = float(len(hashes))
         scores = [counts.get(c.endpoint.address, 0.0) / total for c in candidates]
         stats.hit_blocks += max(scores) * total
+        if self.ttft_budget > 0:
+            self._gate(tokens, candidates, scores, counts)
         return scores
+
+    def _gate(
+        self,
+        tokens: int,
+        candidates: Sequence[EndpointState],
+        scores: list[float],
+        counts: dict[str, float],
+    ) -> None:
+        now, prefill, bs = self._clock(), self.prefill, self.hasher.block_size
+        for i, c in enumerate(candidates):
+            if scores[i] > 0.0:
+                own = max(0.0, tokens - counts[c.endpoint.address] * bs)
+                if prefill.wait(c.endpoint.address, now, own) > self.ttft_budget:
+                    scores[i] = 0.0
+                    self.stats.gated += 1
+
+    def picked(self, request: SchedulingRequest, endpoint: EndpointState) -> None:
+        """The pick's uncached prompt tokens join its pod's queued prefill."""
+        hashes, counts, tokens = self.matches(request)
+        self._last = None
+        if not hashes:
+            return
+        held = counts.get(endpoint.address, 0.0) * self.hasher.block_size
+        uncached = max(0.0, tokens - held)
+        self.prefill.add(endpoint.address, uncached, self._clock())

@@ -1,0 +1,79 @@
+"""The token-aware affinity gate: queued uncached prefill per pod, drained at a learned rate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from epp.kvcache.hashing import BlockHasher
+from epp.kvcache.index import KvBlockIndex
+from epp.kvcache.prefill import PrefillTracker
+from epp.scheduling.base import SchedulingRequest
+from epp.scheduling.plugins.precise_prefix import PreciseCacheScorer
+from epp.tokenization import Tokenizer
+from epp.types import Endpoint, EndpointState
+
+TOKENIZER = Path(__file__).resolve().parents[2] / "epp" / "assets" / "tiny-tokenizer"
+
+
+def test_rate_is_learned_from_busy_runs_of_stored_tokens() -> None:
+    t = PrefillTracker(prior=1000.0, smoothing=1.0, busy_gap_s=0.1, window_s=0.25)
+    assert t.rate("p") == 1000.0 and not t.learned("p")
+    ts = 100.0
+    for _ in range(31):  # a busy pod: 512 tokens every 20 ms of its clock = 25,600 tokens/s
+        t.stored("p", 512, ts)
+        ts += 0.02
+    assert t.learned("p") and t.rate("p") == pytest.approx(25_600, rel=0.01)
+    t.stored("p", 16, ts + 5.0)  # after an idle pause: a new run, no sample from the pause
+    assert t.rate("p") == pytest.approx(25_600, rel=0.01)
+
+
+def test_queued_prefill_drains_at_the_pod_rate() -> None:
+    t = PrefillTracker(prior=1000.0)
+    t.add("p", 3000, now=10.0)
+    assert t.queued("p", 10.0) == 3000 and t.wait("p", 10.0, extra=1000) == 4.0
+    assert t.queued("p", 12.0) == 1000 and t.queued("p", 20.0) == 0.0
+    t.forget("p")
+    assert t.queued("p", 20.0) == 0.0
+
+
+def test_a_warm_pod_with_too_much_queued_prefill_loses_its_affinity() -> None:
+    clock = [0.0]
+    tok = Tokenizer.from_dir(TOKENIZER)
+    hasher = BlockHasher(16, "sha256", "0")
+    prefill = PrefillTracker(prior=10_000.0)
+    scorer = PreciseCacheScorer(
+        tok, hasher, KvBlockIndex(), ttft_budget=0.5, prefill=prefill, clock=lambda: clock[0]
+    )
+    body = {"messages": [{"role": "user", "content": "the shared prefix words " * 200}]}
+    ids = tok.prompt_ids(body)
+    assert ids is not None and len(ids) > 1000
+    scorer.index.store("warm:1", hasher.hashes(ids))
+    pods = [EndpointState(Endpoint(a, a, "pool")) for a in ("warm:1", "cold:1")]
+    request = SchedulingRequest("r", "m", payload=body)
+    assert scorer.score(request, pods)[0] > 0.9
+    # 6,000 uncached tokens already queued on the warm pod: 0.6 s at its rate > 0.5 s budget
+    prefill.add("warm:1", 6_000, clock[0])
+    assert scorer.score(SchedulingRequest("r2", "m", payload=body), pods) == [0.0, 0.0]
+    assert scorer.stats.gated == 1
+    clock[0] = 0.2  # 2,000 tokens prefilled since: 0.4 s left, the affinity holds again
+    assert scorer.score(SchedulingRequest("r3", "m", payload=body), pods)[0] > 0.9
+
+
+def test_each_pick_queues_only_what_its_pod_did_not_hold() -> None:
+    tok = Tokenizer.from_dir(TOKENIZER)
+    hasher = BlockHasher(16, "sha256", "0")
+    scorer = PreciseCacheScorer(tok, hasher, KvBlockIndex(), clock=lambda: 0.0)
+    body = {"messages": [{"role": "user", "content": "words to place " * 100}]}
+    ids = tok.prompt_ids(body)
+    assert ids is not None
+    hashes = hasher.hashes(ids)
+    scorer.index.store("warm:1", hashes)
+    pods = [EndpointState(Endpoint(a, a, "pool")) for a in ("warm:1", "cold:1")]
+    for address, state in (("warm:1", pods[0]), ("cold:1", pods[1])):
+        request = SchedulingRequest(address, "m", payload=body)
+        scorer.score(request, pods)
+        scorer.picked(request, state)
+    assert scorer.prefill.queued("warm:1", 0.0) == len(ids) - 16 * len(hashes)
+    assert scorer.prefill.queued("cold:1", 0.0) == len(ids)
