@@ -7,7 +7,18 @@ dashboards keep working (reference/upstream-epp.md §5).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import math
+import time
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 from epp.admission.flow_control import FlowControl
 from epp.api.model import PRIORITY_STANDARD
@@ -35,6 +46,9 @@ class EppMetrics:
         self.registry = registry or CollectorRegistry()
         model_labels = ("model_name", "target_model_name")
         r = self.registry
+        if r is not REGISTRY:  # the default registry has them already; ours needs its own
+            ProcessCollector(registry=r)  # process_cpu_seconds_total, memory, open fds
+            PlatformCollector(registry=r)  # python_info
         self.requests = Counter(
             "inference_objective_request_total", "Requests per model", model_labels, registry=r
         )
@@ -119,6 +133,12 @@ class EppMetrics:
             ("pool", "endpoint", "source"),
             registry=r,
         )
+        self.metrics_age = Gauge(
+            "epp_endpoint_metrics_age_seconds",
+            "Seconds since the endpoint's /metrics was last scraped successfully (+Inf: never)",
+            ("pool", "endpoint"),
+            registry=r,
+        )
         self.queue_size = Gauge(
             "inference_extension_flow_control_queue_size",
             "Requests waiting in the EPP for room in the pool, per priority (flow control)",
@@ -148,8 +168,13 @@ class EppMetrics:
                 sum(s.metrics.waiting for s in states) / n if n else 0.0
             )
         self.batch_limit.clear()  # endpoints come and go, and a limit changes its source
+        self.metrics_age.clear()
+        now = time.monotonic()  # the scraper's clock
         for pool in store.pools():
             for state in store.candidates(pool.key):
+                scraped = state.metrics.scraped_at
+                age = now - scraped if scraped else math.inf
+                self.metrics_age.labels(pool.name, state.address).set(age)
                 source = store.limit_source(state)
                 if source is not None:
                     self.batch_limit.labels(pool.name, state.address, source).set(state.limit)
