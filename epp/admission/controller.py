@@ -68,7 +68,8 @@ class AdmissionController:
             return self._store.ready(pool_key, subset)
         await self._wait(request, pool_key, priority, subset, plan)
         view = self.view(pool_key, subset)
-        return view.with_room(priority) or list(view.candidates)
+        free_first = plan is not None and not plan.told
+        return view.with_room(priority, free_first) or list(view.candidates)
 
     def view(self, pool_key: str, subset: Sequence[str] | None = None) -> RoomView:
         """The room facts of the pool's current snapshot (raises `NoEndpoints`)."""
@@ -108,7 +109,10 @@ class AdmissionController:
             tokens, typical = (
                 (plan.expected, plan.typical) if plan else (request.output_limit, None)
             )
-            room = StandardRoom(current, self._service_time, tokens, self._clock, typical)
+            free_first = plan is not None and not plan.told
+            room = StandardRoom(
+                current, self._service_time, tokens, self._clock, typical, free_first
+            )
             timer = None
         try:
             await flow.wait_for_room(pool_key, priority, room, request.size)

@@ -104,11 +104,11 @@ class RoomView:
                 )
         return self._envelopes[key]
 
-    def with_room(self, priority: int) -> list[EndpointState]:
+    def with_room(self, priority: int, free_first: bool = False) -> list[EndpointState]:
         """The endpoints a request of this priority is offered once it may go: those with room;
-        for a critical one a free batch slot beats a queue on a faster pod."""
+        for a critical one (or `free_first`) a free batch slot beats a queue on a faster pod."""
         with_room = [c for c, ok in zip(self.candidates, self.room, strict=True) if ok]
-        if priority > 0:
+        if priority > 0 or free_first:
             return (
                 [c for c in with_room if free(c)] or [c for c in with_room if probe(c)] or with_room
             )
@@ -156,9 +156,19 @@ ViewOf = Callable[[], RoomView]  # the current view of the request's pool (raise
 
 class StandardRoom:
     """The room test of one waiting standard request (`first`: nothing of its priority or
-    better waits ahead of it)."""
+    better waits ahead of it). `free_first`: its length is unknown (only the model's answers so
+    far say what to expect), so nothing is gained by holding it for a faster pod over a free
+    batch slot: it takes the first free slot anywhere, as a critical request does."""
 
-    __slots__ = ("_clock", "_model", "_output_tokens", "_patience", "_typical", "_view")
+    __slots__ = (
+        "_clock",
+        "_free_first",
+        "_model",
+        "_output_tokens",
+        "_patience",
+        "_typical",
+        "_view",
+    )
 
     def __init__(
         self,
@@ -167,11 +177,13 @@ class StandardRoom:
         output_tokens: int | None,
         clock: Clock,
         typical: int | None = None,
+        free_first: bool = False,
     ) -> None:
         self._view = view
         self._model = model
         self._output_tokens = output_tokens
         self._typical = typical
+        self._free_first = free_first
         self._clock = clock
         self._patience = Patience()
 
@@ -182,6 +194,8 @@ class StandardRoom:
             return True  # let the request through to get its 503 now
         if not view.any_room:
             return False
+        if self._free_first and view.any_free:
+            return True
         now = self._clock()
         declined = self._patience.declined_since
         waited = 0.0 if declined is None else now - declined

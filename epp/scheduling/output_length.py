@@ -27,10 +27,13 @@ REFRESH_EVERY = 16  # answers between recomputed expectations (they move slowly)
 
 @dataclass(frozen=True, slots=True)
 class LengthPlan:
-    """The output tokens to plan one request with, and what a typical request of its model is."""
+    """The output tokens to plan one request with, and what a typical request of its model is.
+    `told`: the client's cap tells this request's length; False: only the model's answers so
+    far tell what to expect, and nothing singles this request out as long or short."""
 
     expected: int
     typical: int
+    told: bool = True
 
 
 class _ModelLengths:
@@ -92,13 +95,13 @@ class OutputLengths:
         """What to plan a request of `model` with `cap` (its max_tokens, if any) for."""
         stats = self._models.get(model)
         if stats is None or len(stats.lengths) < self._min_samples:
-            return LengthPlan(cap or self.prior, self.prior)
+            return LengthPlan(cap or self.prior, self.prior, cap is not None)
         typical = max(1, round(stats.mean))
         if cap is None:
-            return LengthPlan(typical, typical)
+            return LengthPlan(typical, typical, False)
         if stats.capped >= self._min_samples and stats.cap_hits >= CAP_TELLS:
             return LengthPlan(cap, typical)  # answers run into their caps: the cap is the length
-        return LengthPlan(stats.expectation(cap), typical)
+        return LengthPlan(stats.expectation(cap), typical, False)
 
     def snapshot(self) -> dict[str, dict[str, float]]:
         """Per model: answers remembered, their mean, and the share that ran into a cap."""

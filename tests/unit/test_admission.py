@@ -258,3 +258,16 @@ def test_the_room_view_agrees_with_the_room_rules_endpoint_by_endpoint() -> None
     assert view.any_free == any(free(s) for s in states)
     assert view.any_probe == any(probe(s) for s in states)
     assert [has_room(replace(s, healthy=False)) for s in states[:20]] == [False] * 20
+
+
+def test_a_request_of_unknown_length_takes_the_first_free_slot_anywhere() -> None:
+    clock = Clock()
+    views = [two_pods(fast_load=5, slow_load=3)]  # only the slow pod has a free slot
+    told = StandardRoom(lambda: views[0], ServiceTime(200), 1000, clock)
+    unknown = StandardRoom(lambda: views[0], ServiceTime(200), 1000, clock, free_first=True)
+    assert not told(True)  # a long answer, known to be long, holds out for the fast pod
+    assert unknown(True)  # nothing says this one is long: it goes now
+    queued_only = [two_pods(fast_load=4, slow_load=4)]  # room only as queue places
+    room = StandardRoom(lambda: queued_only[0], ServiceTime(200), 1000, clock, free_first=True)
+    assert room(True) == worth_taking(queued_only[0], ServiceTime(200), 0.0, 1000)
+    assert [c.address for c in two_pods(4, 3).with_room(0, free_first=True)] == [SLOW]

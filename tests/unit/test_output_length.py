@@ -15,8 +15,8 @@ from tests.factories import SERVED, director, seed_store
 
 def test_until_enough_answers_are_seen_the_cap_or_the_prior_stands() -> None:
     lengths = OutputLengths(prior=200)
-    assert lengths.plan("m", None) == LengthPlan(200, 200)
-    assert lengths.plan("m", 64) == LengthPlan(64, 200)
+    assert lengths.plan("m", None) == LengthPlan(200, 200, told=False)
+    assert lengths.plan("m", 64) == LengthPlan(64, 200, told=True)
     for _ in range(MIN_SAMPLES - 1):
         lengths.observe("m", 100, 1024)
     assert lengths.plan("m", 1024) == LengthPlan(1024, 200)
@@ -32,7 +32,7 @@ def test_a_production_cap_plans_with_what_answers_have_been() -> None:
     mean = sum(recent) / len(recent)
     plan = lengths.plan("m", 1024)
     assert plan.expected == pytest.approx(mean, abs=8)  # refreshed every few answers
-    assert plan.typical == plan.expected
+    assert plan.typical == plan.expected and not plan.told
     # a smaller cap cuts the expectation: E[min(L, 100)]
     cut = sum(min(n, 100) for n in recent) / len(recent)
     assert lengths.plan("m", 100).expected == pytest.approx(cut, abs=5)
@@ -48,6 +48,7 @@ def test_a_cap_answers_run_into_is_the_length() -> None:
         lengths.observe("m", cap, cap)  # the client announced each length
     assert lengths.plan("m", 37).expected == 37
     assert lengths.plan("m", 480).expected == 480
+    assert lengths.plan("m", 480).told
 
 
 def test_bad_figures_are_refused_or_ignored() -> None:
@@ -83,4 +84,4 @@ async def test_the_tracker_teaches_whole_answers_only() -> None:
     seen = d.lengths.snapshot()[SERVED]
     assert seen["answers"] == MIN_SAMPLES and seen["mean"] == 90
     assert seen["cap_hits"] == 0.0
-    assert d.lengths.plan(SERVED, 1024) == LengthPlan(90, 90)
+    assert d.lengths.plan(SERVED, 1024) == LengthPlan(90, 90, told=False)
