@@ -1,15 +1,23 @@
-"""The cost of the EPP on the request path: Envoy direct-to-pod vs Envoy + EPP, side by side.
+"""The EPP's cost per request: Envoy + EPP against Envoy least-request, side by side in one run.
 
-Zero-latency backends (a fixed chat completion, answered at once), 2 KB request bodies, an
-open-loop load at a fixed rate, alternating the two paths in rounds so machine noise hits both.
-Prints requests/s, p50/p99 latency of each path and what the EPP adds, then the EPP's CPU cost
-per decision measured from /proc under a closed-loop load. Run: make bench (or pytest -m bench -s).
+`test_cost_per_request`: one simulated cluster (`epp sim`: 4 H100 pods at full speed for chat,
+2 fast pods with room for 1 MiB prompts), one EPP and two Envoys over the same pods. Each
+workload runs in alternating rounds on both paths at the same open-loop rate; the CPU time of
+every process on the path (from /proc) over the round, per 1,000 requests, is printed with the
+ratio to least-request. The EPP's CPU includes its scraping in the round; "request path" takes
+off its idle rate (scrapes only), measured while the other path runs. Workloads: streamed chat
+(~250-token prompt, 128 output tokens) with and without a model-name rewrite, non-streamed, and
+1 MiB prompts (1 output token).
+`test_added_latency_and_decisions`: zero-latency backends, 2 KB bodies; latency at 200 req/s on
+both paths (the EPP's added p50/p99), then EPP decisions per CPU-second under a closed loop.
+Run: flock /tmp/bench.lock .venv/bin/pytest -m bench -s tests/bench/test_bench_extproc.py
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import io
+import itertools
 import statistics
 import sys
 import time
@@ -18,23 +26,142 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
-import yaml
 from aiohttp import web
 
-from epp.local.envoy import EnvoyPorts, envoy_argv, render_bootstrap
 from epp.local.processes import ChildProcess, wait_until
-from tests.ports import free_ports
+from tests.bench.gateways import EPP, LEAST_REQUEST, GatewayPair, Send, open_loop, seed_manifests
 
 pytestmark = pytest.mark.bench
 
+SERVED = "meta-llama/Llama-2-7b-chat-hf"
+CLIENT_MODEL = "bench"  # an InferenceModel the EPP rewrites to SERVED (and back)
+CHAT_PODS = [(f"127.0.91.{i}", 8000) for i in range(2, 6)]
+BIG_PODS = [(f"127.0.91.{i}", 8000) for i in range(6, 8)]
+FILLER = "the quick brown fox jumps over the lazy dog and keeps running through the field "
+ROUNDS = 2
+_ids = itertools.count()
+
+
+def chat(model: str, stream: bool, prompt_chars: int, max_tokens: int) -> Send:
+    async def send(session: aiohttp.ClientSession, url: str) -> bool:
+        prompt = f"request {next(_ids)}: " + FILLER * (prompt_chars // len(FILLER) + 1)
+        body = {"model": model, "messages": [{"role": "user", "content": prompt[:prompt_chars]}],
+                "max_tokens": max_tokens, "ignore_eos": True, "stream": stream}  # fmt: skip
+        data = io.BytesIO(orjson.dumps(body))  # raw bytes over 1 MiB warn (filterwarnings=error)
+        async with session.post(f"{url}/v1/chat/completions", data=data,
+                                headers={"content-type": "application/json"}) as r:  # fmt: skip
+            answer = await r.read()
+            return r.status == 200 and (not stream or answer.rstrip().endswith(b"[DONE]"))
+
+    return send
+
+
+# name, pods, request, rate (req/s), seconds per round
+WORKLOADS: list[tuple[str, list[tuple[str, int]], Send, float, float]] = [
+    ("streamed, 128 tokens", CHAT_PODS, chat(SERVED, True, 1000, 128), 10.0, 12.0),
+    ("streamed, model rewritten", CHAT_PODS, chat(CLIENT_MODEL, True, 1000, 128), 10.0, 12.0),
+    ("non-streamed, 128 tokens", CHAT_PODS, chat(SERVED, False, 1000, 128), 10.0, 12.0),
+    ("1 MiB prompts, 1 token", BIG_PODS, chat(SERVED, False, 1 << 20, 1), 2.0, 10.0),
+]
+
+
+async def start_sim(tmp_path: Path) -> ChildProcess:
+    pods = CHAT_PODS + BIG_PODS
+    argv = [sys.executable, "-m", "epp", "--log-level", "WARNING", "sim", "--accept-any-model",
+            "--pods", ",".join(f"{h}:{p}" for h, p in pods)]  # fmt: skip
+    for host, _ in BIG_PODS:
+        for option in ("speed=64", "max_model_len=400000", "num_gpu_blocks=60000",
+                       "max_num_batched_tokens=400000"):  # fmt: skip
+            argv += ["--pod-option", f"{host}:{option}"]
+    sim = ChildProcess("sim", argv, tmp_path / "sim.log")
+    await sim.start()
+    async with aiohttp.ClientSession() as session:
+
+        async def ok(url: str) -> bool:
+            async with session.get(url) as r:
+                return r.status == 200
+
+        for host, port in pods:
+            await wait_until(lambda u=f"http://{host}:{port}/health": ok(u), "sim", 30, sim)
+    return sim
+
+
+async def run_workload(
+    pair: GatewayPair, send: Send, rate: float, seconds: float
+) -> dict[str, dict[str, float]]:
+    """CPU seconds per 1,000 requests on each path; the EPP's idle rate from the LR rounds."""
+    cpu: dict[str, dict[str, float]] = {EPP: {}, LEAST_REQUEST: {}}
+    done = dict.fromkeys(cpu, 0)
+    errors = dict.fromkeys(cpu, 0)
+    walls = dict.fromkeys(cpu, 0.0)
+    idle_cpu = idle_wall = 0.0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        for path in cpu:  # warm up connections and code paths
+            await open_loop(session, pair.urls[path], send, rate, 1.0)
+        for _ in range(ROUNDS):
+            for path, url in pair.urls.items():
+                before, epp0, t0 = pair.cpu(path), pair.epp_cpu(), time.monotonic()
+                latencies, failed = await open_loop(session, url, send, rate, seconds)
+                after, epp1, wall = pair.cpu(path), pair.epp_cpu(), time.monotonic() - t0
+                for proc, value in after.items():
+                    cpu[path][proc] = cpu[path].get(proc, 0.0) + value - before[proc]
+                done[path] += len(latencies)
+                errors[path] += failed
+                walls[path] += wall
+                if path == LEAST_REQUEST:
+                    idle_cpu, idle_wall = idle_cpu + epp1 - epp0, idle_wall + wall
+    idle_rate = idle_cpu / idle_wall
+    out: dict[str, dict[str, float]] = {}
+    for path, procs in cpu.items():
+        n = max(1, done[path])
+        row = {proc: seconds_ / n * 1000 for proc, seconds_ in procs.items()}
+        row["total"] = sum(row.values())
+        if "epp" in procs:  # the EPP's CPU beyond its idle scraping, per request
+            row["epp path"] = (procs["epp"] - idle_rate * walls[path]) / n * 1000
+        row["requests"], row["errors"] = done[path], errors[path]
+        out[path] = row
+    out["idle"] = {"epp cpu share": idle_rate}
+    return out
+
+
+def report(name: str, result: dict[str, dict[str, float]]) -> None:
+    ours, least = result[EPP], result[LEAST_REQUEST]
+    print(f"\n{name}: {int(ours['requests'])} + {int(least['requests'])} requests "
+          f"({int(ours['errors'])} + {int(least['errors'])} errors); "
+          f"CPU seconds per 1,000 requests")  # fmt: skip
+    print(f"  {LEAST_REQUEST:20s} envoy {least['envoy']:7.2f}"
+          f"                                   total {least['total']:7.2f}")  # fmt: skip
+    print(f"  {EPP:20s} envoy {ours['envoy']:7.2f}  epp {ours['epp']:7.2f} "
+          f"(request path {ours['epp path']:6.2f})  total {ours['total']:7.2f}  "
+          f"= {ours['total'] / least['total']:.2f}x least-request")  # fmt: skip
+    print(f"  EPP idle (scraping): {result['idle']['epp cpu share']:.1%} of a core")
+
+
+@pytest.mark.timeout(900)
+async def test_cost_per_request(tmp_path: Path) -> None:
+    sim = await start_sim(tmp_path)
+    try:
+        for pods in (CHAT_PODS, BIG_PODS):
+            run_dir = tmp_path / pods[0][0]
+            run_dir.mkdir()
+            manifests = seed_manifests(pods, CLIENT_MODEL, SERVED)
+            async with GatewayPair(run_dir, pods, manifests) as pair:
+                await asyncio.sleep(1.0)  # first scrapes
+                for name, workload_pods, send, rate, seconds in WORKLOADS:
+                    if workload_pods is pods:
+                        report(name, await run_workload(pair, send, rate, seconds))
+    finally:
+        await sim.stop()
+
+
+# ---- added latency and decisions per CPU-second, zero-latency backends ---------------------------
 BACKENDS = [("127.0.0.60", 8000), ("127.0.0.61", 8000)]
 RATE = 200.0  # requests/s, open loop
 ROUND_SECONDS = 5.0
-ROUNDS = 2
-MESSAGE = {"role": "assistant", "content": "ok"}
 ANSWER = orjson.dumps({
     "id": "cmpl-1", "object": "chat.completion", "model": "m",
-    "choices": [{"index": 0, "message": MESSAGE, "finish_reason": "stop"}],
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                 "finish_reason": "stop"}],
     "usage": {"prompt_tokens": 500, "completion_tokens": 1, "total_tokens": 501},
 })  # fmt: skip
 BODY = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 2000}]})
@@ -46,11 +173,9 @@ async def start_backends() -> list[web.AppRunner]:
         return web.Response(body=ANSWER, content_type="application/json")
 
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(
-            text='vllm:num_requests_waiting{model_name="m"} 0\n'
-            'vllm:num_requests_running{model_name="m"} 0\n'
-            'vllm:kv_cache_usage_perc{model_name="m"} 0.1\n'
-        )
+        return web.Response(text='vllm:num_requests_waiting{model_name="m"} 0\n'
+                            'vllm:num_requests_running{model_name="m"} 0\n'
+                            'vllm:kv_cache_usage_perc{model_name="m"} 0.1\n')  # fmt: skip
 
     runners = []
     for host, port in BACKENDS:
@@ -64,35 +189,11 @@ async def start_backends() -> list[web.AppRunner]:
     return runners
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def open_loop(session: aiohttp.ClientSession, url: str, seconds: float) -> list[float]:
-    latencies: list[float] = []
-    errors = 0
-
-    async def one() -> None:
-        nonlocal errors
-        start = time.perf_counter()
-        async with session.post(url, data=BODY, headers={"content-type": "application/json"}) as r:
-            await r.read()
-            if r.status != 200:
-                errors += 1
-        latencies.append(time.perf_counter() - start)
-
-    tasks = []
-    start = time.perf_counter()
-    n = int(RATE * seconds)
-    for i in range(n):
-        delay = start + i / RATE - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one()))
-    await asyncio.gather(*tasks)
-    assert errors == 0
-    return latencies
+async def post_small(session: aiohttp.ClientSession, url: str) -> bool:
+    async with session.post(f"{url}/v1/chat/completions", data=BODY,
+                            headers={"content-type": "application/json"}) as r:  # fmt: skip
+        await r.read()
+        return r.status == 200
 
 
 async def closed_loop(
@@ -104,80 +205,41 @@ async def closed_loop(
     async def worker() -> None:
         nonlocal done
         while time.perf_counter() < deadline:
-            async with session.post(url, data=BODY) as r:
-                await r.read()
-                assert r.status == 200
+            assert await post_small(session, url)
             done += 1
 
     await asyncio.gather(*(worker() for _ in range(workers)))
     return done
 
 
-def pct(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100)[int(q) - 1] * 1000
+def pct(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] * 1000
 
 
-async def test_epp_overhead_side_by_side(tmp_path: Path) -> None:
+async def test_added_latency_and_decisions(tmp_path: Path) -> None:
     runners = await start_backends()
-    l_epp, a_epp, l_direct, a_direct, grpc, health, metrics = free_ports(7)
-    addresses = ",".join(f"{h}:{p}" for h, p in BACKENDS)
-    epp = ChildProcess("epp", [sys.executable, "-m", "epp", "--log-level", "WARNING", "serve",
-                               "--endpoints", addresses, "--grpc-port", str(grpc),
-                               "--health-port", str(health), "--metrics-port", str(metrics)],
-                       tmp_path / "epp.log")  # fmt: skip
-    with_epp = render_bootstrap(EnvoyPorts(l_epp, a_epp, grpc), fallback=BACKENDS)
-    direct = render_bootstrap(EnvoyPorts(l_direct, a_direct, grpc), fallback=BACKENDS)
-    hcm = direct["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-    filters = hcm["typed_config"]["http_filters"]
-    filters[:] = [f for f in filters if f["name"] != "envoy.filters.http.ext_proc"]
-    children = [epp]
-    for name, config in (("envoy-epp", with_epp), ("envoy-direct", direct)):
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(config))
-        children.append(ChildProcess(name, envoy_argv(path), tmp_path / f"{name}.log"))
     try:
-        for child in children:
-            await child.start()
-        async with aiohttp.ClientSession() as session:
-
-            async def ok(url: str) -> bool:
-                async with session.get(url) as r:
-                    return r.status == 200
-
-            await wait_until(lambda: ok(f"http://127.0.0.1:{metrics}/healthz"), "epp", 30, epp)
-            for port in (a_epp, a_direct):
-                await wait_until(lambda p=port: ok(f"http://127.0.0.1:{p}/ready"), "envoy", 30)
-            urls = {
-                "envoy+epp": f"http://127.0.0.1:{l_epp}/v1/chat/completions",
-                "envoy direct": f"http://127.0.0.1:{l_direct}/v1/chat/completions",
-            }
-            for url in urls.values():  # warm up connections and code paths
-                await open_loop(session, url, 1.0)
-            lat: dict[str, list[float]] = {name: [] for name in urls}
+        async with GatewayPair(tmp_path, BACKENDS) as pair, aiohttp.ClientSession() as session:
+            for url in pair.urls.values():  # warm up connections and code paths
+                await open_loop(session, url, post_small, RATE, 1.0)
+            lat: dict[str, list[float]] = {name: [] for name in pair.urls}
             for _ in range(ROUNDS):
-                for name, url in urls.items():
-                    lat[name] += await open_loop(session, url, ROUND_SECONDS)
-            print(
-                f"\nopen loop at {RATE:.0f} req/s, 2 KB bodies, "
-                f"{ROUNDS} rounds of {ROUND_SECONDS:.0f}s per path"
-            )
+                for name, url in pair.urls.items():
+                    values, errors = await open_loop(session, url, post_small, RATE, ROUND_SECONDS)
+                    assert errors == 0
+                    lat[name] += values
+            print(f"\nopen loop at {RATE:.0f} req/s, 2 KB bodies, {ROUNDS} rounds of "
+                  f"{ROUND_SECONDS:.0f} s per path")  # fmt: skip
             for name, values in lat.items():
-                print(f"  {name:13s} p50 {pct(values, 50):6.2f} ms   p99 {pct(values, 99):6.2f} ms")
-            added50 = pct(lat["envoy+epp"], 50) - pct(lat["envoy direct"], 50)
-            added99 = pct(lat["envoy+epp"], 99) - pct(lat["envoy direct"], 99)
-            print(f"  added by the EPP: p50 {added50:+.2f} ms, p99 {added99:+.2f} ms")
-            assert epp.proc is not None
-            cpu0 = cpu_seconds(epp.proc.pid)
-            t0 = time.perf_counter()
-            done = await closed_loop(session, urls["envoy+epp"], 5.0, 32)
-            elapsed, cpu = time.perf_counter() - t0, cpu_seconds(epp.proc.pid) - cpu0
-            direct_done = await closed_loop(session, urls["envoy direct"], 5.0, 32)
-            print(f"closed loop, 32 connections, 5 s: envoy+epp {done / elapsed:.0f} req/s, "
-                  f"envoy direct {direct_done / 5.0:.0f} req/s")  # fmt: skip
-            print(f"EPP CPU per decision {cpu / done * 1e6:.0f} µs → {done / cpu:.0f} decisions/s "
-                  f"per core (EPP used {cpu / elapsed:.0%} of a core)")  # fmt: skip
+                print(f"  {name:20s} p50 {pct(values, 50):6.2f} ms   p99 {pct(values, 99):6.2f} ms")
+            p50, p99 = (pct(lat[EPP], q) - pct(lat[LEAST_REQUEST], q) for q in (50, 99))
+            print(f"  added by the EPP: p50 {p50:+.2f} ms, p99 {p99:+.2f} ms")
+            cpu0, t0 = pair.epp_cpu(), time.perf_counter()
+            done = await closed_loop(session, pair.urls[EPP], 5.0, 32)
+            elapsed, cpu = time.perf_counter() - t0, pair.epp_cpu() - cpu0
+            print(f"closed loop, 32 connections, 5 s: envoy+epp {done / elapsed:.0f} req/s; "
+                  f"EPP CPU per decision {cpu / done * 1e6:.0f} µs → {done / cpu:.0f} decisions "
+                  f"per CPU-second (EPP used {cpu / elapsed:.0%} of a core)")  # fmt: skip
     finally:
-        for child in reversed(children):
-            await child.stop()
         for runner in runners:
             await runner.cleanup()
