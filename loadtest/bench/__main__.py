@@ -53,11 +53,21 @@ CAPACITY_ROUTER = "envoy:LEAST_REQUEST"
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__)
-    p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated")
+    p.add_argument(
+        "--workloads",
+        default="sharegpt,shared-prefix",
+        help=f"comma-separated, of {', '.join(WORKLOADS)}",
+    )
     p.add_argument("--routers", default=DEFAULT_ROUTERS, help="comma-separated KIND:OPTION")
     p.add_argument("--fractions", default="0.9,1.2", help="rates as fractions of capacity")
     p.add_argument("--capacity", type=float, help="req/s; skip the capacity measurement")
     p.add_argument("--capacity-seconds", type=float, default=24.0)
+    p.add_argument(
+        "--capacity-ramp",
+        action="store_true",
+        help="start the capacity loop's streams one by one over its first third (the warm-up "
+        "it does not count), not all at once",
+    )
     p.add_argument("--duration", type=float, default=30.0, help="seconds of arrivals per point")
     p.add_argument("--drain", type=float, default=20.0, help="max wait for stragglers")
     p.add_argument("--request-timeout", type=float, default=60.0)
@@ -229,6 +239,7 @@ class Bench:
                     a.capacity_seconds,
                     a.lengths,
                     a.length_cap,
+                    a.capacity_seconds / 3 if a.capacity_ramp else 0.0,
                 )
         finally:
             await self.children.stop_all()
@@ -360,8 +371,9 @@ class Bench:
 
     def capacity_note(self) -> str:
         a = self.a
+        ramp = ", started over the first third" if a.capacity_ramp else ""
         return (
-            f"completions/s of a closed loop of {a.pods * a.max_num_seqs * 2} streams "
+            f"completions/s of a closed loop of {a.pods * a.max_num_seqs * 2} streams{ramp} "
             f"through {CAPACITY_ROUTER}, last {a.capacity_seconds * 2 / 3:.0f} of "
             f"{a.capacity_seconds:.0f} s"
         )

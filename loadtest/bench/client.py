@@ -191,19 +191,23 @@ async def closed_loop(
     duration: float,
     lengths: str = ANNOUNCED,
     cap: int = 0,
+    ramp: float = 0.0,
 ) -> list[Sample]:
-    """`workers` users each sending back-to-back requests until `duration` s have passed."""
+    """`workers` users each sending back-to-back requests until `duration` s have passed; with
+    `ramp`, user i starts i x ramp / workers s late, so a cold cluster is not hit by one burst
+    of identical cold prefixes."""
     headers = {"content-type": "application/json"}
     t0 = time.perf_counter()
     deadline = t0 + duration
     samples: list[Sample] = []
 
-    async def user() -> None:
+    async def user(delay: float) -> None:
+        await asyncio.sleep(delay)
         while time.perf_counter() < deadline:
             body = encode(next(requests), model, lengths, cap)
             samples.append(await send(session, url, body, t0, headers))
 
-    tasks = [asyncio.create_task(user()) for _ in range(workers)]
+    tasks = [asyncio.create_task(user(i * ramp / workers)) for i in range(workers)]
     _, pending = await asyncio.wait(tasks, timeout=duration + 5)
     for task in pending:
         task.cancel()

@@ -44,14 +44,16 @@ def make_parser() -> argparse.ArgumentParser:
         "1,1,1 measures pure run-to-run noise)",
     )
     p.add_argument("--routers", default=ROUTERS, help="comma-separated KIND:OPTION")
-    p.add_argument("--duration", type=float, default=30.0, help="seconds of arrivals per point")
+    p.add_argument(
+        "--duration", type=float, help="seconds of arrivals per point (default: each cell's)"
+    )
     p.add_argument("--drain", type=float, default=20.0, help="max wait for stragglers")
     p.add_argument(
         "--capacity",
         default="",
         help="req/s for every cell, or CELL=RATE,...: skip those capacity measurements",
     )
-    p.add_argument("--capacity-seconds", type=float, default=15.0)
+    p.add_argument("--capacity-seconds", type=float, default=20.0)
     p.add_argument("--budget-minutes", type=float, default=45.0, help="wall-clock bound")
     p.add_argument("--tie", type=float, default=0.10, help="tie band of p90s (noise)")
     p.add_argument("--tie-p99", type=float, default=0.20, help="tie band of p99 TTFT (noise)")
@@ -82,9 +84,10 @@ def capacities(text: str, cells: list[Cell]) -> dict[str, float]:
 
 def bench_argv(cell: Cell, a: argparse.Namespace, seed: int) -> list[str]:
     """The `loadtest.bench` flags of one cell and seed under this run's settings."""
+    duration = ["--duration", f"{a.duration:g}"] if a.duration else []  # else the cell's
     return [
-        *cell.bench_flags(), "--routers", a.routers, "--duration", f"{a.duration:g}",
-        "--drain", f"{a.drain:g}", "--capacity-seconds", f"{a.capacity_seconds:g}",
+        *cell.bench_flags(), *duration, "--routers", a.routers, "--drain", f"{a.drain:g}",
+        "--capacity-seconds", f"{a.capacity_seconds:g}", "--capacity-ramp",
         "--seed", str(seed), "--out", str(a.out), "--epp-args", a.epp_args,
     ]  # fmt: skip
 
@@ -156,13 +159,19 @@ class Matrix:
         minutes = (datetime.now(UTC) - self.started).total_seconds() / 60
         argv = " ".join(shlex.quote(x) for x in sys.argv[1:])
         caps = ", ".join(f"{n} {r:.2f}" for n, r in self.measured.items())
+        durations = (
+            f"{self.a.duration:g}"
+            if self.a.duration
+            else "/".join(f"{d:g}" for d in sorted({c.duration for c in self.cells}))
+        )
         return [
             f"# Benchmark matrix, {self.started:%Y-%m-%d %H:%M} UTC",
             "",
             f"- command: `.venv/bin/python -m loadtest.matrix {argv}`",
             f"- machine: {bench.machine_text()}; {minutes:.0f} minutes",
-            f"- seeds: {self.a.seeds}; {self.a.duration:g} s of Poisson arrivals per point at "
-            "each cell's load (0.9x its capacity), a fresh simulator and router per point",
+            f"- seeds: {self.a.seeds}; {durations} s of Poisson arrivals per point at each "
+            "cell's load (0.9x its capacity), then at most "
+            f"{self.a.drain:g} s for stragglers; a fresh simulator and router per point",
             f"- capacity (req/s): {caps or '-'}",
             "- values are seconds (means over repeats); per-cell reports: "
             f"`{self.stem}-<cell>-s<seed>{self.a.tag}.md` beside this file",

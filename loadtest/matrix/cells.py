@@ -50,6 +50,7 @@ class Cell:
     conversations: int = 48  # multi-turn: conversations in progress
     lengths: str = ANNOUNCED
     load: float = 0.9  # offered rate, as a fraction of the measured capacity
+    duration: float = 30.0  # seconds of arrivals per point (16 pods: 3x the rate, so less)
     flush_interval: float = 0.1  # the simulator coalesces each stream's tokens this often
 
     def __post_init__(self) -> None:
@@ -115,6 +116,7 @@ class Cell:
             "--prefix-groups", str(self.groups), "--prefix-tokens", str(self.prefix_tokens),
             "--conversations", str(self.conversations),
             "--lengths", self.lengths, "--fractions", f"{self.load:g}",
+            "--duration", f"{self.duration:g}",
         ]  # fmt: skip
 
     def describe(self) -> str:
@@ -148,6 +150,7 @@ CELLS: tuple[Cell, ...] = (
         "16 pods, KV of exactly a full batch; no max_tokens",
         "sharegpt",
         pods=16,
+        duration=20,
         lengths=UNCAPPED,
     ),
     Cell("prefix8", "8 shared prefixes, each pod's KV half of them", "shared-prefix", kv=0.5),
@@ -166,6 +169,7 @@ CELLS: tuple[Cell, ...] = (
         "16 uniform pods, 128 prefix groups, KV of half of them per pod; no max_tokens",
         "shared-prefix",
         pods=16,
+        duration=20,
         kv=0.5,
         speeds="uniform",
         groups=128,
@@ -179,7 +183,6 @@ CELLS: tuple[Cell, ...] = (
         max_num_seqs=32,
         kv=4,
         speeds="uniform",
-        speed=0.125,
         lengths=CAPPED,
     ),
     Cell("multiturn", "multi-turn conversations, batch 16", "multi-turn", max_num_seqs=16),
@@ -188,6 +191,7 @@ CELLS: tuple[Cell, ...] = (
         "multi-turn on 16 mixed GPUs, KV 4x the working set; capped lengths",
         "multi-turn",
         pods=16,
+        duration=20,
         kv=4,
         speeds="mixed",
         conversations=192,

@@ -128,8 +128,13 @@ def test_capacities_apply_to_every_cell_or_by_name() -> None:
 def test_bench_argv_carries_the_runs_settings_and_the_seed() -> None:
     a = make_parser().parse_args(["--duration", "20", "--seeds", "3,4"])
     args = bench.make_parser().parse_args(bench_argv(select("prefix8")[0], a, 4))
-    assert (args.duration, args.seed, args.capacity_seconds) == (20.0, 4, 15.0)
-    assert args.routers.split(",")[0] == "epp:gpu-aware"
+    assert (args.duration, args.seed, args.capacity_seconds) == (20.0, 4, 20.0)
+    assert args.capacity_ramp and args.routers.split(",")[0] == "epp:gpu-aware"
+    own = make_parser().parse_args([])  # each cell's own duration: 16 pods have 3x the rate
+    durations = {
+        c.pods: bench.make_parser().parse_args(bench_argv(c, own, 1)).duration for c in CELLS
+    }
+    assert durations == {4: 30.0, 16: 20.0}
 
 
 # ---- the multi-turn workload ----------------------------------------------------------------
