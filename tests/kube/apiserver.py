@@ -56,6 +56,7 @@ CORE = [
         "apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False
     ),
     Kind("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor", has_status=False),
+    Kind("monitoring.coreos.com", "v1", "prometheusrules", "PrometheusRule", has_status=False),
 ]
 INFERENCE = [
     Kind("gateway.networking.x-k8s.io", "v1alpha1", "inferencepools", "InferencePool"),
