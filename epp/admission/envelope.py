@@ -11,24 +11,30 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Sequence
-from itertools import accumulate, pairwise
+from itertools import pairwise
+from math import inf
 
 
 class LowerEnvelope:
     __slots__ = ("_breaks", "_lines")
 
     def __init__(self, slopes: Sequence[float], intercepts: Sequence[float]) -> None:
-        if not slopes:
-            raise ValueError("a lower envelope needs at least one line")
-        # flattest first (plain tuple order, compared in C). A line can only be lowest
-        # somewhere if every flatter line starts higher: keep that front (it also drops all
-        # but the lowest of equal slopes), then the lines of it that are lowest somewhere
-        ordered = sorted(zip(slopes, intercepts, strict=True))
-        lowest_before = accumulate((b for _, b in ordered), min)
-        front = [ordered[0]]
-        # (the lowest intercept of all the lines, the last of `lowest_before`, is not needed)
-        beyond = zip(ordered[1:], lowest_before, strict=False)
-        front += [line for line, low in beyond if line[1] < low]
+        if not slopes or len(slopes) != len(intercepts):
+            raise ValueError("a lower envelope needs lines: as many slopes as intercepts")
+        # A line can only be lowest somewhere if every flatter line starts higher: walk the
+        # lines flattest first (sorted by a float key, compared in C) and keep that front; of
+        # equal slopes only the lowest intercept stays
+        front: list[tuple[float, float]] = []
+        lowest = inf
+        for i in sorted(range(len(slopes)), key=slopes.__getitem__):
+            b = intercepts[i]
+            if b < lowest:
+                a = slopes[i]
+                if front and front[-1][0] == a:
+                    front[-1] = (a, b)
+                else:
+                    front.append((a, b))
+                lowest = b
         hull: list[tuple[float, float]] = []
         for a3, b3 in front:
             while len(hull) >= 2:
