@@ -20,6 +20,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -55,8 +56,14 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--capacity-seconds", type=float, default=20.0)
     p.add_argument("--budget-minutes", type=float, default=45.0, help="wall-clock bound")
-    p.add_argument("--tie", type=float, default=0.10, help="tie band of p90s (noise)")
-    p.add_argument("--tie-p99", type=float, default=0.20, help="tie band of p99 TTFT (noise)")
+    p.add_argument(
+        "--tie",
+        type=summary.parse_ties,
+        default=summary.TIES,
+        metavar="METRIC=BAND,...",
+        help="noise bands of ours / best peer within which a mark is a tie; default "
+        + ",".join(f"{m}={b:g}" for m, b in summary.TIES.items()),
+    )
     p.add_argument("--epp-args", default="", help="extra `epp serve` flags")
     p.add_argument("--out", type=Path, default=Path("loadtest/results/matrix"))
     p.add_argument("--tag", default="", help="suffix of the output file names")
@@ -159,6 +166,7 @@ class Matrix:
         minutes = (datetime.now(UTC) - self.started).total_seconds() / 60
         argv = " ".join(shlex.quote(x) for x in sys.argv[1:])
         caps = ", ".join(f"{n} {r:.2f}" for n, r in self.measured.items())
+        again = "-r<repeat>" if len(set(self.seeds)) < len(self.seeds) else ""
         durations = (
             f"{self.a.duration:g}"
             if self.a.duration
@@ -174,7 +182,7 @@ class Matrix:
             f"{self.a.drain:g} s for stragglers; a fresh simulator and router per point",
             f"- capacity (req/s): {caps or '-'}",
             "- values are seconds (means over repeats); per-cell reports: "
-            f"`{self.stem}-<cell>-s<seed>{self.a.tag}.md` beside this file",
+            f"`{self.stem}-<cell>-s<seed>{again}{self.a.tag}.md` beside this file",
             *(["", "Not run:", "", *(f"- {n}" for n in self.notes)] if self.notes else []),
         ]
 
@@ -184,24 +192,24 @@ class Matrix:
         routers = a.routers.split(",")
         cells = [(c.name, f"{c.varies}; {c.describe()}") for c in self.cells]
         data = {
-            "header": self.header(), "cells": cells, "routers": routers, "tie": a.tie,
-            "tie_p99": a.tie_p99, "capacity": self.measured,
+            "header": self.header(), "cells": cells, "routers": routers, "ties": a.tie,
+            "capacity": self.measured,
             "runs": [dataclasses.asdict(r) for r in self.runs],
         }  # fmt: skip
         stem = a.out / f"{self.stem}-summary{a.tag}"
         stem.with_suffix(".json").write_text(json.dumps(data, indent=1))
-        text = summary.render(self.runs, cells, routers, a.tie, a.tie_p99, self.header())
+        text = summary.render(self.runs, cells, routers, a.tie, self.header())
         path = stem.with_suffix(".md")
         path.write_text(text)
         return path
 
 
-def rerender(path: Path, tie: float, tie_p99: float) -> str:
+def rerender(path: Path, ties: Mapping[str, float]) -> str:
     """A written summary JSON as markdown again, with these tie bands."""
     data = json.loads(path.read_text())
     runs = [summary.Run(**r) for r in data["runs"]]
     cells = [(name, what) for name, what in data["cells"]]
-    return summary.render(runs, cells, data["routers"], tie, tie_p99, data["header"])
+    return summary.render(runs, cells, data["routers"], ties, data["header"])
 
 
 async def amain(args: argparse.Namespace, children: Children) -> int:
@@ -226,7 +234,7 @@ async def amain(args: argparse.Namespace, children: Children) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     if args.summarize:
-        print(rerender(args.summarize, args.tie, args.tie_p99), end="")
+        print(rerender(args.summarize, args.tie), end="")
         return 0
     if args.list:
         for c in CELLS:

@@ -4,16 +4,17 @@ Input is one `Run` per (cell, router, repeat): p90 TTFT, p99 TTFT, p90 e2e and t
 counts. Per cell and metric, each router's value is its mean over repeats; the best peer is the
 peer with the lowest mean among those that served at least 99 % of their requests (a router
 that fails requests can look fast on the ones it served); ours / best is the ratio, and the mark
-is a tie while the ratio is within the noise band: `tie` (p90s) or `tie_p99`, the run-to-run
-noise measured with repeats, widened to the half-range of the per-repeat ratios when a run has
-several. Pure functions; `__main__.py` feeds them and writes what `render` returns.
+is a tie while the ratio is within the metric's noise band (`TIES`: the run-to-run noise of
+the ratio, measured by repeating cells with the same seed), widened to the half-range of the
+per-repeat ratios when a run has several. Pure functions; `__main__.py` feeds them and writes
+what `render` returns.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from loadtest.bench.report import is_ours
@@ -21,6 +22,11 @@ from loadtest.bench.stats import RunStats
 
 METRICS = (("ttft_p90", "p90 TTFT"), ("ttft_p99", "p99 TTFT"), ("e2e_p90", "p90 e2e"))
 MARKS = ("win", "loss", "tie")
+# Half the range of ours / peer between two runs of the same seed (sharegpt and prefix8, four
+# peers each, 2026-12-04): p90 TTFT 0.05-0.78 (median 0.16, 80th percentile 0.26), p99 TTFT
+# 0.00-0.10, p90 e2e 0.01-0.05. p90 TTFT sits where queueing starts, so a few requests that
+# wait or not move it; p99 and e2e move less.
+TIES: Mapping[str, float] = {"ttft_p90": 0.25, "ttft_p99": 0.15, "e2e_p90": 0.05}
 MIN_SERVED = 0.99  # share of its requests a router must serve to be compared
 
 
@@ -78,15 +84,26 @@ def _values(runs: Iterable[Run], metric: str) -> list[float]:
     return [r.value(metric) for r in runs if not math.isnan(r.value(metric))]
 
 
+def parse_ties(text: str) -> dict[str, float]:
+    """`TIES`, with the bands `METRIC=BAND,...` names replaced."""
+    out = dict(TIES)
+    for item in (x for x in text.split(",") if x.strip()):
+        metric, eq, band = item.partition("=")
+        if metric.strip() not in out or not eq:
+            raise ValueError(f"bad tie band {item!r}: want METRIC=BAND, METRIC in {list(TIES)}")
+        out[metric.strip()] = float(band)
+    return out
+
+
 def judge(
-    cell: str, metric: str, ours: str, runs: Sequence[Run], tie: float, tie_p99: float
+    cell: str, metric: str, ours: str, runs: Sequence[Run], ties: Mapping[str, float] = TIES
 ) -> Verdict:
     """Ours (`ours`) against the best peer among `runs` (this cell's) on `metric`."""
     by_router: dict[str, list[Run]] = {}
     for r in runs:
         by_router.setdefault(r.router, []).append(r)
     mine = by_router.get(ours, [])
-    floor = tie_p99 if metric.endswith("p99") else tie
+    floor = ties[metric]
     if not _values(mine, metric):
         return Verdict(cell, metric, ours, "", math.nan, (), floor, "n/a", "ours did not run")
     peers = {
@@ -113,14 +130,14 @@ def judge(
 
 
 def verdicts(
-    runs: Sequence[Run], cells: Sequence[str], tie: float, tie_p99: float
+    runs: Sequence[Run], cells: Sequence[str], ties: Mapping[str, float] = TIES
 ) -> list[Verdict]:
     """One verdict per cell (in `cells`' order), ours router and metric."""
     out = []
     for cell in cells:
         mine = [r for r in runs if r.cell == cell]
         for ours in sorted({r.router for r in mine if is_ours(r.router)}):
-            out += [judge(cell, m, ours, mine, tie, tie_p99) for m, _ in METRICS]
+            out += [judge(cell, m, ours, mine, ties) for m, _ in METRICS]
     return out
 
 
@@ -161,14 +178,13 @@ def render(
     runs: Sequence[Run],
     cells: Sequence[tuple[str, str]],
     routers: Sequence[str],
-    tie: float,
-    tie_p99: float,
+    ties: Mapping[str, float] = TIES,
     header: Sequence[str] = (),
 ) -> str:
     """The summary in markdown: `cells` are (name, description) in order, `header` lines go
     first; one table per metric, then the counts."""
     names = [c for c, _ in cells]
-    vs = verdicts(runs, names, tie, tie_p99)
+    vs = verdicts(runs, names, ties)
     repeats = len({r.repeat for r in runs})
     lines = [*header, "", "| cell | what it varies |", "|---|---|"]
     lines += [f"| {name} | {what} |" for name, what in cells]
@@ -196,8 +212,9 @@ def render(
         lines.append(f"| {label} | {c['win']} | {c['loss']} | {c['tie']} | {c['n/a']} |")
     lines += [
         "",
-        f"Ties: ours / best peer within ±{tie:.0%} (p90s) or ±{tie_p99:.0%} (p99), the "
-        "run-to-run noise measured by repeating cells"
+        "Ties: ours / best peer within "
+        + ", ".join(f"±{ties[m]:.0%} ({label})" for m, label in METRICS)
+        + ", the run-to-run noise of that ratio measured by repeating cells with one seed"
         + (
             f", widened to half the range of the {repeats} per-repeat ratios where that is "
             "larger; ± after a value is half the range of its repeats."

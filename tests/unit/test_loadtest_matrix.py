@@ -21,7 +21,7 @@ from loadtest.bench.routers import Children, cpu_seconds
 from loadtest.bench.stats import summarize
 from loadtest.matrix.__main__ import Matrix, bench_argv, capacities, make_parser, rerender
 from loadtest.matrix.cells import CELLS, TOKENS_PER_S_CEILING, Cell, select
-from loadtest.matrix.summary import Run, counts, judge, render, verdicts
+from loadtest.matrix.summary import TIES, Run, counts, judge, parse_ties, render, verdicts
 from loadtest.workloads import (
     CHARS_PER_TOKEN,
     MultiTurnShape,
@@ -243,6 +243,7 @@ def test_a_points_cpu_is_printed_per_process() -> None:
 # ---- the summary ----------------------------------------------------------------------------
 
 OURS, LR, SG = "epp:gpu-aware", "envoy:LEAST_REQUEST", "sglang-router:cache_aware"
+T = {"ttft_p90": 0.1, "ttft_p99": 0.2, "e2e_p90": 0.1}
 
 
 def run(
@@ -255,7 +256,7 @@ def run(
 
 def test_ours_wins_loses_or_ties_against_the_best_peer() -> None:
     def mark(ours: float) -> tuple[str, str, float]:
-        v = judge("c", "ttft_p90", OURS, [run(OURS, ours), run(LR, 2.0), run(SG, 1.0)], 0.1, 0.2)
+        v = judge("c", "ttft_p90", OURS, [run(OURS, ours), run(LR, 2.0), run(SG, 1.0)], T)
         return v.mark, v.best, v.ratio
 
     assert mark(0.5) == ("win", SG, 0.5)
@@ -264,33 +265,43 @@ def test_ours_wins_loses_or_ties_against_the_best_peer() -> None:
     assert mark(1.3) == ("loss", SG, 1.3)
 
 
+def test_tie_bands_are_per_metric_and_named_overrides_keep_the_others() -> None:
+    assert set(TIES) == {"ttft_p90", "ttft_p99", "e2e_p90"}
+    assert parse_ties("") == TIES
+    assert parse_ties("e2e_p90=0.2") == {**TIES, "e2e_p90": 0.2}
+    for bad in ("e2e=0.2", "ttft_p90"):
+        with pytest.raises(ValueError, match="bad tie band"):
+            parse_ties(bad)
+    assert make_parser().parse_args(["--tie", "ttft_p99=0.3"]).tie["ttft_p99"] == 0.3
+
+
 def test_p99_has_its_own_band() -> None:
     runs = [run(OURS, 0.85), run(SG, 1.0)]
-    assert judge("c", "ttft_p90", OURS, runs, 0.1, 0.2).mark == "win"
-    assert judge("c", "ttft_p99", OURS, runs, 0.1, 0.2).mark == "tie"
+    assert judge("c", "ttft_p90", OURS, runs, T).mark == "win"
+    assert judge("c", "ttft_p99", OURS, runs, T).mark == "tie"
 
 
 def test_a_peer_that_fails_requests_is_not_the_best_and_ours_failing_is_a_loss() -> None:
     runs = [run(OURS, 1.0), run(LR, 1.5), run(SG, 0.5, failed=5)]
-    v = judge("c", "ttft_p90", OURS, runs, 0.1, 0.2)
+    v = judge("c", "ttft_p90", OURS, runs, T)
     assert (v.best, v.mark) == (LR, "win")
-    v = judge("c", "ttft_p90", OURS, [run(OURS, 0.5, failed=3), run(LR, 1.5)], 0.1, 0.2)
+    v = judge("c", "ttft_p90", OURS, [run(OURS, 0.5, failed=3), run(LR, 1.5)], T)
     assert (v.mark, v.why) == ("loss", "3 failed")
 
 
 def test_nothing_to_compare_is_not_a_mark() -> None:
-    assert judge("c", "e2e_p90", OURS, [run(LR, 1.0)], 0.1, 0.2).mark == "n/a"
-    assert judge("c", "e2e_p90", OURS, [run(OURS, 1.0)], 0.1, 0.2).why == "no peer to compare"
+    assert judge("c", "e2e_p90", OURS, [run(LR, 1.0)], T).mark == "n/a"
+    assert judge("c", "e2e_p90", OURS, [run(OURS, 1.0)], T).why == "no peer to compare"
     nan = run(OURS, math.nan)
-    assert judge("c", "ttft_p90", OURS, [nan, run(LR, 1.0)], 0.1, 0.2).mark == "n/a"
+    assert judge("c", "ttft_p90", OURS, [nan, run(LR, 1.0)], T).mark == "n/a"
 
 
 def test_repeats_average_and_widen_the_band_to_their_spread() -> None:
     steady = [run(OURS, 0.8, 0), run(OURS, 0.8, 1), run(SG, 1.0, 0), run(SG, 1.0, 1)]
-    v = judge("c", "ttft_p90", OURS, steady, 0.1, 0.2)
+    v = judge("c", "ttft_p90", OURS, steady, T)
     assert (v.mark, v.ratios, v.band) == ("win", (0.8, 0.8), 0.1)
     noisy = [run(OURS, 0.5, 0), run(OURS, 1.1, 1), run(SG, 1.0, 0), run(SG, 1.0, 1)]
-    v = judge("c", "ttft_p90", OURS, noisy, 0.1, 0.2)
+    v = judge("c", "ttft_p90", OURS, noisy, T)
     assert v.ratio == pytest.approx(0.8) and v.band == pytest.approx(0.3)
     assert v.mark == "tie"  # 0.8 looks like a win, but the repeats moved by ±0.3
 
@@ -298,14 +309,14 @@ def test_repeats_average_and_widen_the_band_to_their_spread() -> None:
 def test_the_best_peer_is_chosen_on_the_mean_over_repeats() -> None:
     runs = [run(OURS, 1.0, 0), run(OURS, 1.0, 1), run(LR, 0.5, 0), run(LR, 2.5, 1),
             run(SG, 1.2, 0), run(SG, 1.2, 1)]  # fmt: skip
-    v = judge("c", "ttft_p90", OURS, runs, 0.1, 0.2)
+    v = judge("c", "ttft_p90", OURS, runs, T)
     assert v.best == SG and v.ratios == pytest.approx((1 / 1.2, 1 / 1.2))
 
 
 def test_counts_add_up_per_metric_and_overall() -> None:
     runs = [run(OURS, 0.5, cell="a"), run(SG, 1.0, cell="a"),
             run(OURS, 2.0, cell="b"), run(SG, 1.0, cell="b")]  # fmt: skip
-    vs = verdicts(runs, ["a", "b"], 0.1, 0.2)
+    vs = verdicts(runs, ["a", "b"], T)
     assert [(v.cell, v.metric, v.mark) for v in vs[:3]] == [
         ("a", "ttft_p90", "win"), ("a", "ttft_p99", "win"), ("a", "e2e_p90", "win")
     ]  # fmt: skip
@@ -316,7 +327,7 @@ def test_counts_add_up_per_metric_and_overall() -> None:
 def test_the_summary_has_a_table_per_metric_and_the_counts() -> None:
     runs = [run(OURS, 0.5, 0), run(OURS, 0.7, 1), run(SG, 1.0, 0), run(SG, 1.0, 1),
             run(LR, 2.0, 0, failed=2), run(LR, 2.0, 1)]  # fmt: skip
-    text = render(runs, [("c", "what c varies")], [OURS, LR, SG], 0.1, 0.2, ["# title"])
+    text = render(runs, [("c", "what c varies")], [OURS, LR, SG], T, ["# title"])
     assert text.startswith("# title\n")
     assert "| c | what c varies |" in text
     row = "| c | **0.600 ±17%** | 2.000 ±0% (2 failed) | 1.000 ±0% | sglang-router:cache_aware |"
@@ -329,9 +340,11 @@ def test_the_summary_has_a_table_per_metric_and_the_counts() -> None:
 def test_a_written_summary_renders_again_with_other_bands(tmp_path: Path) -> None:
     args = make_parser().parse_args(["--cells", "sharegpt", "--out", str(tmp_path)])
     matrix = Matrix(args, Children(tmp_path))
-    matrix.runs = [run(OURS, 0.85, cell="sharegpt"), run(SG, 1.0, cell="sharegpt")]
+    matrix.runs = [run(OURS, 0.8, cell="sharegpt"), run(SG, 1.0, cell="sharegpt")]
     path = matrix.write()
-    assert path.name.endswith("-summary.md") and "| win |" in path.read_text()
+    assert path.name.endswith("-summary.md")
+    assert "| all | 2 | 0 | 1 | 0 |" in path.read_text()  # p90 TTFT's band is ±25 %
     data = json.loads(path.with_suffix(".json").read_text())
     assert data["runs"][0] == dataclasses.asdict(matrix.runs[0])
-    assert "| tie |" in rerender(path.with_suffix(".json"), 0.2, 0.3)
+    again = rerender(path.with_suffix(".json"), {**TIES, "ttft_p90": 0.1})
+    assert "| all | 3 | 0 | 0 | 0 |" in again
