@@ -29,7 +29,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -390,22 +390,34 @@ def scrape_config(stack: LocalStack, dcgm: str, rules_path: Path) -> dict[str, A
     }  # fmt: skip
 
 
-@contextlib.contextmanager
-def prometheus(tmp_path: Path, config: dict[str, Any]) -> Iterator[str]:
+@contextlib.asynccontextmanager
+async def prometheus(tmp_path: Path, config: dict[str, Any]) -> AsyncIterator[str]:
+    """Debian's Prometheus with this configuration, on a free loopback port, once ready."""
     binary = shutil.which("prometheus") or "/usr/bin/prometheus"
     if not Path(binary).exists():
         pytest.fail("Prometheus not found: `apt-get install -y prometheus` (Debian's package)")
     (port,) = free_ports(1)
-    path = tmp_path / "prometheus.yml"
+    url = f"http://127.0.0.1:{port}"
+    path, log_path = tmp_path / "prometheus.yml", tmp_path / "prometheus.log"
     path.write_text(yaml.safe_dump(config))
-    with (tmp_path / "prometheus.log").open("wb") as log:
+    with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [binary, f"--config.file={path}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
-            yield f"http://127.0.0.1:{port}"
+
+            async def ready() -> bool:
+                if proc.poll() is not None:
+                    pytest.fail(f"prometheus exited:\n{log_path.read_text()[-3000:]}")
+                async with httpx.AsyncClient(timeout=1) as client:
+                    with contextlib.suppress(httpx.HTTPError):
+                        return (await client.get(f"{url}/-/ready")).status_code == 200
+                return False
+
+            await until("Prometheus to be ready", 30, ready)
+            yield url
         finally:
             proc.terminate()
             try:
@@ -431,7 +443,7 @@ def finite(series: list[dict[str, Any]]) -> bool:
     return any(math.isfinite(float(s["value"][1])) for s in series)
 
 
-async def until(what: str, timeout: float, check: Any) -> None:
+async def until(what: str, timeout: float, check: Callable[[], Awaitable[bool]]) -> None:
     deadline = time.monotonic() + timeout
     while not await check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -481,13 +493,13 @@ async def test_every_panel_and_alert_returns_data_from_a_running_stack(tmp_path:
     rules_path = rule_file(tmp_path / "rules.yml")
     async with LocalStack(config) as stack:
         assert stack.sim is not None
-        async with dcgm_exporter(stack.sim.pods) as dcgm:
-            with prometheus(tmp_path, scrape_config(stack, dcgm, rules_path)) as url:
-                async with (
-                    httpx.AsyncClient(base_url=url, timeout=10) as prom,
-                    httpx.AsyncClient(base_url=stack.url, timeout=20) as gateway,
-                ):
-                    await run_checks(stack, prom, gateway)
+        async with (
+            dcgm_exporter(stack.sim.pods) as dcgm,
+            prometheus(tmp_path, scrape_config(stack, dcgm, rules_path)) as url,
+            httpx.AsyncClient(base_url=url, timeout=10) as prom,
+            httpx.AsyncClient(base_url=stack.url, timeout=20) as gateway,
+        ):
+            await run_checks(stack, prom, gateway)
 
 
 async def run_checks(
