@@ -17,6 +17,7 @@ import dataclasses
 import json
 import shlex
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -112,6 +113,7 @@ class Matrix:
         self.runs: list[summary.Run] = []
         self.measured: dict[str, float] = {}
         self.notes: list[str] = []  # what did not run, and why
+        self.code = code_text()
 
     def _bench(self, cell: Cell, seed: int) -> bench.Bench:
         argv = bench_argv(cell, self.a, seed)
@@ -177,6 +179,7 @@ class Matrix:
             "",
             f"- command: `.venv/bin/python -m loadtest.matrix {argv}`",
             f"- machine: {bench.machine_text()}; {minutes:.0f} minutes",
+            f"- code: {self.code}",
             f"- seeds: {self.a.seeds}; {durations} s of Poisson arrivals per point at each "
             "cell's load (0.9x its capacity), then at most "
             f"{self.a.drain:g} s for stragglers; a fresh simulator and router per point",
@@ -202,6 +205,24 @@ class Matrix:
         path = stem.with_suffix(".md")
         path.write_text(text)
         return path
+
+
+def code_text() -> str:
+    """The commit the run's code comes from (this directory's checkout), and whether tracked
+    files differ from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"commit {head}" + (" with uncommitted changes" if dirty else "")
 
 
 def rerender(path: Path, ties: Mapping[str, float]) -> str:
