@@ -23,9 +23,9 @@ from epp.scheduling.base import SchedulingRequest
 from epp.scheduling.registry import build_default_profiles, select_profile
 from epp.scheduling.saturation import SaturationDetector
 from epp.sim.engine import Engine, EngineConfig, Seq
-from epp.sim.kvcache import block_hashes
 from epp.sim.profiles import get_profile
 from epp.types import Endpoint, EndpointMetrics, EndpointState
+from tests.sim_hashes import block_hashes
 
 pytestmark = pytest.mark.bench
 
