@@ -1,7 +1,9 @@
 """Pools, models and endpoints, with each endpoint's latest signals, as immutable snapshots.
 
 Sources call `apply_resources`; the scraper and GPU poller call `set_metrics` / `set_health` /
-`set_gpu`; the director reads `candidates(pool)` and takes an in-flight `Lease` per pick. Every
+`set_gpu` (an engine's inter-token latency counters become the endpoint's pace; the request
+tracker measures it from responses where they are missing); the director reads
+`candidates(pool)` and takes an in-flight `Lease` per pick. Every
 endpoint state is replaced whole, never edited, so a tuple handed to the scheduler stays
 consistent; asyncio rebinding is atomic, so the hot path takes no lock.
 """
@@ -21,6 +23,10 @@ log = logging.getLogger(__name__)
 
 ENGINE_LABEL = "inference.networking.k8s.io/engine-type"
 TPOT_SMOOTHING = 0.2
+# output tokens of an engine's inter-token latency histogram per pace sample: the first sample
+# comes early (an unmeasured slow GPU must show soon), later ones weigh about one answer each
+FIRST_PACE_TOKENS = 24
+PACE_TOKENS = 128
 
 
 def format_address(ip: str, port: int) -> str:
@@ -102,6 +108,7 @@ class Datastore:
         self._health: dict[str, bool] = {}
         self._limits: dict[str, int] = {}  # learned concurrency limit per address
         self._tpot: dict[str, float] = {}  # moving average of seconds per output token
+        self._pace_from: dict[str, tuple[float, float]] = {}  # engine ITL sum, count at last sample
         self._listeners: list[Callable[[str], None]] = []
         self.synced = False
 
@@ -142,6 +149,7 @@ class Datastore:
             if self._learner is not None:
                 self._learner.forget(gone)
             self._tpot.pop(gone, None)
+            self._pace_from.pop(gone, None)
         by_pod: dict[str, list[str]] = {}
         for per_pool in states.values():
             for address, state in per_pool.items():
@@ -222,6 +230,10 @@ class Datastore:
             if limit is not None:
                 self._limits[address] = limit
                 changes["limit"] = limit
+        if metrics.itl_count is not None and metrics.itl_seconds is not None:
+            tpot = self._engine_pace(address, metrics.itl_seconds, metrics.itl_count)
+            if tpot is not None:
+                changes["tpot"] = tpot
         self._update(address, **changes)
         self._changed(address)
 
@@ -243,13 +255,32 @@ class Datastore:
         `first_only`: a sample taken mid-stream, kept only while nothing else is known."""
         if tokens < 2 or seconds <= 0:
             return
-        old = self._tpot.get(address)
-        if first_only and old is not None:
+        if first_only and address in self._tpot:
             return
-        sample = seconds / (tokens - 1)
+        self._update(address, tpot=self._pace(address, seconds / (tokens - 1)))
+
+    def engine_paced(self, address: str) -> bool:
+        """Whether the endpoint's engine reports its own pace (an inter-token latency histogram),
+        so that responses need not be read to measure it."""
+        return address in self._pace_from
+
+    def _engine_pace(self, address: str, seconds: float, count: float) -> float | None:
+        """A new pace when the engine's histogram grew by enough tokens since the last sample."""
+        since = self._pace_from.get(address)
+        if since is None or count < since[1] or seconds < since[0]:  # first page, or a restart
+            self._pace_from[address] = (seconds, count)
+            return None
+        tokens = count - since[1]
+        if tokens < (PACE_TOKENS if address in self._tpot else FIRST_PACE_TOKENS):
+            return None
+        self._pace_from[address] = (seconds, count)
+        return self._pace(address, (seconds - since[0]) / tokens)
+
+    def _pace(self, address: str, sample: float) -> float:
+        old = self._tpot.get(address)
         tpot = sample if old is None else old + TPOT_SMOOTHING * (sample - old)
         self._tpot[address] = tpot
-        self._update(address, tpot=tpot)
+        return tpot
 
     # ---- in-flight accounting --------------------------------------------------------------
     def lease(self, address: str, tokens: int) -> Lease:

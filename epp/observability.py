@@ -111,6 +111,12 @@ class EppMetrics:
             buckets=(0.000005, 0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.005),
             registry=r,
         )
+        self.ext_proc_messages = Counter(
+            "epp_ext_proc_messages_total",
+            "ext_proc messages received from the proxy, by kind (response bodies only when needed)",
+            ("kind",),
+            registry=r,
+        )
         self.pool_kv = Gauge(
             "inference_pool_average_kv_cache_utilization",
             "Mean KV-cache utilization of the pool's endpoints",

@@ -86,6 +86,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="unknown model names get 404 instead of the default route",
     )
     p.add_argument(
+        "--follow-responses",
+        type=float,
+        default=_default(ProtocolSettings, "follow_responses"),
+        metavar="SHARE",
+        help="share of responses (0-1) whose bodies the EPP reads to count their tokens even "
+        "when no model name must be restored (1: every one)",
+    )
+    p.add_argument(
         "--scrape-interval",
         type=float,
         default=_default(ScrapeSettings, "interval"),
@@ -177,6 +185,7 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, ScrapeSettings, G
             require_registered_models=args.require_registered_models,
             trust_control_headers=args.trust_control_headers,
             sticky_header=args.sticky_header.lower() if args.sticky_header else None,
+            follow_responses=args.follow_responses,
         ),
         flow=FlowSettings(
             enabled=args.flow_control,

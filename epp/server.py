@@ -98,7 +98,9 @@ class EppServer:
         self.director = Director(
             self.store, router, admission, profiles, s.protocol, lengths=lengths
         )
-        self.tracking = Tracking(self.director, self.store, self.metrics)
+        self.tracking = Tracking(
+            self.director, self.store, self.metrics, follow=s.protocol.follow_responses
+        )
         self._kube: KubeRuntime | None = None
         self.health = Health()
         self._grpc: grpc.aio.Server | None = None

@@ -33,6 +33,12 @@ class ProtocolSettings:
     trust_control_headers: bool = False  # honour client x-gateway-* headers (trusted gateways only)
     require_registered_models: bool = False  # unknown model → 404 instead of default route
     sticky_header: str | None = None  # e.g. x-user-id: one user stays on one canary version
+    # share of responses whose body is read (to count their tokens) when nothing else needs it
+    follow_responses: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.follow_responses <= 1.0:
+            raise ValueError(f"follow_responses must be in [0, 1], not {self.follow_responses}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,10 @@ class EndpointMetrics:
     block_size: int | None = None
     num_gpu_blocks: int | None = None
     scraped_at: float = 0.0  # time.monotonic() of the scrape; 0 = never scraped
+    # the engine's inter-token latency histogram: seconds between output tokens and their count,
+    # cumulative since it started (None: it exports none); their growth between scrapes is its pace
+    itl_seconds: float | None = None
+    itl_count: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

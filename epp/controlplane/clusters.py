@@ -24,7 +24,7 @@ POOL_HEADER = TRUSTED_POOL_HEADER
 EXT_PROC = "envoy.filters.http.ext_proc"
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-FAIL_OPEN_BUFFER_BYTES = 16 * 1024 * 1024  # a buffered request body may be this large
+REQUEST_BUFFER_BYTES = 16 * 1024 * 1024  # ext_proc buffers a request body whole, up to this
 CIRCUIT = {
     "thresholds": [
         {
@@ -181,16 +181,18 @@ def ext_proc_filter(address: str, fail_open: bool, options: TranslateOptions) ->
             "message_timeout": f"{options.message_timeout_s}s",
             # the pick also arrives as envoy.lb metadata: FailOpen routes match on it
             "metadata_options": {"receiving_namespaces": {"untyped": ["envoy.lb"]}},
+            # as gateway/envoy.yaml: the request body buffered (Envoy keeps it, so that a dead
+            # EPP can still be skipped when failing open), and the response body only as far as
+            # the EPP asks in its reply to the response headers (usually not at all); response
+            # trailers keep the stream open until the response ends
+            "allow_mode_override": True,
             "processing_mode": {
                 "request_header_mode": "SEND",
                 "response_header_mode": "SEND",
-                # Envoy fails open only until the first body chunk reached the EPP; buffering
-                # the request keeps the body in Envoy so that a dead EPP can still be skipped
-                # (and response chunks answered one by one, so a death mid-response fails open)
-                "request_body_mode": "BUFFERED" if fail_open else "FULL_DUPLEX_STREAMED",
-                "response_body_mode": "STREAMED" if fail_open else "FULL_DUPLEX_STREAMED",
-                "request_trailer_mode": "SKIP" if fail_open else "SEND",
-                "response_trailer_mode": "SKIP" if fail_open else "SEND",
+                "request_body_mode": "BUFFERED",
+                "response_body_mode": "STREAMED",
+                "request_trailer_mode": "SKIP",
+                "response_trailer_mode": "SEND",
             },
         },
     }

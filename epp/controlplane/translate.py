@@ -82,13 +82,11 @@ def translate(
             for a in resolved.attachments
         ]
         chains[options.plain_http_port] = [_chain(None, name, http_filters)]
-    fail_open = any(name.endswith("/failopen") for name in filters)
-    buffer_limit = cl.FAIL_OPEN_BUFFER_BYTES if fail_open else 1048576
     listeners = {
         f"gateway/{port}": {
             "name": f"gateway/{port}",
             "address": {"socket_address": {"address": options.listen_host, "port_value": port}},
-            "per_connection_buffer_limit_bytes": buffer_limit,
+            "per_connection_buffer_limit_bytes": cl.REQUEST_BUFFER_BYTES,
             "filter_chains": found,
         }
         for port, found in chains.items()

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 
 import orjson
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mode_pb
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
@@ -33,6 +34,7 @@ CONTROL_HEADERS = (
 )
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_MODE = mode_pb.ProcessingMode
 
 
 def header(key: str, value: str) -> base_pb2.HeaderValueOption:
@@ -91,19 +93,35 @@ def body_replies(
 
 
 def buffered_body_reply(
-    phase: str, body: bytes, set_headers: Sequence[tuple[str, str]], destination: str | None
+    phase: str, body: bytes | None, set_headers: Sequence[tuple[str, str]], destination: str | None
 ) -> pb.ProcessingResponse:
-    """BUFFERED mode: one body reply that replaces the body and carries the header mutation."""
+    """BUFFERED mode: one body reply carrying the header mutation; it replaces the body only
+    when there is a new one (`body` None: Envoy sends the buffered body on unchanged)."""
     common = pb.CommonResponse(
-        status=pb.CommonResponse.CONTINUE_AND_REPLACE,
         header_mutation=pb.HeaderMutation(set_headers=[header(k, v) for k, v in set_headers]),
-        body_mutation=pb.BodyMutation(body=body),
         clear_route_cache=destination is not None,
     )
+    if body is not None:
+        common.status = pb.CommonResponse.CONTINUE_AND_REPLACE
+        common.body_mutation.body = body
     reply = pb.ProcessingResponse(**{phase: pb.BodyResponse(response=common)})
     if destination is not None:
         reply.dynamic_metadata.CopyFrom(lb_metadata(destination))
     return reply
+
+
+def response_body_mode(request_mode: int, body_mode: int) -> mode_pb.ProcessingMode:
+    """A `mode_override` for the reply to the response headers: the response body in
+    `body_mode` (NONE: not sent at all), response trailers asked for, so that Envoy keeps the
+    stream open until the HTTP stream ends and its end tells that the request ended. Envoy
+    takes both body modes from an override, so the request's is repeated as it is; it honours
+    an override only with `allow_mode_override` and neither body mode FULL_DUPLEX_STREAMED in
+    the filter's configuration."""
+    return _MODE(
+        request_body_mode=request_mode,
+        response_body_mode=body_mode,
+        response_trailer_mode=_MODE.SEND,
+    )
 
 
 def trailers_reply(phase: str) -> pb.ProcessingResponse:

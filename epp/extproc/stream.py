@@ -4,10 +4,13 @@ Request path: headers are held until the body is complete (FULL_DUPLEX_STREAMED)
 request starts (`Tracking.start`: the director decides), and we reply headers (destination,
 Content-Length, clear_route_cache, envoy.lb metadata) followed by the body in ≤ 62,000-byte
 chunks. In BUFFERED modes Envoy waits for the header reply, so headers are answered at once and
-the decision rides on the body reply; in STREAMED/NONE modes routing happens before the body.
-Response path: headers and body chunks go to the request's tracker, which follows usage and
+the decision rides on the body reply, which replaces the body only when it was rewritten; in
+STREAMED/NONE modes routing happens before the body.
+Response path: the tracker says from the headers how much of the body it needs; where the proxy
+allows it (not full-duplex), the reply to the headers overrides the response body mode to just
+that, usually none at all. Chunks that do come go to the tracker, which follows usage and
 restores the client's model name; its answer is put back into body mutations. The stream going
-away ends the request (once) through its tracker.
+away (the proxy closes it when the HTTP stream ends) ends the request, once, through its tracker.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from epp.errors import EppError, InternalError, RequestTooLarge
 from epp.extproc import messages as m
 from epp.request import Body
 from epp.settings import ProtocolSettings
-from epp.tracking.tracker import RequestTracker, Tracking
+from epp.tracking.tracker import RequestTracker, ResponseBody, Tracking
 
 log = logging.getLogger("epp.extproc")
 _FULL_DUPLEX = mode_pb.ProcessingMode.FULL_DUPLEX_STREAMED
@@ -32,6 +35,12 @@ _STREAMED = mode_pb.ProcessingMode.STREAMED
 _NONE = mode_pb.ProcessingMode.NONE
 _TRUSTED_SUBSET_HEADER = "x-gateway-destination-endpoint-subset"
 _TRUSTED_REWRITE_HEADER = "x-gateway-model-name-rewrite"
+# the response body mode that gives the tracker what it needs
+_BODY_MODES = {
+    ResponseBody.SKIP: _NONE,
+    ResponseBody.CHUNKS: _STREAMED,
+    ResponseBody.WHOLE: _BUFFERED,
+}
 
 Replies = list[pb.ProcessingResponse]
 
@@ -88,12 +97,12 @@ class RequestStream:
             self._subset = [h.strip() for h in hint.split(",") if h.strip()] if hint else None
         if request.request_headers.end_of_stream:
             tracker = await self._start(Body.NONE)
-            return [self._destination_headers(tracker.decision.endpoints[0], False)]
+            return [self._destination_headers(tracker.decision.endpoints[0], None)]
         if self._mode == _FULL_DUPLEX:
             return []  # deferred until the body is complete
         if self._mode in (_STREAMED, _NONE):  # routing happens before the body: decide now
             tracker = await self._start(Body.FOLLOWS)
-            return [self._destination_headers(",".join(tracker.decision.endpoints), False)]
+            return [self._destination_headers(",".join(tracker.decision.endpoints), None)]
         return [m.headers_reply("request_headers", remove=self._removable())]
 
     async def _on_request_body(self, body: pb.HttpBody) -> Replies:
@@ -114,10 +123,13 @@ class RequestStream:
         decision = (await self._start(data)).decision
         destination = ",".join(decision.endpoints)
         if self._mode in (_BUFFERED, _BUFFERED_PARTIAL):
-            sets = self._destination_set(destination, True)
-            return [m.buffered_body_reply("request_body", decision.body, sets, destination)]
+            # Envoy holds the body: it goes back only if rewritten (the request value keeps the
+            # very bytes it was given otherwise)
+            new = None if decision.body is data else decision.body
+            sets = self._destination_set(destination, None if new is None else len(new))
+            return [m.buffered_body_reply("request_body", new, sets, destination)]
         return [
-            self._destination_headers(destination, True),
+            self._destination_headers(destination, len(decision.body)),
             *m.body_replies("request_body", decision.body, self._protocol.chunk_bytes),
         ]
 
@@ -128,18 +140,20 @@ class RequestStream:
         self._tracker = await self._tracking.start(self._headers, body, self._subset, rewrite)
         return self._tracker
 
-    def _destination_set(self, destination: str, with_body: bool) -> list[tuple[str, str]]:
+    def _destination_set(self, destination: str, length: int | None) -> list[tuple[str, str]]:
+        """The pick, and with a body the request id and the body's new length (None: a length
+        that has not changed, or no body)."""
         sets = [(m.DESTINATION_HEADER, destination)]
-        if with_body and self._tracker is not None:
-            decision = self._tracker.decision
-            sets.append(("content-length", str(len(decision.body))))
-            sets.append((m.REQUEST_ID_HEADER, decision.request_id))
+        if self._tracker is not None and self._tracker.decision.runs_inference:
+            if length is not None:
+                sets.append(("content-length", str(length)))
+            sets.append((m.REQUEST_ID_HEADER, self._tracker.decision.request_id))
         return sets
 
-    def _destination_headers(self, destination: str, with_body: bool) -> pb.ProcessingResponse:
+    def _destination_headers(self, destination: str, length: int | None) -> pb.ProcessingResponse:
         return m.headers_reply(
             "request_headers",
-            self._destination_set(destination, with_body),
+            self._destination_set(destination, length),
             remove=self._removable(),
             clear_route_cache=True,
             destination=destination,
@@ -155,10 +169,11 @@ class RequestStream:
         remove: list[str] = []
         sets: list[tuple[str, str]] = []
         tracker = self._tracker
+        body = ResponseBody.CHUNKS
         if tracker is not None:
             status = int(headers.get(":status", "0") or 0)
             content_type = headers.get("content-type", "")
-            tracker.response_headers(status, content_type, m.served_endpoint(request))
+            body = tracker.response_headers(status, content_type, m.served_endpoint(request))
             decision = tracker.decision
             if decision.runs_inference:
                 sets = [
@@ -171,7 +186,10 @@ class RequestStream:
                     remove.append("content-length")
             if request.response_headers.end_of_stream:
                 tracker.complete()
-        return [m.headers_reply("response_headers", sets, remove=remove)]
+        reply = m.headers_reply("response_headers", sets, remove=remove)
+        if self._response_mode != _FULL_DUPLEX and not request.response_headers.end_of_stream:
+            reply.mode_override.CopyFrom(m.response_body_mode(self._mode, _BODY_MODES[body]))
+        return [reply]
 
     def _on_response_body(self, body: pb.HttpBody) -> Replies:
         tracker, chunk, end = self._tracker, body.body, body.end_of_stream

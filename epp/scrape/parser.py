@@ -11,7 +11,9 @@ Aggregation over series (the vLLM `engine` label, SGLang dp ranks, Triton models
 running are summed; KV usage is the mean, because the engines of one endpoint have equal caches and
 vLLM's internal balancer sends new work to the emptier one, so the mean is used/total blocks of the
 endpoint (the max would mark it full when one engine is); `num_gpu_blocks` is summed (capacity of
-the endpoint); `block_size` is the first series'; LoRA takes the newest series per engine.
+the endpoint); `block_size` is the first series'; LoRA takes the newest series per engine; the
+inter-token latency histogram's `_sum` and `_count` are summed (their growth between scrapes is
+the endpoint's pace, which the scraper reports).
 """
 
 from __future__ import annotations
@@ -53,11 +55,13 @@ class EngineSpec:
     num_blocks_label: str = "num_gpu_blocks"
     block_size_value: MetricRef | None = None
     num_blocks_value: MetricRef | None = None
+    itl: tuple[str, ...] = ()  # inter-token latency histograms, first found wins
 
     def families(self) -> list[str]:
         refs = [*self.waiting, *self.running, *self.kv_usage]
         refs += [r for r in (self.block_size_value, self.num_blocks_value) if r is not None]
         names = [r.name for r in refs] + [n for n in (self.lora_info, self.cache_info) if n]
+        names += [f"{h}{part}" for h in self.itl for part in ("_sum", "_count")]
         return sorted(set(names))
 
 
@@ -76,6 +80,8 @@ ENGINE_SPECS: Mapping[str, EngineSpec] = MappingProxyType(
             kv_usage=(_ref("vllm:kv_cache_usage_perc"), _ref("vllm:gpu_cache_usage_perc")),
             lora_info="vllm:lora_requests_info",
             cache_info="vllm:cache_config_info",
+            # renamed in vLLM 0.11; both names are exported for a while, with equal values
+            itl=("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"),
         ),
         ENGINE_SGLANG: EngineSpec(
             waiting=(_ref("sglang:num_queue_reqs"),),
@@ -84,6 +90,7 @@ ENGINE_SPECS: Mapping[str, EngineSpec] = MappingProxyType(
             cache_info="sglang:cache_config_info",
             block_size_label="page_size",
             num_blocks_label="num_pages",
+            itl=("sglang:inter_token_latency_seconds",),
         ),
         ENGINE_TRTLLM: EngineSpec(
             waiting=(_ref("trtllm_num_requests_waiting"),),
@@ -91,6 +98,7 @@ ENGINE_SPECS: Mapping[str, EngineSpec] = MappingProxyType(
             kv_usage=(_ref("trtllm_kv_cache_utilization"),),
             block_size_value=_ref("trtllm_kv_cache_tokens_per_block"),
             num_blocks_value=_ref("trtllm_kv_cache_max_blocks"),
+            itl=("trtllm_time_per_output_token_seconds",),
         ),
         ENGINE_TRITON: EngineSpec(
             waiting=(_ref(_TRITON_REQ, request_type="waiting"),),
@@ -263,6 +271,16 @@ def _cache_info(found: Samples, spec: EngineSpec) -> tuple[int | None, int | Non
     return block_size, num_blocks
 
 
+def _itl(found: Samples, spec: EngineSpec) -> tuple[float | None, float | None]:
+    for name in spec.itl:
+        sums, counts = found.get(f"{name}_sum"), found.get(f"{name}_count")
+        if sums and counts:
+            total, count = sum(v for _, v in sums), sum(v for _, v in counts)
+            if math.isfinite(total) and math.isfinite(count):
+                return total, count
+    return None, None
+
+
 _SCANNERS = {engine: _scanner(spec) for engine, spec in ENGINE_SPECS.items()}
 
 
@@ -287,6 +305,7 @@ def parse_metrics(text: str | bytes, engine: str, now: float) -> EndpointMetrics
     if spec.lora_info is not None:
         max_lora, active, lora_waiting = _lora(found, spec.lora_info)
     block_size, num_blocks = _cache_info(found, spec)
+    itl_seconds, itl_count = _itl(found, spec)
     return EndpointMetrics(
         waiting=waiting,
         running=running,
@@ -297,4 +316,6 @@ def parse_metrics(text: str | bytes, engine: str, now: float) -> EndpointMetrics
         block_size=block_size,
         num_gpu_blocks=num_blocks,
         scraped_at=now,
+        itl_seconds=itl_seconds,
+        itl_count=itl_count,
     )

@@ -1,9 +1,12 @@
 """The request tracker: one request's life after the decision, and the EPP's per-request metrics.
 
 `Tracking.start` asks the director for a decision and counts the request; the `RequestTracker`
-it returns follows the response: where the proxy really served it (the lease moves there), the
-first byte, token progress (an early pace sample for an endpoint not measured yet), the usage
-and the model-name back-rewrite (`ResponseFollower`), and the end, exactly once: the lease is
+it returns follows the response: where the proxy really served it (the lease moves there), and
+from its headers decides whether the body must be read at all (`ResponseBody`): only to restore
+the client's model name, to measure the pace of an engine that does not report it, or for a
+sampled share whose tokens are counted. A body that is read gives the first byte, token progress
+(an early pace sample), the usage and the back-rewrite (`ResponseFollower`). The end comes
+exactly once, from the body or from the proxy closing the request's stream: the lease is
 released, the pace recorded, the metrics observed and the request log line written.
 `Tracking.failed` counts and logs a request that got an error instead. Neighbours: the edge
 (`epp.extproc`) calls these and only translates; `epp.director` decides; `epp.datastore` holds
@@ -13,8 +16,10 @@ leases and paces; `epp.observability` owns the metric objects.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
+from enum import Enum
 
 from epp.datastore import Datastore
 from epp.director import Decision, Director
@@ -29,8 +34,17 @@ log = logging.getLogger("epp.requests")
 EARLY_PACE_EVENTS = 24
 
 
+class ResponseBody(Enum):
+    """How much of a response's body the EPP needs; the edge asks the proxy for just that."""
+
+    SKIP = "skip"  # none: the end of the request's stream ends it
+    CHUNKS = "chunks"  # every chunk as it comes (a stream of events)
+    WHOLE = "whole"  # the whole body at once (one JSON answer)
+
+
 class Tracking:
-    """Starts, follows and ends the requests of one EPP process."""
+    """Starts, follows and ends the requests of one EPP process. `follow`: the share of
+    responses read (and their tokens counted) even when nothing else needs their body."""
 
     def __init__(
         self,
@@ -38,11 +52,18 @@ class Tracking:
         store: Datastore,
         metrics: EppMetrics,
         clock: Callable[[], float] = time.monotonic,
+        follow: float = 0.0,
+        rng: random.Random | None = None,
     ) -> None:
         self.director = director
         self.store = store
         self.metrics = metrics
         self.clock = clock
+        self.follow = follow
+        self._rng = rng or random.Random()
+
+    def sampled(self) -> bool:
+        return self.follow >= 1.0 or (self.follow > 0.0 and self._rng.random() < self.follow)
 
     async def start(
         self,
@@ -94,18 +115,23 @@ class RequestTracker:
         """Whether the response body is followed (a request some model ran, headers seen)."""
         return self._follower is not None
 
-    def response_headers(self, status: int, content_type: str, served: str | None) -> None:
-        """The response began: its status, its media type and where the proxy sent it."""
+    def response_headers(self, status: int, content_type: str, served: str | None) -> ResponseBody:
+        """The response began: its status, its media type and where the proxy sent it. Returns
+        how much of its body the EPP needs."""
         self._status = status
-        decision = self.decision
+        decision, tracking = self.decision, self._tracking
         if not decision.runs_inference:
-            return
+            return ResponseBody.SKIP
         if served and decision.lease.address != served:  # a fallback served it
             lease = decision.lease
             lease.release()
-            decision.lease = self._tracking.store.lease(served, lease.tokens)
+            decision.lease = tracking.store.lease(served, lease.tokens)
         streaming = "text/event-stream" in content_type
+        unpaced = streaming and not tracking.store.engine_paced(decision.lease.address)
+        if not (decision.model_rewritten or unpaced or tracking.sampled()):
+            return ResponseBody.SKIP
         self._follower = ResponseFollower(streaming, decision.target_model, decision.client_model)
+        return ResponseBody.CHUNKS if streaming else ResponseBody.WHOLE
 
     def response_body(self, chunk: bytes, end: bool, inline: bool = False) -> bytes:
         """One chunk of the response body; returns what to forward now (rewritten if needed).
@@ -138,10 +164,10 @@ class RequestTracker:
         if self._paced or follower.events < EARLY_PACE_EVENTS or self._first_byte is None:
             return
         self._paced = True
-        if self._status < 400:
+        store, address = self._tracking.store, self.decision.lease.address
+        if self._status < 400 and not store.engine_paced(address):
             streamed = self._tracking.clock() - self._first_byte
-            address = self.decision.lease.address
-            self._tracking.store.record_tokens(address, streamed, follower.events, first_only=True)
+            store.record_tokens(address, streamed, follower.events, first_only=True)
 
     def complete(self) -> None:
         """The request ended (normally, client gone, or upstream reset): account it once."""
@@ -156,11 +182,13 @@ class RequestTracker:
         now = tracking.clock()
         follower = self._follower
         outputs = follower.output_tokens if follower else 0
-        # only a streamed, successful response shows the endpoint's pace
+        # only a streamed, successful response shows the endpoint's pace (where its engine does
+        # not report it)
         streamed = follower is not None and follower.streaming and self._status < 400
         if streamed and self._first_byte is not None and outputs > 1:
-            seconds = now - self._first_byte
-            tracking.store.record_tokens(decision.lease.address, seconds, outputs)
+            address = decision.lease.address
+            if not tracking.store.engine_paced(address):
+                tracking.store.record_tokens(address, now - self._first_byte, outputs)
         if self._ended and self._status < 400 and outputs:  # a whole answer: its length counts
             tracking.director.lengths.observe(decision.target_model, outputs, decision.output_limit)
         self._observe(now, outputs)
@@ -176,12 +204,14 @@ class RequestTracker:
             m.output_tokens.labels(*labels).observe(outputs)
             if outputs:
                 m.ntpot.labels(*labels).observe(elapsed / outputs)
-        if self._status >= 400 or follower is None:
+        elif self._status:  # answered, body not read: the prompt's estimate only
+            m.input_tokens.labels(*labels).observe(decision.prompt_tokens)
+        if self._status >= 400 or not self._status:
             code = f"ModelServerError{self._status}" if self._status else "Incomplete"
             m.errors.labels(*labels, code).inc()
         log.info(
             "request request_id=%s model=%s target=%s pool=%s endpoint=%s decision_ms=%.3f "
-            "status=%d duration_ms=%.1f output_tokens=%d",
+            "status=%d duration_ms=%.1f output_tokens=%s",
             decision.request_id,
             decision.client_model,
             decision.target_model,
@@ -190,5 +220,5 @@ class RequestTracker:
             (decision.decided - decision.started) * 1000,
             self._status,
             elapsed * 1000,
-            outputs,
+            outputs if follower is not None else "-",
         )

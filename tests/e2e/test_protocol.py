@@ -162,11 +162,63 @@ async def test_fallback_endpoint_serves_when_the_primary_is_dead(tmp_path: Path)
         assert all(row["in_flight"] == 0 for row in rows["endpoints"])
 
 
-@pytest.mark.parametrize("modes", [("BUFFERED", "STREAMED"), ("STREAMED", "FULL_DUPLEX_STREAMED")])
+async def messages_seen(stack: LocalStack) -> dict[str, float]:
+    """The ext_proc messages the EPP received so far, by kind."""
+    async with httpx.AsyncClient(timeout=5) as client:
+        text = (await client.get(f"http://127.0.0.1:{stack.config.metrics_port}/metrics")).text
+    prefix = 'epp_ext_proc_messages_total{kind="'
+    return {
+        line[len(prefix) :].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(prefix)
+    }
+
+
+async def test_response_bodies_cross_ext_proc_only_when_the_model_name_is_restored(
+    tmp_path: Path,
+) -> None:
+    config = stack_config(tmp_path, first_pod_ip=103)
+    async with LocalStack(config) as stack:
+        await asyncio.sleep(0.5)  # the pods' pace counters are scraped once
+        before = await messages_seen(stack)
+        events = 0
+        for stream in (False, True):  # the served name: nothing to restore
+            r = await served(stack, {**chat(stream, model="meta-llama/Llama-2-7b-chat-hf"),
+                                     "max_tokens": 32})  # fmt: skip
+            assert r.status_code == 200, r.text
+            events = r.text.count("data: {")  # every event went through
+        assert events > 32
+        plain = await messages_seen(stack)
+        assert plain["response_body"] == before.get("response_body", 0)
+        assert plain["response_headers"] - before.get("response_headers", 0) == 2
+        r = await served(stack, {**chat(True), "max_tokens": 32})  # the client's name restored
+        assert r.text.count('"model":"llama2-7b-chat"') == events
+        read = (await messages_seen(stack))["response_body"] - plain["response_body"]
+        assert read >= events // 2  # (Envoy may read two events at once)
+        url = f"http://127.0.0.1:{stack.config.metrics_port}/debug/endpoints"
+        async with httpx.AsyncClient(timeout=5) as client:
+            for _ in range(50):  # the stream's end reaches the EPP just after the last byte
+                rows = (await client.get(url)).json()["endpoints"]
+                if all(row["in_flight"] == 0 for row in rows):
+                    break
+                await asyncio.sleep(0.05)
+        assert all(row["in_flight"] == 0 for row in rows)
+
+
+@pytest.mark.parametrize(
+    "modes",
+    [
+        ("BUFFERED", "STREAMED"),
+        ("STREAMED", "FULL_DUPLEX_STREAMED"),
+        ("FULL_DUPLEX_STREAMED", "FULL_DUPLEX_STREAMED"),  # upstream's reference configuration
+    ],
+)
 async def test_other_processing_modes(tmp_path: Path, modes: tuple[str, str]) -> None:
     def patch(bootstrap: dict[str, Any]) -> None:
         mode = ext_proc_filter(bootstrap)["processing_mode"]
         mode.update(request_body_mode=modes[0], response_body_mode=modes[1])
+        if modes[0] == "FULL_DUPLEX_STREAMED":  # Envoy requires it with a full-duplex body
+            mode["request_trailer_mode"] = "SEND"
 
     config = stack_config(tmp_path, envoy_patch=patch, first_pod_ip=95)
     async with LocalStack(config) as stack:
@@ -180,8 +232,9 @@ async def test_other_processing_modes(tmp_path: Path, modes: tuple[str, str]) ->
                 models = {e["model"] for e in events}
             else:
                 models = {r.json()["model"]}
-            # BUFFERED: the body was rewritten to the served name and restored; STREAMED request
-            # bodies route before the body is seen, so the pods answer to the client name.
+            # BUFFERED / FULL_DUPLEX: the body was rewritten to the served name and restored;
+            # STREAMED request bodies route before the body is seen, so the pods answer to the
+            # client name.
             assert models == {"llama2-7b-chat"}
             assert r.headers["x-inference-endpoint"] == r.headers["x-inference-pod-address"]
 

@@ -121,7 +121,8 @@ def test_seed_listener_terminates_tls_with_an_sds_secret(tmp_path: Path) -> None
     ext_proc = hcm["http_filters"][1]
     assert ext_proc["disabled"] is True
     mode = ext_proc["typed_config"]["processing_mode"]
-    assert mode["request_body_mode"] == mode["response_body_mode"] == "FULL_DUPLEX_STREAMED"
+    assert (mode["request_body_mode"], mode["response_body_mode"]) == ("BUFFERED", "STREAMED")
+    assert ext_proc["typed_config"]["allow_mode_override"] is True  # responses only if needed
     secret = _get(plane, SECRET, "default/inference-tls-cert")
     pem = secret["tls_certificate"]["certificate_chain"]["inline_string"].encode()
     sans = x509.load_pem_x509_certificate(pem).extensions.get_extension_for_class(

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
+
 from epp.api.model import ResourceSet
 from epp.datastore import Datastore, endpoints_of
 from epp.types import GpuMetrics
@@ -50,3 +54,23 @@ def test_snapshot_tuple_is_stable_until_something_changes() -> None:
     store.set_metrics("10.0.0.1:8000", fresh(waiting=1))
     second = store.candidates("default/llama2-gpu-pool")
     assert second is not first and first[0].metrics.waiting == 0  # the old one never changes
+
+
+def test_an_engines_inter_token_latency_counters_become_its_pace() -> None:
+    store = store_with(pod("a", "10.0.0.1"))
+    address = "10.0.0.1:8000"
+
+    def scrape(seconds: float, tokens: float) -> float:
+        store.set_metrics(address, replace(fresh(), itl_seconds=seconds, itl_count=tokens))
+        return store.candidates("default/llama2-gpu-pool")[0].tpot
+
+    assert not store.engine_paced(address)
+    assert scrape(50.0, 1000) == 0.0  # the first page is only where counting starts
+    assert store.engine_paced(address)  # from now on responses need not be read for it
+    assert scrape(50.2, 1010) == 0.0  # 10 tokens: too few to tell
+    assert scrape(50.9, 1024) == pytest.approx(0.9 / 24)  # first sample as soon as 24 tokens
+    assert scrape(52.0, 1124) == pytest.approx(0.9 / 24)  # later ones every 128 tokens
+    assert scrape(54.5, 1152) == pytest.approx(0.9 / 24 + 0.2 * (3.6 / 128 - 0.9 / 24))
+    assert scrape(0.1, 5) == pytest.approx(0.9 / 24 + 0.2 * (3.6 / 128 - 0.9 / 24))  # restarted
+    store.set_metrics(address, fresh())  # an engine without the histogram: pace as it was
+    assert store.candidates("default/llama2-gpu-pool")[0].tpot > 0

@@ -5,10 +5,12 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mode_pb
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
+from epp.datastore import Datastore
 from epp.extproc.stream import RequestStream
 from epp.observability import EppMetrics
 from epp.settings import ProtocolSettings
 from epp.tracking.tracker import EARLY_PACE_EVENTS, Tracking
+from epp.types import EndpointMetrics
 from tests.factories import SERVED, director, seed_store
 
 
@@ -49,10 +51,12 @@ def set_headers(reply: pb.ProcessingResponse, phase: str) -> dict[str, str]:
     return {h.header.key: h.header.raw_value.decode() for h in common.header_mutation.set_headers}
 
 
-def new_stream(**protocol: int) -> tuple[RequestStream, object]:
+def new_stream(**protocol: float) -> tuple[RequestStream, Datastore]:
     store = seed_store()
-    settings = ProtocolSettings(**protocol)
-    tracking = Tracking(director(store, protocol=settings), store, EppMetrics())
+    settings = ProtocolSettings(**protocol)  # type: ignore[arg-type]
+    tracking = Tracking(
+        director(store, protocol=settings), store, EppMetrics(), follow=settings.follow_responses
+    )
     return RequestStream(tracking, settings), store
 
 
@@ -201,5 +205,128 @@ async def test_a_long_stream_shows_an_unmeasured_endpoints_pace_before_it_ends()
     for _ in range(EARLY_PACE_EVENTS):
         await stream.on_message(response_body(event, False))
     assert pace() == first  # one early sample per response, and only while nothing is known
+    await stream.on_message(response_body(b"data: [DONE]\n\n", True))
+    assert store.in_flight(address) == 0
+
+
+# ---- response bodies only when needed ---------------------------------------------------------
+_PM = mode_pb.ProcessingMode
+BUFFERED_CONFIG = {"request": _PM.BUFFERED, "response": _PM.STREAMED}  # as gateway/envoy.yaml
+
+
+def configured(
+    request_mode: int, response_mode: int, pairs: dict[str, str]
+) -> pb.ProcessingRequest:
+    message = headers(pairs, mode=request_mode)
+    message.protocol_config.response_body_mode = response_mode  # type: ignore[assignment]
+    return message
+
+
+def engine_paced(store: Datastore) -> None:
+    for address in ("127.0.0.2:8000", "127.0.0.3:8000", "127.0.0.4:8000"):
+        store.set_metrics(address, EndpointMetrics(itl_seconds=0.0, itl_count=0.0))
+
+
+async def decide_buffered(
+    stream: RequestStream, payload: dict[str, object]
+) -> pb.ProcessingResponse:
+    await stream.on_message(
+        configured(_PM.BUFFERED, _PM.STREAMED, {":path": "/v1/chat/completions"})
+    )
+    (reply,) = await stream.on_message(body(orjson.dumps(payload), True))
+    return reply
+
+
+async def test_buffered_body_goes_back_only_when_rewritten() -> None:
+    stream, _ = new_stream()
+    reply = await decide_buffered(stream, {**CHAT, "model": SERVED})
+    common = reply.request_body.response
+    assert common.status == pb.CommonResponse.CONTINUE and not common.HasField("body_mutation")
+    sets = set_headers(reply, "request_body")
+    assert "content-length" not in sets and "x-gateway-destination-endpoint" in sets
+    assert reply.dynamic_metadata.fields["envoy.lb"].struct_value.fields  # the pick for Envoy
+    rewritten = (await decide_buffered(new_stream()[0], CHAT)).request_body.response
+    assert rewritten.status == pb.CommonResponse.CONTINUE_AND_REPLACE
+    assert set_headers_of(rewritten)["content-length"] == str(len(rewritten.body_mutation.body))
+
+
+def set_headers_of(common: pb.CommonResponse) -> dict[str, str]:
+    return {h.header.key: h.header.raw_value.decode() for h in common.header_mutation.set_headers}
+
+
+async def test_no_response_body_is_asked_for_and_the_stream_end_ends_the_request() -> None:
+    stream, store = new_stream()
+    engine_paced(store)
+    reply = await decide_buffered(stream, {**CHAT, "model": SERVED, "stream": True})
+    address = set_headers(reply, "request_body")["x-gateway-destination-endpoint"]
+    (rh,) = await stream.on_message(
+        response_headers({":status": "200", "content-type": "text/event-stream"})
+    )
+    override = rh.mode_override
+    assert override.response_body_mode == _PM.NONE
+    assert override.response_trailer_mode == _PM.SEND  # Envoy keeps the stream open till the end
+    assert override.request_body_mode == _PM.BUFFERED  # unchanged
+    assert store.in_flight(address) == 1  # the response is still streaming
+    stream.close()  # Envoy closed the stream: the HTTP stream ended (or was reset)
+    assert store.in_flight(address) == 0
+    stream.close()
+    assert store.in_flight(address) == 0  # released exactly once
+
+
+async def test_a_rewritten_answer_is_read_in_the_mode_that_restores_the_name() -> None:
+    stream, store = new_stream()
+    engine_paced(store)
+    await decide_buffered(stream, {**CHAT, "stream": True})
+    (rh,) = await stream.on_message(
+        response_headers({":status": "200", "content-type": "text/event-stream"})
+    )
+    assert rh.mode_override.response_body_mode == _PM.STREAMED
+    stream, store = new_stream()
+    await decide_buffered(stream, CHAT)
+    (rh,) = await stream.on_message(
+        response_headers(
+            {":status": "200", "content-type": "application/json", "content-length": "99"}
+        )
+    )
+    assert rh.mode_override.response_body_mode == _PM.BUFFERED  # one piece, rewritten whole
+    assert "content-length" in rh.response_headers.response.header_mutation.remove_headers
+    answer = orjson.dumps({"model": SERVED, "choices": [], "usage": {"completion_tokens": 3}})
+    (rb,) = await stream.on_message(response_body(answer, True))
+    assert orjson.loads(rb.response_body.response.body_mutation.body)["model"] == "llama2-7b-chat"
+    assert sum(store.in_flight(a) for a in ("127.0.0.2:8000", "127.0.0.3:8000",
+                                            "127.0.0.4:8000")) == 0  # fmt: skip
+
+
+async def test_an_engine_without_pace_metrics_has_its_streams_read() -> None:
+    stream, _ = new_stream()  # no scrape has shown an inter-token latency histogram
+    await decide_buffered(stream, {**CHAT, "model": SERVED, "stream": True})
+    (rh,) = await stream.on_message(
+        response_headers({":status": "200", "content-type": "text/event-stream"})
+    )
+    assert rh.mode_override.response_body_mode == _PM.STREAMED
+
+
+async def test_a_sampled_share_of_answers_is_read_to_count_tokens() -> None:
+    stream, store = new_stream(follow_responses=1.0)
+    engine_paced(store)
+    await decide_buffered(stream, {**CHAT, "model": SERVED})
+    (rh,) = await stream.on_message(
+        response_headers({":status": "200", "content-type": "application/json"})
+    )
+    assert rh.mode_override.response_body_mode == _PM.BUFFERED
+
+
+async def test_full_duplex_configuration_gets_no_override_and_every_chunk_is_answered() -> None:
+    stream, store = new_stream()
+    engine_paced(store)
+    await stream.on_message(configured(_PM.FULL_DUPLEX_STREAMED, _PM.FULL_DUPLEX_STREAMED, {}))
+    head, *_ = await stream.on_message(body(orjson.dumps({**CHAT, "model": SERVED}), True))
+    address = set_headers(head, "request_headers")["x-gateway-destination-endpoint"]
+    (rh,) = await stream.on_message(
+        response_headers({":status": "200", "content-type": "text/event-stream"})
+    )
+    assert not rh.HasField("mode_override")  # Envoy would ignore it
+    (echo,) = await stream.on_message(response_body(b"data: {}\n\n", False))
+    assert echo.response_body.response.body_mutation.streamed_response.body == b"data: {}\n\n"
     await stream.on_message(response_body(b"data: [DONE]\n\n", True))
     assert store.in_flight(address) == 0

@@ -120,6 +120,33 @@ def test_triton_selects_series_by_label() -> None:
     assert (m.block_size, m.num_gpu_blocks) == (64, 4096)
 
 
+@pytest.mark.parametrize(
+    ("name", "engine", "seconds", "count"),
+    [
+        ("vllm_v1_2engines.txt", ENGINE_VLLM, 1.139393600090904 + 0.6891979635024211, 70.0),
+        ("sglang.txt", ENGINE_SGLANG, 1.274945595308197, 59.0),
+        ("trtllm_serve.txt", ENGINE_TRTLLM, 0.36470736429102296, 38.0),
+        ("triton_trtllm.txt", ENGINE_TRITON, None, None),
+    ],
+)
+def test_inter_token_latency_counters_summed_over_engines(
+    name: str, engine: str, seconds: float | None, count: float | None
+) -> None:
+    m = parse_metrics(page(name), engine, 0.0)
+    assert m.itl_count == count
+    assert m.itl_seconds == (pytest.approx(seconds) if seconds is not None else None)
+    assert parse_metrics(MINIMAL, ENGINE_VLLM, 0.0).itl_count is None  # no histogram: no pace
+
+
+def test_older_vllm_time_per_output_token_name() -> None:
+    text = MINIMAL + (
+        'vllm:time_per_output_token_seconds_sum{model_name="m"} 2.5\n'
+        'vllm:time_per_output_token_seconds_count{model_name="m"} 100.0\n'
+    )
+    m = parse_metrics(text, ENGINE_VLLM, 0.0)
+    assert (m.itl_seconds, m.itl_count) == (2.5, 100.0)
+
+
 def test_wrong_engine_finds_nothing() -> None:
     with pytest.raises(MetricsParseError, match="no waiting metric"):
         parse_metrics(page("sglang.txt"), ENGINE_VLLM, 0.0)
