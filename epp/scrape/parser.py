@@ -18,6 +18,7 @@ the endpoint's pace, which the scraper reports).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import re
@@ -129,6 +130,10 @@ def parse_labels(raw: str) -> dict[str, str]:
     return out
 
 
+# the same label sets come back on every page (cache geometry, LoRA state, series names)
+_labels = functools.lru_cache(maxsize=1024)(parse_labels)
+
+
 @dataclass(frozen=True, slots=True)
 class _Scanner:
     """One regex pass finds every line of the wanted families (literal-prefix search in C)."""
@@ -190,7 +195,7 @@ def _matching(found: Samples, ref: MetricRef) -> list[tuple[str, float]]:
         return samples
     kept = []
     for raw, value in samples:
-        labels = parse_labels(raw)
+        labels = _labels(raw)
         if all(labels.get(k) == v for k, v in ref.match):
             kept.append((raw, value))
     return kept
@@ -242,7 +247,7 @@ def _lora(found: Samples, name: str) -> tuple[int, frozenset[str], frozenset[str
     for raw, value in found.get(name, []):
         if math.isnan(value):
             continue
-        labels = parse_labels(raw)
+        labels = _labels(raw)
         engine = labels.get("engine", "")
         if engine not in newest or value > newest[engine][0]:
             newest[engine] = (value, labels)
@@ -262,7 +267,7 @@ def _cache_info(found: Samples, spec: EngineSpec) -> tuple[int | None, int | Non
     if spec.cache_info is None:
         return block_size, num_blocks
     for raw, _ in found.get(spec.cache_info, []):
-        labels = parse_labels(raw)
+        labels = _labels(raw)
         if block_size is None:
             block_size = _to_int(labels.get(spec.block_size_label))
         blocks = _to_int(labels.get(spec.num_blocks_label))

@@ -1,10 +1,14 @@
 """The scrape loop: every endpoint's /metrics, on a short jittered interval, into a sink.
 
-One task per endpoint (fixed-rate, jittered, backing off while the pod fails), supervised by
-`Scraper.run`, which follows the target set (`targets()` is re-read every interval), restarts a
-loop that crashed and cancels the loops of removed endpoints. Pages go through the pure
-`epp.scrape.parser`; results and health transitions go to a `MetricsSink` (the datastore). HTTP is
-one keep-alive aiohttp session; tests can pass a `Fetch` twin instead and need no sockets.
+One task per endpoint, supervised by `Scraper.run`, which follows the target set (`targets()` is
+re-read every interval), restarts a loop that crashed and cancels the loops of removed
+endpoints. A loop scrapes at `interval` while the pod's load moves and stretches the wait up to
+`steady_interval` while it does not (still fresh for the saturation detector's staleness bound),
+and backs off while the pod fails. It asks only for the families the parser reads (`name[]`, as
+prometheus_client serves it: vLLM, SGLang and trtllm-serve pages shrink to a few lines; servers
+that ignore the query send the whole page). Pages go through the pure `epp.scrape.parser`;
+results and health transitions go to a `MetricsSink` (the datastore). HTTP is one kept
+connection per endpoint (`epp.scrape.client`); tests can pass a `Fetch` twin and need no sockets.
 """
 
 from __future__ import annotations
@@ -14,13 +18,12 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
+from urllib.parse import quote
 
-import aiohttp
-from yarl import URL
-
-from epp.scrape.parser import MetricsParseError, parse_metrics
+from epp.scrape.client import KeepAliveFetch, ScrapeError
+from epp.scrape.parser import ENGINE_SPECS, MetricsParseError, parse_metrics
 from epp.types import ENGINE_TRTLLM, Endpoint, EndpointMetrics
 
 log = logging.getLogger(__name__)
@@ -34,13 +37,17 @@ class MetricsSink(Protocol):
     def set_health(self, address: str, healthy: bool) -> None: ...
 
 
-class ScrapeError(Exception):
-    """The endpoint answered, but not with a metrics page we accept (status, type, size)."""
+__all__ = ["Fetch", "MetricsSink", "ScrapeError", "ScrapeSettings", "Scraper"]
+STEADY_GROWTH = 1.5  # each unchanged page stretches the wait by this much, up to steady_interval
+KV_MOVE = 0.01  # a KV-cache usage change below this is not a change of load
 
 
 @dataclass(frozen=True, slots=True)
 class ScrapeSettings:
-    interval: float = 0.05  # seconds between scrapes of one endpoint
+    interval: float = 0.05  # seconds between scrapes of one endpoint whose load moves
+    # longest wait while its pages show the same load: with the jitter, still well inside the
+    # saturation detector's 200 ms staleness bound (never below `interval`)
+    steady_interval: float = 0.12
     jitter: float = 0.2  # each wait is interval * (1 ± jitter), so pods are not polled in lockstep
     timeout: float = 0.5  # per request, connect included
     max_concurrency: int = 64  # requests in flight over all endpoints
@@ -50,6 +57,7 @@ class ScrapeSettings:
     engine_paths: tuple[tuple[str, str], ...] = ((ENGINE_TRTLLM, "/prometheus/metrics"),)
     max_body: int = 8 * 1024 * 1024  # larger pages are failures, never buffered whole
     gzip: bool = False  # ask for gzip: less network, more CPU here (loopback/LAN: leave off)
+    only_used_families: bool = True  # ask for the parsed families only (name[] query)
 
     def __post_init__(self) -> None:
         if self.interval <= 0 or self.timeout <= 0 or self.backoff_max < self.interval:
@@ -62,46 +70,12 @@ class ScrapeSettings:
     def path_for(self, engine: str) -> str:
         return dict(self.engine_paths).get(engine, self.path)
 
-
-class _HttpFetch:
-    """The production Fetch: one aiohttp session, keep-alive, bounded body, text format only."""
-
-    def __init__(self, settings: ScrapeSettings) -> None:
-        self._max = settings.max_body
-        self._headers = {
-            "Accept": "text/plain;version=0.0.4;q=1,*/*;q=0.1",
-            "Accept-Encoding": "gzip" if settings.gzip else "identity",
-        }
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=settings.max_concurrency, keepalive_timeout=30),
-            timeout=aiohttp.ClientTimeout(total=settings.timeout),
-            skip_auto_headers=("User-Agent",),
-        )
-
-    async def __call__(self, url: str) -> bytes:
-        async with self._session.get(
-            URL(url, encoded=True), headers=self._headers, allow_redirects=False
-        ) as resp:
-            if resp.status != 200:
-                raise ScrapeError(f"HTTP {resp.status}")
-            if resp.content_type == "text/html":
-                raise ScrapeError("content type text/html is not a metrics page")
-            length = resp.content_length
-            if length is not None:
-                if length > self._max:
-                    raise ScrapeError(f"page of {length} bytes is over {self._max}")
-                return await resp.read()
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in resp.content.iter_any():
-                size += len(chunk)
-                if size > self._max:
-                    raise ScrapeError(f"page over {self._max} bytes")
-                chunks.append(chunk)
-            return b"".join(chunks)
-
-    async def close(self) -> None:
-        await self._session.close()
+    def url_for(self, address: str, engine: str) -> str:
+        url = f"http://{address}{self.path_for(engine)}"
+        spec = ENGINE_SPECS.get(engine)
+        if self.only_used_families and spec is not None:
+            url += "?" + "&".join(f"name[]={quote(n, safe='')}" for n in spec.families())
+        return url
 
 
 @dataclass(slots=True)
@@ -131,10 +105,11 @@ class Scraper:
         self._health: dict[str, _Health] = {}  # outlives a loop restarted for a changed endpoint
 
     async def run(self) -> None:
-        http: _HttpFetch | None = None
+        http: KeepAliveFetch | None = None
         fetch = self._fetch
         if fetch is None:
-            fetch = http = _HttpFetch(self._settings)
+            s = self._settings
+            fetch = http = KeepAliveFetch(s.timeout, s.max_body, s.gzip)
         semaphore = asyncio.Semaphore(self._settings.max_concurrency)
         try:
             while True:
@@ -169,23 +144,24 @@ class Scraper:
 
     async def _loop(self, ep: Endpoint, fetch: Fetch, semaphore: asyncio.Semaphore) -> None:
         s = self._settings
-        url = f"http://{ep.address}{s.path_for(ep.engine)}"
+        url = s.url_for(ep.address, ep.engine)
+        steady = max(s.steady_interval, s.interval)
         health = self._health.setdefault(ep.address, _Health())
         await asyncio.sleep(random.uniform(0, s.interval))  # spread the first round
+        last: EndpointMetrics | None = None
+        last_page = b""
+        delay = s.interval
         while True:
             started = self._clock()
-            delay = s.interval
             try:
                 async with semaphore:
                     body = await fetch(url)
-                metrics = parse_metrics(body, ep.engine, started)
-            except (
-                OSError,
-                TimeoutError,
-                aiohttp.ClientError,
-                ScrapeError,
-                MetricsParseError,
-            ) as exc:
+                if body == last_page and last is not None:  # a steady pod: the same figures
+                    metrics = replace(last, scraped_at=started)
+                else:
+                    metrics = parse_metrics(body, ep.engine, started)
+                    last_page = body
+            except (OSError, TimeoutError, ScrapeError, MetricsParseError) as exc:
                 delay = self._failed(ep, health, exc)
             except Exception as exc:  # a bug in a fetch or the parser must not stop the loop
                 if health.failures == 0:
@@ -193,6 +169,9 @@ class Scraper:
                 delay = self._failed(ep, health, exc)
             else:
                 self._sink.set_metrics(ep.address, metrics)
+                moved = last is None or _moved(last, metrics) or health.failures > 0
+                delay = s.interval if moved else min(steady, delay * STEADY_GROWTH)
+                last = metrics
                 if not health.healthy:
                     log.info("endpoint %s answers again after %d failures", url, health.failures)
                     health.healthy = True
@@ -216,6 +195,17 @@ class Scraper:
         elif log.isEnabledFor(logging.DEBUG):
             log.debug("scrape of %s failed (%d): %s", ep.address, health.failures, _describe(exc))
         return float(min(s.backoff_max, s.interval * 2 ** min(health.failures, 30)))
+
+
+def _moved(before: EndpointMetrics, after: EndpointMetrics) -> bool:
+    """Whether the pod's load changed between two pages (then the next comes soon)."""
+    return (
+        before.waiting != after.waiting
+        or before.running != after.running
+        or abs(before.kv_usage - after.kv_usage) >= KV_MOVE
+        or before.lora_active != after.lora_active
+        or before.lora_waiting != after.lora_waiting
+    )
 
 
 def _describe(exc: BaseException) -> str:

@@ -8,7 +8,7 @@ Rendered by hand: the EPP scrapes every pod many times a second, so this stays c
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from epp.sim.stats import Histogram
@@ -130,6 +130,29 @@ def render_vllm(pod: SimPod, now: float, wall: float) -> bytes:
     p.histogram("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in "
                 "seconds.", base, st.itl)  # fmt: skip
     return p.text()
+
+
+def restrict(page: bytes, names: Collection[str]) -> bytes:
+    """Only the samples named, with their families' HELP and TYPE lines: what prometheus_client
+    (and so vLLM) answers to `/metrics?name[]=...`."""
+    wanted = set(names)
+    out: list[bytes] = []
+    family: list[bytes] = []  # the HELP/TYPE lines of the family being read
+    shown = samples = False
+    for line in page.split(b"\n"):
+        if line.startswith(b"#"):
+            if samples:  # a new family begins
+                family, shown, samples = [], False, False
+            family.append(line)
+        elif line:
+            samples = True
+            end = line.find(b"{")
+            if (line[:end] if end >= 0 else line.split(b" ", 1)[0]).decode() in wanted:
+                if not shown:
+                    out += family
+                    shown = True
+                out.append(line)
+    return b"\n".join(out) + b"\n" if out else b""
 
 
 def render_dcgm(pods: Sequence[SimPod], now: float) -> bytes:

@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from epp.sim.engine import Seq
-from epp.sim.metrics import GARBAGE, render_vllm
+from epp.sim.metrics import GARBAGE, render_vllm, restrict
 from epp.sim.openai import ApiError, StreamFormat, full_response, output_text, parse_request, usage
 from epp.sim.pod import SimPod
 
@@ -182,6 +182,9 @@ async def metrics(request: web.Request) -> web.Response:
         body = GARBAGE
     else:
         body = render_vllm(pod, asyncio.get_running_loop().time(), time.time())
+        names = request.query.getall("name[]", [])
+        if names:  # as prometheus_client serves vLLM's page: only the samples asked for
+            body = restrict(body, names)
     return web.Response(body=body, headers={"Content-Type": METRICS_TYPE})
 
 

@@ -14,7 +14,9 @@ from epp.scrape.scraper import ScrapeError, Scraper, ScrapeSettings
 from epp.types import ENGINE_SGLANG, Endpoint, EndpointMetrics
 
 PAGE = b"vllm:num_requests_waiting 2\nvllm:num_requests_running 1\nvllm:kv_cache_usage_perc 0.5\n"
-FAST = ScrapeSettings(interval=0.01, jitter=0.0, unhealthy_after=3, backoff_max=0.08)
+FAST = ScrapeSettings(
+    interval=0.01, steady_interval=0.01, jitter=0.0, unhealthy_after=3, backoff_max=0.08
+)
 
 
 @dataclass
@@ -142,6 +144,36 @@ async def test_cancel_stops_every_loop() -> None:
     await asyncio.sleep(0.05)
     assert sum(pods.calls.values()) == before
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("scrape ")]
+
+
+async def test_a_steady_pod_is_scraped_less_often_until_its_load_moves() -> None:
+    waiting, calls = 2, 0
+
+    async def fetch(url: str) -> bytes:
+        nonlocal calls
+        calls += 1
+        return PAGE.replace(b"waiting 2", b"waiting %d" % waiting)
+
+    settings = ScrapeSettings(interval=0.01, steady_interval=0.08, jitter=0.0)
+    task = asyncio.create_task(Scraper(Sink(), lambda: [ep("a:1")], settings, fetch=fetch).run())
+    await asyncio.sleep(0.5)
+    steady = calls
+    assert steady < 15  # 10, 15, 22, 34, 51, 76, 80, 80 ... ms (50 at a fixed 10 ms)
+    for step in range(3, 40):  # a new figure on every page: back to the short interval
+        waiting = step
+        await asyncio.sleep(0.01)
+    await stop(task)
+    assert calls - steady > 15
+
+
+def test_only_the_parsed_families_are_asked_for() -> None:
+    url = ScrapeSettings().url_for("10.0.0.1:8000", "vllm")
+    assert url.startswith("http://10.0.0.1:8000/metrics?name[]=vllm%3A")
+    assert "name[]=vllm%3Anum_requests_waiting" in url
+    assert "name[]=vllm%3Ainter_token_latency_seconds_sum" in url
+    assert "bucket" not in url  # histogram buckets are never asked for
+    plain = ScrapeSettings(only_used_families=False).url_for("10.0.0.1:8000", "trtllm-serve")
+    assert plain == "http://10.0.0.1:8000/prometheus/metrics"
 
 
 def test_settings_validation() -> None:

@@ -7,7 +7,7 @@ from prometheus_client.samples import Sample
 
 from epp.sim.driver import ManualDriver
 from epp.sim.engine import Seq
-from epp.sim.metrics import GARBAGE, render_dcgm, render_vllm
+from epp.sim.metrics import GARBAGE, render_dcgm, render_vllm, restrict
 from epp.sim.pod import SimPod
 from epp.sim.spec import SimPodSpec
 from tests.sim_hashes import block_hashes
@@ -111,3 +111,13 @@ def test_garbage_does_not_parse_as_vllm() -> None:
     except ValueError:
         names = set()
     assert "vllm:num_requests_waiting" not in names
+
+
+def test_a_page_restricted_to_named_samples_as_prometheus_client_serves_it() -> None:
+    pod, now = busy_pod()
+    names = ["vllm:num_requests_running", "vllm:inter_token_latency_seconds_count", "nothing"]
+    page = restrict(render_vllm(pod, now, 0.0), names)
+    found = {s.name for fam in text_string_to_metric_families(page.decode()) for s in fam.samples}
+    assert found == {"vllm:num_requests_running", "vllm:inter_token_latency_seconds_count"}
+    assert page.count(b"# TYPE") == 2  # each kept family keeps its HELP and TYPE lines
+    assert restrict(render_vllm(pod, now, 0.0), ["nothing"]) == b""
