@@ -30,7 +30,7 @@ from epp.api.model import Pool, ResourceSet
 from epp.certs import load_pair, self_signed
 from epp.datastore import Datastore
 from epp.director import Director
-from epp.extproc.service import ExternalProcessor, add_to_server
+from epp.extproc.service import ExternalProcessor, add_to_server, server_options
 from epp.gpu import GpuPoller, GpuSettings
 from epp.health import Health
 from epp.kvevents.subscriber import KvEventsSubscriber
@@ -117,7 +117,7 @@ class EppServer:
     async def start(self) -> None:
         s = self.config.settings.server
         await self.health.start()
-        self._grpc = grpc.aio.server()
+        self._grpc = grpc.aio.server(options=server_options(self.config.settings.protocol))
         add_to_server(
             ExternalProcessor(self.tracking, self.config.settings.protocol),
             self._grpc,

@@ -47,5 +47,12 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             stream.close()
 
 
+def server_options(protocol: ProtocolSettings) -> list[tuple[str, int]]:
+    """gRPC server options for the ext_proc port: a buffered request body arrives as one
+    message, so one up to the body limit (plus its headers) must be accepted (gRPC's default
+    is 4 MiB)."""
+    return [("grpc.max_receive_message_length", protocol.max_body_bytes + (1 << 20))]
+
+
 def add_to_server(servicer: ExternalProcessor, server: grpc.aio.Server) -> None:
     pb_grpc.add_ExternalProcessorServicer_to_server(servicer, server)

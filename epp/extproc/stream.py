@@ -108,14 +108,15 @@ class RequestStream:
     async def _on_request_body(self, body: pb.HttpBody) -> Replies:
         if self._mode == _STREAMED:  # already routed: each chunk continues unchanged
             return [pb.ProcessingResponse(request_body=pb.BodyResponse())]
-        if body.body:
-            self._size += len(body.body)
+        chunk = body.body  # each read of a protobuf bytes field is a new copy: read it once
+        if chunk:
+            self._size += len(chunk)
             if self._size > self._protocol.max_body_bytes:
                 self._body = []
                 raise RequestTooLarge(
                     f"request body exceeds the limit of {self._protocol.max_body_bytes} bytes"
                 )
-            self._body.append(body.body)
+            self._body.append(chunk)
         if not body.end_of_stream:
             return []
         data = b"".join(self._body)

@@ -1,4 +1,5 @@
-"""gRPC health transitions of the EPP, and ext_proc over TLS through a real Envoy."""
+"""gRPC health transitions of the EPP, ext_proc over TLS through a real Envoy, and a buffered
+body larger than gRPC's default message limit."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ from pathlib import Path
 
 import grpc
 import httpx
+import orjson
 import pytest
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from epp.local.stack import SEED_EXAMPLE, LocalStack
@@ -73,3 +78,29 @@ async def test_ext_proc_over_tls_through_envoy(tmp_path: Path) -> None:
                 await channel.unary_unary("/envoy.service.ext_proc.v3.ExternalProcessor/Process")(
                     b"", timeout=1
                 )
+
+
+async def test_a_buffered_body_over_grpcs_default_4_mib_limit_is_taken() -> None:
+    settings = Settings(server=ServerSettings("127.0.0.1", 0, 0, 0))
+    server = EppServer(ServeConfig(settings, endpoints=("127.0.0.9:8000",)))
+    await server.start()
+    buffered = processing_mode_pb2.ProcessingMode.BUFFERED
+    headers = pb.ProcessingRequest(request_headers=pb.HttpHeaders())
+    headers.protocol_config.request_body_mode = buffered  # type: ignore[assignment]
+    prompt = "x" * (6 << 20)  # a body Envoy buffers whole and sends in one message
+    body = orjson.dumps({"model": "meta-llama/Llama-2-7b-chat-hf", "prompt": prompt})
+    request = pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True))
+    try:
+        async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{server.grpc_port}", options=[("grpc.max_send_message_length", 8 << 20)]
+        ) as channel:
+            call = pb_grpc.ExternalProcessorStub(channel).Process()
+            await call.write(headers)
+            assert (await call.read()).HasField("request_headers")
+            await call.write(request)
+            reply = await call.read()
+            await call.done_writing()
+        assert reply.HasField("request_body"), reply  # decided (not refused for its size)
+        assert not reply.request_body.response.HasField("body_mutation")  # and not echoed
+    finally:
+        await server.stop()
