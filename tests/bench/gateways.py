@@ -86,11 +86,15 @@ class GatewayPair:
         pods: Sequence[tuple[str, int]],
         manifests: list[Any] | None = None,
         epp_args: Sequence[str] = (),
+        epp_command: Sequence[str] = (sys.executable, "-m", "epp"),
+        envoy_patch: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.pods = list(pods)
         self.manifests = manifests
         self.epp_args = list(epp_args)
+        self.epp_command = list(epp_command)  # experiments run the EPP under a wrapper
+        self.envoy_patch = envoy_patch  # experiments change the ext_proc filter
         self.children: list[ChildProcess] = []
         self.urls: dict[str, str] = {}
         self.envoys: dict[str, ChildProcess] = {}
@@ -108,7 +112,7 @@ class GatewayPair:
     async def _start(self) -> None:
         l_epp, a_epp, l_lr, a_lr, grpc, health, metrics = free_ports(7)
         self.metrics_port = metrics
-        argv = [sys.executable, "-m", "epp", "--log-level", "WARNING", "serve"]
+        argv = [*self.epp_command, "--log-level", "WARNING", "serve"]
         if self.manifests is not None:
             path = self.run_dir / "manifests.yaml"
             path.write_text(yaml.safe_dump_all(self.manifests))
@@ -119,6 +123,8 @@ class GatewayPair:
         argv += ["--metrics-port", str(metrics), *self.epp_args]
         self.epp = ChildProcess("epp", argv, self.run_dir / "epp.log")
         with_epp = render_bootstrap(EnvoyPorts(l_epp, a_epp, grpc), fallback=self.pods)
+        if self.envoy_patch is not None:
+            self.envoy_patch(with_epp)
         least = render_bootstrap(EnvoyPorts(l_lr, a_lr, grpc), fallback=self.pods)
         hcm = least["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
         filters = hcm["typed_config"]["http_filters"]
