@@ -99,7 +99,8 @@ class Datastore:
         self._pools: dict[str, Pool] = {}
         self._models: dict[str, ModelRoute] = {}
         self._states: dict[str, dict[str, EndpointState]] = {}  # pool key → address → state
-        self._pool_of: dict[str, str] = {}  # address → pool key
+        # address → the pools it serves in (pools may share pods: one scrape feeds them all)
+        self._pools_of: dict[str, tuple[str, ...]] = {}
         self._by_pod: dict[str, list[str]] = {}  # "ns/pod" and bare "pod" → addresses
         self._cached: dict[str, tuple[EndpointState, ...]] = {}
         self._metrics: dict[str, EndpointMetrics] = {}
@@ -130,7 +131,7 @@ class Datastore:
 
     def _replace(self, pools: dict[str, Pool], endpoints: dict[str, list[Endpoint]]) -> None:
         states: dict[str, dict[str, EndpointState]] = {}
-        pool_of: dict[str, str] = {}
+        pools_of: dict[str, tuple[str, ...]] = {}
         for key, eps in endpoints.items():
             old = self._states.get(key, {})
             per_pool: dict[str, EndpointState] = {}
@@ -140,9 +141,9 @@ class Datastore:
                     per_pool[ep.address] = previous
                 else:
                     per_pool[ep.address] = self._fresh_state(ep)
-                pool_of[ep.address] = key
+                pools_of[ep.address] = (*pools_of.get(ep.address, ()), key)
             states[key] = per_pool
-        for gone in set(self._pool_of) - set(pool_of):
+        for gone in set(self._pools_of) - set(pools_of):
             self._metrics.pop(gone, None)
             self._health.pop(gone, None)
             self._limits.pop(gone, None)
@@ -157,7 +158,7 @@ class Datastore:
                 by_pod.setdefault(pod, []).append(address)
                 if "/" in pod:  # GPU series without a namespace label name the bare pod
                     by_pod.setdefault(pod.split("/", 1)[1], []).append(address)
-        self._pools, self._states, self._pool_of, self._by_pod = pools, states, pool_of, by_pod
+        self._pools, self._states, self._pools_of, self._by_pod = pools, states, pools_of, by_pod
         self._cached = {}
 
     def _fresh_state(self, ep: Endpoint) -> EndpointState:
@@ -213,18 +214,16 @@ class Datastore:
 
     # ---- signals ---------------------------------------------------------------------------
     def _update(self, address: str, **changes: object) -> None:
-        pool_key = self._pool_of.get(address)
-        if pool_key is None:
-            return
-        per_pool = self._states[pool_key]
-        per_pool[address] = replace(per_pool[address], **changes)  # type: ignore[arg-type]
-        self._cached.pop(pool_key, None)
+        for pool_key in self._pools_of.get(address, ()):
+            per_pool = self._states[pool_key]
+            per_pool[address] = replace(per_pool[address], **changes)  # type: ignore[arg-type]
+            self._cached.pop(pool_key, None)
 
     def set_metrics(self, address: str, metrics: EndpointMetrics) -> None:
         self._metrics[address] = metrics
         changes: dict[str, object] = {"metrics": metrics}
-        pool_key = self._pool_of.get(address)
-        state = self._states[pool_key].get(address) if pool_key is not None else None
+        keys = self._pools_of.get(address)
+        state = self._states[keys[0]].get(address) if keys else None
         if self._learner is not None and state is not None:
             limit = self._learner.learn(state.endpoint, metrics, self._limits.get(address, 0))
             if limit is not None:
@@ -305,8 +304,7 @@ class Datastore:
         self._listeners.append(listener)
 
     def _changed(self, address: str) -> None:
-        pool_key = self._pool_of.get(address)
-        if pool_key is not None:
+        for pool_key in self._pools_of.get(address, ()):
             for listener in self._listeners:
                 listener(pool_key)
 

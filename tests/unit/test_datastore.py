@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 
-from epp.api.model import ResourceSet
+from epp.api.model import PodInfo, ResourceSet
 from epp.datastore import Datastore, endpoints_of
 from epp.types import GpuMetrics
 from tests.factories import fresh, model, pod, pool
@@ -74,3 +74,17 @@ def test_an_engines_inter_token_latency_counters_become_its_pace() -> None:
     assert scrape(0.1, 5) == pytest.approx(0.9 / 24 + 0.2 * (3.6 / 128 - 0.9 / 24))  # restarted
     store.set_metrics(address, fresh())  # an engine without the histogram: pace as it was
     assert store.candidates("default/llama2-gpu-pool")[0].tpot > 0
+
+
+def test_pools_that_share_a_pod_share_its_scrape_and_its_leases() -> None:
+    store = Datastore()
+    a, b = pool("a"), pool("b")
+    shared = PodInfo("default", "shared", (("app", "a"), ("app2", "b")), "10.0.0.5", True)
+    b = replace(b, selector=(("app2", "b"),))
+    store.apply_resources(ResourceSet((a, b), (model(pool_name="a"),), (shared,)))
+    address = "10.0.0.5:8000"
+    store.set_metrics(address, fresh(waiting=4))  # one scrape, one parse
+    store.lease(address, 10)
+    for key in ("default/a", "default/b"):
+        (state,) = store.candidates(key)
+        assert (state.metrics.waiting, state.in_flight) == (4, 1), key
