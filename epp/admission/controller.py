@@ -66,9 +66,10 @@ class AdmissionController:
             return with_room if self.flow is not None else ready
         if self.flow is None:
             return self._store.ready(pool_key, subset)
-        await self._wait(request, pool_key, priority, subset, plan)
-        view = self.view(pool_key, subset)
+        # a length only expected, not told, singles nothing out: the first free slot will do
         free_first = plan is not None and not plan.told
+        await self._wait(request, pool_key, priority, subset, plan, free_first)
+        view = self.view(pool_key, subset)
         return view.with_room(priority, free_first) or list(view.candidates)
 
     def view(self, pool_key: str, subset: Sequence[str] | None = None) -> RoomView:
@@ -91,6 +92,7 @@ class AdmissionController:
         priority: int,
         subset: Sequence[str] | None,
         plan: LengthPlan | None,
+        free_first: bool,
     ) -> None:
         flow = self.flow
         assert flow is not None
@@ -109,7 +111,6 @@ class AdmissionController:
             tokens, typical = (
                 (plan.expected, plan.typical) if plan else (request.output_limit, None)
             )
-            free_first = plan is not None and not plan.told
             room = StandardRoom(
                 current, self._service_time, tokens, self._clock, typical, free_first
             )

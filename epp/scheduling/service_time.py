@@ -36,14 +36,12 @@ class ServiceTime:
     ) -> tuple[list[float], float] | None:
         """(predicted seconds per candidate, the fastest measured pace); on the hot path, so
         it reads the snapshot's shared columns."""
-        snap = snapshot_of(candidates)
-        fastest = snap.fastest_tpot
-        if not fastest:
+        found = _columns(candidates)
+        if found is None:
             return None
+        paces, queued, fastest = found
         typical = typical or self.typical_output_tokens
         tokens = output_tokens or typical
-        paces = snap.filled_tpot
-        queued = snap.queued_share
         if queued is None:
             return [tokens * p for p in paces], fastest
         # a full batch adds a wait: the excess drains `limit` requests per typical request time
@@ -55,13 +53,23 @@ class ServiceTime:
         """`predict` as lines in the output tokens, for callers that ask for many sizes: per
         candidate its pace (slope) and the wait behind its full batch (intercept), and the
         fastest measured pace; None when no pace is measured."""
-        snap = snapshot_of(candidates)
-        fastest = snap.fastest_tpot
-        if not fastest:
+        found = _columns(candidates)
+        if found is None:
             return None
-        paces = snap.filled_tpot
-        queued = snap.queued_share
+        paces, queued, fastest = found
         if queued is None:
             return paces, [0.0] * len(paces), fastest
         typical = typical or self.typical_output_tokens
         return paces, [p * q * typical for p, q in zip(paces, queued, strict=True)], fastest
+
+
+def _columns(
+    candidates: Sequence[EndpointState],
+) -> tuple[list[float], list[float] | None, float] | None:
+    """The snapshot's shared columns both forms read: paces (unmeasured ones filled), queued
+    shares (None: no batch limit known) and the fastest measured pace; None when none is."""
+    snap = snapshot_of(candidates)
+    fastest = snap.fastest_tpot
+    if not fastest:
+        return None
+    return snap.filled_tpot, snap.queued_share, fastest

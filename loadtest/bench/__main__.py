@@ -25,9 +25,10 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from epp.sim.profiles import get_profile
 from loadtest.bench import client, report, stats
@@ -478,17 +479,26 @@ async def amain(args: argparse.Namespace, children: Children) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+def run_with_children(
+    prefix: str,
+    amain: Callable[[argparse.Namespace, Children], Coroutine[Any, Any, int]],
+    args: argparse.Namespace,
+) -> int:
+    """Check the routers named, then run `amain` with an owner of every child process, whose
+    logs go to a fresh run folder; every child is stopped on the way out, whatever happens."""
     for r in args.routers.split(","):
         RouterSpec.parse(r)
-    run_dir = Path(tempfile.mkdtemp(prefix="epp-bench-"))
+    run_dir = Path(tempfile.mkdtemp(prefix=prefix))
     children = Children(run_dir)
     print(f"logs in {run_dir}", flush=True)
     try:
         return asyncio.run(amain(args, children))
     finally:
         children.kill_now()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_with_children("epp-bench-", amain, make_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -19,14 +19,13 @@ import shlex
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
 from loadtest.bench import __main__ as bench
-from loadtest.bench.routers import Children, RouterSpec
+from loadtest.bench.routers import Children
 from loadtest.matrix import summary
 from loadtest.matrix.cells import CELLS, Cell, select
 
@@ -261,16 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         for c in CELLS:
             print(f"{c.name:24s} {c.describe()}\n{'':24s} {c.varies}")
         return 0
-    for r in args.routers.split(","):
-        RouterSpec.parse(r)
     select(args.cells)
-    run_dir = Path(tempfile.mkdtemp(prefix="epp-matrix-"))
-    children = Children(run_dir)
-    print(f"logs in {run_dir}", flush=True)
-    try:
-        return asyncio.run(amain(args, children))
-    finally:
-        children.kill_now()
+    return bench.run_with_children("epp-matrix-", amain, args)
 
 
 if __name__ == "__main__":
