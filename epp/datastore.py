@@ -3,7 +3,8 @@
 Sources call `apply_resources`; the scraper and GPU poller call `set_metrics` / `set_health` /
 `set_gpu` (an engine's inter-token latency counters become the endpoint's pace; the request
 tracker measures it from responses where they are missing); the director reads
-`candidates(pool)` and takes an in-flight `Lease` per pick. Every
+`candidates(pool)` and takes an in-flight `Lease` per pick. Other EPP replicas' in-flight counts
+(`set_peer_in_flight`, from `epp.peers`) add to this replica's own in each endpoint's state. Every
 endpoint state is replaced whole, never edited, so a tuple handed to the scheduler stays
 consistent; asyncio rebinding is atomic, so the hot path takes no lock.
 """
@@ -105,7 +106,9 @@ class Datastore:
         self._cached: dict[str, tuple[EndpointState, ...]] = {}
         self._metrics: dict[str, EndpointMetrics] = {}
         self._gpu: dict[str, GpuMetrics] = {}  # pod key → gpu
-        self._in_flight: dict[str, tuple[int, int]] = {}
+        self._in_flight: dict[str, tuple[int, int]] = {}  # this replica's own leases
+        self._peer_flights: dict[str, tuple[int, int]] = {}  # the other replicas' together
+        self._in_flight_listeners: list[Callable[[], None]] = []
         self._health: dict[str, bool] = {}
         self._limits: dict[str, int] = {}  # learned concurrency limit per address
         self._tpot: dict[str, float] = {}  # moving average of seconds per output token
@@ -162,7 +165,7 @@ class Datastore:
         self._cached = {}
 
     def _fresh_state(self, ep: Endpoint) -> EndpointState:
-        flights, tokens = self._in_flight.get(ep.address, (0, 0))
+        flights, tokens = self._in_flight_total(ep.address)
         return EndpointState(
             ep,
             self._metrics.get(ep.address, EndpointMetrics()),
@@ -291,12 +294,41 @@ class Datastore:
         flights, toks = flights + requests, toks + tokens
         if flights <= 0:
             self._in_flight.pop(address, None)
-            flights, toks = 0, 0
         else:
             self._in_flight[address] = (flights, toks)
+        flights, toks = self._in_flight_total(address)
         self._update(address, in_flight=flights, in_flight_tokens=toks)
+        for listener in self._in_flight_listeners:
+            listener()
         # a finished request frees room; a new one may leave room for the next waiter too
         self._changed(address)
+
+    def _in_flight_total(self, address: str) -> tuple[int, int]:
+        own, toks = self._in_flight.get(address, (0, 0))
+        peers = self._peer_flights.get(address)
+        return (own, toks) if peers is None else (own + peers[0], toks + peers[1])
+
+    # ---- other replicas (epp.peers) --------------------------------------------------------
+    def own_in_flight(self) -> dict[str, tuple[int, int]]:
+        """This replica's own in-flight requests and tokens per address (what it shares)."""
+        return dict(self._in_flight)
+
+    def add_in_flight_listener(self, listener: Callable[[], None]) -> None:
+        """`listener()` is called whenever this replica's own in-flight counts change."""
+        self._in_flight_listeners.append(listener)
+
+    def set_peer_in_flight(self, flights: dict[str, tuple[int, int]]) -> None:
+        """The other replicas' in-flight requests and tokens per address, summed: replaces
+        what they said before (an address missing has none)."""
+        old, self._peer_flights = self._peer_flights, flights
+        for address in old.keys() | flights.keys():
+            before, after = old.get(address), flights.get(address)
+            if before == after or address not in self._pools_of:
+                continue
+            total, toks = self._in_flight_total(address)
+            self._update(address, in_flight=total, in_flight_tokens=toks)
+            if after is None or (before is not None and after[0] < before[0]):
+                self._changed(address)  # a peer's request ended: room for a waiter here
 
     # ---- change notification (flow control wakes queued requests) ----------------------
     def add_listener(self, listener: Callable[[str], None]) -> None:

@@ -88,3 +88,30 @@ def test_pools_that_share_a_pod_share_its_scrape_and_its_leases() -> None:
     for key in ("default/a", "default/b"):
         (state,) = store.candidates(key)
         assert (state.metrics.waiting, state.in_flight) == (4, 1), key
+
+
+def test_peer_in_flight_adds_to_own_and_is_replaced_whole() -> None:
+    store = store_with(pod("a", "10.0.0.1"), pod("b", "10.0.0.2"))
+    woken: list[str] = []
+    shared: list[dict[str, tuple[int, int]]] = []
+    store.add_listener(woken.append)
+    store.add_in_flight_listener(lambda: shared.append(store.own_in_flight()))
+    lease = store.lease("10.0.0.1:8000", 100)
+    assert shared[-1] == {"10.0.0.1:8000": (1, 100)}
+    store.set_peer_in_flight({"10.0.0.1:8000": (2, 50), "10.0.0.2:8000": (3, 30)})
+    flights = {
+        s.address: (s.in_flight, s.in_flight_tokens)
+        for s in store.candidates("default/llama2-gpu-pool")
+    }
+    assert flights == {"10.0.0.1:8000": (3, 150), "10.0.0.2:8000": (3, 30)}
+    assert store.own_in_flight() == {"10.0.0.1:8000": (1, 100)}  # peers' never re-shared
+    woken.clear()
+    store.set_peer_in_flight({"10.0.0.1:8000": (1, 20)})  # b's peer requests ended
+    flights = {s.address: s.in_flight for s in store.candidates("default/llama2-gpu-pool")}
+    assert flights == {"10.0.0.1:8000": 2, "10.0.0.2:8000": 0}
+    assert set(woken) == {"default/llama2-gpu-pool"}
+    lease.release()
+    assert shared[-1] == {}
+    assert store.candidates("default/llama2-gpu-pool")[0].in_flight == 1  # the peer's remains
+    store.set_peer_in_flight({"10.9.9.9:8000": (5, 5)})  # not an endpoint here: ignored
+    assert [s.in_flight for s in store.candidates("default/llama2-gpu-pool")] == [0, 0]
