@@ -18,6 +18,7 @@ from typing import Protocol
 
 from epp.api.model import ModelRoute, PodInfo, Pool, ResourceSet
 from epp.errors import NoEndpoints
+from epp.hardware import HEALTH_DRAIN, capacity_of
 from epp.types import Endpoint, EndpointMetrics, EndpointState, GpuMetrics
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def endpoints_of(pool: Pool, pods: Iterable[PodInfo]) -> list[Endpoint]:
         if not selector or any(labels.get(k) != v for k, v in selector):
             continue
         engine = labels.get(ENGINE_LABEL, "vllm")
+        capacity = pod.capacity if pod.capacity is not None else capacity_of(pod.accelerator)
         found.extend(
             Endpoint(
                 format_address(pod.ip, port),
@@ -54,6 +56,8 @@ def endpoints_of(pool: Pool, pods: Iterable[PodInfo]) -> list[Endpoint]:
                 engine,
                 pod.accelerator,
                 pod.max_num_seqs or 0,
+                capacity,
+                pod.device_health,
             )
             for port in pool.target_ports
         )
@@ -199,15 +203,20 @@ class Datastore:
         return cached
 
     def ready(self, pool_key: str, subset: Sequence[str] | None = None) -> list[EndpointState]:
-        """The pool's healthy endpoints, narrowed by a proxy's subset hint (addresses, or hosts
-        without a port); none is `NoEndpoints` (503)."""
+        """The pool's healthy endpoints (a drained GPU's excluded), narrowed by a proxy's subset
+        hint (addresses, or hosts without a port); none is `NoEndpoints` (503)."""
         states = self.candidates(pool_key)
         if subset is not None:
             wanted = set(subset)
             states = tuple(s for s in states if s.address in wanted or _host(s.address) in wanted)
             if not states:
                 raise NoEndpoints("no endpoint of the pool matches the proxy's subset hint")
-        healthy = [s for s in states if s.healthy]
+        # a GPU drained for maintenance takes no new request; its in-flight ones finish
+        healthy = [
+            s
+            for s in states
+            if s.healthy and HEALTH_DRAIN not in (s.endpoint.device_health, s.gpu.health)
+        ]
         if not healthy:
             raise NoEndpoints(f"no ready endpoint in InferencePool {pool_key}")
         return healthy

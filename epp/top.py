@@ -1,7 +1,8 @@
 """`epp top`: a live table of what the EPP sees of each endpoint, read from its debug endpoint.
 
 Reads `GET /debug/endpoints` on the EPP's metrics port (see `epp.server`) and prints queue,
-running, KV %, GPU %, in-flight, LoRA adapters, metrics age and health per endpoint.
+running, KV %, GPU %, in-flight, LoRA adapters, metrics age and health per endpoint, with the
+capacity prior from its hardware (CAP, 1.0 = one A100) and the GPU's health (degraded, drain).
 """
 
 from __future__ import annotations
@@ -14,13 +15,23 @@ from typing import Any, TextIO
 import httpx
 
 COLUMNS = (
-    ("POOL", 22), ("ENDPOINT", 22), ("HEALTH", 7), ("QUEUE", 6), ("RUN", 5), ("KV%", 6),
+    ("POOL", 22), ("ENDPOINT", 22), ("HEALTH", 8), ("CAP", 5), ("QUEUE", 6), ("RUN", 5), ("KV%", 6),
     ("GPU%", 6), ("INFLIGHT", 9), ("TOKENS", 8), ("AGE", 8), ("LORA", 20),
 )  # fmt: skip
 
 
 def _pct(value: object, scale: float = 1.0) -> str:
     return f"{float(value) * scale:5.1f}" if isinstance(value, int | float) else "    -"
+
+
+def _health(row: Mapping[str, Any]) -> str:
+    if not row.get("healthy"):
+        return "DOWN"
+    return str(row.get("gpu_health") or "ok")
+
+
+def _cap(value: object) -> str:
+    return f"{float(value):.2f}" if isinstance(value, int | float) else "-"
 
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -32,7 +43,8 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
             " (+" + ",".join(r["lora_waiting"]) + ")" if r.get("lora_waiting") else ""
         )
         cells = (
-            r.get("pool", ""), r.get("address", ""), "ok" if r.get("healthy") else "DOWN",
+            r.get("pool", ""), r.get("address", ""), _health(r),
+            _cap(r.get("capacity")),
             str(r.get("waiting", 0)), str(r.get("running", 0)), _pct(r.get("kv_usage"), 100),
             _pct(r.get("gpu_utilization")), str(r.get("in_flight", 0)),
             str(r.get("in_flight_tokens", 0)),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from epp.hardware import HEALTH_OK, worst
+
 ENGINE_VLLM = "vllm"
 ENGINE_SGLANG = "sglang"
 ENGINE_TRTLLM = "trtllm-serve"
@@ -43,6 +45,7 @@ class GpuMetrics:
     utilization: float | None = None  # percent 0..100, None = unknown
     memory_used_fraction: float | None = None  # 0..1, None = unknown
     sampled_at: float = 0.0
+    health: str = HEALTH_OK  # from DCGM's throttle reasons, temperature, XID errors (hardware)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,10 @@ class Endpoint:
     engine: str = ENGINE_VLLM
     accelerator: str | None = None  # node label such as nvidia-tesla-v100
     max_num_seqs: int = 0  # the server's batch size from its pod spec; 0 = not given
+    # capacity prior from the hardware (1.0 = one A100-40GB; a 1g MIG slice of it 1/7): how
+    # fast it serves relative to the others until its pace is measured (`epp.hardware`)
+    capacity: float = 1.0
+    device_health: str = HEALTH_OK  # from DRA device taints on the devices its claims hold
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,3 +91,8 @@ class EndpointState:
     @property
     def address(self) -> str:
         return self.endpoint.address
+
+    @property
+    def gpu_health(self) -> str:
+        """The worse of the device taints' and DCGM's health classes (`epp.hardware`)."""
+        return worst(self.endpoint.device_health, self.gpu.health)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from epp.hardware import DEGRADED_SLOWDOWN, HEALTH_DEGRADED, PRIOR_TPOT
 from epp.types import EndpointState
 
 if TYPE_CHECKING:
@@ -86,14 +87,63 @@ class Snapshot(tuple[EndpointState, ...]):
         return [p for p in self.tpot if p > 0.0]
 
     @cached_property
+    def capacity(self) -> list[float]:
+        return [c.endpoint.capacity for c in self]
+
+    @cached_property
+    def slowdown(self) -> list[float]:
+        """How much slower than its prior a GPU is taken to be: `DEGRADED_SLOWDOWN` where its
+        health is degraded (throttling), 1.0 elsewhere."""
+        return [DEGRADED_SLOWDOWN if c.gpu_health == HEALTH_DEGRADED else 1.0 for c in self]
+
+    @cached_property
+    def priors_matter(self) -> bool:
+        """Whether the hardware tells the endpoints apart (capacities differ, or a GPU is
+        degraded); when not, paces are read exactly as measured."""
+        caps = self.capacity
+        first = caps[0] if caps else 1.0
+        return any(c != first for c in caps) or any(s != 1.0 for s in self.slowdown)
+
+    @cached_property
+    def unit_pace(self) -> tuple[float, float]:
+        """(mean, fastest) seconds per output token of one unit of capacity, from the paces
+        measured on GPUs not degraded (on any when all are); `PRIOR_TPOT` while none is."""
+        units = [
+            p * c
+            for p, c, s in zip(self.tpot, self.capacity, self.slowdown, strict=True)
+            if p > 0.0 and s == 1.0
+        ] or [p * c for p, c in zip(self.tpot, self.capacity, strict=True) if p > 0.0]
+        if not units:
+            return PRIOR_TPOT, PRIOR_TPOT
+        return sum(units) / len(units), min(units)
+
+    def _with_priors(self, unit: float) -> list[float]:
+        """Measured paces, unmeasured ones from their capacity (`unit` / capacity); a degraded
+        GPU at least `slowdown` times its prior even where measured, until its pace shows it."""
+        out = []
+        for p, c, s in zip(self.tpot, self.capacity, self.slowdown, strict=True):
+            prior = unit / c if c > 0.0 else unit
+            if s != 1.0:
+                out.append(max(p, s * prior))
+            else:
+                out.append(p if p > 0.0 else prior)
+        return out
+
+    @cached_property
     def fastest_tpot(self) -> float:
-        """The fastest measured pace (seconds per output token); 0.0 when none is measured."""
+        """The fastest measured pace (seconds per output token), or with hardware priors the
+        fastest of `filled_tpot`; 0.0 when none is known."""
+        if self.priors_matter:
+            return min(self.filled_tpot, default=0.0)
         return min(self.measured_tpot, default=0.0)
 
     @cached_property
     def filled_tpot(self) -> list[float]:
-        """Measured paces, the unmeasured ones as the mean of the measured (all 0.0: none)."""
+        """Measured paces, the unmeasured ones as the mean of the measured (all 0.0: none);
+        with hardware priors, the mean pace of one unit of capacity over each one's capacity."""
         paces = self.tpot
+        if self.priors_matter:
+            return self._with_priors(self.unit_pace[0])
         measured = self.measured_tpot
         if not measured or len(measured) == len(paces):
             return paces
@@ -102,7 +152,13 @@ class Snapshot(tuple[EndpointState, ...]):
 
     @cached_property
     def relative_pace(self) -> list[float]:
-        """Pace over the fastest measured one; 1.0 where unmeasured (or none is measured)."""
+        """Pace over the fastest measured one; 1.0 where unmeasured (or none is measured). With
+        hardware priors an unmeasured endpoint counts at the fastest unit's pace over its
+        capacity, so a 1/7 MIG slice is 7 times slower than its whole GPU from the start."""
+        if self.priors_matter:
+            paces = self._with_priors(self.unit_pace[1])
+            inv = 1.0 / min(paces)
+            return [p * inv for p in paces]
         fastest = self.fastest_tpot
         if not fastest:
             return [1.0] * len(self)
