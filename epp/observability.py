@@ -39,6 +39,16 @@ _DECISION_BUCKETS = (
     0.05,
     0.1,
 )
+# per-version signals a rollout judges by (`epp.rollout.signals` reads them back by these names);
+# fine buckets (x1.25) so that a quantile ratio of two versions is not one bucket's coarse step
+VERSION_COMPLETED = "inference_model_version_completed_total"
+VERSION_ERRORS = "inference_model_version_error_total"
+VERSION_TTFT = "inference_model_version_ttft_seconds"
+VERSION_TPOT = "inference_model_version_tpot_seconds"
+VERSION_INPUT_TOKENS = "inference_model_version_input_tokens_total"
+VERSION_OUTPUT_TOKENS = "inference_model_version_output_tokens_total"
+_TTFT_BUCKETS = tuple(round(0.002 * 1.25**i, 6) for i in range(46))  # 2 ms .. ~45 s
+_TPOT_BUCKETS = tuple(round(0.0005 * 1.25**i, 6) for i in range(38))  # 0.5 ms .. ~2.4 s
 
 
 class EppMetrics:
@@ -62,6 +72,45 @@ class EppMetrics:
             "inference_model_split_requests_total",
             "Requests per canary version (trafficSplit / targetModels) of a model",
             ("model_name", "version", "pool"),
+            registry=r,
+        )
+        version_labels = ("model_name", "version")
+        self.version_completed = Counter(
+            VERSION_COMPLETED.removesuffix("_total"),
+            "Requests of a model's version (canary split) that ended, whatever their outcome",
+            version_labels,
+            registry=r,
+        )
+        self.version_errors = Counter(
+            VERSION_ERRORS.removesuffix("_total"),
+            "Requests of a model's version that failed: a 5xx answer or no complete answer",
+            (*version_labels, "error_code"),
+            registry=r,
+        )
+        self.version_ttft = Histogram(
+            VERSION_TTFT,
+            "Time to the first streamed byte of the answer, per model version",
+            version_labels,
+            buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+        self.version_tpot = Histogram(
+            VERSION_TPOT,
+            "Time per output token after the first, streamed answers, per model version",
+            version_labels,
+            buckets=_TPOT_BUCKETS,
+            registry=r,
+        )
+        self.version_input_tokens = Counter(
+            VERSION_INPUT_TOKENS.removesuffix("_total"),
+            "Prompt tokens per model version",
+            version_labels,
+            registry=r,
+        )
+        self.version_output_tokens = Counter(
+            VERSION_OUTPUT_TOKENS.removesuffix("_total"),
+            "Output tokens per model version",
+            version_labels,
             registry=r,
         )
         self.duration = Histogram(

@@ -81,7 +81,8 @@ class Router:
             sticky = self._protocol.sticky_header
             split = self._weighted(splits, headers.get(sticky) if sticky else None, model.key)
             pool_key = split.pool or pool_key
-            target, version = split.model, split.version
+            # upstream targets have no version label: the target model names the version
+            target, version = split.model, split.version or split.model
         pool = self._store.pool(pool_key) or self._store.pool(model.pool)
         if pool is None:
             raise NoEndpoints(f"InferencePool {model.pool} of model {client_model!r} is not known")

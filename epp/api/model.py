@@ -7,7 +7,10 @@ the datastore, the director, the sources and the programs. Keys are "namespace/n
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from epp.api.rollout import RolloutPolicy
 
 FailureMode = Literal["FailOpen", "FailClose"]
 
@@ -97,9 +100,10 @@ class ModelRoute:
     priority: int = PRIORITY_STANDARD
     strategy: str = DEFAULT_STRATEGY
     ceilings: tuple[MetricCeiling, ...] = ()
-    splits: tuple[SplitTarget, ...] = ()
+    splits: tuple[SplitTarget, ...] = ()  # the weights in force (a rollout's, while one runs)
     api_version: str = ""
     created_at: str = ""
+    rollout: RolloutPolicy | None = None  # the canary entry's rollout policy
 
     @property
     def key(self) -> str:

@@ -26,6 +26,7 @@ from epp.api.model import (
     SplitTarget,
     key_of,
 )
+from epp.api.rollout import RolloutPolicy, check_entries, effective_splits, read_rollout
 
 POOL_LABEL = "inference.networking.x-k8s.io/pool"
 DEFAULT_TARGET_PORT = 8000
@@ -218,6 +219,7 @@ def read_model(doc: Obj, meta: Meta, api_version: str) -> ModelRoute:
     strategy = STRATEGIES[0]
     ceilings: list[MetricCeiling] = []
     splits: list[SplitTarget] = []
+    rollout: RolloutPolicy | None = None
     routing = spec.obj("routing")
     if routing is not None:
         routing.only("priority", "loadBalancing", "trafficSplit")
@@ -227,7 +229,7 @@ def read_model(doc: Obj, meta: Meta, api_version: str) -> ModelRoute:
             balancing.only("strategy", "metrics")
             strategy = balancing.enum("strategy", STRATEGIES) or strategy
             ceilings = _read_ceilings(balancing)
-        splits = _read_splits(routing, meta.namespace)
+        splits, rollout = _read_splits(routing, meta.namespace)
     return ModelRoute(
         namespace=meta.namespace,
         name=meta.name,
@@ -236,9 +238,10 @@ def read_model(doc: Obj, meta: Meta, api_version: str) -> ModelRoute:
         priority=priority,
         strategy=strategy,
         ceilings=tuple(ceilings),
-        splits=tuple(splits),
+        splits=effective_splits(tuple(splits), rollout, doc.data),
         api_version=api_version,
         created_at=meta.created_at,
+        rollout=rollout,
     )
 
 
@@ -270,13 +273,23 @@ def _read_ceilings(balancing: Obj) -> list[MetricCeiling]:
     return out
 
 
-def _read_splits(routing: Obj, namespace: str) -> list[SplitTarget]:
+def _read_splits(routing: Obj, namespace: str) -> tuple[list[SplitTarget], RolloutPolicy | None]:
     out: list[SplitTarget] = []
+    rollout: RolloutPolicy | None = None
+    versions: list[str | None] = []
+    canary_at: list[int] = []
     entries = routing.objs("trafficSplit", max_items=MAX_SPLITS)
-    for entry in entries:
-        entry.only("weight", "version", "poolRef")
+    for i, entry in enumerate(entries):
+        entry.only("weight", "version", "poolRef", "rollout")
         weight = entry.integer("weight", lo=0, hi=MAX_WEIGHT, required=True)
         version = entry.string("version", max_len=63)
+        versions.append(version)
+        block = entry.obj("rollout")
+        if block is not None:
+            canary_at.append(i)
+            if version is None and not entry.has("version"):
+                entry.error("version", "required on the entry that carries a rollout")
+            rollout = read_rollout(block, version) if len(canary_at) == 1 else rollout
         pool = read_pool_ref(entry, "poolRef", required=False)
         if weight is not None:
             out.append(
@@ -284,4 +297,5 @@ def _read_splits(routing: Obj, namespace: str) -> list[SplitTarget]:
             )
     if entries and len(out) == len(entries) and all(s.weight == 0 for s in out):
         routing.error("trafficSplit", "at least one weight must be greater than 0")
-    return out
+    check_entries(routing, "trafficSplit", versions, canary_at)
+    return out, rollout

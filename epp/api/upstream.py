@@ -23,6 +23,7 @@ from epp.api.model import (
     SplitTarget,
     key_of,
 )
+from epp.api.rollout import RolloutPolicy, check_entries, effective_splits, read_rollout
 from epp.api.seed import MAX_WEIGHT, failure_mode, read_pool_ref
 
 GROUP_V1 = "inference.networking.k8s.io"
@@ -133,24 +134,34 @@ def read_model_v1alpha2(doc: Obj, meta: Meta, api_version: str) -> ModelRoute:
     pool = read_pool_ref(spec, "poolRef", required=True) or ""
     targets = spec.objs("targetModels", max_items=MAX_TARGET_MODELS)
     splits: list[SplitTarget] = []
+    rollout: RolloutPolicy | None = None
+    names: list[str | None] = []
+    canary_at: list[int] = []
     weighted = 0
-    for target in targets:
-        target.only("name", "weight")
+    for i, target in enumerate(targets):
+        target.only("name", "weight", "rollout")
         name = target.string("name", required=True)
         weight = target.integer("weight", lo=1, hi=MAX_WEIGHT)
+        names.append(name)
+        block = target.obj("rollout")
+        if block is not None:
+            canary_at.append(i)
+            rollout = read_rollout(block, name) if len(canary_at) == 1 else rollout
         if target.has("weight"):
             weighted += 1
         if name is not None:
             splits.append(SplitTarget(weight or 1, None, name))
     if 0 < weighted < len(targets):
         spec.error("targetModels", "weights must be set on all targets or on none")
+    check_entries(spec, "targetModels", names, canary_at)
     return ModelRoute(
         namespace=meta.namespace,
         name=meta.name,
         model_name=model_name,
         pool=key_of(meta.namespace, pool),
         priority=priority,
-        splits=tuple(splits),
+        splits=effective_splits(tuple(splits), rollout, doc.data),
         api_version=api_version,
         created_at=meta.created_at,
+        rollout=rollout,
     )

@@ -128,7 +128,9 @@ class RequestTracker:
             decision.lease = tracking.store.lease(served, lease.tokens)
         streaming = "text/event-stream" in content_type
         unpaced = streaming and not tracking.store.engine_paced(decision.lease.address)
-        if not (decision.model_rewritten or unpaced or tracking.sampled()):
+        # a version of a split is followed: its first byte and tokens are what a rollout judges
+        versioned = decision.version is not None
+        if not (decision.model_rewritten or unpaced or versioned or tracking.sampled()):
             return ResponseBody.SKIP
         self._follower = ResponseFollower(streaming, decision.target_model, decision.client_model)
         return ResponseBody.CHUNKS if streaming else ResponseBody.WHOLE
@@ -209,6 +211,8 @@ class RequestTracker:
         if self._status >= 400 or not self._status:
             code = f"ModelServerError{self._status}" if self._status else "Incomplete"
             m.errors.labels(*labels, code).inc()
+        if decision.version is not None:
+            self._observe_version(now, outputs)
         log.info(
             "request request_id=%s model=%s target=%s pool=%s endpoint=%s decision_ms=%.3f "
             "status=%d duration_ms=%.1f output_tokens=%s",
@@ -222,3 +226,24 @@ class RequestTracker:
             elapsed * 1000,
             outputs if follower is not None else "-",
         )
+
+    def _observe_version(self, now: float, outputs: int) -> None:
+        """The per-version signals of a split model (`epp.rollout` compares versions by them):
+        a failure is a 5xx or no complete answer (a 4xx is the client's own)."""
+        decision, m, follower = self.decision, self._tracking.metrics, self._follower
+        labels = (decision.client_model, decision.version or "")
+        m.version_completed.labels(*labels).inc()
+        status = self._status
+        if status >= 500 or not status or (follower is not None and not self._ended):
+            code = f"ModelServerError{status}" if status >= 500 else "Incomplete"
+            m.version_errors.labels(*labels, code).inc()
+            return
+        if status >= 400 or follower is None:
+            return
+        m.version_input_tokens.labels(*labels).inc(follower.prompt_tokens or decision.prompt_tokens)
+        m.version_output_tokens.labels(*labels).inc(outputs)
+        first = self._first_byte
+        if follower.streaming and first is not None:
+            m.version_ttft.labels(*labels).observe(first - decision.started)
+            if outputs > 1:
+                m.version_tpot.labels(*labels).observe((now - first) / (outputs - 1))
