@@ -62,6 +62,7 @@ class GatewaySource:
             SourceConfig(
                 namespaces=config.namespaces,
                 watch_nodes=False,
+                watch_devices=False,
                 watch=config.watch,
                 debounce=config.debounce,
             ),

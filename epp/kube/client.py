@@ -63,6 +63,22 @@ X_MODELS = Resource(
 )
 V1_POOLS = Resource("inference.networking.k8s.io", "v1", "inferencepools", "InferencePool")
 POOL_RESOURCES = (SEED_POOLS, X_POOLS, V1_POOLS)
+# Dynamic Resource Allocation, every shape still served (v1alpha2 until 1.30 and in the seed,
+# v1beta1 from 1.32, v1 from 1.34); one object served in several versions is read once,
+# from the first version in these tuples that lists it
+DRA = "resource.k8s.io"
+RESOURCE_SLICES = tuple(
+    Resource(DRA, v, "resourceslices", "ResourceSlice", namespaced=False)
+    for v in ("v1", "v1beta1", "v1alpha2")
+)
+RESOURCE_CLAIMS = tuple(
+    Resource(DRA, v, "resourceclaims", "ResourceClaim") for v in ("v1", "v1beta1", "v1alpha2")
+)
+RESOURCE_CLASSES = (Resource(DRA, "v1alpha2", "resourceclasses", "ResourceClass", False),)
+DEVICE_TAINT_RULES = tuple(
+    Resource(DRA, v, "devicetaintrules", "DeviceTaintRule", namespaced=False)
+    for v in ("v1", "v1beta2", "v1alpha3")
+)
 MODEL_RESOURCES = (SEED_MODELS, X_MODELS)
 
 

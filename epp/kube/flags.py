@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Gateway named in this picker's status.parents entry")  # fmt: skip
     k.add_argument("--resync", type=float, default=600.0, help="seconds between full relists")
     k.add_argument("--no-nodes", action="store_true", help="do not watch Nodes (no RBAC)")
+    k.add_argument("--no-devices", action="store_true",
+                   help="do not watch DRA claims, slices, taint rules")  # fmt: skip
 
 
 def config_from_args(ns: argparse.Namespace) -> KubeModeConfig:
@@ -49,6 +51,7 @@ def config_from_args(ns: argparse.Namespace) -> KubeModeConfig:
             pool_name=ns.pool_name,
             pool_namespace=ns.pool_namespace,
             watch_nodes=not ns.no_nodes,
+            watch_devices=not ns.no_devices,
             watch=WatchSettings(resync=ns.resync),
         ),
         leader_elect=ns.leader_elect,

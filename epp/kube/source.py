@@ -5,7 +5,9 @@ every served shape, Pods, Nodes), and turns their caches into the same `Resource
 `epp.sources.files.FolderSource` hands out: `await synced()` returns the first complete set (every
 list answered), `watch()` yields a new set on every change. Scoping: given namespaces only, or one
 named pool (`--pool-name/--pool-namespace`). A watch outage keeps the last known objects and adds
-a `Stale` warning. Each selected pod carries its node's accelerator label (`PodInfo.accelerator`).
+a `Stale` warning. Each selected pod carries its node's accelerator label (`PodInfo.accelerator`)
+and what the GPU layer says of it (`dra.py`): a capacity prior from its DRA devices or its
+device-plugin resources, and the health class of its devices' taints.
 Meaning comes from `epp.api.parse`; `status.py` and `deployments.py` read `view()`.
 """
 
@@ -19,16 +21,26 @@ from dataclasses import dataclass, field, replace
 from epp.api.model import PodInfo, Pool, Problem, ResourceSet, key_of
 from epp.api.parse import parse_documents, parse_one
 from epp.kube.client import (
+    DEVICE_TAINT_RULES,
     MODEL_RESOURCES,
     NODES,
     PODS,
     POOL_RESOURCES,
+    RESOURCE_CLAIMS,
+    RESOURCE_CLASSES,
+    RESOURCE_SLICES,
     JsonObj,
     KubeApi,
     Resource,
 )
+from epp.kube.dra import DraIndex, device_plugin_capacity
 from epp.kube.watch import Changes, Reflector, WatchSettings
 
+# plural → its versions, preferred first (an object served in several is read once)
+DRA_PLURALS = {
+    kinds[0].plural: tuple(k.version for k in kinds)
+    for kinds in (RESOURCE_SLICES, RESOURCE_CLAIMS, RESOURCE_CLASSES, DEVICE_TAINT_RULES)
+}
 ACCELERATOR_LABELS = (
     "accelerator",
     "nvidia.com/gpu.product",
@@ -42,6 +54,7 @@ class SourceConfig:
     pool_name: str | None = None  # serve this one pool only
     pool_namespace: str = "default"
     watch_nodes: bool = True
+    watch_devices: bool = True  # DRA claims, slices, classes and device taint rules
     watch: WatchSettings = field(default_factory=WatchSettings)
     debounce: float = 0.02  # coalesce a burst of events into one new set
 
@@ -60,6 +73,11 @@ def label_of(resource: Resource, obj: JsonObj) -> str:
     meta = obj.get("metadata") or {}
     group = resource.group or "core"
     return f"{resource.plural}.{group}/{meta.get('namespace', '')}/{meta.get('name', '')}"
+
+
+def _namespace_name(obj: JsonObj) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace", "")), str(meta.get("name", ""))
 
 
 def accelerator_of(labels: Mapping[str, str]) -> str | None:
@@ -83,6 +101,16 @@ class KubeSource:
         ]
         if config.watch_nodes:
             self.reflectors.append(Reflector(api, NODES, None, config.watch, self._touch))
+        if config.watch_devices:
+            self.reflectors += [
+                Reflector(api, kind, ns, config.watch, self._touch)
+                for kind in RESOURCE_CLAIMS
+                for ns in scopes
+            ]
+            self.reflectors += [
+                Reflector(api, kind, None, config.watch, self._touch)
+                for kind in (*RESOURCE_SLICES, *RESOURCE_CLASSES, *DEVICE_TAINT_RULES)
+            ]
         self._tasks: list[asyncio.Task[None]] = []
         self._pods: dict[str, tuple[str, PodInfo | None]] = {}  # key → (resourceVersion, parsed)
         self._view: KubeView | None = None
@@ -157,8 +185,19 @@ class KubeSource:
         raw: list[tuple[Resource, JsonObj]] = []
         pods: list[JsonObj] = []
         nodes: dict[str, dict[str, str]] = {}
+        devices: dict[str, dict[str, JsonObj]] = {}  # plural → key → the preferred version's
         for reflector in self.reflectors:
             kind = reflector.resource
+            if kind.plural in DRA_PLURALS:
+                seen = devices.setdefault(kind.plural, {})
+                for key, obj in reflector.objects.items():
+                    versions = DRA_PLURALS[kind.plural]
+                    old = seen.get(key)
+                    if old is None or versions.index(kind.version) < versions.index(
+                        str(old.get("apiVersion", "")).rpartition("/")[2]
+                    ):
+                        seen[key] = obj
+                continue
             for obj in reflector.objects.values():
                 if kind is PODS:
                     pods.append(obj)
@@ -179,6 +218,7 @@ class KubeSource:
             else p
             for p in self._selected_pods(pods, pools)
         )
+        selected = self._with_gpu_facts(selected, pods, nodes, devices)
         problems = list(parsed.problems)
         stale = [r for r in self.reflectors if r.stale]
         for r in stale:
@@ -192,6 +232,42 @@ class KubeSource:
             tuple(raw),
             bool(stale),
         )
+
+    def _with_gpu_facts(
+        self,
+        selected: tuple[PodInfo, ...],
+        pods: list[JsonObj],
+        nodes: dict[str, dict[str, str]],
+        devices: dict[str, dict[str, JsonObj]],
+    ) -> tuple[PodInfo, ...]:
+        """Each pod with the capacity prior and taint health its GPUs give it: its DRA devices
+        first, else its device-plugin resources (`nvidia.com/gpu`, `nvidia.com/mig-…`)."""
+        if not selected:
+            return selected
+        index = DraIndex(
+            devices.get("resourceslices", {}).values(),
+            devices.get("resourceclaims", {}).values(),
+            devices.get("devicetaintrules", {}).values(),
+            devices.get("resourceclasses", {}).values(),
+            pods,
+        )
+        raw = {key_of(*_namespace_name(obj)): obj for obj in pods}
+        out = []
+        for pod in selected:
+            obj = raw.get(pod.key)
+            if obj is None:
+                out.append(pod)
+                continue
+            facts = index.facts(obj, pod.accelerator)
+            capacity = facts.capacity
+            if capacity is None:
+                labels = nodes.get(pod.node_name or "", {})
+                capacity = device_plugin_capacity(obj, pod.accelerator, labels)
+            changed = capacity != pod.capacity or facts.health != pod.device_health
+            out.append(
+                replace(pod, capacity=capacity, device_health=facts.health) if changed else pod
+            )
+        return tuple(out)
 
     def _in_scope(self, kind: Resource, obj: JsonObj) -> bool:
         name = self.config.pool_name

@@ -66,6 +66,24 @@ INFERENCE = [
     Kind("inference.networking.k8s.io", "v1", "inferencepools", "InferencePool"),
     Kind("gateway.networking.x-k8s.io", "v1alpha1", "priorityfilters", "PriorityFilter"),
 ]
+# Dynamic Resource Allocation in the versions clusters serve: v1alpha2 (the seed, up to 1.30),
+# v1beta1 (1.32+), v1 (1.34+); DeviceTaintRule v1alpha3 (1.33), v1beta2, v1
+DRA = [
+    *(
+        Kind("resource.k8s.io", v, "resourceslices", "ResourceSlice", False, False)
+        for v in ("v1", "v1beta1", "v1alpha2")
+    ),
+    *(
+        Kind("resource.k8s.io", v, "resourceclaims", "ResourceClaim")
+        for v in ("v1", "v1beta1", "v1alpha2")
+    ),
+    Kind("resource.k8s.io", "v1alpha2", "resourceclasses", "ResourceClass", False, False),
+    Kind("resource.k8s.io", "v1", "deviceclasses", "DeviceClass", False, False),
+    *(
+        Kind("resource.k8s.io", v, "devicetaintrules", "DeviceTaintRule", False, False)
+        for v in ("v1", "v1beta2", "v1alpha3")
+    ),
+]
 GATEWAY_API = [
     Kind("gateway.networking.k8s.io", "v1", "gatewayclasses", "GatewayClass", namespaced=False),
     Kind("gateway.networking.k8s.io", "v1", "gateways", "Gateway"),
@@ -108,7 +126,7 @@ class ApiServer:
     """Start with `await start()`; `url` is then the base URL; `await stop()` at the end."""
 
     def __init__(self, kinds: list[Kind] | None = None, history: int = 1000) -> None:
-        chosen = kinds or CORE + INFERENCE + GATEWAY_API
+        chosen = kinds or CORE + INFERENCE + GATEWAY_API + DRA
         self.kinds = {(k.group, k.version, k.plural): k for k in chosen}
         self.objects: dict[tuple[str, str, str], dict[tuple[str, str], Obj]] = {
             key: {} for key in self.kinds

@@ -160,6 +160,9 @@ NEEDED = {
                                              "inference.networking.k8s.io")
       for r in ("inferencepools", "inferencemodels")),
     ("", "pods", "list"), ("", "pods", "watch"), ("", "nodes", "list"), ("", "nodes", "watch"),
+    *(("resource.k8s.io", r, v)
+      for r in ("resourceclaims", "resourceslices", "resourceclasses", "devicetaintrules")
+      for v in ("list", "watch")),
     ("apps", "deployments", "get"), ("apps", "deployments", "create"),
     ("apps", "deployments", "update"),
     ("coordination.k8s.io", "leases", "get"), ("coordination.k8s.io", "leases", "create"),
