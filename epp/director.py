@@ -94,10 +94,12 @@ class Director:
         # 2. route: the client's model → pool, served model, priority, profile, canary version
         route = self._router.route(request, headers, rewrite)
         # 3. admit: wait for room (or be refused); the endpoints the request is offered. The
-        # answer's length is planned from what this model's answers have been (a cap is a cap)
+        # answer's length is planned from what this model's answers have been (a cap is a cap);
+        # the ticket says its flow (its turn among tenants), TTL and latency objectives
         plan = self.lengths.plan(route.target_model, request.output_limit)
+        ticket = self._admission.ticket(headers, route.defaults)
         candidates = await self._admission.admit(
-            request, route.pool.key, route.priority, subset, plan
+            request, route.pool.key, route.priority, subset, plan, ticket
         )
         # 4. schedule: the route's profile ranks the offered endpoints
         scheduling = SchedulingRequest(

@@ -6,8 +6,10 @@
     ├── RequestTooLarge       413  invalid_request_error  body over the configured limit
     ├── Shed                  429  rate_limit_error       sheddable request dropped under saturation
     ├── QueueFull             429  rate_limit_error       the pool's waiting room is at its limit
+    ├── Evicted               429  rate_limit_error       a waiting sheddable request made room
     ├── NoEndpoints           503  service_unavailable    no ready endpoint (or empty subset hint)
-    ├── QueueTimeout          503  service_unavailable    waited for room longer than allowed
+    ├── TTLExpired            503  service_unavailable    waited for room longer than its TTL
+    ├── ObjectiveUnmet        503  service_unavailable    no endpoint can meet its latency objective
     └── InternalError         500  internal_error         a bug: logged with its traceback
     ManifestError             (not per request) a resource failed validation; carries its field path
 
@@ -63,10 +65,22 @@ class NoEndpoints(EppError):
     reason = "NoEndpoints"
 
 
-class QueueTimeout(EppError):
+class Evicted(EppError):
+    status = 429
+    error_type = "rate_limit_error"
+    reason = "Evicted"
+
+
+class TTLExpired(EppError):
     status = 503
     error_type = "service_unavailable"
-    reason = "QueueTimeout"
+    reason = "TTLExpired"
+
+
+class ObjectiveUnmet(EppError):
+    status = 503
+    error_type = "service_unavailable"
+    reason = "ObjectiveUnmet"
 
 
 class InternalError(EppError):

@@ -21,6 +21,7 @@ from prometheus_client import (
 )
 
 from epp.admission.flow_control import FlowControl
+from epp.admission.flows import DEFAULT_FLOW
 from epp.api.model import PRIORITY_STANDARD
 from epp.datastore import Datastore
 
@@ -194,21 +195,37 @@ class EppMetrics:
             ("pool", "endpoint"),
             registry=r,
         )
+        flow_labels = ("inference_pool", "priority", "fairness_id")
         self.queue_size = Gauge(
             "inference_extension_flow_control_queue_size",
-            "Requests waiting in the EPP for room in the pool, per priority (flow control)",
-            ("inference_pool", "priority"),
+            "Requests waiting in the EPP for room in the pool, per priority and flow",
+            flow_labels,
             registry=r,
         )
         self.queue_bytes = Gauge(
             "inference_extension_flow_control_queue_bytes",
-            "Request body bytes waiting in the EPP for room in the pool, per priority",
-            ("inference_pool", "priority"),
+            "Request body bytes waiting in the EPP for room in the pool, per priority and flow",
+            flow_labels,
+            registry=r,
+        )
+        self.queue_duration = Histogram(
+            "inference_extension_flow_control_request_queue_duration_seconds",
+            "Time a request spent in the EPP's waiting room, by how it left (outcome: "
+            "Dispatched, RejectedCapacity, EvictedTTL, EvictedDisplaced, EvictedContextCancelled)",
+            (*flow_labels, "outcome"),
+            buckets=_LATENCY_BUCKETS,
             registry=r,
         )
 
     def plugin_timing(self, point: str, plugin_type: str, name: str, seconds: float) -> None:
         self.plugin_duration.labels(point, plugin_type, name).observe(seconds)
+
+    def queue_outcome(
+        self, pool_key: str, priority: int, flow: str, outcome: str, seconds: float
+    ) -> None:
+        """How one request left the waiting room (`FlowControl.on_outcome`)."""
+        pool = pool_key.rpartition("/")[2]
+        self.queue_duration.labels(pool, str(priority), flow, outcome).observe(seconds)
 
     def refresh_pools(self, store: Datastore, flow: FlowControl | None = None) -> None:
         """Pool gauges, computed on each scrape of /metrics rather than per request."""
@@ -237,12 +254,12 @@ class EppMetrics:
             self._refresh_queues(store, flow)
 
     def _refresh_queues(self, store: Datastore, flow: FlowControl) -> None:
-        """Waiting requests per pool and priority; the standard band is always there (0 when
-        empty), so an autoscaler reading it sees a series rather than nothing."""
+        """Waiting requests per pool, priority and flow; the standard band's default flow is
+        always there (0 when empty), so an autoscaler reading it sees a series, not nothing."""
         self.queue_size.clear()
         self.queue_bytes.clear()
         for pool in store.pools():
-            bands = {PRIORITY_STANDARD: (0, 0), **flow.waiting(pool.key)}
-            for priority, (count, held) in bands.items():
-                self.queue_size.labels(pool.name, str(priority)).set(count)
-                self.queue_bytes.labels(pool.name, str(priority)).set(held)
+            flows = {(PRIORITY_STANDARD, DEFAULT_FLOW): (0, 0), **flow.flows(pool.key)}
+            for (priority, name), (count, held) in flows.items():
+                self.queue_size.labels(pool.name, str(priority), name).set(count)
+                self.queue_bytes.labels(pool.name, str(priority), name).set(held)

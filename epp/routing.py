@@ -17,7 +17,14 @@ from dataclasses import dataclass, replace
 
 import xxhash
 
-from epp.api.model import PRIORITY_STANDARD, ModelRoute, Pool, SplitTarget
+from epp.api.model import (
+    NO_DEFAULTS,
+    PRIORITY_STANDARD,
+    ModelRoute,
+    Pool,
+    RequestDefaults,
+    SplitTarget,
+)
 from epp.api.priority import POLICY_HEADER, POOL_HEADER, parse_policy
 from epp.datastore import Datastore
 from epp.errors import ModelNotFound, NoEndpoints
@@ -36,6 +43,7 @@ class Route:
     strategy: str  # the scheduling profile's name
     version: str | None = None  # the canary version chosen, if the model splits
     ceilings: tuple[tuple[str, float], ...] = ()  # (metric, percent) a pod should stay under
+    defaults: RequestDefaults = NO_DEFAULTS  # the model's flow, TTL and objectives
 
 
 class Router:
@@ -88,7 +96,9 @@ class Router:
             raise NoEndpoints(f"InferencePool {model.pool} of model {client_model!r} is not known")
         ceilings = tuple((c.name, c.target) for c in model.ceilings)
         served = target or pool.served_model or client_model
-        return Route(pool, served, model.priority, model.strategy, version, ceilings)
+        return Route(
+            pool, served, model.priority, model.strategy, version, ceilings, model.defaults
+        )
 
     def _default_route(self, client_model: str, pin: str | None = None) -> Route:
         pools = self._store.pools()

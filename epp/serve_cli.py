@@ -152,6 +152,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="body bytes of one priority that may wait per pool before a 429 (0 = no limit)",
     )
     p.add_argument(
+        "--queue-max-flow-requests",
+        type=_non_negative_int,
+        default=_default(FlowSettings, "max_flow_queued"),
+        help="requests of one flow and priority that may wait per pool before a 429 (0 = no limit)",
+    )
+    p.add_argument(
+        "--queue-max-pool-requests",
+        type=_non_negative_int,
+        default=_default(FlowSettings, "max_pool_queued"),
+        help="requests that may wait per pool; when full, a better arrival evicts a sheddable "
+        "one, else 429 (0 = no limit)",
+    )
+    p.add_argument(
+        "--no-fairness",
+        dest="fairness",
+        action="store_false",
+        default=_default(FlowSettings, "fairness"),
+        help="inside a priority, serve waiting requests first come, first served, not by flow",
+    )
+    p.add_argument(
+        "--fairness-header",
+        default=_default(FlowSettings, "fairness_header"),
+        metavar="HEADER",
+        help="a header naming the request's flow when x-gateway-inference-fairness-id does not",
+    )
+    p.add_argument(
         "--sheddable-reserve",
         type=float,
         default=_default(SaturationSettings, "sheddable_reserve"),
@@ -192,6 +218,10 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, ScrapeSettings, G
             queue_timeout=args.queue_timeout,
             max_queued=args.queue_max_requests,
             max_queued_bytes=args.queue_max_bytes,
+            max_flow_queued=args.queue_max_flow_requests,
+            max_pool_queued=args.queue_max_pool_requests,
+            fairness=args.fairness,
+            fairness_header=args.fairness_header.lower() if args.fairness_header else None,
         ),
         saturation=SaturationSettings(
             queue_depth=args.sd_queue_depth,

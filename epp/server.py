@@ -26,6 +26,7 @@ from prometheus_client import generate_latest
 from epp.admission.controller import AdmissionController
 from epp.admission.flow_control import FlowControl
 from epp.admission.limits import BatchLimitLearner
+from epp.admission.tickets import Tickets
 from epp.api.model import Pool, ResourceSet
 from epp.certs import load_pair, self_signed
 from epp.datastore import Datastore
@@ -87,12 +88,24 @@ class EppServer:
             profile.timing = self.metrics.plugin_timing
         f = s.flow
         self.flow = (
-            FlowControl(self.store, f.queue_timeout, f.max_queued, f.max_queued_bytes)
+            FlowControl(
+                self.store,
+                f.queue_timeout,
+                f.max_queued,
+                f.max_queued_bytes,
+                max_flow_requests=f.max_flow_queued,
+                max_pool_requests=f.max_pool_queued,
+                fair=f.fairness,
+                on_outcome=self.metrics.queue_outcome,
+            )
             if f.enabled
             else None
         )
         service_time = service_time_of(profiles)
-        admission = AdmissionController(self.store, s.saturation, self.flow, service_time)
+        tickets = Tickets(f.queue_timeout, f.fairness_header, s.protocol.trust_control_headers)
+        admission = AdmissionController(
+            self.store, s.saturation, self.flow, service_time, tickets=tickets
+        )
         router = Router(self.store, s.protocol)
         lengths = OutputLengths(prior=service_time.typical_output_tokens)
         self.director = Director(

@@ -57,10 +57,14 @@ class SaturationSettings:
 @dataclass(frozen=True, slots=True)
 class FlowSettings:
     enabled: bool = True  # hold requests in the EPP, best priority first, when pods are full
-    queue_timeout: float = 30.0  # seconds a request may wait for room before a 503
+    queue_timeout: float = 30.0  # default TTL: seconds a request may wait for room (then 503)
     # per pool and priority: waiting requests and their body bytes before a 429 (0 = no limit)
     max_queued: int = 0
     max_queued_bytes: int = 1_000_000_000
+    max_flow_queued: int = 0  # per pool, priority and flow (0 = no limit)
+    max_pool_queued: int = 0  # per pool, all priorities: better arrivals evict sheddable ones
+    fairness: bool = True  # flows take turns inside a priority (else first come, first served)
+    fairness_header: str | None = None  # e.g. x-user-id, read after x-gateway-inference-fairness-id
 
 
 @dataclass(frozen=True, slots=True)

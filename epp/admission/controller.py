@@ -2,10 +2,12 @@
 
 `admit` decides whether a request may be scheduled now and which endpoints it is offered:
 - a request no model runs (GET /v1/models) goes at once, to any ready endpoint;
-- a sheddable one never waits: admitted while the pool has room to spare, else 429 (`Shedder`);
+- a sheddable one is admitted while the pool has room to spare, else 429 (`Shedder`), unless its
+  ticket names a TTL: then it waits, in the lowest band, for that room (`SheddableRoom`);
 - with flow control, a standard or critical one waits in the pool's waiting room until its room
   test passes (`rooms.StandardRoom`, `rooms.CriticalRoom`), then is offered the endpoints with
   room. Without flow control nothing waits and every ready endpoint is offered.
+A waiter's place names its flow and cost (fair turns inside its band) and its TTL (`tickets`).
 Room tests read a `RoomView` of the pool's current snapshot, built once per snapshot and shared
 by all waiters (a wake-up over 1,024 endpoints and 100 waiters stays well under a millisecond:
 tests/bench/test_bench_admission.py). Neighbours: `epp.director` calls `admit`; `epp.datastore`
@@ -16,11 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-from epp.admission.flow_control import FlowControl
+from epp.admission.flow_control import FlowControl, Place
+from epp.admission.flows import cost_of
 from epp.admission.rooms import CRITICAL_QUEUE_AFTER, CriticalRoom, RoomView, StandardRoom
-from epp.admission.shedding import Shedder
+from epp.admission.shedding import SheddableRoom, Shedder
+from epp.admission.tickets import NO_TICKET, Ticket, Tickets
+from epp.api.model import RequestDefaults
 from epp.datastore import Datastore
 from epp.request import InferenceRequest
 from epp.scheduling.output_length import LengthPlan
@@ -39,8 +44,10 @@ class AdmissionController:
         flow: FlowControl | None = None,
         service_time: ServiceTime | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tickets: Tickets | None = None,
     ) -> None:
         self.flow = flow
+        self.tickets = tickets or Tickets(flow.timeout if flow else 30.0)
         self._store = store
         self._shedder = Shedder(saturation)
         self._service_time = service_time or ServiceTime()
@@ -55,12 +62,16 @@ class AdmissionController:
         priority: int,
         subset: Sequence[str] | None = None,
         plan: LengthPlan | None = None,
+        ticket: Ticket = NO_TICKET,
     ) -> list[EndpointState]:
         """Wait for room (or refuse the request), then return the endpoints it is offered.
-        `plan`: the answer length to plan with (default: the request's cap, else typical)."""
+        `plan`: the answer length to plan with (default: the request's cap, else typical);
+        `ticket`: its flow, TTL and objectives (`ticket`)."""
         if not request.runs_inference:
             return self._store.ready(pool_key, subset)
         if priority < 0:  # a sheddable request leaves part of each batch free
+            if self.flow is not None and ticket.ttl_told:
+                await self._wait(request, pool_key, priority, subset, plan, False, ticket)
             ready = self._store.ready(pool_key, subset)
             with_room = self._shedder.admit(ready, self._clock())
             return with_room if self.flow is not None else ready
@@ -68,9 +79,14 @@ class AdmissionController:
             return self._store.ready(pool_key, subset)
         # a length only expected, not told, singles nothing out: the first free slot will do
         free_first = plan is not None and not plan.told
-        await self._wait(request, pool_key, priority, subset, plan, free_first)
+        await self._wait(request, pool_key, priority, subset, plan, free_first, ticket)
         view = self.view(pool_key, subset)
         return view.with_room(priority, free_first) or list(view.candidates)
+
+    def ticket(self, headers: Mapping[str, str], defaults: RequestDefaults) -> Ticket:
+        """What the request's headers and its model's defaults say of its flow, TTL and
+        objectives (raises `BadRequest` on a malformed header)."""
+        return self.tickets.ticket(headers, defaults)
 
     def view(self, pool_key: str, subset: Sequence[str] | None = None) -> RoomView:
         """The room facts of the pool's current snapshot (raises `NoEndpoints`)."""
@@ -93,6 +109,7 @@ class AdmissionController:
         subset: Sequence[str] | None,
         plan: LengthPlan | None,
         free_first: bool,
+        ticket: Ticket,
     ) -> None:
         flow = self.flow
         assert flow is not None
@@ -100,8 +117,14 @@ class AdmissionController:
         def current() -> RoomView:
             return self.view(pool_key, subset)
 
-        if priority > 0:
-            room: CriticalRoom | StandardRoom = CriticalRoom(current, self._clock)
+        output = (plan.expected if plan else request.output_limit) or 0
+        place = Place(ticket.flow, request.size, cost_of(request.prompt_tokens, output), ticket.ttl)
+        room: CriticalRoom | StandardRoom | SheddableRoom
+        timer = None
+        if priority < 0:
+            room = SheddableRoom(self._shedder, lambda: current().candidates, self._clock)
+        elif priority > 0:
+            room = CriticalRoom(current, self._clock)
             # a critical request holding out for a free slot looks again when that wait ends,
             # even if nothing else happens meanwhile
             timer = asyncio.get_running_loop().call_later(
@@ -114,9 +137,8 @@ class AdmissionController:
             room = StandardRoom(
                 current, self._service_time, tokens, self._clock, typical, free_first
             )
-            timer = None
         try:
-            await flow.wait_for_room(pool_key, priority, room, request.size)
+            await flow.wait_for_room(pool_key, priority, room, place)
         finally:
             if timer is not None:
                 timer.cancel()

@@ -90,6 +90,21 @@ class SplitTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestDefaults:
+    """A model's defaults for what a request's headers may say instead (seed `routing.queueing`
+    and `routing.objectives`): its flow, how long it may wait in the EPP, its latency
+    objectives. None: not set (the request's header, else the EPP's default, decides)."""
+
+    fairness_id: str | None = None
+    ttl: float | None = None  # seconds
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+
+
+NO_DEFAULTS = RequestDefaults()
+
+
+@dataclass(frozen=True, slots=True)
 class ModelRoute:
     """One InferenceModel: what clients ask for and how requests for it are routed."""
 
@@ -104,6 +119,7 @@ class ModelRoute:
     api_version: str = ""
     created_at: str = ""
     rollout: RolloutPolicy | None = None  # the canary entry's rollout policy
+    defaults: RequestDefaults = NO_DEFAULTS
 
     @property
     def key(self) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from epp.api.core import Meta, max_num_seqs_of
 from epp.api.fields import Obj, type_name
 from epp.api.model import (
+    NO_DEFAULTS,
     PRIORITY_CRITICAL,
     PRIORITY_SHEDDABLE,
     PRIORITY_STANDARD,
@@ -23,6 +24,7 @@ from epp.api.model import (
     ModelRoute,
     Pool,
     PoolDeployment,
+    RequestDefaults,
     SplitTarget,
     key_of,
 )
@@ -220,9 +222,10 @@ def read_model(doc: Obj, meta: Meta, api_version: str) -> ModelRoute:
     ceilings: list[MetricCeiling] = []
     splits: list[SplitTarget] = []
     rollout: RolloutPolicy | None = None
+    defaults = NO_DEFAULTS
     routing = spec.obj("routing")
     if routing is not None:
-        routing.only("priority", "loadBalancing", "trafficSplit")
+        routing.only("priority", "loadBalancing", "trafficSplit", "queueing", "objectives")
         priority = PRIORITIES[routing.enum("priority", tuple(PRIORITIES)) or "medium"]
         balancing = routing.obj("loadBalancing")
         if balancing is not None:
@@ -230,6 +233,7 @@ def read_model(doc: Obj, meta: Meta, api_version: str) -> ModelRoute:
             strategy = balancing.enum("strategy", STRATEGIES) or strategy
             ceilings = _read_ceilings(balancing)
         splits, rollout = _read_splits(routing, meta.namespace)
+        defaults = _read_defaults(routing)
     return ModelRoute(
         namespace=meta.namespace,
         name=meta.name,
@@ -242,7 +246,24 @@ def read_model(doc: Obj, meta: Meta, api_version: str) -> ModelRoute:
         api_version=api_version,
         created_at=meta.created_at,
         rollout=rollout,
+        defaults=defaults,
     )
+
+
+def _read_defaults(routing: Obj) -> RequestDefaults:
+    """`routing.queueing{fairnessId, ttlSeconds}` and `routing.objectives{ttftMs, tpotMs}`."""
+    fairness_id = ttl = ttft = tpot = None
+    queueing = routing.obj("queueing")
+    if queueing is not None:
+        queueing.only("fairnessId", "ttlSeconds")
+        fairness_id = queueing.string("fairnessId", max_len=128)
+        ttl = queueing.number("ttlSeconds", lo=0.001, hi=86_400)
+    objectives = routing.obj("objectives")
+    if objectives is not None:
+        objectives.only("ttftMs", "tpotMs")
+        ttft = objectives.number("ttftMs", lo=1, hi=3_600_000)
+        tpot = objectives.number("tpotMs", lo=0.1, hi=60_000)
+    return RequestDefaults(fairness_id, ttl, ttft, tpot)
 
 
 def read_pool_ref(parent: Obj, key: str, *, required: bool) -> str | None:

@@ -18,7 +18,7 @@ from epp.admission.rooms import has_room, keeps_reserve
 from epp.api.model import ModelRoute, ResourceSet
 from epp.datastore import Datastore
 from epp.director import Decision, Director
-from epp.errors import QueueFull, QueueTimeout, Shed
+from epp.errors import QueueFull, Shed, TTLExpired
 from epp.observability import EppMetrics
 from epp.settings import SaturationSettings
 from epp.types import EndpointMetrics
@@ -113,7 +113,7 @@ async def test_critical_overtakes_standard_and_sheddable_is_refused() -> None:
 async def test_waiting_has_a_deadline_and_a_cancelled_wait_leaves_the_queue() -> None:
     store, director, flow = setup(timeout=0.05)
     learn_limit_one(store)
-    with pytest.raises(QueueTimeout) as info:
+    with pytest.raises(TTLExpired) as info:
         await director.handle({}, body("std"))
     assert info.value.status == 503
     waiting = asyncio.create_task(director.handle({}, body("crit")))
@@ -170,29 +170,45 @@ async def test_the_waiting_room_counts_body_bytes() -> None:
     await asyncio.wait_for(asyncio.gather(second, third), 1)
 
 
-async def test_waiting_requests_are_exported_per_priority() -> None:
+async def test_waiting_requests_are_exported_per_priority_and_flow_with_their_outcomes() -> None:
     store, director, flow = setup()
     registry = CollectorRegistry()
     metrics = EppMetrics(registry)
+    flow.on_outcome = metrics.queue_outcome
 
-    def exported(metric: str, priority: str) -> float | None:
+    def exported(metric: str, priority: str, flow_id: str = "default-flow") -> float | None:
         metrics.refresh_pools(store, flow)
         labels = {"inference_pool": "llama2-gpu-pool", "priority": priority}
+        labels["fairness_id"] = flow_id
         return registry.get_sample_value(f"inference_extension_flow_control_queue_{metric}", labels)
+
+    def outcomes(priority: str, flow_id: str, outcome: str) -> float | None:
+        labels = {"inference_pool": "llama2-gpu-pool", "priority": priority}
+        labels |= {"fairness_id": flow_id, "outcome": outcome}
+        name = "inference_extension_flow_control_request_queue_duration_seconds_count"
+        return registry.get_sample_value(name, labels)
 
     assert exported("size", "0") == 0 and exported("size", "1") is None  # standard: always
     learn_limit_one(store)
     store.set_metrics(A, fresh())
     store.set_metrics(B, fresh())
     admitted = await fill_both(director)
-    waiting = [asyncio.create_task(director.handle({}, body(m))) for m in ("std", "crit")]
+    tenant = {"x-gateway-inference-fairness-id": "tenant-a"}
+    waiting = [
+        asyncio.create_task(director.handle(tenant, body("std"))),
+        asyncio.create_task(director.handle({}, body("crit"))),
+    ]
     await asyncio.sleep(0.01)
-    assert (exported("size", "0"), exported("size", "1")) == (1, 1)
-    assert exported("bytes", "0") == len(body("std"))
+    assert (exported("size", "0", "tenant-a"), exported("size", "1")) == (1, 1)
+    assert exported("size", "0") == 0
+    assert exported("bytes", "0", "tenant-a") == len(body("std"))
     for decision in admitted[:2]:
         decision.lease.release()
     await asyncio.wait_for(asyncio.gather(*waiting), 1)
-    assert (exported("size", "0"), exported("size", "1")) == (0, None)
+    assert (exported("size", "0", "tenant-a"), exported("size", "1")) == (None, None)
+    assert outcomes("0", "default-flow", "Dispatched") == 4  # the first four, at once
+    assert outcomes("0", "tenant-a", "Dispatched") == 1
+    assert outcomes("1", "default-flow", "Dispatched") == 1
 
 
 async def test_without_a_learned_limit_nothing_waits() -> None:
