@@ -4,6 +4,7 @@
     ├── BadRequest            400  invalid_request_error  not JSON, no model, bad field
     ├── ModelNotFound         404  not_found_error        unknown model, registration required
     ├── RequestTooLarge       413  invalid_request_error  body over the configured limit
+    ├── UnsupportedMediaType  415  invalid_request_error  a content-encoding not decoded
     ├── Shed                  429  rate_limit_error       sheddable request dropped under saturation
     ├── QueueFull             429  rate_limit_error       the pool's waiting room is at its limit
     ├── Evicted               429  rate_limit_error       a waiting sheddable request made room
@@ -45,6 +46,12 @@ class RequestTooLarge(EppError):
     status = 413
     error_type = "invalid_request_error"
     reason = "RequestTooLarge"
+
+
+class UnsupportedMediaType(EppError):
+    status = 415
+    error_type = "invalid_request_error"
+    reason = "UnsupportedMediaType"
 
 
 class Shed(EppError):

@@ -1,9 +1,11 @@
 """The request value: an inference request's body read once, before anything decides on it.
 
-`read_body` parses a complete body (OpenAI chat or completions today): the client's model, the
-prompt text a prefix cache would see, a token estimate, the output limit and the stream flag.
-`from_headers` is for proxies that route before the body arrives (the model comes from the
-`x-model-name` header, nothing can be rewritten), and `NO_INFERENCE` for requests without a body
+`read_body` parses a complete body of any API `epp.apis` knows (OpenAI chat, completions,
+responses, embeddings; Anthropic messages), decoded first if it came with a content-encoding
+(`epp.encoding`): the client's model (checked: a name, not a paragraph), the prompt text a
+prefix cache would see, a token estimate, the output limit and the stream flag. `from_headers`
+is for proxies that route before the body arrives (the model comes from the `x-model-name`
+header, nothing can be rewritten), and `NO_INFERENCE` for requests without a body
 (GET /v1/models). Neighbours: `epp.routing` turns the model into a route, `epp.admission` reads
 the size and output limit, `epp.director` hands the rest to the scheduler. Nothing here knows
 the proxy or the wire.
@@ -17,15 +19,25 @@ from enum import Enum
 
 import orjson
 
+from epp import apis
+from epp.apis import output_limit, prompt_text
+from epp.encoding import ENCODING_HEADER, decode
 from epp.errors import BadRequest, RequestTooLarge
 from epp.types import CHARS_PER_TOKEN
 
-API_CHAT = "chat"  # /v1/chat/completions: `messages`
-API_COMPLETIONS = "completions"  # /v1/completions: `prompt`
-API_OTHER = "other"  # a JSON body with a model, of a shape not read further
+__all__ = ["output_limit", "prompt_text"]  # part of this module's face, defined in epp.apis
+
+API_CHAT = apis.CHAT
+API_COMPLETIONS = apis.COMPLETIONS
+API_RESPONSES = apis.RESPONSES
+API_EMBEDDINGS = apis.EMBEDDINGS
+API_MESSAGES = apis.MESSAGES
+API_OTHER = apis.OTHER
 API_HEADERS = "headers"  # routed before its body: the model from the x-model-name header
 API_NONE = "none"  # no body at all: nothing for a model to run (GET /v1/models)
 MODEL_HEADER = "x-model-name"
+PATH_HEADER = ":path"
+MAX_MODEL_NAME = 256  # characters; Kubernetes names stop at 253
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +52,7 @@ class InferenceRequest:
     prompt_tokens: int = 1  # estimate, for in-flight token accounting
     output_limit: int | None = None  # max_completion_tokens / max_tokens: a cap
     stream: bool = False
+    decoded: bool = False  # the body came with a content-encoding and is held decoded
 
     @property
     def runs_inference(self) -> bool:
@@ -74,13 +87,19 @@ def read(headers: Mapping[str, str], body: bytes | Body, max_bytes: int) -> Infe
         return NO_INFERENCE
     if body is Body.FOLLOWS:
         return from_headers(headers)
-    return read_body(body, max_bytes)
+    encoding = headers.get(ENCODING_HEADER, "")
+    path = headers.get(PATH_HEADER, "")
+    return read_body(body, max_bytes, path, encoding)
 
 
-def read_body(body: bytes, max_bytes: int) -> InferenceRequest:
-    """Parse a complete request body; bad input raises `BadRequest` / `RequestTooLarge`."""
+def read_body(body: bytes, max_bytes: int, path: str = "", encoding: str = "") -> InferenceRequest:
+    """Parse a complete request body sent to `path` with content-encoding `encoding`; bad
+    input raises `BadRequest` / `RequestTooLarge` / `UnsupportedMediaType`."""
     if len(body) > max_bytes:
         raise RequestTooLarge(f"request body is {len(body)} bytes; the limit is {max_bytes}")
+    decoded = encoding not in ("", "identity")
+    if decoded:
+        body = decode(body, encoding, max_bytes)
     if not body:
         raise BadRequest("request body is empty; expected a JSON object")
     try:
@@ -94,13 +113,9 @@ def read_body(body: bytes, max_bytes: int) -> InferenceRequest:
         raise BadRequest("model not found in request body")
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' must be a non-empty string")
-    if isinstance(payload.get("messages"), list):
-        api = API_CHAT
-    elif "prompt" in payload:
-        api = API_COMPLETIONS
-    else:
-        api = API_OTHER
-    prompt = prompt_text(payload)
+    check_model_name(model)
+    api = apis.api_of(path, payload)
+    prompt = prompt_text(payload, api)
     return InferenceRequest(
         api,
         model,
@@ -108,9 +123,23 @@ def read_body(body: bytes, max_bytes: int) -> InferenceRequest:
         payload,
         prompt,
         max(1, len(prompt) // CHARS_PER_TOKEN),
-        output_limit(payload),
+        output_limit(payload, api),
         payload.get("stream") is True,
+        decoded,
     )
+
+
+def check_model_name(model: str) -> None:
+    """A model name is a name: bounded, on one line, printable (else 400, naming the fault)."""
+    if len(model) > MAX_MODEL_NAME:
+        raise BadRequest(
+            f"model name is {len(model)} characters long; the limit is {MAX_MODEL_NAME}"
+        )
+    if model.isprintable():
+        return
+    for i, char in enumerate(model):
+        if char < " " or "\x7f" <= char <= "\x9f":
+            raise BadRequest(f"model name contains the control character {char!r} at position {i}")
 
 
 def from_headers(headers: Mapping[str, str]) -> InferenceRequest:
@@ -120,43 +149,5 @@ def from_headers(headers: Mapping[str, str]) -> InferenceRequest:
         raise BadRequest(
             "the x-model-name header is required when the proxy streams request bodies"
         )
+    check_model_name(model)
     return InferenceRequest(API_HEADERS, model)
-
-
-def prompt_text(payload: Mapping[str, object]) -> bytes:
-    """The text a prefix cache would see: chat turns with role markers, or the completion prompt.
-
-    Only string contents count (and the text parts of multi-part contents); the same
-    conversation prefix always yields the same leading bytes.
-    """
-    messages = payload.get("messages")
-    if isinstance(messages, list):
-        parts: list[str] = []
-        for message in messages:
-            if not isinstance(message, dict):
-                continue
-            content = message.get("content")
-            if isinstance(content, list):
-                content = "".join(
-                    p.get("text", "")
-                    for p in content
-                    if isinstance(p, dict) and isinstance(p.get("text"), str)
-                )
-            if isinstance(content, str):
-                parts.append(f"<|im_start|>{message.get('role', '')}\n{content}<|im_end|>\n")
-        return "".join(parts).encode()
-    prompt = payload.get("prompt")
-    if isinstance(prompt, str):
-        return prompt.encode()
-    if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
-        return "".join(prompt).encode()
-    return b""
-
-
-def output_limit(payload: Mapping[str, object]) -> int | None:
-    """The completion's token bound (`max_completion_tokens`, else `max_tokens`), if valid."""
-    for key in ("max_completion_tokens", "max_tokens"):
-        value = payload.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None

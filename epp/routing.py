@@ -3,7 +3,9 @@
 An InferenceModel names its pool, priority, strategy and ceilings, and may split its traffic by
 weight across canary versions (other pools or other served models): random per request, or
 fixed per user when a sticky header is configured. An unregistered model takes the default
-route (the pool serving that name, or the only pool) unless registration is required. Behind a
+route: the pool serving that name, or the only pool when that pool does not declare what it
+serves (or unknown names are passed on); any other name is unknown (404), and so is every
+unregistered one when registration is required. Behind a
 trusted gateway, the pool may be pinned by header and the priority decided by the route's
 priority policy. Neighbours: `epp.request` supplies the client's model, `epp.datastore` the
 resources, `epp.director` calls `route`; nothing here knows the proxy or the wire.
@@ -101,12 +103,19 @@ class Router:
         )
 
     def _default_route(self, client_model: str, pin: str | None = None) -> Route:
-        pools = self._store.pools()
+        protocol = self._protocol
         pinned = self._store.pool(pin) if pin else None
-        if pinned is not None or not self._protocol.require_registered_models:
+        if pinned is not None or not protocol.require_registered_models:
+            pools = [pinned] if pinned is not None else list(self._store.pools())
             by_served = [p for p in pools if p.served_model == client_model]
-            if pinned is not None or by_served or len(pools) == 1:
-                pool = pinned or (by_served or list(pools))[0]
+            # a pool that does not say what it serves may serve anything
+            passes = len(pools) == 1 and (
+                pools[0].served_model is None or protocol.pass_unknown_models
+            )
+            if not by_served and passes:
+                by_served = pools
+            if by_served:
+                pool = by_served[0]
                 target = pool.served_model or client_model
                 return Route(pool, target, PRIORITY_STANDARD, DEFAULT_PROFILE)
         raise ModelNotFound(f"The model `{client_model}` does not exist.")

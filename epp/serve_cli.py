@@ -83,7 +83,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--require-registered-models",
         action="store_true",
         default=_default(ProtocolSettings, "require_registered_models"),
-        help="unknown model names get 404 instead of the default route",
+        help="only InferenceModel names are served; others get 404, even a pool's own model",
+    )
+    p.add_argument(
+        "--pass-unknown-models",
+        action="store_true",
+        default=_default(ProtocolSettings, "pass_unknown_models"),
+        help="a model name nothing declares goes to the only pool (upstream's behaviour) "
+        "instead of 404",
     )
     p.add_argument(
         "--follow-responses",
@@ -209,6 +216,7 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, ScrapeSettings, G
             max_body_bytes=args.max_body_bytes,
             fallback_endpoints=args.fallback_endpoints,
             require_registered_models=args.require_registered_models,
+            pass_unknown_models=args.pass_unknown_models,
             trust_control_headers=args.trust_control_headers,
             sticky_header=args.sticky_header.lower() if args.sticky_header else None,
             follow_responses=args.follow_responses,

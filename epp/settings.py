@@ -31,7 +31,10 @@ class ProtocolSettings:
     chunk_bytes: int = BODY_CHUNK_BYTES
     fallback_endpoints: int = 0  # how many fallbacks follow the primary in the destination list
     trust_control_headers: bool = False  # honour client x-gateway-* headers (trusted gateways only)
-    require_registered_models: bool = False  # unknown model → 404 instead of default route
+    require_registered_models: bool = False  # only InferenceModel names; others → 404
+    # names no InferenceModel and no pool's served model declares go to the only pool (as
+    # upstream does), instead of 404; pools that do not declare what they serve always take them
+    pass_unknown_models: bool = False
     sticky_header: str | None = None  # e.g. x-user-id: one user stays on one canary version
     # share of responses whose body is read (to count their tokens) when nothing else needs it
     follow_responses: float = 0.0

@@ -93,12 +93,18 @@ def body_replies(
 
 
 def buffered_body_reply(
-    phase: str, body: bytes | None, set_headers: Sequence[tuple[str, str]], destination: str | None
+    phase: str,
+    body: bytes | None,
+    set_headers: Sequence[tuple[str, str]],
+    destination: str | None,
+    remove: Iterable[str] = (),
 ) -> pb.ProcessingResponse:
     """BUFFERED mode: one body reply carrying the header mutation; it replaces the body only
     when there is a new one (`body` None: Envoy sends the buffered body on unchanged)."""
     common = pb.CommonResponse(
-        header_mutation=pb.HeaderMutation(set_headers=[header(k, v) for k, v in set_headers]),
+        header_mutation=pb.HeaderMutation(
+            set_headers=[header(k, v) for k, v in set_headers], remove_headers=list(remove)
+        ),
         clear_route_cache=destination is not None,
     )
     if body is not None:

@@ -35,6 +35,7 @@ _STREAMED = mode_pb.ProcessingMode.STREAMED
 _NONE = mode_pb.ProcessingMode.NONE
 _TRUSTED_SUBSET_HEADER = "x-gateway-destination-endpoint-subset"
 _TRUSTED_REWRITE_HEADER = "x-gateway-model-name-rewrite"
+_ENCODING_HEADER = "content-encoding"
 # the response body mode that gives the tracker what it needs
 _BODY_MODES = {
     ResponseBody.SKIP: _NONE,
@@ -123,14 +124,17 @@ class RequestStream:
         self._body = []
         decision = (await self._start(data)).decision
         destination = ",".join(decision.endpoints)
+        # what goes upstream is the body as the EPP read it: decoded, if it came encoded
+        decoded = [_ENCODING_HEADER] if _ENCODING_HEADER in self._headers else []
         if self._mode in (_BUFFERED, _BUFFERED_PARTIAL):
             # Envoy holds the body: it goes back only if rewritten (the request value keeps the
             # very bytes it was given otherwise)
             new = None if decision.body is data else decision.body
             sets = self._destination_set(destination, None if new is None else len(new))
-            return [m.buffered_body_reply("request_body", new, sets, destination)]
+            remove = decoded if new is not None else []
+            return [m.buffered_body_reply("request_body", new, sets, destination, remove)]
         return [
-            self._destination_headers(destination, len(decision.body)),
+            self._destination_headers(destination, len(decision.body), decoded),
             *m.body_replies("request_body", decision.body, self._protocol.chunk_bytes),
         ]
 
@@ -151,11 +155,13 @@ class RequestStream:
             sets.append((m.REQUEST_ID_HEADER, self._tracker.decision.request_id))
         return sets
 
-    def _destination_headers(self, destination: str, length: int | None) -> pb.ProcessingResponse:
+    def _destination_headers(
+        self, destination: str, length: int | None, remove: list[str] | None = None
+    ) -> pb.ProcessingResponse:
         return m.headers_reply(
             "request_headers",
             self._destination_set(destination, length),
-            remove=self._removable(),
+            remove=self._removable() + (remove or []),
             clear_route_cache=True,
             destination=destination,
         )

@@ -49,6 +49,7 @@ class CompletionRequest:
     stream: bool
     include_usage: bool
     ignore_eos: bool
+    turns: tuple[tuple[str, str], ...] = ()  # (role, text) of a conversation, where one is
 
 
 def _text_of(content: Any, i: int) -> str:
@@ -63,16 +64,22 @@ def _text_of(content: Any, i: int) -> str:
     raise ApiError(400, f"messages[{i}].content must be a string or a list of parts", "messages")
 
 
+def render_turns(turns: list[tuple[str, str]]) -> bytes:
+    """The prompt of a conversation, as the chat template renders it: every chat-like API
+    (chat, Anthropic messages, Responses) gives one conversation the same bytes."""
+    return "".join(f"<|{role}|>\n{text}\n" for role, text in turns).encode() + CHAT_OVERHEAD
+
+
 def _chat_prompt(body: dict[str, Any]) -> bytes:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list", "messages")
-    out: list[str] = []
+    turns: list[tuple[str, str]] = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise ApiError(400, f"messages[{i}] must be an object with a 'role'", "messages")
-        out.append(f"<|{m['role']}|>\n{_text_of(m.get('content'), i)}\n")
-    return "".join(out).encode() + CHAT_OVERHEAD
+        turns.append((m["role"], _text_of(m.get("content"), i)))
+    return render_turns(turns)
 
 
 def _completion_prompt(body: dict[str, Any]) -> bytes:
@@ -88,7 +95,7 @@ def _completion_prompt(body: dict[str, Any]) -> bytes:
     raise ApiError(400, "'prompt' must be a non-empty string or list of token ids", "prompt")
 
 
-def _opt_int(body: dict[str, Any], *names: str) -> int | None:
+def opt_int(body: dict[str, Any], *names: str) -> int | None:
     for name in names:
         v = body.get(name)
         if v is None:
@@ -99,7 +106,7 @@ def _opt_int(body: dict[str, Any], *names: str) -> int | None:
     return None
 
 
-def _opt_bool(body: dict[str, Any], name: str) -> bool:
+def opt_bool(body: dict[str, Any], name: str) -> bool:
     v = body.get(name, False)
     if v is None:
         return False
@@ -108,7 +115,8 @@ def _opt_bool(body: dict[str, Any], name: str) -> bool:
     return v
 
 
-def parse_request(raw: bytes, chat: bool) -> CompletionRequest:
+def json_object(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object with a model name, or a 400."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
@@ -118,15 +126,21 @@ def parse_request(raw: bytes, chat: bool) -> CompletionRequest:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise ApiError(400, "'model' is required and must be a string", "model")
+    return body
+
+
+def parse_request(raw: bytes, chat: bool) -> CompletionRequest:
+    body = json_object(raw)
+    model = body["model"]
     prompt = _chat_prompt(body) if chat else _completion_prompt(body)
     if chat:
-        max_tokens = _opt_int(body, "max_completion_tokens", "max_tokens")
+        max_tokens = opt_int(body, "max_completion_tokens", "max_tokens")
     else:
-        max_tokens = _opt_int(body, "max_tokens")
+        max_tokens = opt_int(body, "max_tokens")
     n = body.get("n", 1)
     if n not in (1, None):
         raise ApiError(400, "only n=1 is supported by the simulator", "n")
-    stream = _opt_bool(body, "stream")
+    stream = opt_bool(body, "stream")
     opts = body.get("stream_options")
     if opts is not None and not isinstance(opts, dict):
         raise ApiError(400, "'stream_options' must be an object", "stream_options")
@@ -139,7 +153,7 @@ def parse_request(raw: bytes, chat: bool) -> CompletionRequest:
         max_tokens=max_tokens,
         stream=stream,
         include_usage=include_usage,
-        ignore_eos=_opt_bool(body, "ignore_eos"),
+        ignore_eos=opt_bool(body, "ignore_eos"),
     )
 
 

@@ -17,7 +17,6 @@ import itertools
 import random
 from typing import Any, TypeVar
 
-import orjson
 import xxhash
 import zmq.asyncio
 
@@ -130,19 +129,6 @@ class SimPod:
         if self.spec.accept_any_model:
             return None
         raise ApiError(404, f"The model `{model}` does not exist.", "model")
-
-    def prompt_ids(self, raw: bytes, chat: bool) -> tuple[int, ...] | None:
-        """Token ids from the model's tokenizer (None without one: 4 bytes a token)."""
-        tok = self.tokenizer
-        if tok is None:
-            return None
-        body = orjson.loads(raw)
-        if chat:
-            return tok.chat_ids(body["messages"])
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1:
-            prompt = prompt[0]
-        return tok.completion_ids(prompt) if isinstance(prompt, str) else None
 
     def new_seq(
         self, req: CompletionRequest, adapter: str | None, ids: tuple[int, ...] | None = None

@@ -1,10 +1,12 @@
 """The HTTP face of one simulated pod: an aiohttp app speaking vLLM's OpenAI-compatible API.
 
-Routes: `/v1/chat/completions`, `/v1/completions` (SSE or JSON), `/v1/models`, `/health`,
-`/metrics`, `/v1/load_lora_adapter`, `/v1/unload_lora_adapter` and the admin `/sim/config`.
-Every response carries `x-inference-pod` and `x-inference-pod-address`. Requests go into the
-pod's engine (`epp.sim.pod`); a stream waits on a future its sequence's `notify` resolves, then
-writes every token produced since its last write in one go.
+Routes: `/v1/chat/completions`, `/v1/completions`, `/v1/responses`, `/v1/messages` (SSE or
+JSON), `/v1/embeddings`, `/v1/models`, `/health`, `/metrics`, `/v1/load_lora_adapter`,
+`/v1/unload_lora_adapter` and the admin `/sim/config`. Every response carries `x-inference-pod`
+and `x-inference-pod-address`. Requests of every API go into the pod's engine (`epp.sim.pod`)
+alike; each API's wire (`epp.sim.wire`) reads its body and writes its answer. A stream waits on
+a future its sequence's `notify` resolves, then writes every token produced since its last write
+in one go.
 """
 
 from __future__ import annotations
@@ -17,12 +19,23 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from epp.sim.anthropic import MessagesWire
+from epp.sim.embeddings import EmbeddingsWire
 from epp.sim.engine import Seq
 from epp.sim.metrics import GARBAGE, render_vllm, restrict
-from epp.sim.openai import ApiError, StreamFormat, full_response, output_text, parse_request, usage
+from epp.sim.openai import ApiError
 from epp.sim.pod import SimPod
+from epp.sim.responses import ResponsesWire
+from epp.sim.wire import Counts, OpenAIWire, Streamer, Wire
 
 POD_KEY = web.AppKey("sim_pod", SimPod)
+WIRES: dict[str, Wire] = {
+    "/v1/chat/completions": OpenAIWire(chat=True),
+    "/v1/completions": OpenAIWire(chat=False),
+    "/v1/responses": ResponsesWire(),
+    "/v1/messages": MessagesWire(),
+    "/v1/embeddings": EmbeddingsWire(),
+}
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -48,8 +61,9 @@ def _json(obj: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
 
 
-def _error(e: ApiError) -> web.Response:
-    return web.Response(body=e.body(), status=e.status, content_type="application/json")
+def _error(e: ApiError, wire: Wire | None = None) -> web.Response:
+    body = wire.error(e) if wire is not None else e.body()
+    return web.Response(body=body, status=e.status, content_type="application/json")
 
 
 async def _body(request: web.Request) -> Any:
@@ -66,18 +80,19 @@ def _kill(request: web.Request) -> None:
         transport.abort()
 
 
-async def _completion(request: web.Request, chat: bool) -> web.StreamResponse:
+async def _serve(request: web.Request, wire: Wire) -> web.StreamResponse:
     pod = request.app[POD_KEY]
     try:
         raw = await request.read()
-        req = parse_request(raw, chat)
+        req = wire.parse(raw)
         adapter = pod.resolve_model(req.model)
-        seq = pod.new_seq(req, adapter, pod.prompt_ids(raw, chat))
+        ids = wire.token_ids(pod.tokenizer, raw, req) if pod.tokenizer is not None else None
+        seq = pod.new_seq(req, adapter, ids)
     except ApiError as e:
-        return _error(e)
+        return _error(e, wire)
     if pod.should_fail():
-        return _error(ApiError(500, "injected fault: internal server error"))
-    rid = f"{'chatcmpl' if chat else 'cmpl'}-{pod.name}-{seq.rid}"
+        return _error(ApiError(500, "injected fault: internal server error"), wire)
+    rid = f"{wire.id_prefix}{pod.name}-{seq.rid}"
     created = int(time.time())
     die_at = max(1, seq.max_tokens // 2) if pod.faults.die_mid_stream else None
     wake = _Wake()
@@ -85,32 +100,28 @@ async def _completion(request: web.Request, chat: bool) -> web.StreamResponse:
     pod.driver.submit(seq)
     try:
         if req.stream:
-            fmt = StreamFormat(chat, rid, created, req.model)
-            return await _stream(request, seq, fmt, wake, req.include_usage, die_at)
+            streamer = wire.streamer(rid, created, req)
+            return await _stream(request, seq, streamer, wake, die_at)
         while not seq.done:
             await wake.wait()
         if die_at is not None:
             _kill(request)
             return web.Response(status=500)
-        text = output_text(0, seq.generated)
-        use = usage(seq.prompt_tokens, seq.generated, seq.cached_tokens)
-        reason = seq.finish_reason or "abort"
         return web.Response(
-            body=full_response(chat, rid, created, req.model, text, reason, use),
-            content_type="application/json",
+            body=wire.answer(rid, created, req, _counts(seq)), content_type="application/json"
         )
     finally:
         if not seq.done:
             pod.driver.abort(seq)
 
 
+def _counts(seq: Seq, generated: int | None = None) -> Counts:
+    made = seq.generated if generated is None else generated
+    return Counts(seq.prompt_tokens, made, seq.cached_tokens, seq.finish_reason or "abort")
+
+
 async def _stream(
-    request: web.Request,
-    seq: Seq,
-    fmt: StreamFormat,
-    wake: _Wake,
-    include_usage: bool,
-    die_at: int | None,
+    request: web.Request, seq: Seq, streamer: Streamer, wake: _Wake, die_at: int | None
 ) -> web.StreamResponse:
     resp = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -120,17 +131,16 @@ async def _stream(
     while True:
         produced = seq.generated
         if produced > sent:
-            data = fmt.tokens(sent, produced - sent)
+            data = streamer.tokens(sent, produced - sent)
             if sent == 0:
-                data = fmt.role() + data
+                data = streamer.start(_counts(seq, 0)) + data
             sent = produced
             if die_at is not None and sent >= die_at:
                 await resp.write(data)
                 _kill(request)
                 return resp
             if seq.done:
-                use = usage(seq.prompt_tokens, sent, seq.cached_tokens) if include_usage else None
-                await resp.write(data + fmt.finish(seq.finish_reason or "abort", use))
+                await resp.write(data + streamer.finish(_counts(seq, sent)))
                 break
             await resp.write(data)
         elif seq.done:
@@ -140,12 +150,11 @@ async def _stream(
     return resp
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await _completion(request, chat=True)
+def _route(wire: Wire) -> Any:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await _serve(request, wire)
 
-
-async def completions(request: web.Request) -> web.StreamResponse:
-    return await _completion(request, chat=False)
+    return handler
 
 
 async def models(request: web.Request) -> web.Response:
@@ -249,8 +258,8 @@ def build_app(pod: SimPod) -> web.Application:
     app = web.Application(middlewares=[_hang], client_max_size=64 * 1024 * 1024)
     app[POD_KEY] = pod
     app.on_response_prepare.append(_identify)
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_post("/v1/completions", completions)
+    for path, wire in WIRES.items():
+        app.router.add_post(path, _route(wire))
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)

@@ -4,8 +4,11 @@ Full-duplex mode (`feed`/`finish`): streaming (SSE) bodies pass through chunk by
 model name must be restored, only complete lines are forwarded so a name split across chunks is
 still rewritten; non-streaming bodies are held to the end, read whole and rewritten. STREAMED
 mode (`feed_inline`/`finish`): every chunk is answered on its own, rewritten in place.
-Usage comes from the last SSE event that carries it, or the JSON body; without usage, output
-tokens are estimated by counting events.
+Usage comes from the SSE events that carry it, or the JSON body, in each API's own shape: OpenAI
+chat and completions (`prompt_tokens`, `completion_tokens`), embeddings (`prompt_tokens` only),
+Responses (`input_tokens`, `output_tokens`, under `response` in its stream's last event) and
+Anthropic messages (`input_tokens` and cache reads in `message_start`, `output_tokens` in
+`message_delta`). Without usage, output tokens are estimated by counting events.
 """
 
 from __future__ import annotations
@@ -101,16 +104,46 @@ class ResponseFollower:
             obj = orjson.loads(payload)
         except orjson.JSONDecodeError:
             return
-        usage = obj.get("usage") if isinstance(obj, dict) else None
-        if not isinstance(usage, dict):
+        usage = _usage_of(obj)
+        if usage is None:
             return
         self.saw_usage = True
-        self.prompt_tokens = _int(usage.get("prompt_tokens"))
-        self.output_tokens = _int(usage.get("completion_tokens"))
-        details = usage.get("prompt_tokens_details")
-        if isinstance(details, dict):
-            self.cached_tokens = _int(details.get("cached_tokens"))
+        # each count is taken where the event has it: an Anthropic stream tells the input at
+        # its start and the output at its end
+        prompt = _int(usage, "prompt_tokens", "input_tokens")
+        if prompt is not None:
+            extra = [
+                _int(usage, k) for k in ("cache_read_input_tokens", "cache_creation_input_tokens")
+            ]
+            self.prompt_tokens = prompt + sum(e or 0 for e in extra)
+        output = _int(usage, "completion_tokens", "output_tokens")
+        if output is not None:
+            self.output_tokens = output
+        cached = _int(usage, "cache_read_input_tokens")
+        for key in ("prompt_tokens_details", "input_tokens_details"):
+            details = usage.get(key)
+            if isinstance(details, dict):
+                cached = _int(details, "cached_tokens")
+        if cached is not None:
+            self.cached_tokens = cached
 
 
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and value >= 0 else 0
+def _usage_of(obj: object) -> dict[str, object] | None:
+    """The usage object of an answer or event: at its top, or in the `message` (Anthropic's
+    message_start) or `response` (Responses' last events) it carries."""
+    if not isinstance(obj, dict):
+        return None
+    usage = obj.get("usage")
+    for key in ("message", "response"):
+        if usage is None and isinstance(obj.get(key), dict):
+            usage = obj[key].get("usage")
+    return usage if isinstance(usage, dict) else None
+
+
+def _int(usage: dict[str, object], *keys: str) -> int | None:
+    """The first of `keys` that holds a count (None: none does)."""
+    for key in keys:
+        value = usage.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import orjson
 import pytest
 
@@ -68,14 +70,19 @@ async def test_burst_spreads_by_in_flight_before_metrics_catch_up() -> None:
     assert sorted(picks.count(a) for a in set(picks)) == [3, 3, 3]
 
 
-async def test_unknown_model_goes_to_the_only_pool_unless_registration_is_required() -> None:
+async def test_unknown_model_is_404_unless_passed_on_or_the_pool_serves_anything() -> None:
     store = seed_store()
     other = orjson.dumps({"model": "someone-else", "prompt": "x"})
-    assert (await director(store).handle({}, other)).pool == "default/llama2-gpu-pool"
-    strict = director(store, protocol=ProtocolSettings(require_registered_models=True))
     with pytest.raises(ModelNotFound) as info:
-        await strict.handle({}, other)
-    assert info.value.status == 404
+        await director(store).handle({}, other)
+    assert info.value.status == 404 and "someone-else" in info.value.message
+    passing = director(store, protocol=ProtocolSettings(pass_unknown_models=True))
+    assert (await passing.handle({}, other)).pool == "default/llama2-gpu-pool"
+    served = orjson.dumps({"model": "meta-llama/Llama-2-7b-chat-hf", "prompt": "x"})
+    assert (await director(store).handle({}, served)).pool == "default/llama2-gpu-pool"
+    strict = director(store, protocol=ProtocolSettings(require_registered_models=True))
+    with pytest.raises(ModelNotFound):
+        await strict.handle({}, served)
 
 
 async def test_canary_split_lands_within_one_point_of_its_weight() -> None:
@@ -216,10 +223,12 @@ async def test_priority_policy_from_the_route(
     store = seed_store(models=models)
     for address in ("127.0.0.2:8000", "127.0.0.3:8000", "127.0.0.4:8000"):
         store.set_metrics(address, fresh())  # room everywhere: nothing is shed
-    d = director(store, protocol=ProtocolSettings(trust_control_headers=True))
+    # without an InferenceModel, the name is one the pool does not declare: passed on to it
+    passing = ProtocolSettings(pass_unknown_models=True)
+    d = director(store, protocol=replace(passing, trust_control_headers=True))
     headers = {"x-gateway-priority-policy": policy}
     if client is not None:
         headers["x-request-priority"] = client
     assert (await d.handle(headers, CHAT)).priority == expected
-    untrusted = director(store)
+    untrusted = director(store, protocol=passing)
     assert (await untrusted.handle(headers, CHAT)).priority == (model_priority or 0)
