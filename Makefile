@@ -16,8 +16,8 @@ run: $(STAMP)
 	$(BIN)/epp up
 
 lint: $(STAMP)
-	$(BIN)/ruff check epp tests
-	$(BIN)/ruff format --check epp tests
+	$(BIN)/ruff check epp tests loadtest
+	$(BIN)/ruff format --check epp tests loadtest
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -4,7 +4,9 @@ For each workload: measure the cluster's capacity (a saturating closed loop thro
 least-request balancer), then for every router and every rate (fractions of that capacity)
 start a fresh simulator process (`epp sim`, so caches start cold and equal) and the router,
 send open-loop Poisson arrivals of streaming requests for a fixed time, and stop both.
-Writes `<out>/<date>-<workload>.md|.json|.png` (report.py). Every child process is stopped on
+Writes `<out>/<workload>.md|.json|.png` (report.py), `<out>` by default the run's own folder
+`loadtest/results/<YYYY-MM-DD>-<HHMM>-bench[-<tag>]/` (loadtest.record), and then regenerates
+the index of runs there (loadtest.results). Every child process is stopped on
 the way out, also on Ctrl-C, SIGTERM or failure; the whole run has a wall-clock budget.
 `loadtest.matrix` drives `Bench` cell by cell (`capacity`, `run_points`, `write`).
 """
@@ -13,12 +15,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import json
 import math
 import os
-import platform
 import resource
 import shlex
 import signal
@@ -33,6 +33,8 @@ from typing import Any
 from epp.sim.profiles import get_profile
 from loadtest.bench import client, report, stats
 from loadtest.bench.routers import Children, RouterSpec, SimPod, settle, start_router, start_sim
+from loadtest.record import Record, command_text, router_profile_text, run_folder
+from loadtest.results.index import refresh_if_inside
 from loadtest.workloads import (
     ANNOUNCED,
     LENGTHS,
@@ -131,8 +133,12 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--length-cap", type=int, default=1024, help="max_tokens with --lengths cap")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--out", type=Path, default=Path("loadtest/results"))
-    p.add_argument("--tag", default="", help="suffix of the output file names")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="the run's folder (default loadtest/results/<YYYY-MM-DD>-<HHMM>-bench[-<tag>])",
+    )
+    p.add_argument("--tag", default="", help="suffix of the default run folder's name")
     p.add_argument(
         "--samples", action="store_true", help="also write every request's sample (JSON lines)"
     )
@@ -183,16 +189,6 @@ def lengths_text(a: argparse.Namespace) -> str:
     return f"hidden from the routers ({cap})"
 
 
-def machine_text() -> str:
-    cpu = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{platform.node()}, {os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}"
-
-
 def load_text() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -207,10 +203,26 @@ class Bench:
             for i in range(args.pods)
         ]
         self.deadline = time.monotonic() + args.budget_minutes * 60
-        command = [".venv/bin/python", "-m", "loadtest.bench", *sys.argv[1:]]
-        self.command = " ".join(shlex.quote(x) for x in command)  # for the report header
+        self.started = datetime.now(UTC)
+        if args.out is None:
+            args.out = run_folder("bench", args.tag, self.started)
+        self.tool = "bench"  # the matrix drives a Bench per cell and says "matrix"
+        self.command = command_text(".venv/bin/python -m loadtest.bench", sys.argv[1:])
+
+    def record(self, subject: str) -> Record:
+        """The record of this run for its reports' headers."""
+        a = self.a
+        epp_args = shlex.split(a.epp_args)
+        priorities = a.sheddable_share > 0
+        profiles = [(r, router_profile_text(r, epp_args, priorities)) for r in a.routers.split(",")]
+        return Record.now(self.tool, self.command, profiles, subject, self.started)
 
     async def _with_router(self, spec: RouterSpec) -> str:
+        return await self.start_stack(spec) + "/v1/chat/completions"
+
+    async def start_stack(self, spec: RouterSpec) -> str:
+        """A fresh simulated cluster with `spec` in front of it; the base URL clients use
+        (`loadtest.perf` points inference-perf at it)."""
         await start_sim(self.children, self.pods, sim_args(self.a))
         url = await start_router(
             self.children,
@@ -221,7 +233,7 @@ class Bench:
             self.a.max_num_seqs if self.a.declare_max_num_seqs else 0,
         )
         await settle(1.0)
-        return url + "/v1/chat/completions"
+        return url
 
     async def capacity(self, name: str) -> float:
         a = self.a
@@ -275,7 +287,7 @@ class Bench:
         finally:
             await self.children.stop_all()
         if a.samples:
-            self.write_samples(f"{name}-{spec.name.replace(':', '-')}-{fraction}", samples)
+            self.write_samples(f"{name}-{spec.name.replace(':', '-')}-{fraction:g}", samples)
         by_priority = tuple(
             (p, stats.summarize([x for x in samples if x.priority == p]))
             for p in sorted({x.priority for x in samples} - {""})
@@ -416,8 +428,9 @@ class Bench:
 
     def write_samples(self, stem: str, samples: list[client.Sample]) -> None:
         self.a.out.mkdir(parents=True, exist_ok=True)
-        path = self.a.out / f"{stem}{self.a.tag}.samples.jsonl"
-        path.write_text("".join(json.dumps(dataclasses.asdict(s)) + "\n" for s in samples))
+        path = self.a.out / f"{stem}.samples.jsonl"
+        first = json.dumps({"record": self.record(stem).to_json()}) + "\n"
+        path.write_text(first + "".join(json.dumps(dataclasses.asdict(s)) + "\n" for s in samples))
 
     def write(
         self,
@@ -432,22 +445,23 @@ class Bench:
         remark: str = "",
     ) -> Path:
         """The markdown report (and its JSON, and a PNG with `plot`) as `<out>/<stem>.*`;
-        the stem defaults to `<date>-<workload><tag>`."""
+        the stem defaults to the workload's name. The index of runs is regenerated when `<out>`
+        is a run folder of loadtest/results."""
         a = self.a
-        now = datetime.now(UTC)
-        stem = stem or f"{now:%Y-%m-%d}-{name}{a.tag}"
+        stem = stem or name
         a.out.mkdir(parents=True, exist_ok=True)
+        record = self.record(name)
         header = report.Header(
-            name, self.command, f"{now:%Y-%m-%d %H:%M} UTC", machine_text(),
-            cluster_text(a), capacity, note, a.duration, load_before,
-        )  # fmt: skip
+            name, record, cluster_text(a), capacity, note, a.duration, load_before
+        )
         plots: list[str] = []
         if points and plot:
-            png = report.plot(points, a.out / f"{stem}.png", f"{name}: p90 latency vs rate")
-            plots.append(str(png))
+            title = f"{name}: p90 latency vs rate"
+            plots.append(str(report.plot(points, a.out / f"{stem}.png", title, record)))
         report.write_json(a.out / f"{stem}.json", header, points)
         path: Path = a.out / f"{stem}.md"
         path.write_text(report.render_markdown(header, points, unavailable, plots, remark))
+        refresh_if_inside(a.out)
         return path
 
 
@@ -498,7 +512,11 @@ def run_with_children(
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_with_children("epp-bench-", amain, make_parser().parse_args(argv))
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.out is not None and args.tag:
+        parser.error("--tag names the default run folder; with --out, name the folder itself")
+    return run_with_children("epp-bench-", amain, args)
 
 
 if __name__ == "__main__":

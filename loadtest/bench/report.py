@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadtest.bench.stats import RunStats
+from loadtest.record import Record
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +35,7 @@ class Point:
 @dataclass(frozen=True, slots=True)
 class Header:
     workload: str
-    command: str
-    date: str
-    machine: str
+    record: Record  # commit, command, machine, date, scheduling as run
     cluster: str
     capacity: float
     capacity_note: str
@@ -167,10 +166,10 @@ def render_markdown(
 ) -> str:
     h = header
     lines = [
-        f"# Benchmark: {h.workload} workload, {h.date}",
+        f"# Benchmark: {h.workload} workload, {h.record.date}",
         "",
-        f"- command: `{h.command}`",
-        f"- machine: {h.machine}; load average before the run: {h.load_before}",
+        *h.record.markdown(),
+        f"- load average before the run: {h.load_before}",
         f"- cluster: {h.cluster}",
         f"- capacity: {h.capacity:.2f} req/s ({h.capacity_note}); each rate point runs "
         f"{h.duration:.0f} s of open-loop Poisson arrivals on a freshly started cluster and router",
@@ -210,15 +209,18 @@ def render_markdown(
 
 
 def write_json(path: Path, header: Header, points: Sequence[Point]) -> None:
+    fields = {f.name: getattr(header, f.name) for f in dataclasses.fields(header)}
     data = {
-        "header": dataclasses.asdict(header),
+        "record": header.record.to_json(),
+        "header": {k: v for k, v in fields.items() if k != "record"},
         "points": [dataclasses.asdict(p) for p in points],
     }
     path.write_text(json.dumps(data, indent=1, default=str))
 
 
-def plot(points: Sequence[Point], path: Path, title: str) -> Path:
-    """TTFT p90 and e2e p90 against offered rate, one line per router."""
+def plot(points: Sequence[Point], path: Path, title: str, record: Record) -> Path:
+    """TTFT p90 and e2e p90 against offered rate, one line per router; the PNG's text chunks
+    name the run's commit and command."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -244,6 +246,7 @@ def plot(points: Sequence[Point], path: Path, title: str) -> Path:
     axes[1].legend(fontsize=8, loc="upper left")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    meta = {"Description": f"commit {record.commit}", "Comment": record.command}
+    fig.savefig(path, dpi=90, metadata=meta)
     plt.close(fig)
     return path

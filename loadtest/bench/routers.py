@@ -102,8 +102,10 @@ class Children:
         self.children: list[ChildProcess] = []
         self.started: dict[int, float] = {}  # id(child) -> time.monotonic() at start
 
-    async def start(self, name: str, argv: Sequence[str]) -> ChildProcess:
-        child = ChildProcess(name, argv, self.run_dir / f"{name}.log")
+    async def start(
+        self, name: str, argv: Sequence[str], env: dict[str, str] | None = None
+    ) -> ChildProcess:
+        child = ChildProcess(name, argv, self.run_dir / f"{name}.log", env)
         self.children.append(child)
         self.started[id(child)] = time.monotonic()
         await child.start()

@@ -3,10 +3,12 @@
 For each cell of `cells.CELLS` (or `--cells`): measure its capacity once (the benchmark's
 closed loop through Envoy least-request, or `--capacity`), then for each seed of `--seeds` run
 every router at the cell's load (0.9x capacity) with `loadtest.bench`'s `Bench`, a fresh
-simulator and router per point, and write the cell's report
-(`<out>/<date>-<cell>-s<seed>.md|.json`). After each cell the summary
-(`<out>/<date>-summary.md|.json`, summary.py) is rewritten, so an interrupted run keeps what it
-measured. The whole run has a wall-clock budget; cells or points past it are listed as skipped.
+simulator and router per point, and write the cell's report (`<out>/<cell>-s<seed>.md|.json`).
+After each cell the summary (`<out>/summary.md|.json`, summary.py) is rewritten, so an
+interrupted run keeps what it measured. `<out>` is by default the run's own folder,
+`loadtest/results/<YYYY-MM-DD>-<HHMM>-matrix[-<tag>]/` (loadtest.record), and the index of runs
+there is regenerated after each write (loadtest.results). The whole run has a wall-clock
+budget; cells or points past it are listed as skipped.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import dataclasses
 import json
 import shlex
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Mapping
@@ -28,6 +29,8 @@ from loadtest.bench import __main__ as bench
 from loadtest.bench.routers import Children
 from loadtest.matrix import summary
 from loadtest.matrix.cells import CELLS, Cell, select
+from loadtest.record import Record, command_text, router_profile_text, run_folder
+from loadtest.results.index import refresh_if_inside
 
 ROUTERS = (
     "epp:gpu-aware,envoy:LEAST_REQUEST,vllm-router:cache_aware,vllm-router:power_of_two,"
@@ -65,8 +68,12 @@ def make_parser() -> argparse.ArgumentParser:
         + ",".join(f"{m}={b:g}" for m, b in summary.TIES.items()),
     )
     p.add_argument("--epp-args", default="", help="extra `epp serve` flags")
-    p.add_argument("--out", type=Path, default=Path("loadtest/results/matrix"))
-    p.add_argument("--tag", default="", help="suffix of the output file names")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="the run's folder (default loadtest/results/<YYYY-MM-DD>-<HHMM>-matrix[-<tag>])",
+    )
+    p.add_argument("--tag", default="", help="suffix of the default run folder's name")
     p.add_argument("--list", action="store_true", help="print the cells and exit")
     p.add_argument(
         "--summarize", type=Path, metavar="JSON", help="render a summary JSON again and exit"
@@ -108,17 +115,28 @@ class Matrix:
         self.given = capacities(args.capacity, self.cells)
         self.deadline = time.monotonic() + args.budget_minutes * 60
         self.started = datetime.now(UTC)
-        self.stem = f"{self.started:%Y-%m-%d}"
+        if args.out is None:
+            args.out = run_folder("matrix", args.tag, self.started)
         self.runs: list[summary.Run] = []
         self.measured: dict[str, float] = {}
         self.notes: list[str] = []  # what did not run, and why
-        self.code = code_text()
+        epp_args = shlex.split(args.epp_args)
+        routers = args.routers.split(",")
+        self.record = Record.now(
+            "matrix",
+            command_text(".venv/bin/python -m loadtest.matrix", sys.argv[1:]),
+            [(r, router_profile_text(r, epp_args)) for r in routers],
+            ", ".join(c.name for c in self.cells),
+            self.started,
+        )
 
     def _bench(self, cell: Cell, seed: int) -> bench.Bench:
         argv = bench_argv(cell, self.a, seed)
         b = bench.Bench(bench.make_parser().parse_args(argv), self.children)
         b.deadline = self.deadline
-        b.command = ".venv/bin/python -m loadtest.bench " + " ".join(shlex.quote(x) for x in argv)
+        b.tool = "matrix"
+        b.started = self.started
+        b.command = command_text(".venv/bin/python -m loadtest.bench", argv)
         return b
 
     async def run_cell(self, cell: Cell) -> None:
@@ -140,7 +158,7 @@ class Matrix:
             ]
             self.notes += [f"{cell.name} (seed {seed}): {r}: {why}" for r, why in unavailable]
             again = f"-r{repeat}" if self.seeds.count(seed) > 1 else ""
-            stem = f"{self.stem}-{cell.name}-s{seed}{again}{self.a.tag}"
+            stem = f"{cell.name}-s{seed}{again}"
             text = f"Matrix cell **{cell.name}** ({cell.varies}): {cell.describe()}."
             path = b.write(cell.mix, capacity, note, load_before, points, unavailable, stem,
                            plot=False, remark=text)  # fmt: skip
@@ -165,7 +183,6 @@ class Matrix:
 
     def header(self) -> list[str]:
         minutes = (datetime.now(UTC) - self.started).total_seconds() / 60
-        argv = " ".join(shlex.quote(x) for x in sys.argv[1:])
         caps = ", ".join(f"{n} {r:.2f}" for n, r in self.measured.items())
         again = "-r<repeat>" if len(set(self.seeds)) < len(self.seeds) else ""
         durations = (
@@ -176,15 +193,14 @@ class Matrix:
         return [
             f"# Benchmark matrix, {self.started:%Y-%m-%d %H:%M} UTC",
             "",
-            f"- command: `.venv/bin/python -m loadtest.matrix {argv}`",
-            f"- machine: {bench.machine_text()}; {minutes:.0f} minutes",
-            f"- code: {self.code}",
+            *self.record.markdown(),
+            f"- took {minutes:.0f} minutes",
             f"- seeds: {self.a.seeds}; {durations} s of Poisson arrivals per point at each "
             "cell's load (0.9x its capacity), then at most "
             f"{self.a.drain:g} s for stragglers; a fresh simulator and router per point",
             f"- capacity (req/s): {caps or '-'}",
             "- values are seconds (means over repeats); per-cell reports: "
-            f"`{self.stem}-<cell>-s<seed>{again}{self.a.tag}.md` beside this file",
+            f"`<cell>-s<seed>{again}.md` beside this file",
             *(["", "Not run:", "", *(f"- {n}" for n in self.notes)] if self.notes else []),
         ]
 
@@ -194,34 +210,18 @@ class Matrix:
         routers = a.routers.split(",")
         cells = [(c.name, f"{c.varies}; {c.describe()}") for c in self.cells]
         data = {
-            "header": self.header(), "cells": cells, "routers": routers, "ties": a.tie,
+            "record": self.record.to_json(), "header": self.header(), "cells": cells,
+            "routers": routers, "ties": a.tie,
             "capacity": self.measured,
             "runs": [dataclasses.asdict(r) for r in self.runs],
         }  # fmt: skip
-        stem = a.out / f"{self.stem}-summary{a.tag}"
-        stem.with_suffix(".json").write_text(json.dumps(data, indent=1))
+        out: Path = a.out
+        (out / "summary.json").write_text(json.dumps(data, indent=1))
         text = summary.render(self.runs, cells, routers, a.tie, self.header())
-        path = stem.with_suffix(".md")
+        path = out / "summary.md"
         path.write_text(text)
+        refresh_if_inside(out)
         return path
-
-
-def code_text() -> str:
-    """The commit the run's code comes from (this directory's checkout), and whether tracked
-    files differ from it."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return f"commit {head}" + (" with uncommitted changes" if dirty else "")
 
 
 def rerender(path: Path, ties: Mapping[str, float]) -> str:
@@ -260,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         for c in CELLS:
             print(f"{c.name:24s} {c.describe()}\n{'':24s} {c.varies}")
         return 0
+    if args.out is not None and args.tag:
+        make_parser().error("--tag names the default run folder; with --out, name it yourself")
     select(args.cells)
     return bench.run_with_children("epp-matrix-", amain, args)
 

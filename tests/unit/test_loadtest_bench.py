@@ -14,6 +14,7 @@ from loadtest.bench.client import Sample, _usage_of, only, priorities
 from loadtest.bench.report import Header, Point, priority_table, render_markdown, verdict
 from loadtest.bench.routers import Children, RouterSpec, SimPod, epp_manifests
 from loadtest.bench.stats import completion_rate, percentile, pods_per_group, summarize
+from loadtest.record import Record, epp_profile_text
 from loadtest.workloads import workload
 
 
@@ -156,9 +157,14 @@ def test_verdict_names_the_peers_we_do_not_beat() -> None:
     assert "envoy:LEAST_REQUEST" not in lines.split("epp:gpu-aware")[1]
 
 
+RECORD = Record(
+    "bench", "abc1234-dirty", "python -m loadtest.bench", "vm", "2026-01-01 00:00 UTC",
+    (("epp:gpu-aware", epp_profile_text("gpu-aware")),),
+)  # fmt: skip
+
+
 def test_markdown_has_a_verdict_for_every_rate() -> None:
-    header = Header("sharegpt", "python -m loadtest.bench", "2026-01-01 00:00 UTC",
-                    "vm", "4 pods", 5.0, "measured", 30.0, "0.5 0.5 0.5")  # fmt: skip
+    header = Header("sharegpt", RECORD, "4 pods", 5.0, "measured", 30.0, "0.5 0.5 0.5")
     points = [_point(router, 0.5, fraction) for fraction in (0.9, 1.2)
               for router in ("epp:gpu-aware", "envoy:LEAST_REQUEST")]  # fmt: skip
     text = render_markdown(header, points, [], [])
@@ -166,12 +172,13 @@ def test_markdown_has_a_verdict_for_every_rate() -> None:
 
 
 def test_markdown_has_command_table_unavailable_and_plots(tmp_path: Path) -> None:
-    header = Header("shared-prefix", "python -m loadtest.bench", "2026-01-01 00:00 UTC",
-                    "vm", "4 pods", 5.0, "measured", 30.0, "0.5 0.5 0.5")  # fmt: skip
+    header = Header("shared-prefix", RECORD, "4 pods", 5.0, "measured", 30.0, "0.5 0.5 0.5")
     text = render_markdown(header, [_point("epp:gpu-aware", 0.2)],
                            [("sglang-router:cache_aware", "not installed")],
                            [str(tmp_path / "x.png")])  # fmt: skip
     assert "`python -m loadtest.bench`" in text
+    assert "- commit: `abc1234-dirty`" in text and "- date: 2026-01-01 00:00 UTC" in text
+    assert "  - epp:gpu-aware: gpu-aware: gpu-utilization-filter, prefix" in text
     assert "| **epp:gpu-aware** | 4.50 (0.90) | 10 | 10 | 0 |" in text
     assert "- sglang-router:cache_aware: not installed" in text
     assert "![x](x.png)" in text

@@ -342,8 +342,9 @@ def test_a_written_summary_renders_again_with_other_bands(tmp_path: Path) -> Non
     matrix = Matrix(args, Children(tmp_path))
     matrix.runs = [run(OURS, 0.8, cell="sharegpt"), run(SG, 1.0, cell="sharegpt")]
     path = matrix.write()
-    assert path.name.endswith("-summary.md")
-    assert "\n- code: " in path.read_text()
+    assert path == tmp_path / "summary.md"
+    assert "\n- commit: `" in path.read_text()
+    assert json.loads(path.with_suffix(".json").read_text())["record"]["tool"] == "matrix"
     assert "| all | 2 | 0 | 1 | 0 |" in path.read_text()  # p90 TTFT's band is ±25 %
     data = json.loads(path.with_suffix(".json").read_text())
     assert data["runs"][0] == dataclasses.asdict(matrix.runs[0])

@@ -1,0 +1,3 @@
+"""The benchmark results: one folder per run, `<YYYY-MM-DD>-<HHMM>-<tool>[-<tag>]/`, and the
+generated index `README.md` (`python -m loadtest.results index`, index.py). `archive/` keeps
+the experiments from before runs recorded their commit; nothing links to it as current."""
