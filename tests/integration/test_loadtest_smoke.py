@@ -117,14 +117,15 @@ async def test_bench_runs_ours_and_envoy_and_writes_the_table(tmp_path: Path) ->
     out, _ = await asyncio.wait_for(proc.communicate(), 80)
     text = out.decode(errors="replace")
     assert proc.returncode == 0, text
-    (md,) = tmp_path.glob("*-shared-prefix.md")
-    table = md.read_text()
+    table = (tmp_path / "shared-prefix.md").read_text()
     assert "| **epp:gpu-aware** | 3.00 (1.00) |" in table, table
     assert "| envoy:LEAST_REQUEST | 3.00 (1.00) |" in table
     assert "errors" in table and "FAILED" not in text
-    assert list(tmp_path.glob("*-shared-prefix.png"))
-    (raw,) = tmp_path.glob("*-shared-prefix.json")
-    points = json.loads(raw.read_text())["points"]
+    assert "\n- commit: `" in table and "  - epp:gpu-aware: gpu-aware: " in table
+    assert (tmp_path / "shared-prefix.png").exists()
+    data = json.loads((tmp_path / "shared-prefix.json").read_text())
+    assert data["record"]["tool"] == "bench" and data["record"]["commit"]
+    points = data["points"]
     assert [p["router"] for p in points] == ["epp:gpu-aware", "envoy:LEAST_REQUEST"]
     for p in points:
         assert p["stats"]["ok"] == p["stats"]["sent"] > 0, p
