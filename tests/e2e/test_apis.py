@@ -9,11 +9,15 @@ and any path with the `x-model-name` header, so the clients send that header, as
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anthropic
+import httpx
 import openai
+import orjson
 import pytest
 import pytest_asyncio
 
@@ -108,3 +112,59 @@ async def test_anthropic_messages_streamed_and_not(claude: anthropic.AsyncAnthro
     assert len(text.split()) == 4
     total = final.usage.input_tokens + (final.usage.cache_read_input_tokens or 0)
     assert total == answer.usage.input_tokens + (answer.usage.cache_read_input_tokens or 0)
+
+
+# ---- requests that are what they say ---------------------------------------------------------
+
+
+async def post(stack: LocalStack, body: bytes, **headers: str) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=stack.url, timeout=30) as client:
+        return await client.post(
+            "/v1/chat/completions",
+            content=body,
+            headers={"content-type": "application/json", **headers},
+        )
+
+
+def chat_body(model: str = MODEL) -> bytes:
+    return orjson.dumps(
+        {"model": model, "messages": [{"role": "user", "content": "hi " * 50}], "max_tokens": 3}
+    )
+
+
+def assert_error(response: httpx.Response, status: int, reason: str, words: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["x-gateway-inference-error"] == reason
+    assert "x-inference-pod" not in response.headers  # answered by the EPP, no pod bothered
+    error = response.json()["error"]
+    assert error["code"] == status and words in error["message"]
+
+
+async def test_bad_names_and_bodies_get_clear_errors_and_the_next_request_is_served(
+    stack: LocalStack,
+) -> None:
+    assert_error(await post(stack, chat_body("nonexistent")), 404, "ModelNotFound", "nonexistent")
+    long_name = await post(stack, chat_body("x" * 10_000))
+    assert_error(long_name, 400, "BadRequest", "10000 characters long")
+    assert_error(await post(stack, chat_body("llama\n2")), 400, "BadRequest", "'\\n' at position 5")
+    assert_error(
+        await post(stack, chat_body(), **{"content-encoding": "gzip"}),
+        400, "BadRequest", "labelled gzip but is not gzip data",
+    )  # fmt: skip
+    assert_error(
+        await post(stack, b"\x1b\x00\x00", **{"content-encoding": "br"}),
+        415, "UnsupportedMediaType", "'br' is not supported",
+    )  # fmt: skip
+    bomb = gzip.compress(b'{"model": "x", "prompt": "' + b"a" * (40 << 20) + b'"}')
+    assert len(bomb) < 100_000
+    assert_error(
+        await post(stack, bomb, **{"content-encoding": "gzip"}),
+        413, "RequestTooLarge", "decoded from gzip exceeds",
+    )  # fmt: skip
+    for encoding, packed in (("gzip", gzip.compress(chat_body())),
+                             ("deflate", zlib.compress(chat_body()))):  # fmt: skip
+        served = await post(stack, packed, **{"content-encoding": encoding})
+        assert served.status_code == 200, served.text
+        assert served.json()["model"] == MODEL and served.json()["usage"]["completion_tokens"] == 3
+    after = await post(stack, chat_body())
+    assert after.status_code == 200 and after.json()["model"] == MODEL
