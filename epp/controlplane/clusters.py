@@ -4,7 +4,10 @@ Per pool: an ORIGINAL_DST cluster keyed on `x-gateway-destination-endpoint` (whe
 goes) and, for FailOpen pools, a `…/fallback` cluster of the pool's known pods that serves the
 requests the EPP could not answer. Per EPP address: an HTTP/2 cluster for ext_proc, and one
 ext_proc filter per (EPP, failure mode), disabled in the chain and enabled by the routes that go
-to one of its pools. Settings match `gateway/envoy.yaml`. `translate` assembles them.
+to one of its pools. An EPP address may name several replicas (`h1:p,h2:p`) or a DNS name that
+resolves to several (a headless Service): Envoy spreads ext_proc streams over them, checks their
+gRPC health, ejects one that refuses connections and retries a stream that could not start on
+another (docs/replicas.md). Settings match `gateway/envoy.yaml`. `translate` assembles them.
 """
 
 from __future__ import annotations
@@ -82,6 +85,64 @@ def service_cluster_name(backend: ServiceBackend) -> str:
     return f"service/{backend.key}/{backend.port}"
 
 
+# Envoy's view of EPP replicas: a gRPC health check on the ext_proc port (the EPP serves health
+# there too), fast enough that a crashed or draining replica gets no new streams within a
+# second or two; a replica refusing connections is ejected before the next check.
+EPP_HEALTH_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+EPP_HEALTH_INTERVAL_S = 1.0
+
+
+def epp_health_checks() -> list[dict[str, Any]]:
+    return [
+        {
+            "timeout": "1s",
+            "interval": f"{EPP_HEALTH_INTERVAL_S:g}s",
+            "unhealthy_threshold": 1,
+            "healthy_threshold": 1,
+            "no_traffic_interval": f"{EPP_HEALTH_INTERVAL_S:g}s",
+            "grpc_health_check": {"service_name": EPP_HEALTH_SERVICE},
+        }
+    ]
+
+
+def epp_outlier_detection() -> dict[str, Any]:
+    return {
+        "split_external_local_origin_errors": True,
+        "consecutive_local_origin_failure": 1,
+        "enforcing_consecutive_local_origin_failure": 100,
+        "consecutive_5xx": 1000000,  # ext_proc answers are never 5xx: only connection errors
+        "interval": "1s",
+        "base_ejection_time": "2s",
+        "max_ejection_percent": 100,
+        "successful_active_health_check_uneject_host": True,
+    }
+
+
+def epp_stream_retry() -> dict[str, Any]:
+    """A stream that never reached a replica (refused, reset before a reply) starts again on
+    another one; a stream a replica answered is never retried (its decision stands)."""
+    return {
+        "retry_on": "connect-failure,refused-stream,reset-before-request,unavailable",
+        "num_retries": 2,
+        "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.1s"},
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.retry.host"
+                    ".previous_hosts.v3.PreviousHostsPredicate"
+                },
+            }
+        ],
+        "host_selection_retry_max_attempts": 3,
+    }
+
+
+def epp_replicas(address: str) -> list[tuple[str, int]]:
+    """The replicas an EPP address names: `host:port` or `h1:p1,h2:p2,…`."""
+    return [_split(part.strip()) for part in address.split(",") if part.strip()]
+
+
 def _split(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port)
@@ -124,8 +185,14 @@ def epp_tls_socket() -> dict[str, Any]:
 
 
 def epp_cluster(address: str, tls: bool) -> dict[str, Any]:
-    host, port = _split(address)
-    cluster = _static(epp_cluster_name(address), [(host, port)], dns=not _is_ip(host))
+    replicas = epp_replicas(address)
+    dns = not all(_is_ip(host) for host, _ in replicas)
+    cluster = _static(epp_cluster_name(address), replicas, dns=dns)
+    if dns:  # a headless Service: one host per ready replica, re-read as replicas come and go
+        cluster["dns_refresh_rate"] = "2s"
+        cluster["respect_dns_ttl"] = False
+    cluster["health_checks"] = epp_health_checks()
+    cluster["outlier_detection"] = epp_outlier_detection()
     if tls:
         cluster["transport_socket"] = epp_tls_socket()
     cluster["typed_extension_protocol_options"] = {
@@ -174,7 +241,11 @@ def ext_proc_filter(address: str, fail_open: bool, options: TranslateOptions) ->
             "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3"
             ".ExternalProcessor",
             "grpc_service": {
-                "envoy_grpc": {"cluster_name": epp_cluster_name(address), "authority": "epp"},
+                "envoy_grpc": {
+                    "cluster_name": epp_cluster_name(address),
+                    "authority": "epp",
+                    "retry_policy": epp_stream_retry(),
+                },
                 "timeout": "10s",
             },
             "failure_mode_allow": fail_open,

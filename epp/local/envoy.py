@@ -1,4 +1,5 @@
-"""Envoy for the local stack: the bootstrap in gateway/envoy.yaml with this run's ports."""
+"""Envoy for the local stack: the bootstrap in gateway/envoy.yaml with this run's ports and EPP
+replicas (`EnvoyPorts.epps`; the ext_proc cluster health-checks and spreads over them)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class EnvoyPorts:
     admin: int = 9901
     ext_proc: int = 9002
     host: str = "127.0.0.1"
+    epps: tuple[tuple[str, int], ...] = ()  # EPP replicas; none: one at 127.0.0.1:ext_proc
 
 
 def envoy_binary() -> str:
@@ -66,10 +68,11 @@ def render_bootstrap(
         if cluster["name"] == "ext_proc" and ext_proc_tls:
             cluster["transport_socket"] = epp_tls_socket()
         if cluster["name"] == "ext_proc":
-            address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
-            address["endpoint"]["address"]["socket_address"].update(
-                address="127.0.0.1", port_value=ports.ext_proc
-            )
+            epps = ports.epps or (("127.0.0.1", ports.ext_proc),)
+            cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] = [
+                {"endpoint": {"address": {"socket_address": {"address": h, "port_value": p}}}}
+                for h, p in epps
+            ]
     return config
 
 
