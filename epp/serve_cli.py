@@ -13,6 +13,7 @@ from pathlib import Path
 
 from epp.gpu import GpuSettings
 from epp.kube.flags import add_arguments as add_kube_arguments
+from epp.peers.sharing import PeerSettings
 from epp.scrape.scraper import ScrapeSettings
 from epp.settings import (
     FlowSettings,
@@ -190,6 +191,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=_default(SaturationSettings, "sheddable_reserve"),
         help="share of each server's batch kept free of sheddable requests",
     )
+    _add_replica_arguments(p)
     p.add_argument(
         "--sd-queue-depth", type=int, default=_default(SaturationSettings, "queue_depth")
     )
@@ -198,6 +200,61 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--sd-staleness", type=float, default=_default(SaturationSettings, "staleness_seconds")
+    )
+
+
+def _add_replica_arguments(p: argparse.ArgumentParser) -> None:
+    r = p.add_argument_group("Replicas and workers (docs/replicas.md)")
+    r.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=_default(ServerSettings, "workers"),
+        help="worker processes behind the same ext_proc port (SO_REUSEPORT); each is a replica "
+        "with metrics and peer ports numbered from the given ones",
+    )
+    r.add_argument(
+        "--replica-name",
+        default=_default(PeerSettings, "name"),
+        help="this replica's name among its peers; in Kubernetes its pod name "
+        "(default: host name and process id)",
+    )
+    r.add_argument(
+        "--peers",
+        default="",
+        metavar="HOST:PORT,...",
+        help="the other replicas' peer (UDP) addresses, to share in-flight counts with",
+    )
+    r.add_argument(
+        "--peer-service",
+        default=_default(PeerSettings, "service"),
+        metavar="NAME",
+        help="with --kubernetes: find the other replicas in this Service's EndpointSlices",
+    )
+    r.add_argument("--peer-service-namespace", default=_default(PeerSettings, "service_namespace"))
+    r.add_argument(
+        "--peer-port",
+        type=int,
+        default=_default(PeerSettings, "port"),
+        help="UDP port this replica receives its peers' in-flight counts on",
+    )
+    r.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=_default(ServerSettings, "drain_seconds"),
+        help="on SIGTERM, seconds NOT_SERVING while still answering, so proxies move away first",
+    )
+
+
+def peer_settings_from(args: argparse.Namespace) -> PeerSettings:
+    """`--peers` and friends as the replica's sharing settings (ValueError: a bad address)."""
+    from epp.peers.sharing import parse_peers
+
+    return PeerSettings(
+        name=args.replica_name,
+        port=args.peer_port,
+        peers=parse_peers(args.peers),
+        service=args.peer_service or None,
+        service_namespace=args.peer_service_namespace,
     )
 
 
@@ -211,6 +268,7 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, ScrapeSettings, G
             metrics_port=args.metrics_port,
             secure_serving=args.secure_serving or bool(args.cert_path),
             cert_path=args.cert_path,
+            drain_seconds=args.drain_seconds,
         ),
         protocol=ProtocolSettings(
             max_body_bytes=args.max_body_bytes,
@@ -255,8 +313,12 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         endpoints = parse_endpoints(args.endpoints)
+        peers = peer_settings_from(args)
     except ValueError as exc:
         print(f"epp serve: {exc}", file=sys.stderr)
+        return 2
+    if peers.service is not None and not args.kubernetes:
+        print("epp serve: --peer-service needs --kubernetes", file=sys.stderr)
         return 2
     if not endpoints and not args.manifests and not args.kubernetes:
         print(
@@ -293,10 +355,38 @@ def run(args: argparse.Namespace) -> int:
         from epp.kube.flags import config_from_args
 
         kube = config_from_args(args)
+    if args.workers > 1:
+        return _run_workers(args, peers)
     config = ServeConfig(
-        settings, tuple(args.manifests), endpoints, scrape, gpu, kube, scheduler_config
+        settings, tuple(args.manifests), endpoints, scrape, gpu, kube, scheduler_config, peers=peers
     )
     return run_serve(config)
+
+
+def _run_workers(args: argparse.Namespace, peers: PeerSettings) -> int:
+    """The same command line as N worker processes, each with its own ports and the others as
+    its peers (`epp.workers`)."""
+    import socket
+
+    from epp.workers import python_argv, run_workers, without_workers, worker_argv
+
+    if args.metrics_port == 0 or args.peer_port == 0:
+        print("epp serve: --workers needs fixed --metrics-port and --peer-port", file=sys.stderr)
+        return 2
+    base = python_argv(without_workers(sys.argv[1:]))
+    name = args.replica_name or socket.gethostname()
+    argvs = [
+        worker_argv(base, i, args.workers, args.metrics_port, args.peer_port, name, peers.peers)
+        for i in range(args.workers)
+    ]
+    return run_workers(argvs)
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def _non_negative_int(text: str) -> int:

@@ -2,9 +2,10 @@
 
 Builds the datastore, director and scheduler, then serves ext_proc over gRPC, gRPC health and the
 Prometheus/debug HTTP server; its background loops (resource feed, scraper, GPU poller, Kubernetes
-controller) run under one `epp.tasks.TaskOwner`, which restarts a crashed loop with backoff. While
-a resource feed is down, readiness is NOT_SERVING. On SIGTERM: health → NOT_SERVING, gRPC stop
-with a grace period, loops cancelled and awaited, clients closed.
+controller, sharing with other replicas) run under one `epp.tasks.TaskOwner`, which restarts a
+crashed loop with backoff. While a resource feed is down, readiness is NOT_SERVING. On SIGTERM:
+health → NOT_SERVING (Envoy checks it on the ext_proc port and sends new streams to other
+replicas), gRPC stop with a grace period, loops cancelled and awaited, clients closed.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from epp.gpu import GpuPoller, GpuSettings
 from epp.health import Health
 from epp.kvevents.subscriber import KvEventsSubscriber
 from epp.observability import EppMetrics
+from epp.peers.sharing import PeerSettings, PeerSharing
 from epp.routing import Router
 from epp.scheduling.config import load_config
 from epp.scheduling.output_length import OutputLengths
@@ -68,6 +70,7 @@ class ServeConfig:
     scheduler_config: object = None  # a decoded EndpointPickerConfig document
     reload_interval: float = 0.5
     restart: Backoff = field(default_factory=Backoff)  # delays before a crashed loop runs again
+    peers: PeerSettings = field(default_factory=PeerSettings)  # other replicas of this EPP
 
 
 class EppServer:
@@ -123,6 +126,7 @@ class EppServer:
         self._applied: ResourceSet | None = None  # the last set the datastore took
         self._stopping = False
         self.kv_events: list[KvEventsSubscriber] = []  # one per precise prefix scorer
+        self.peers: PeerSharing | None = None
         self.grpc_port = 0
         self.health_port = 0
         self.metrics_port = 0
@@ -135,6 +139,8 @@ class EppServer:
             ExternalProcessor(self.tracking, self.config.settings.protocol),
             self._grpc,
         )
+        # health on the ext_proc port too: Envoy checks each replica where it sends streams
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._grpc)
         address = f"{s.grpc_host}:{s.grpc_port}"
         if s.secure_serving:
             cert, key = load_pair(s.cert_path) if s.cert_path else self_signed()
@@ -157,6 +163,7 @@ class EppServer:
         self.tasks.spawn("scraper", scraper.run)
         if self.config.gpu.prometheus_url:
             self.tasks.spawn("gpu", GpuPoller(self.store, self.config.gpu).run)
+        self._share_with_peers()
         for i, precise in enumerate(precise_scorers(self.profiles)):
             events = KvEventsSubscriber(
                 precise.index, self.store.endpoints, precise.events, prefill=precise.prefill
@@ -191,6 +198,27 @@ class EppServer:
             if kube.controller is not None:
                 self.tasks.spawn("kube-controller", kube.controller.run)
         await self._update_readiness()
+
+    def _share_with_peers(self) -> None:
+        settings = self.config.peers
+        if not settings.enabled:
+            return
+        peers = self.peers = PeerSharing(
+            self.store, settings, self.config.settings.server.grpc_host
+        )
+        self.tasks.spawn("peers", peers.run)
+        if settings.service is not None and self._kube is not None:
+            from epp.peers.kube import EndpointSliceDiscovery
+
+            discovery = EndpointSliceDiscovery(
+                self._kube.api,
+                settings.service_namespace,
+                settings.service,
+                settings.name,
+                settings.port,
+                settings.discovery_interval,
+            )
+            self.tasks.spawn("peer-discovery", lambda: discovery.run(peers.set_targets))
 
     async def _ready_after(self, _synced: bool) -> None:
         """The Kubernetes feed applied a full set: on a restart, that is when it runs again."""
@@ -262,6 +290,7 @@ class EppServer:
         app.router.add_get("/metrics", self._serve_metrics)
         app.router.add_get("/debug/endpoints", self._serve_endpoints)
         app.router.add_get("/debug/lengths", self._serve_lengths)
+        app.router.add_get("/debug/peers", self._serve_peers)
         app.router.add_get("/healthz", self._serve_healthz)
         return app
 
@@ -274,6 +303,13 @@ class EppServer:
     async def _serve_lengths(self, request: web.Request) -> web.Response:
         """What answers of each model have been: the lengths requests are planned with."""
         return web.json_response({"models": self.director.lengths.snapshot()})
+
+    async def _serve_peers(self, request: web.Request) -> web.Response:
+        """The other replicas this one shares in-flight counts with, and the traffic between."""
+        peers = self.peers
+        return web.json_response(
+            {"sharing": peers is not None, **(peers.snapshot() if peers is not None else {})}
+        )
 
     async def _serve_healthz(self, request: web.Request) -> web.Response:
         return web.json_response(

@@ -21,6 +21,7 @@ class ServerSettings:
     metrics_port: int = 9090
     grace_seconds: float = 5.0  # in-flight streams get this long to finish on shutdown
     drain_seconds: float = 1.0  # NOT_SERVING but still answering, so proxies move away first
+    workers: int = 1  # processes behind these ports (SO_REUSEPORT), each one replica
     secure_serving: bool = False  # TLS on the ext_proc port
     cert_path: str | None = None  # folder with tls.crt/tls.key; self-signed when unset
 

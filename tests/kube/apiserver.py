@@ -46,6 +46,8 @@ CORE = [
     Kind("", "v1", "namespaces", "Namespace", namespaced=False),
     Kind("apps", "v1", "deployments", "Deployment"),
     Kind("coordination.k8s.io", "v1", "leases", "Lease", has_status=False),
+    Kind("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+    Kind("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", has_status=False),
     Kind("rbac.authorization.k8s.io", "v1", "roles", "Role", has_status=False),
     Kind("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", has_status=False),
     Kind("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False, False),

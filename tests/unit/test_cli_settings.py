@@ -14,6 +14,7 @@ from epp.controlplane.clusters import TranslateOptions
 from epp.gpu import GpuSettings
 from epp.kube import flags as kube_flags
 from epp.local.stack import StackConfig
+from epp.peers.sharing import PeerSettings
 from epp.scrape.scraper import ScrapeSettings
 from epp.serve_cli import settings_from
 from epp.settings import (
@@ -56,6 +57,12 @@ FROM_SETTINGS: dict[tuple[str, str], tuple[type[Any], str]] = {
     ("serve", "--prometheus-url"): (GpuSettings, "prometheus_url"),
     ("serve", "--gpu-query"): (GpuSettings, "query"),
     ("serve", "--gpu-interval"): (GpuSettings, "interval"),
+    ("serve", "--workers"): (ServerSettings, "workers"),
+    ("serve", "--drain-seconds"): (ServerSettings, "drain_seconds"),
+    ("serve", "--peer-port"): (PeerSettings, "port"),
+    ("serve", "--peer-service-namespace"): (PeerSettings, "service_namespace"),
+    ("up", "--epp-replicas"): (StackConfig, "epp_replicas"),
+    ("up", "--peer-port"): (StackConfig, "peer_port"),
     ("up", "--port"): (StackConfig, "listener_port"),
     ("up", "--https-port"): (StackConfig, "https_port"),
     ("up", "--xds-port"): (StackConfig, "xds_port"),

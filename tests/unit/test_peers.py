@@ -1,0 +1,143 @@
+"""Replica state sharing: the datagram, and two replicas' datastores agreeing over real UDP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from epp.api.model import ResourceSet
+from epp.datastore import Datastore
+from epp.peers.kube import peers_of
+from epp.peers.sharing import PeerSettings, PeerSharing, parse_peers
+from epp.peers.wire import Announcement, decode, encode
+from tests.factories import model, pod, pool
+
+POOL = "default/llama2-gpu-pool"
+A, B = "10.0.0.1:8000", "10.0.0.2:8000"
+
+
+def store() -> Datastore:
+    s = Datastore()
+    s.apply_resources(
+        ResourceSet((pool(),), (model(),), (pod("a", "10.0.0.1"), pod("b", "10.0.0.2")))
+    )
+    return s
+
+
+def flights(s: Datastore) -> dict[str, int]:
+    return {st.address: st.in_flight for st in s.candidates(POOL)}
+
+
+def test_announcements_round_trip_and_bad_ones_are_named() -> None:
+    note = Announcement("epp-0", 7, {A: (2, 300), B: (0, 0)})
+    assert decode(encode(note)) == note
+    for bad, problem in [
+        (b"{", "not JSON"),
+        (b'{"v": 2}', "version 1"),
+        (b'{"v": 1, "r": "", "s": 1, "f": []}', "replica name"),
+        (b'{"v": 1, "r": "x", "s": -1, "f": []}', "sequence"),
+        (b'{"v": 1, "r": "x", "s": 1, "f": [["a", 1]]}', "bad in-flight entry"),
+        (b'{"v": 1, "r": "x", "s": 1, "f": [["a", 1, true]]}', "bad in-flight entry"),
+    ]:
+        with pytest.raises(ValueError, match=problem):
+            decode(bad)
+
+
+def test_peer_addresses_are_checked() -> None:
+    assert parse_peers("127.0.0.1:9004, 127.0.1.1:9004") == ("127.0.0.1:9004", "127.0.1.1:9004")
+    with pytest.raises(ValueError, match="not host:port"):
+        parse_peers("127.0.0.1")
+
+
+def test_endpoint_slices_name_the_other_ready_replicas() -> None:
+    slices = [
+        {
+            "ports": [{"name": "peers", "port": 9104, "protocol": "UDP"}],
+            "endpoints": [
+                {"addresses": ["10.1.0.1"], "targetRef": {"name": "epp-a"}},
+                {"addresses": ["10.1.0.2"], "targetRef": {"name": "epp-b"}},
+                {"addresses": ["10.1.0.3"], "conditions": {"ready": False}},
+                {"addresses": ["fd00::4"], "targetRef": {"name": "epp-d"}},
+                {"addresses": ["10.1.0.5"], "conditions": {"terminating": True}},
+            ],
+        }
+    ]
+    assert peers_of(slices, "epp-a", "peers", 9004) == ["10.1.0.2:9104", "[fd00::4]:9104"]
+    assert peers_of([{"endpoints": [{"addresses": ["10.1.0.9"]}]}], "", "peers", 9004) == [
+        "10.1.0.9:9004"
+    ]
+
+
+@contextlib.asynccontextmanager
+async def sharing(
+    s: Datastore, name: str, port: int, peer: int, expiry: float = 1.0
+) -> AsyncIterator[PeerSharing]:
+    settings = PeerSettings(
+        name=name, port=port, peers=(f"127.0.0.1:{peer}",), heartbeat=0.05, expiry=expiry
+    )
+    peers = PeerSharing(s, settings, "127.0.0.1")
+    task = asyncio.create_task(peers.run())
+    try:
+        yield peers
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def until(check: object, timeout: float = 2.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():  # type: ignore[operator]
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+async def test_two_replicas_see_each_others_requests_and_forget_a_silent_one() -> None:
+    from tests.ports import free_ports
+
+    port_a, port_b = free_ports(2)
+    one, two = store(), store()
+    async with sharing(one, "epp-0", port_a, port_b) as a:
+        async with sharing(two, "epp-1", port_b, port_a):
+            lease = one.lease(A, 120)
+            await until(lambda: flights(two) == {A: 1, B: 0})
+            assert two.candidates(POOL)[0].in_flight_tokens == 120
+            assert two.own_in_flight() == {}  # what a peer said is never passed on
+            other = two.lease(A, 10)
+            await until(lambda: flights(one) == {A: 2, B: 0})
+            lease.release()
+            await until(lambda: flights(two) == {A: 1, B: 0})
+            other.release()
+            await until(lambda: flights(one) == {A: 0, B: 0})
+            snapshot = a.snapshot()
+            assert snapshot["sent"] and snapshot["received"]  # type: ignore[truthy-bool]
+            assert set(snapshot["peers"]) == {"epp-1"}  # type: ignore[arg-type]
+            third = two.lease(B, 5)
+            await until(lambda: flights(one)[B] == 1)
+        # epp-1 is gone (crashed, or cut off): its requests stop counting after `expiry`
+        await until(lambda: flights(one)[B] == 0)
+        third.release()
+
+
+async def test_garbage_datagrams_are_counted_and_ignored() -> None:
+    from tests.ports import free_ports
+
+    (port,) = free_ports(1)
+    s = store()
+    async with sharing(s, "epp-0", port, port + 1) as peers:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, remote_addr=("127.0.0.1", port)
+        )
+        transport.sendto(b"garbage")
+        transport.sendto(encode(Announcement("epp-9", 1, {A: (4, 4)})))
+        await until(lambda: flights(s)[A] == 4)
+        transport.sendto(encode(Announcement("epp-9", 1, {A: (9, 9)})))  # not newer: dropped
+        transport.sendto(encode(Announcement("epp-9", 2, {A: (1, 1)})))
+        await until(lambda: flights(s)[A] == 1)
+        transport.close()
+        assert peers.stats.refused == 1
