@@ -67,6 +67,13 @@ def _up_parser(sub: _Sub) -> None:
     p.add_argument("--health-port", type=int, default=_default(StackConfig, "health_port"))
     p.add_argument("--metrics-port", type=int, default=_default(StackConfig, "metrics_port"))
     p.add_argument(
+        "--epp-replicas",
+        type=int,
+        default=_default(StackConfig, "epp_replicas"),
+        help="EPP replicas serving at once (127.0.0.1, 127.0.1.1, …; docs/replicas.md)",
+    )
+    p.add_argument("--peer-port", type=int, default=_default(StackConfig, "peer_port"))
+    p.add_argument(
         "--run-dir",
         type=Path,
         default=_default(StackConfig, "run_dir"),
@@ -172,6 +179,8 @@ def _up(args: argparse.Namespace) -> int:
         epp_port=args.epp_port,
         health_port=args.health_port,
         metrics_port=args.metrics_port,
+        epp_replicas=args.epp_replicas,
+        peer_port=args.peer_port,
         run_dir=args.run_dir,
         failure_mode_allow=args.fail_open,
         epp_tls=args.secure_serving,
@@ -189,4 +198,7 @@ def _up(args: argparse.Namespace) -> int:
     except (RuntimeError, TimeoutError) as exc:
         print(f"epp up: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # a configuration the stack refuses (e.g. 0 replicas)
+        print(f"epp up: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -16,7 +16,7 @@ def controlplane_argv(
     manifests: Sequence[Path],
     xds_port: int,
     status_port: int,
-    epp_port: int,
+    epp_addresses: str,
     listen_host: str,
     http_port: int,
     https_port: int,
@@ -25,7 +25,7 @@ def controlplane_argv(
 ) -> list[str]:
     argv = [sys.executable, "-m", "epp", "controlplane",
             "--xds-port", str(xds_port), "--status-port", str(status_port),
-            "--epp-address", f"127.0.0.1:{epp_port}", "--single-epp",
+            "--epp-address", epp_addresses, "--single-epp",
             "--listen-host", listen_host, "--port-map", f"443={https_port}",
             "--plain-http-port", str(http_port), "--plain-any-host",
             "--cert-dir", str(cert_dir), "--interval", "0.5"]  # fmt: skip

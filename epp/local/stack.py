@@ -3,14 +3,14 @@
 Pools in the seed's shape ask for `spec.deployment.replicas` pods; pools without a deployment
 and without Pod manifests selecting them get `default_replicas`. Pods get their own loopback
 addresses (127.0.0.2, 127.0.0.3, …) on the pool's target port, like pod IPs, and are declared
-to the EPP as Pod manifests in the run folder, exactly as a cluster would list them.
+to the EPP as Pod manifests in the run folder, exactly as a cluster would list them. The EPP
+runs as `epp_replicas` replicas (`epp.local.replicas`) that Envoy spreads ext_proc streams over.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +32,7 @@ from epp.local.gateway import (
 )
 from epp.local.pods import plan_pods, split_address
 from epp.local.processes import ChildProcess, wait_until
+from epp.local.replicas import EppReplicas
 from epp.sim.cluster import SimCluster, SimPodSpec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,6 +59,9 @@ class StackConfig:
     xds_port: int = 18000
     status_port: int = 18001
     epp_args: tuple[str, ...] = ()
+    epp_replicas: int = 1  # EPP processes serving every pool at once
+    peer_port: int = 9004  # UDP: the replicas share their in-flight counts on it
+    share_peers: bool = True  # False: replicas know nothing of each other (benchmarks compare)
     sim_options: dict[str, Any] = field(default_factory=dict)
     envoy_patch: Callable[[dict[str, Any]], None] | None = None  # tests: adjust the bootstrap
 
@@ -68,11 +72,24 @@ class LocalStack:
         self.run_dir = config.run_dir or Path(tempfile.mkdtemp(prefix="epp-up-"))
         self.resources = ResourceSet()
         self.sim: SimCluster | None = None
-        self.epp: ChildProcess | None = None
+        self.replicas: EppReplicas | None = None
         self.envoy: ChildProcess | None = None
         self.controlplane: ChildProcess | None = None
         self.pods: list[SimPodSpec] = []
         self.gateway_status: dict[str, Any] = {}
+
+    @property
+    def epp(self) -> ChildProcess | None:
+        """The first EPP replica (the only one, unless `epp_replicas` asks for more)."""
+        return self.replicas.first if self.replicas is not None else None
+
+    @property
+    def epp_addresses(self) -> str:
+        """Where the EPP replicas serve ext_proc, as the control plane takes it."""
+        c = self.config
+        if self.replicas is None:
+            return f"127.0.0.1:{c.epp_port}"
+        return ",".join(f"{h}:{p}" for h, p in self.replicas.ext_proc)
 
     @property
     def url(self) -> str:
@@ -122,7 +139,7 @@ class LocalStack:
     async def start_controlplane(self, pods_file: Path) -> None:
         c = self.config
         argv = controlplane_argv(
-            (*c.manifests, pods_file), c.xds_port, c.status_port, c.epp_port, c.host,
+            (*c.manifests, pods_file), c.xds_port, c.status_port, self.epp_addresses, c.host,
             c.listener_port, c.https_port, self.run_dir / "certs", c.epp_tls,
         )  # fmt: skip
         self.controlplane = ChildProcess("controlplane", argv, self.run_dir / "controlplane.log")
@@ -145,10 +162,10 @@ class LocalStack:
         self.gateway_status = await gateway_status(c.status_port)
 
     async def start_epp(self, pods_file: Path | None = None) -> None:
+        """Start every EPP replica (again, after a test killed them) and wait until ready."""
         c = self.config
         pods_file = pods_file or self.run_dir / "pods.yaml"
         argv = [
-            sys.executable,
             "-m",
             "epp",
             "serve",
@@ -158,22 +175,27 @@ class LocalStack:
             str(c.health_port),
             "--metrics-port",
             str(c.metrics_port),
+            "--peer-port",
+            str(c.peer_port),
             *(["--secure-serving"] if c.epp_tls else []),
             # behind the control plane's routes, which strip client copies of the x-gateway-*
             # headers and set the trusted ones (priority policy, pool pin)
             *(["--trust-control-headers"] if self.uses_control_plane else []),
+            *(["--drain-seconds", "2"] if c.epp_replicas > 1 else []),  # > Envoy's check period
             *c.epp_args,
         ]
         for path in (*c.manifests, pods_file):
             argv += ["--manifests", str(path)]
-        self.epp = ChildProcess("epp", argv, self.run_dir / "epp.log")
-        await self.epp.start()
-        ready_url = f"http://127.0.0.1:{c.metrics_port}/healthz"
-        await wait_until(lambda: _http_ok(ready_url), "the EPP to be ready", 30, self.epp)
+        self.replicas = EppReplicas(
+            c.epp_replicas, argv, c.epp_port, c.metrics_port, self.run_dir, _http_ok,
+            c.peer_port, share=c.share_peers,
+        )  # fmt: skip
+        await self.replicas.start()
 
     async def start_envoy(self) -> None:
         c = self.config
-        ports = EnvoyPorts(c.listener_port, c.admin_port, c.epp_port, c.host)
+        epps = self.replicas.ext_proc if self.replicas is not None else ()
+        ports = EnvoyPorts(c.listener_port, c.admin_port, c.epp_port, c.host, epps)
         config_path = self.run_dir / "envoy.yaml"
         # every endpoint the EPP may name (declared pods without a server stay unreachable)
         known = {(p.host, p.port) for p in self.pods}
@@ -192,9 +214,11 @@ class LocalStack:
         await wait_until(lambda: _http_ok(ready_url), "Envoy to be ready", 30, self.envoy)
 
     async def stop(self) -> None:
-        for child in (self.envoy, self.controlplane, self.epp):
+        for child in (self.envoy, self.controlplane):
             if child is not None:
                 await child.stop()
+        if self.replicas is not None:
+            await self.replicas.stop(grace=5.0)
         if self.sim is not None:
             with contextlib.suppress(Exception):
                 await self.sim.__aexit__(None, None, None)

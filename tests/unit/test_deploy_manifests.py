@@ -167,6 +167,7 @@ NEEDED = {
     ("apps", "deployments", "update"),
     ("coordination.k8s.io", "leases", "get"), ("coordination.k8s.io", "leases", "create"),
     ("coordination.k8s.io", "leases", "update"),
+    ("discovery.k8s.io", "endpointslices", "list"),
 }  # fmt: skip
 
 
@@ -217,6 +218,31 @@ def test_epp_deployment_probes_service_and_account() -> None:
     assert pod["serviceAccountName"] in accounts
     for binding in by_kind("ClusterRoleBinding") + by_kind("RoleBinding"):
         assert {s["name"] for s in binding["subjects"]} <= accounts
+
+
+def test_epp_runs_three_replicas_that_find_each_other_and_survive_disruptions() -> None:
+    (epp,) = [d for d in by_kind("Deployment") if d["metadata"]["name"] == "epp"]
+    assert epp["spec"]["replicas"] == 3
+    assert epp["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pod = epp["spec"]["template"]["spec"]
+    terms = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert {t["podAffinityTerm"]["topologyKey"] for t in terms} >= {"kubernetes.io/hostname"}
+    (box,) = pod["containers"]
+    args = dict(a.split("=", 1) for a in box["args"] if "=" in a)
+    (service,) = [s for s in by_kind("Service") if s["metadata"]["name"] == "epp"]
+    assert service["spec"]["clusterIP"] == "None"  # DNS answers with every replica
+    assert args["--peer-service"] == service["metadata"]["name"]
+    (peers,) = [p for p in service["spec"]["ports"] if p["name"] == "peers"]
+    assert peers["protocol"] == "UDP" and int(args["--peer-port"]) == peers["port"]
+    assert any(p["name"] == peers["targetPort"] for p in box["ports"])
+    drain = float(args["--drain-seconds"])
+    assert drain > 1.0  # longer than Envoy's health-check interval
+    assert pod["terminationGracePeriodSeconds"] > drain + 5
+    (pdb,) = by_kind("PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= (
+        epp["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert 0 < pdb["spec"]["minAvailable"] < epp["spec"]["replicas"]
 
 
 def _grants(roles: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
