@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint unit e2e bench clean
+.PHONY: run test lint unit e2e bench inference-perf clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,5 +27,9 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/pytest -m bench -s -q
 
+# inference-perf (its own Python >= 3.12 venv, made once) against ours and a peer; see docs/benchmarks.md
+inference-perf: $(STAMP)
+	$(BIN)/python -m loadtest.perf
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-inference-perf .mypy_cache .ruff_cache .pytest_cache
