@@ -79,7 +79,7 @@ def command_text(program: str, argv: Sequence[str]) -> str:
         else:
             words.append(_outside(arg))
         after_out = arg == "--out"
-    return " ".join(shlex.quote(w) for w in words)
+    return " ".join([program, *(shlex.quote(w) for w in words[1:])])
 
 
 ABSOLUTE = re.compile(r"(?<![\w./:])/(?:[\w.+-]+/)+([\w.+-]+)")

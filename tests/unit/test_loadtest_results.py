@@ -76,6 +76,7 @@ def test_a_command_names_no_folder_of_the_machine() -> None:
         ["--out", "/tmp/lead/x", "--epp-args", "--scheduler-config /home/me/c.yaml",
          f"{REPO}/loadtest/results/y", "--out=/srv/z", "http://127.0.0.1:9/v1"],
     )  # fmt: skip
+    assert text.startswith(".venv/bin/python -m loadtest.bench --out ")
     assert "/tmp" not in text and "/home" not in text and str(REPO) not in text
     assert "--out '<out>'" in text and "'--out=<out>'" in text
     assert "<dir>/c.yaml" in text and " loadtest/results/y " in text
