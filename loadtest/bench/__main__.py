@@ -33,7 +33,13 @@ from typing import Any
 from epp.sim.profiles import get_profile
 from loadtest.bench import client, report, stats
 from loadtest.bench.routers import Children, RouterSpec, SimPod, settle, start_router, start_sim
-from loadtest.record import Record, command_text, router_profile_text, run_folder
+from loadtest.record import (
+    Record,
+    command_text,
+    describe_commit,
+    router_profile_text,
+    run_folder,
+)
 from loadtest.results.index import refresh_if_inside
 from loadtest.workloads import (
     ANNOUNCED,
@@ -204,6 +210,7 @@ class Bench:
         ]
         self.deadline = time.monotonic() + args.budget_minutes * 60
         self.started = datetime.now(UTC)
+        describe_commit()  # taken (and kept) now: the commit the run starts from
         if args.out is None:
             args.out = run_folder("bench", args.tag, self.started)
         self.tool = "bench"  # the matrix drives a Bench per cell and says "matrix"
