@@ -16,9 +16,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Protocol
 
+from epp.answer_lengths import AnswerBatch, EngineAnswers
 from epp.api.model import ModelRoute, PodInfo, Pool, ResourceSet
 from epp.errors import NoEndpoints
 from epp.hardware import HEALTH_DRAIN, capacity_of
+from epp.prefill_pace import PrefillPaces
 from epp.types import Endpoint, EndpointMetrics, EndpointState, GpuMetrics
 
 log = logging.getLogger(__name__)
@@ -117,6 +119,10 @@ class Datastore:
         self._limits: dict[str, int] = {}  # learned concurrency limit per address
         self._tpot: dict[str, float] = {}  # moving average of seconds per output token
         self._pace_from: dict[str, tuple[float, float]] = {}  # engine ITL sum, count at last sample
+        self._prefill = PrefillPaces()  # seconds per computed prompt token, from engine counters
+        self._answers = EngineAnswers()
+        # where batches of answers the engines report go (the output-length model); None: nowhere
+        self.on_answers: Callable[[AnswerBatch], None] | None = None
         self._listeners: list[Callable[[str], None]] = []
         self.synced = False
 
@@ -158,6 +164,8 @@ class Datastore:
                 self._learner.forget(gone)
             self._tpot.pop(gone, None)
             self._pace_from.pop(gone, None)
+            self._prefill.forget(gone)
+            self._answers.forget(gone)
         by_pod: dict[str, list[str]] = {}
         for per_pool in states.values():
             for address, state in per_pool.items():
@@ -179,6 +187,7 @@ class Datastore:
             self._health.get(ep.address, True),
             self._limits.get(ep.address) or ep.max_num_seqs,
             self._tpot.get(ep.address, 0.0),
+            self._prefill.get(ep.address),
         )
 
     # ---- reads (hot path) ------------------------------------------------------------------
@@ -245,6 +254,12 @@ class Datastore:
             tpot = self._engine_pace(address, metrics.itl_seconds, metrics.itl_count)
             if tpot is not None:
                 changes["tpot"] = tpot
+        prefill = self._prefill.observe(address, metrics, self._tpot.get(address, 0.0))
+        if prefill is not None:
+            changes["prefill_pace"] = prefill
+        batch = self._answers.observe(address, metrics)
+        if batch is not None and self.on_answers is not None:
+            self.on_answers(batch)
         self._update(address, **changes)
         self._changed(address)
 

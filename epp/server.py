@@ -111,6 +111,7 @@ class EppServer:
         )
         router = Router(self.store, s.protocol)
         lengths = OutputLengths(prior=service_time.typical_output_tokens)
+        self.store.on_answers = lengths.observe_batch  # lengths the engines count
         self.director = Director(
             self.store, router, admission, profiles, s.protocol, lengths=lengths
         )

@@ -36,6 +36,18 @@ class EndpointMetrics:
     # cumulative since it started (None: it exports none); their growth between scrapes is its pace
     itl_seconds: float | None = None
     itl_count: float | None = None
+    # the engine's prefill-time histogram (seconds in the PREFILL phase, requests) and its prompt
+    # and prefix-cache-hit token counters, cumulative (None: not exported); see epp.prefill_pace
+    prefill_seconds: float | None = None
+    prefill_count: float | None = None
+    prompt_tokens: float | None = None
+    cached_tokens: float | None = None
+    # the engine's per-request output-token histogram (`_sum`, `_count`), the requests that ended
+    # on their max_tokens, and the model name it counts them under (epp.answer_lengths)
+    answer_tokens: float | None = None
+    answers: float | None = None
+    answers_at_cap: float | None = None
+    answers_model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +93,9 @@ class EndpointState:
     # seconds per output token the EPP measured on this endpoint's recent responses (moving
     # average); 0 = not measured yet. A slow GPU shows here before anywhere else.
     tpot: float = 0.0
+    # seconds per prompt token the endpoint must compute (not cached), from its engine's prefill
+    # histogram and token counters (epp.prefill_pace); 0 = not measured yet
+    prefill_pace: float = 0.0
 
     @property
     def load(self) -> int:

@@ -7,7 +7,9 @@ Where the cap does tell the length (most answers run into it: a client that anno
 length, or a short cap), the cap itself is the plan. Until `min_samples` answers are seen, the
 plan is the cap, else the configured typical length (the prior). The learned mean also replaces
 the prior as the "typical request" that scales queue waits and patience. Neighbours: the
-request tracker (`epp.tracking`) calls `observe` when an answer ends; the director asks `plan`
+request tracker (`epp.tracking`) calls `observe` when an answer whose body it read ends, and the
+datastore hands on what the engines count (`observe_batch`, see `epp.answer_lengths`), so lengths
+are learned even where no response body crosses ext_proc; the director asks `plan`
 and hands the result to admission and the scheduler (`SchedulingRequest.expected_output_tokens`).
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from epp.answer_lengths import AnswerBatch
 from epp.scheduling.service_time import TYPICAL_OUTPUT_TOKENS
 
 WINDOW = 512  # answers remembered per model
@@ -90,6 +93,22 @@ class OutputLengths:
         stats.version += 1
         if stats.version % REFRESH_EVERY == 0 or len(stats.lengths) <= self._min_samples:
             stats.refresh()
+
+    def observe_batch(self, batch: AnswerBatch) -> None:
+        """Answers an engine reports finished since its last scrape (`epp.answer_lengths`): their
+        count, mean length and how many ended on their cap. Each counts as an answer of the
+        mean length; the share at the cap moves the cap-hit share by its weight."""
+        if batch.answers < 1 or batch.mean_tokens <= 0:
+            return
+        stats = self._models.get(batch.model)
+        if stats is None:
+            stats = self._models[batch.model] = _ModelLengths(self._window)
+        stats.lengths.extend([max(1, round(batch.mean_tokens))] * min(batch.answers, self._window))
+        stats.capped += batch.answers
+        weight = max(HIT_SMOOTHING, batch.answers / stats.capped)
+        stats.cap_hits += min(1.0, weight) * (batch.at_cap / batch.answers - stats.cap_hits)
+        stats.version += batch.answers
+        stats.refresh()
 
     def plan(self, model: str, cap: int | None) -> LengthPlan:
         """What to plan a request of `model` with `cap` (its max_tokens, if any) for."""

@@ -82,6 +82,10 @@ class Snapshot(tuple[EndpointState, ...]):
         return [c.tpot for c in self]
 
     @cached_property
+    def prefill_pace(self) -> list[float]:
+        return [c.prefill_pace for c in self]
+
+    @cached_property
     def measured_tpot(self) -> list[float]:
         """The paces measured so far (0.0 means not measured yet)."""
         return [p for p in self.tpot if p > 0.0]

@@ -57,12 +57,24 @@ class EngineSpec:
     block_size_value: MetricRef | None = None
     num_blocks_value: MetricRef | None = None
     itl: tuple[str, ...] = ()  # inter-token latency histograms, first found wins
+    prefill: str | None = None  # the prefill-time histogram
+    prompt_tokens: str | None = None  # counters: prompt tokens, and those found in the cache
+    cached_tokens: str | None = None
+    answers: str | None = None  # histogram of output tokens per finished request
+    at_cap: MetricRef | None = None  # counter of requests that ended on their max_tokens
 
     def families(self) -> list[str]:
         refs = [*self.waiting, *self.running, *self.kv_usage]
         refs += [r for r in (self.block_size_value, self.num_blocks_value) if r is not None]
         names = [r.name for r in refs] + [n for n in (self.lora_info, self.cache_info) if n]
         names += [f"{h}{part}" for h in self.itl for part in ("_sum", "_count")]
+        if self.prefill is not None:
+            names += [f"{self.prefill}_sum", f"{self.prefill}_count"]
+        names += [n for n in (self.prompt_tokens, self.cached_tokens) if n]
+        if self.answers is not None:
+            names += [f"{self.answers}_sum", f"{self.answers}_count"]
+        if self.at_cap is not None:
+            names.append(self.at_cap.name)
         return sorted(set(names))
 
 
@@ -83,6 +95,11 @@ ENGINE_SPECS: Mapping[str, EngineSpec] = MappingProxyType(
             cache_info="vllm:cache_config_info",
             # renamed in vLLM 0.11; both names are exported for a while, with equal values
             itl=("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"),
+            prefill="vllm:request_prefill_time_seconds",
+            prompt_tokens="vllm:prompt_tokens_total",
+            cached_tokens="vllm:prefix_cache_hits_total",
+            answers="vllm:request_generation_tokens",
+            at_cap=_ref("vllm:request_success_total", finished_reason="length"),
         ),
         ENGINE_SGLANG: EngineSpec(
             waiting=(_ref("sglang:num_queue_reqs"),),
@@ -286,6 +303,31 @@ def _itl(found: Samples, spec: EngineSpec) -> tuple[float | None, float | None]:
     return None, None
 
 
+def _total(found: Samples, name: str | None) -> float | None:
+    """The sum of a family's series; None when absent or not finite."""
+    values = found.get(name) if name else None
+    if not values:
+        return None
+    total = sum(v for _, v in values)
+    return total if math.isfinite(total) else None
+
+
+def _answers(found: Samples, spec: EngineSpec) -> tuple[float, float, float, str] | None:
+    """Output tokens and count of finished requests, those that ended on their cap, and the
+    model the engine names them by (its `model_name` label); None when not exported."""
+    if spec.answers is None:
+        return None
+    counts = found.get(f"{spec.answers}_count")
+    tokens = _total(found, f"{spec.answers}_sum")
+    count = _total(found, f"{spec.answers}_count")
+    if not counts or tokens is None or count is None:
+        return None
+    at_cap = 0.0
+    if spec.at_cap is not None:
+        at_cap = sum(v for _, v in _matching(found, spec.at_cap) if math.isfinite(v))
+    return tokens, count, at_cap, _labels(counts[0][0]).get("model_name", "")
+
+
 _SCANNERS = {engine: _scanner(spec) for engine, spec in ENGINE_SPECS.items()}
 
 
@@ -311,6 +353,8 @@ def parse_metrics(text: str | bytes, engine: str, now: float) -> EndpointMetrics
         max_lora, active, lora_waiting = _lora(found, spec.lora_info)
     block_size, num_blocks = _cache_info(found, spec)
     itl_seconds, itl_count = _itl(found, spec)
+    prefill = spec.prefill
+    answers = _answers(found, spec)
     return EndpointMetrics(
         waiting=waiting,
         running=running,
@@ -323,4 +367,12 @@ def parse_metrics(text: str | bytes, engine: str, now: float) -> EndpointMetrics
         scraped_at=now,
         itl_seconds=itl_seconds,
         itl_count=itl_count,
+        prefill_seconds=_total(found, prefill and f"{prefill}_sum"),
+        prefill_count=_total(found, prefill and f"{prefill}_count"),
+        prompt_tokens=_total(found, spec.prompt_tokens),
+        cached_tokens=_total(found, spec.cached_tokens),
+        answer_tokens=answers[0] if answers else None,
+        answers=answers[1] if answers else None,
+        answers_at_cap=answers[2] if answers else None,
+        answers_model=answers[3] if answers else None,
     )

@@ -267,6 +267,7 @@ class Engine:
             if seq.first_token_at is None:
                 seq.first_token_at = now
                 st.ttft.observe(max(0.0, now - seq.arrival))
+                st.prefill.observe(max(0.0, now - (seq.scheduled_at or seq.arrival)))
             else:
                 st.itl.observe(now - seq.last_token_at)
             seq.last_token_at = now
@@ -277,6 +278,7 @@ class Engine:
                 kv.release(seq.blocks)
                 seq.blocks = []
                 st.finished[seq.stop_reason] += 1
+                st.generation.observe(seq.generated)
                 st.e2e.observe(now - seq.arrival)
                 finished = True
             out.append(seq)

@@ -127,6 +127,10 @@ def render_vllm(pod: SimPod, now: float, wall: float) -> bytes:
                 "seconds.", base, st.e2e)  # fmt: skip
     p.histogram("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase "
                 "for request.", base, st.queue)  # fmt: skip
+    p.histogram("vllm:request_prefill_time_seconds", "Histogram of time spent in PREFILL phase "
+                "for request.", base, st.prefill)  # fmt: skip
+    p.histogram("vllm:request_generation_tokens", "Number of generation tokens processed.", base,
+                st.generation)  # fmt: skip
     p.histogram("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in "
                 "seconds.", base, st.itl)  # fmt: skip
     return p.text()

@@ -124,6 +124,31 @@ def test_load_gate_breaks_affinity_for_overloaded_holder() -> None:
     assert scorer.score(req(SYSTEM, rid="4"), [ep("a", 19), ep("b", 10)]) == [1.0, 0.0]
 
 
+def test_a_holder_with_a_free_batch_slot_keeps_its_affinity() -> None:
+    """Sticky until saturated: below its batch limit the holder runs the request at once, so
+    the gate does not send it to cold pods however much emptier they are."""
+    scorer = PrefixCacheScorer(gate_slack=4, gate_ratio=0.5, clock=clock)
+    scorer.picked(req(SYSTEM), ep("a"))
+    holder = replace(ep("a", 7), limit=8)
+    assert scorer.score(req(SYSTEM, rid="2"), [holder, ep("b", 0)]) == [1.0, 0.0]
+    full = replace(ep("a", 8), limit=8)  # the request would wait: the gate decides again
+    assert scorer.score(req(SYSTEM, rid="3"), [full, ep("b", 0)]) == [0.0, 0.0]
+
+
+@pytest.mark.parametrize(("prefill_pace", "kept"), [(0.003, True), (0.001, False)])
+def test_a_full_holder_keeps_affinity_while_its_wait_costs_less_than_a_cold_prefill(
+    prefill_pace: float, kept: bool
+) -> None:
+    scorer = PrefixCacheScorer(clock=clock)
+    scorer.picked(req(SYSTEM), ep("a"))
+    # a full batch of 8 at 10 ms a token: the 9th waits 1/8 of a typical (200-token) request,
+    # 0.25 s; the idle pod would compute the 8 blocks (128 tokens) at `prefill_pace` s a token
+    holder = replace(ep("a", 8), limit=8, tpot=0.01)
+    cold = replace(ep("b", 0), limit=8, tpot=0.01, prefill_pace=prefill_pace)
+    scores = scorer.score(req(SYSTEM, rid="2"), [holder, cold])
+    assert scores == ([1.0, 0.0] if kept else [0.0, 0.0])
+
+
 def test_scraped_queue_counts_in_the_gate() -> None:
     scorer = PrefixCacheScorer(clock=clock)
     scorer.picked(req(SYSTEM), ep("a"))

@@ -3,23 +3,32 @@
 Score = matched blocks / prompt blocks, from the approximate index in `prefix_index.py`, which
 this plugin updates after each pick (it is a PickObserver). Block size and per-endpoint index
 capacity auto-tune from `vllm:cache_config_info` (block_size tokens x 4 chars; num_gpu_blocks).
-A load gate breaks affinity when a holder is overloaded, i.e. its load (EPP in-flight requests,
-or scraped waiting + running when fresh and higher) exceeds the pool's least-loaded candidate by
-more than `loadGateRatio` x that minimum + `loadGateSlack`: affinity without it collapses a hot
-prefix onto one pod. The holder then scores 0 and the request seeds a second holder.
+A load gate breaks affinity when the warm cache is not worth its wait. A holder with a free slot in
+its batch (`EndpointState.limit`, learned or declared) keeps it: it runs the request at once.
+A holder whose batch is full keeps it while the wait there (the excess over its batch, drained at
+its decode pace, as the service-time model counts it) is no longer than what the best other pod
+would take: its own wait plus computing the blocks it lacks at its measured prefill pace
+(`EndpointState.prefill_pace`, from the engine's prefill histogram, see `epp.prefill_pace`). So a
+long shared prompt stays where it is cached through a short queue, and a short one moves as
+soon as queueing costs more than recomputing it. Until prefill paces are measured, a holder is
+overloaded when its load (EPP in-flight requests, or scraped waiting + running when fresh and
+higher) exceeds the pool's least-loaded candidate by more than `loadGateRatio` x that minimum +
+`loadGateSlack`. Affinity without a gate collapses a hot prefix onto one pod; a gated holder
+scores 0 and the request seeds a second holder.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from epp.scheduling.base import BuildContext, Clock, SchedulingRequest
 from epp.scheduling.params import Params
 from epp.scheduling.plugins.prefix_index import PrefixIndex, block_hashes
 from epp.scheduling.plugins.signals import DEFAULT_STALENESS, fresh_cutoff
-from epp.scheduling.snapshot import snapshot_of
+from epp.scheduling.service_time import TYPICAL_OUTPUT_TOKENS
+from epp.scheduling.snapshot import Snapshot, snapshot_of
 from epp.types import CHARS_PER_TOKEN, EndpointState
 
 PURGE_EVERY = 4096  # picks between sweeps for endpoints that stopped receiving traffic
@@ -99,24 +108,58 @@ class PrefixCacheScorer:
                 for w, r, ok in zip(snap.waiting, snap.running, snap.fresh(cutoff), strict=True)
             ]
             loads = [f if f > s else s for f, s in zip(snap.in_flight, scraped, strict=True)]
-        limit = min(loads) * (1.0 + self.gate_ratio) + self.gate_slack
         total = float(len(hashes))
         scores = [0.0] * len(candidates)
         addresses = snap.addresses
+        keeps = self._gate(request, snap, loads, counts)
         if len(counts) * 16 < len(addresses):  # few holders: let list.index scan in C
             for address, matched in counts.items():
                 try:
                     i = addresses.index(address)
                 except ValueError:
                     continue  # a holder that is not a candidate this time
-                if loads[i] <= limit:
+                if keeps(i, matched):
                     scores[i] = matched / total
             return scores
         for i, address in enumerate(addresses):
             hit = counts.get(address)
-            if hit is not None and loads[i] <= limit:
+            if hit is not None and keeps(i, hit):
                 scores[i] = hit / total
         return scores
+
+    def _gate(
+        self,
+        request: SchedulingRequest,
+        snap: Snapshot,
+        loads: Sequence[int],
+        counts: dict[str, int],
+    ) -> Callable[[int, int], bool]:
+        """Whether holder i, holding `matched` blocks of the prompt, keeps its affinity."""
+        batches = snap.limit
+        queued = snap.queued_share
+        paces = snap.prefill_pace
+        limit = min(loads) * (1.0 + self.gate_ratio) + self.gate_slack
+        if queued is None or not any(paces):
+            # no batch limit or no prefill pace known: the load-count rule
+            return lambda i, matched: loads[i] <= limit or loads[i] < batches[i]
+        typical = request.typical_output_tokens or TYPICAL_OUTPUT_TOKENS
+        decode = snap.filled_tpot
+        waits = [q * p * typical if q else 0.0 for q, p in zip(queued, decode, strict=True)]
+        matches = [counts.get(a, 0) for a in snap.addresses]
+        block = self.block_size_tokens
+
+        def keeps(i: int, matched: int) -> bool:
+            if loads[i] < batches[i] or not waits[i]:
+                return True  # a free slot: the warm cache costs no wait
+            # the wait here against the best other pod's wait plus the prefill it would add
+            others = [
+                waits[j] + max(0, matched - matches[j]) * block * paces[j]
+                for j in range(len(waits))
+                if j != i and paces[j] > 0.0
+            ]
+            return waits[i] <= min(others) if others else loads[i] <= limit
+
+        return keeps
 
     def picked(self, request: SchedulingRequest, endpoint: EndpointState) -> None:
         now = self._clock()
