@@ -4,13 +4,16 @@ Each match of a rule becomes routes; a rule with several backends becomes one ro
 chosen by a cumulative `runtime_fraction`: Envoy draws one random value per request (the stream
 id), so a request re-matched after ext_proc clears the route cache stays on its backend. A route
 to a pool enables that pool's ext_proc filter and sets the trusted headers; a FailOpen pool gets
-a second route, taken when the EPP set no `envoy.lb` pick, to the pool's pods. `translate` calls
-`route_config`; names and shapes come from `clusters`.
+a second route, taken when the EPP set no `envoy.lb` pick, to the pool's pods. A host that
+routes to a pool also gets, last (so that any rule of the user's matches first), a route for
+`GET /v1/models` through that pool's EPP, which answers it with the model catalog. `translate`
+calls `route_config`; names and shapes come from `clusters`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import replace
 from typing import Any
 
 from epp.controlplane import clusters as cl
@@ -35,18 +38,37 @@ def route_config(
     name: str, attachments: list[Attachment], options: cl.TranslateOptions, fb: Collection[str]
 ) -> dict[str, Any]:
     by_domain: dict[str, dict[tuple[str, int, int], tuple[tuple[Any, ...], list[Any]]]] = {}
+    catalog: dict[str, tuple[Rule, PoolBackend]] = {}  # per domain, the first pool routed to
     for att in attachments:
         for rule in att.rules:
             for i, match in enumerate(rule.matches):
                 entry = (_precedence(match, rule), _routes(rule, i, match, options, fb))
                 for domain in att.domains:
                     by_domain.setdefault(domain, {})[(rule.route, rule.index, i)] = entry
+            pools = [b for b in rule.backends if isinstance(b, PoolBackend)]
+            for domain in att.domains if pools else ():
+                catalog.setdefault(domain, (rule, pools[0]))
     hosts = []
     for domain in sorted(by_domain):
         entries = sorted(by_domain[domain].values(), key=lambda e: e[0])
         routes = [r for _key, found in entries for r in found]
+        if domain in catalog:
+            routes += _catalog_routes(*catalog[domain], options, fb)
         hosts.append({"name": domain, "domains": [domain], "routes": routes})
     return {"name": name, "virtual_hosts": hosts}
+
+
+def _catalog_routes(
+    rule: Rule, backend: PoolBackend, options: cl.TranslateOptions, fb: Collection[str]
+) -> list[dict[str, Any]]:
+    """GET /v1/models[/name] through a pool's EPP, which answers it without asking a pod."""
+    match = {
+        "path_separated_prefix": "/v1/models",
+        "headers": [_header("Exact", ":method", "GET")],
+    }
+    plain = replace(rule, priority=None)
+    pool = replace(backend, pin=False)
+    return _backend_routes("gateway/v1-models", match, pool, plain, options, fb)
 
 
 def _precedence(match: Match, rule: Rule) -> tuple[Any, ...]:

@@ -148,19 +148,29 @@ def error_body(error: EppError) -> bytes:
 
 
 def immediate_reply(error: EppError, request_id: str | None = None) -> pb.ProcessingResponse:
-    extra = [header(REQUEST_ID_HEADER, request_id)] if request_id else []
+    return json_reply(
+        error.status, error_body(error), request_id, [header(ERROR_HEADER, error.reason)],
+        f"epp_{error.reason}",
+    )  # fmt: skip
+
+
+def json_reply(
+    status: int,
+    body: bytes,
+    request_id: str | None = None,
+    extra: Sequence[base_pb2.HeaderValueOption] = (),
+    details: str = "epp_answered",
+) -> pb.ProcessingResponse:
+    """An answer from the EPP itself (an error, or the model catalog): no pod sees the request."""
+    ids = [header(REQUEST_ID_HEADER, request_id)] if request_id else []
     return pb.ProcessingResponse(
         immediate_response=pb.ImmediateResponse(
-            status=http_status_pb2.HttpStatus(code=error.status),
+            status=http_status_pb2.HttpStatus(code=status),
             headers=pb.HeaderMutation(
-                set_headers=[
-                    header("content-type", "application/json"),
-                    header(ERROR_HEADER, error.reason),
-                    *extra,
-                ]
+                set_headers=[header("content-type", "application/json"), *extra, *ids]
             ),
-            body=error_body(error),
-            details=f"epp_{error.reason}",
+            body=body,
+            details=details,
         )
     )
 

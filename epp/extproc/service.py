@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
+from epp.catalog import Catalog
 from epp.extproc.stream import RequestStream
 from epp.settings import ProtocolSettings
 from epp.tracking.tracker import Tracking
@@ -21,6 +23,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
     def __init__(self, tracking: Tracking, protocol: ProtocolSettings) -> None:
         self._tracking = tracking
         self._protocol = protocol
+        self._catalog = Catalog(tracking.store, protocol, int(time.time()))
         counter = tracking.metrics.ext_proc_messages
         self._counted = {kind: counter.labels(kind) for kind in _KINDS}
 
@@ -31,7 +34,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
     ) -> None:
         # Explicit read/write is markedly cheaper than an async-generator servicer in grpc.aio
         # (measured: about 1.4 times the throughput behind Envoy; tests/bench/test_bench_extproc).
-        stream = RequestStream(self._tracking, self._protocol)
+        stream = RequestStream(self._tracking, self._protocol, self._catalog)
         read, write, counted = context.read, context.write, self._counted
         try:
             while True:

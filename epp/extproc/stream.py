@@ -6,6 +6,7 @@ Content-Length, clear_route_cache, envoy.lb metadata) followed by the body in â‰
 chunks. In BUFFERED modes Envoy waits for the header reply, so headers are answered at once and
 the decision rides on the body reply, which replaces the body only when it was rewritten; in
 STREAMED/NONE modes routing happens before the body.
+A GET of /v1/models is the gateway's model catalog (`epp.catalog`), answered here at once.
 Response path: the tracker says from the headers how much of the body it needs; where the proxy
 allows it (not full-duplex), the reply to the headers overrides the response body mode to just
 that, usually none at all. Chunks that do come go to the tracker, which follows usage and
@@ -21,6 +22,7 @@ from collections.abc import Mapping
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mode_pb
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
+from epp.catalog import Catalog
 from epp.errors import EppError, InternalError, RequestTooLarge
 from epp.extproc import messages as m
 from epp.request import Body
@@ -47,9 +49,12 @@ Replies = list[pb.ProcessingResponse]
 
 
 class RequestStream:
-    def __init__(self, tracking: Tracking, protocol: ProtocolSettings) -> None:
+    def __init__(
+        self, tracking: Tracking, protocol: ProtocolSettings, catalog: Catalog | None = None
+    ) -> None:
         self._tracking = tracking
         self._protocol = protocol
+        self._catalog = catalog
         self._headers: Mapping[str, str] = {}
         self._body: list[bytes] = []
         self._size = 0
@@ -97,6 +102,11 @@ class RequestStream:
             hint = self._headers.get(_TRUSTED_SUBSET_HEADER)
             self._subset = [h.strip() for h in hint.split(",") if h.strip()] if hint else None
         if request.request_headers.end_of_stream:
+            catalog, path = self._catalog, self._headers.get(":path", "")
+            if catalog is not None and catalog.asks(self._headers.get(":method", ""), path):
+                return [
+                    m.json_reply(200, catalog.answer(path), self._headers.get(m.REQUEST_ID_HEADER))
+                ]
             tracker = await self._start(Body.NONE)
             return [self._destination_headers(tracker.decision.endpoints[0], None)]
         if self._mode == _FULL_DUPLEX:

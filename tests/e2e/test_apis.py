@@ -168,3 +168,18 @@ async def test_bad_names_and_bodies_get_clear_errors_and_the_next_request_is_ser
         assert served.json()["model"] == MODEL and served.json()["usage"]["completion_tokens"] == 3
     after = await post(stack, chat_body())
     assert after.status_code == 200 and after.json()["model"] == MODEL
+
+
+async def test_the_model_catalog_through_the_gateway(
+    stack: LocalStack, oai: openai.AsyncOpenAI
+) -> None:
+    listed = [m.id async for m in oai.models.list()]
+    assert listed == [MODEL, "meta-llama/Llama-2-7b-chat-hf"]
+    async with httpx.AsyncClient(base_url=stack.url, timeout=10) as client:
+        plain = await client.get("/v1/models")  # no header: the control plane's catalog route
+        one = await client.get(f"/v1/models/{MODEL}")
+        missing = await client.get("/v1/models/nonexistent")
+    assert plain.status_code == 200 and "x-inference-pod" not in plain.headers
+    assert [m["id"] for m in plain.json()["data"]] == listed
+    assert one.json()["id"] == MODEL and one.json()["root"] == "meta-llama/Llama-2-7b-chat-hf"
+    assert_error(missing, 404, "ModelNotFound", "nonexistent")

@@ -138,9 +138,15 @@ def test_seed_routes_enable_the_pool_epp_and_set_trusted_headers(tmp_path: Path)
     assert [r["match"].get("path_separated_prefix", r["match"].get("prefix")) for r in routes] == [
         "/v1/chat/completions",
         "/",
+        "/v1/models",  # last: the catalog, answered by the pool's EPP
     ]
     assert routes[1]["match"]["headers"][0]["name"] == "x-model-name"
-    for route in routes:
+    catalog = routes[2]
+    assert catalog["match"]["headers"] == [{"name": ":method", "string_match": {"exact": "GET"}}]
+    assert (
+        "envoy.filters.http.ext_proc/127.0.0.1:9002/failclose" in catalog["typed_per_filter_config"]
+    )
+    for route in routes[:2]:
         assert route["route"]["cluster"] == "pool/default/llama2-gpu-pool"
         per = route["typed_per_filter_config"]
         assert "envoy.filters.http.ext_proc/127.0.0.1:9002/failclose" in per
