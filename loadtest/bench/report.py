@@ -17,6 +17,7 @@ from pathlib import Path
 
 from loadtest.bench.stats import RunStats
 from loadtest.record import Record
+from loadtest.results.plot import draw
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,34 +220,10 @@ def write_json(path: Path, header: Header, points: Sequence[Point]) -> None:
 
 
 def plot(points: Sequence[Point], path: Path, title: str, record: Record) -> Path:
-    """TTFT p90 and e2e p90 against offered rate, one line per router; the PNG's text chunks
-    name the run's commit and command."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    routers = sorted({p.router for p in points}, key=lambda r: (not is_ours(r), r))
-    for router in routers:
-        mine = sorted(
-            (p for p in points if p.router == router and p.stats.ok), key=lambda p: p.rate
-        )
-        if not mine:
-            continue
-        style = {"linewidth": 2.5} if is_ours(router) else {"linestyle": "--"}
-        rates = [p.rate for p in mine]
-        axes[0].plot(rates, [p.stats.ttft.p90 for p in mine], marker="o", label=router, **style)
-        axes[1].plot(rates, [p.stats.e2e.p90 for p in mine], marker="o", label=router, **style)
-    for ax, what in zip(axes, ("TTFT p90 (s)", "end-to-end p90 (s)"), strict=True):
-        ax.set_xlabel("offered rate (requests/s)")
-        ax.set_ylabel(what)
-        ax.set_yscale("log")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[1].legend(fontsize=8, loc="upper left")
-    fig.suptitle(title)
-    fig.tight_layout()
-    meta = {"Description": f"commit {record.commit}", "Comment": record.command}
-    fig.savefig(path, dpi=90, metadata=meta)
-    plt.close(fig)
-    return path
+    """TTFT p90 and e2e p90 against offered rate, one line per router (loadtest.results.plot);
+    the PNG's text chunks name the run's commit and command."""
+    series: dict[str, list[tuple[float, float, float]]] = {}
+    for p in points:
+        if p.stats.ok:
+            series.setdefault(p.router, []).append((p.rate, p.stats.ttft.p90, p.stats.e2e.p90))
+    return draw(series, path, title, record.commit, record.command)

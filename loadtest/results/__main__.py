@@ -1,4 +1,5 @@
-"""`python -m loadtest.results index [--check]`: regenerate (or check) the index of runs."""
+"""`python -m loadtest.results index [--check]`: regenerate (or check) the index of runs;
+`python -m loadtest.results plot REPORT.json ...`: draw a bench report's PNG again."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from loadtest.record import RESULTS
 from loadtest.results.index import INDEX, problems, render, runs
+from loadtest.results.plot import redraw
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,7 +18,13 @@ def main(argv: list[str] | None = None) -> int:
     index = sub.add_parser("index", help="write loadtest/results/README.md from the run folders")
     index.add_argument("--check", action="store_true", help="fail if it is not current")
     index.add_argument("--root", type=Path, default=RESULTS, help=argparse.SUPPRESS)
+    plot = sub.add_parser("plot", help="draw a bench report's PNG again from its JSON")
+    plot.add_argument("json", type=Path, nargs="+", help="REPORT.json (the PNG goes beside it)")
     a = p.parse_args(argv)
+    if a.command == "plot":
+        for path in a.json:
+            print(f"wrote {redraw(path)}")
+        return 0
     root: Path = a.root
     found = problems(root)
     for line in found:

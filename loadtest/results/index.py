@@ -26,7 +26,7 @@ RUN = re.compile(
     r"(?:-(?P<tag>[A-Za-z0-9][A-Za-z0-9._-]*))?$"
 )
 NOT_RUNS = frozenset({ARCHIVE, "__pycache__", "tmp"})  # tmp/: ignored scratch output
-CODE = frozenset({"README.md", "__init__.py", "__main__.py", "index.py"})
+CODE = frozenset({"README.md", "__init__.py", "__main__.py", "index.py", "plot.py"})
 # an absolute path of a development machine: /work/..., /home/..., /tmp/...
 MACHINE_PATH = re.compile(r"(?<![\w.<>/:])/(?:work|home|root|tmp|Users|mnt|opt|srv|var)/")
 SUFFIXES = (".md", ".json", ".png", ".samples.jsonl")

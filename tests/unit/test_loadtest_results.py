@@ -168,3 +168,16 @@ def test_the_index_command_writes_and_checks(tmp_path: Path) -> None:
     assert results_main(["index", "--check", "--root", str(tmp_path)]) == 0
     (run / "sharegpt.md").write_text("no record\n")
     assert results_main(["index", "--check", "--root", str(tmp_path)]) == 1
+
+
+def test_a_plot_is_drawn_again_from_its_json(tmp_path: Path) -> None:
+    out = tmp_path / "2026-01-02-0304-bench"
+    args = make_parser().parse_args(["--out", str(out), "--routers", "epp:gpu-aware"])
+    Bench(args, Children(tmp_path)).write(
+        "sharegpt", 5.0, "given", "0 0 0", [_point("epp:gpu-aware")], []
+    )
+    (out / "sharegpt.png").unlink()
+    assert results_main(["plot", str(out / "sharegpt.json")]) == 0
+    png = (out / "sharegpt.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and f"commit {describe_commit()}".encode() in png
+    assert problems(tmp_path) == []
