@@ -167,8 +167,8 @@ class Tokenizer:
             prompt = prompt[0]
         if isinstance(prompt, str):
             return self.encode(prompt, add_special_tokens=True)
-        if isinstance(prompt, list) and prompt and all(type(t) is int for t in prompt):
-            return tuple(prompt)
+        if isinstance(prompt, list) and prompt and type(prompt[0]) is int:
+            return tuple(prompt)  # the ids are checked as their blocks are hashed
         return None
 
     # ---- text -------------------------------------------------------------------------------

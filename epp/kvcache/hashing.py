@@ -84,6 +84,18 @@ class BlockHasher:
         self._cbor = algo.endswith("_cbor")
         self._digest = hashlib.sha256 if algo == "sha256_cbor" else xxhash.xxh3_128
 
+    @property
+    def root(self) -> bytes:
+        """The parent digest of a prompt's first block (the seed's hash)."""
+        return self._root
+
+    def step(self, parent: bytes, tokens: Sequence[int], lora: str | None = None) -> bytes:
+        """The digest of one block of `tokens` (int ids) chained to its parent's digest."""
+        extra = (lora,) if lora else None
+        if self._cbor and all(t >= 0 for t in tokens):
+            return self._digest(_block_cbor(parent, tokens, cbor(extra))).digest()
+        return self._fn((parent, tuple(tokens), extra))
+
     def hashes(
         self, token_ids: Sequence[int], lora: str | None = None, limit: int = 1 << 30
     ) -> list[int]:
@@ -93,7 +105,7 @@ class BlockHasher:
         parent = self._root
         out: list[int] = []
         stop = min(len(token_ids) // bs, limit) * bs
-        if self._cbor and all(t >= 0 for t in token_ids[:stop]):
+        if self._cbor and all(t >= 0 for t in token_ids[:stop]):  # `step`, unrolled
             tail, digest = cbor(extra), self._digest
             for start in range(0, stop, bs):
                 parent = digest(_block_cbor(parent, token_ids[start : start + bs], tail)).digest()

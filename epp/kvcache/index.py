@@ -10,7 +10,7 @@ hashes are kept too, so a restarted or departed pod is forgotten without a scan.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from epp.kvcache.wire import MEDIUM_GPU
 
@@ -87,9 +87,10 @@ class KvBlockIndex:
             for h in mine:
                 _drop(table, h, pod)
 
-    def match(self, hashes: Sequence[int]) -> dict[str, float]:
+    def match(self, hashes: Iterable[int]) -> dict[str, float]:
         """Per pod, the leading blocks of `hashes` it holds without a gap (GPU first, a block
-        held only in a slower medium counting `slow_weight`)."""
+        held only in a slower medium counting `slow_weight`). Reads `hashes` only up to the
+        first block no pod holds, so they can be computed as they are read."""
         if not self._slow:
             return self._match_fast(hashes)
         fast, slow, w = self._fast, self._slow, self.slow_weight
@@ -108,7 +109,7 @@ class KvBlockIndex:
                 counts[pod] = counts.get(pod, 0.0) + (1.0 if pod in on_gpu else w)
         return counts
 
-    def _match_fast(self, hashes: Sequence[int]) -> dict[str, float]:
+    def _match_fast(self, hashes: Iterable[int]) -> dict[str, float]:
         # consecutive blocks mostly have the same holders (a shared system prompt): count such
         # a run once per holder instead of once per block and holder
         counts: dict[str, float] = {}

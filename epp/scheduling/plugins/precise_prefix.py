@@ -6,7 +6,8 @@ the adapter's name for a LoRA request); the score is the share of leading blocks
 holds, as its own KV events reported them (`epp.kvcache.index`, fed by `epp.kvevents`, which
 the server starts for each such plugin). Unlike `prefix-cache-scorer` nothing is guessed from
 past picks, so evictions, restarts and other EPP replicas' traffic are seen as they happen.
-Tokens and hashes of recent prompts are cached: a repeated prompt costs one lookup.
+Tokens of recent prompts are cached, and block hashes by prefix chain (`epp.kvcache.chain`): a
+block already seen costs one lookup, and hashing stops at the first block no pod holds.
 Token-aware affinity gate: each pick adds the prompt tokens its pod did not hold to that pod's
 queued prefill (`epp.kvcache.prefill`, drained at the pod's learned prefill rate); a holder
 whose queued prefill plus this prompt's would take longer than `ttftBudget` scores 0, so a hot
@@ -16,10 +17,10 @@ prefix spreads to a second pod instead of queueing behind itself.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from epp.kvcache.chain import PrefixChain
 from epp.kvcache.hashing import ALGOS, BlockHasher
 from epp.kvcache.index import KvBlockIndex
 from epp.kvcache.prefill import PrefillTracker
@@ -28,8 +29,6 @@ from epp.scheduling.base import BuildContext, Clock, SchedulingRequest
 from epp.scheduling.params import Params
 from epp.tokenization import Tokenizer, TokenizerError
 from epp.types import EndpointState
-
-HASH_CACHE = 4096
 
 
 @dataclass(slots=True)
@@ -66,9 +65,9 @@ class PreciseCacheScorer:
         self.prefill = prefill if prefill is not None else PrefillTracker()
         self._clock = clock
         self.stats = PreciseStats()
-        self._hashes: OrderedDict[tuple[str | None, tuple[int, ...]], list[int]] = OrderedDict()
-        # the request being scheduled: its hashes, matches and prompt tokens, reused by `picked`
-        self._last: tuple[SchedulingRequest, list[int], dict[str, float], int] | None = None
+        self.chain = PrefixChain(hasher)
+        # the request being scheduled: its blocks, matches and prompt tokens, reused by `picked`
+        self._last: tuple[SchedulingRequest, int, dict[str, float], int] | None = None
 
     @classmethod
     def from_parameters(cls, params: Params, ctx: BuildContext) -> PreciseCacheScorer:
@@ -98,7 +97,7 @@ class PreciseCacheScorer:
 
     def block_hashes(self, request: SchedulingRequest) -> list[int]:
         """The request's prompt blocks as vLLM would hash them ([] if it has no prompt)."""
-        return self._hash(self._ids(request), request.lora_adapter)
+        return list(self.chain.walk(self._ids(request), request.lora_adapter, self.max_blocks))
 
     def _ids(self, request: SchedulingRequest) -> tuple[int, ...]:
         payload = request.payload
@@ -107,39 +106,27 @@ class PreciseCacheScorer:
             self.stats.untokenized += 1
         return ids or ()
 
-    def _hash(self, ids: tuple[int, ...], lora: str | None) -> list[int]:
-        if not ids:
-            return []
-        key = (lora, ids)
-        cached = self._hashes.get(key)
-        if cached is not None:
-            self._hashes.move_to_end(key)
-            return cached
-        hashes = self.hasher.hashes(ids, lora, self.max_blocks)
-        self._hashes[key] = hashes
-        if len(self._hashes) > HASH_CACHE:
-            self._hashes.popitem(last=False)
-        return hashes
-
-    def matches(self, request: SchedulingRequest) -> tuple[list[int], dict[str, float], int]:
-        """The request's block hashes, blocks held per pod, and prompt tokens."""
+    def matches(self, request: SchedulingRequest) -> tuple[int, dict[str, float], int]:
+        """The request's prompt blocks, leading blocks held per pod, and prompt tokens."""
         last = self._last
         if last is not None and last[0] is request:
             return last[1], last[2], last[3]
         ids = self._ids(request)
-        hashes = self._hash(ids, request.lora_adapter)
-        counts = self.index.match(hashes) if hashes else {}
-        self._last = (request, hashes, counts, len(ids))
-        return hashes, counts, len(ids)
+        blocks = self.chain.blocks(ids, self.max_blocks)
+        # the walk hashes lazily: the match stops it at the first block no pod holds
+        walk = self.chain.walk(ids, request.lora_adapter, self.max_blocks)
+        counts = self.index.match(walk) if blocks else {}
+        self._last = (request, blocks, counts, len(ids))
+        return blocks, counts, len(ids)
 
     def score(self, request: SchedulingRequest, candidates: Sequence[EndpointState]) -> list[float]:
-        hashes, counts, tokens = self.matches(request)
+        blocks, counts, tokens = self.matches(request)
         stats = self.stats
         stats.scored += 1
-        stats.prompt_blocks += len(hashes)
+        stats.prompt_blocks += blocks
         if not counts:
             return [0.0] * len(candidates)
-        total = float(len(hashes))
+        total = float(blocks)
         scores = [counts.get(c.endpoint.address, 0.0) / total for c in candidates]
         stats.hit_blocks += max(scores) * total
         if self.ttft_budget > 0:
@@ -163,9 +150,9 @@ class PreciseCacheScorer:
 
     def picked(self, request: SchedulingRequest, endpoint: EndpointState) -> None:
         """The pick's uncached prompt tokens join its pod's queued prefill."""
-        hashes, counts, tokens = self.matches(request)
+        blocks, counts, tokens = self.matches(request)
         self._last = None
-        if not hashes:
+        if not blocks:
             return
         held = counts.get(endpoint.address, 0.0) * self.hasher.block_size
         uncached = max(0.0, tokens - held)

@@ -1,0 +1,62 @@
+"""Block keys by prefix chain: the keys of hashing whole prompts, a shared prefix hashed once."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from epp.kvcache.chain import PrefixChain
+from epp.kvcache.hashing import ALGOS, BlockHasher
+
+
+@pytest.mark.parametrize("algo", sorted(ALGOS))
+@pytest.mark.parametrize("lora", [None, "sql"])
+def test_the_walk_yields_what_hashing_the_whole_prompt_gives(algo: str, lora: str | None) -> None:
+    hasher = BlockHasher(16, algo, "7")
+    chain = PrefixChain(hasher)
+    ids = list(range(3000, 3000 + 16 * 9 + 5))
+    assert list(chain.walk(ids, lora)) == hasher.hashes(ids, lora)
+    assert list(chain.walk(ids, lora)) == hasher.hashes(ids, lora)  # now from the chain
+    assert list(chain.walk(ids, lora, limit=3)) == hasher.hashes(ids, lora, limit=3)
+    assert chain.blocks(ids) == 9 and chain.blocks(ids, 3) == 3
+
+
+def test_a_shared_prefix_is_hashed_once_and_loras_stay_apart() -> None:
+    chain = PrefixChain(BlockHasher(16))
+    system = list(range(64))  # 4 blocks
+    list(chain.walk((*system, *range(100, 132))))
+    assert chain.hashed == 6
+    list(chain.walk((*system, *range(200, 232))))
+    assert chain.hashed == 8  # only the two blocks of the new question
+    base = list(chain.walk(system))
+    lora = list(chain.walk(system, "sql"))
+    assert chain.hashed == 12 and not set(base) & set(lora)
+
+
+def test_a_walk_read_partly_hashes_only_what_was_read() -> None:
+    chain = PrefixChain(BlockHasher(16))
+    keys = list(itertools.islice(chain.walk(list(range(16 * 50))), 2))
+    assert len(keys) == 2 and chain.hashed == 2
+
+
+def test_two_generations_bound_the_memory_and_keep_what_is_used() -> None:
+    hasher = BlockHasher(4)
+    chain = PrefixChain(hasher, capacity=8)
+    hot = [1, 2, 3, 4]
+    for n in range(40):
+        list(chain.walk(hot))  # used all along: found in the young or the old generation
+        list(chain.walk([n, n, n, n, 9, 9, 9, 9]))
+        assert len(chain) <= 16
+    assert list(chain.walk(hot)) == hasher.hashes(hot)
+    before = chain.hashed
+    list(chain.walk(hot))
+    assert chain.hashed == before
+
+
+def test_a_block_with_an_id_that_is_not_an_int_ends_the_walk() -> None:
+    chain = PrefixChain(BlockHasher(4))
+    assert len(list(chain.walk([1, 2, 3, 4, 5, "x", 7, 8]))) == 1  # type: ignore[list-item]
+    assert list(chain.walk([1.5, 2, 3, 4])) == []  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="capacity"):
+        PrefixChain(BlockHasher(4), capacity=0)
