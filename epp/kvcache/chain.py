@@ -5,7 +5,8 @@ LoRA adapter. `PrefixChain.walk` yields a prompt's 64-bit block keys one at a ti
 each (parent key, block tokens) up before hashing, so a new question after a cached system
 prompt hashes only its own blocks, and a caller that stops early (`KvBlockIndex.match` stops at
 the first block no pod holds) hashes nothing past that. Token ids are checked as blocks are
-hashed: a block with an id that is not an int ends the walk. Memory is bounded by two
+hashed: a block with an id that is not an int ends the walk. `last` is the key a walk yielded
+last: where a caller stopped reading. Memory is bounded by two
 generations of at most `capacity` blocks each (a full one becomes the old one; a hit in the old
 one moves back), which costs no bookkeeping per hit. Used by `precise-prefix-cache-scorer`.
 """
@@ -32,6 +33,7 @@ class PrefixChain:
         self._new: dict[_Key, _Entry] = {}
         self._old: dict[_Key, _Entry] = {}
         self.hashed = 0  # blocks hashed (the others were found in the chain)
+        self.last: int | None = None  # the key the latest walk yielded last
 
     def __len__(self) -> int:
         return len(self._new) + len(self._old)
@@ -49,6 +51,7 @@ class PrefixChain:
         new, old = self._new, self._old
         parent: int | str | None = lora or None
         digest = self.hasher.root
+        self.last = None
         for start in range(0, self.blocks(tokens, limit) * bs, bs):
             block = tokens[start : start + bs]
             key = (parent, block)
@@ -64,6 +67,7 @@ class PrefixChain:
                 self._put(key, entry)
                 new, old = self._new, self._old
             parent, digest = entry
+            self.last = parent
             yield parent
 
     def _put(self, key: _Key, entry: _Entry) -> None:

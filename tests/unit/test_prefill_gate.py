@@ -77,3 +77,45 @@ def test_each_pick_queues_only_what_its_pod_did_not_hold() -> None:
         scorer.picked(request, state)
     assert scorer.prefill.queued("warm:1", 0.0) == len(ids) - 16 * len(hashes)
     assert scorer.prefill.queued("cold:1", 0.0) == len(ids)
+
+
+def test_a_cold_prompt_has_the_same_home_in_every_replica() -> None:
+    tok = Tokenizer.from_dir(TOKENIZER)
+    hasher = BlockHasher(16, "sha256", "0")
+    pods = [EndpointState(Endpoint(f"10.0.0.{i}:8000", f"p{i}", "pool")) for i in range(8)]
+
+    def replica() -> PreciseCacheScorer:
+        return PreciseCacheScorer(tok, hasher, KvBlockIndex(), clock=lambda: 0.0)
+
+    homes = set()
+    for n in range(6):
+        body = {"messages": [{"role": "user", "content": f"system prompt {n} words " * 40}]}
+        one = replica().score(SchedulingRequest("a", "m", payload=body), pods)
+        other = replica().score(SchedulingRequest("b", "m", payload=body), pods[::-1])
+        assert sorted(one)[-1] == 0.5 and sorted(one)[:-1] == [0.0] * 7
+        home = pods[one.index(0.5)]
+        assert other[pods[::-1].index(home)] == 0.5  # the other replica, candidates reordered
+        homes.add(home.address)
+    assert len(homes) > 1  # prompts spread over homes
+
+
+def test_a_holder_beats_the_home_and_a_saturated_home_is_passed_over() -> None:
+    tok = Tokenizer.from_dir(TOKENIZER)
+    hasher = BlockHasher(16, "sha256", "0")
+    prefill = PrefillTracker(prior=10_000.0)
+    scorer = PreciseCacheScorer(
+        tok, hasher, KvBlockIndex(), ttft_budget=0.5, prefill=prefill, clock=lambda: 0.0
+    )
+    pods = [EndpointState(Endpoint(f"10.0.0.{i}:8000", f"p{i}", "pool")) for i in range(4)]
+    body = {"messages": [{"role": "user", "content": "cold prompt words " * 60}]}
+    ids = tok.prompt_ids(body)
+    assert ids is not None
+    scores = scorer.score(SchedulingRequest("r1", "m", payload=body), pods)
+    home = scores.index(0.5)
+    prefill.add(pods[home].address, 10_000, 0.0)  # 1 s of prefill queued there
+    assert scorer.score(SchedulingRequest("r2", "m", payload=body), pods) == [0.0] * 4
+    other = pods[(home + 1) % 4].address
+    scorer.index.store(other, hasher.hashes(ids))
+    scores = scorer.score(SchedulingRequest("r3", "m", payload=body), pods)
+    assert scores[(home + 1) % 4] > 0.9 and scores[home] == 0.0
+    assert scorer.stats.homed == 2

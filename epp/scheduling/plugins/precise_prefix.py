@@ -12,6 +12,11 @@ Token-aware affinity gate: each pick adds the prompt tokens its pod did not hold
 queued prefill (`epp.kvcache.prefill`, drained at the pod's learned prefill rate); a holder
 whose queued prefill plus this prompt's would take longer than `ttftBudget` scores 0, so a hot
 prefix spreads to a second pod instead of queueing behind itself.
+Cold prompts have a home: when no endpoint holds half of a prompt, the endpoint that rendezvous
+hashing of its first unheld block names gets `coldPromptHome` x the unheld share (gated too).
+The choice depends on the prompt and the candidates only, so every EPP replica makes the same
+one without talking to the others, and a prefix evicted everywhere is rebuilt on one pod rather
+than wherever load points at that moment.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import xxhash
 
 from epp.kvcache.chain import PrefixChain
 from epp.kvcache.hashing import ALGOS, BlockHasher
@@ -38,6 +45,7 @@ class PreciseStats:
     hit_blocks: float = 0.0  # best holder's blocks per request, summed
     untokenized: int = 0  # requests without a prompt the tokenizer could read
     gated: int = 0  # holders passed over because their queued prefill exceeded the budget
+    homed: int = 0  # cold prompts given their rendezvous home
 
 
 class PreciseCacheScorer:
@@ -55,6 +63,7 @@ class PreciseCacheScorer:
         ttft_budget: float = 2.0,
         prefill: PrefillTracker | None = None,
         clock: Clock = time.monotonic,
+        cold_home: float = 0.5,
     ) -> None:
         self.tokenizer = tokenizer
         self.hasher = hasher
@@ -64,10 +73,13 @@ class PreciseCacheScorer:
         self.ttft_budget = ttft_budget  # 0: no gate
         self.prefill = prefill if prefill is not None else PrefillTracker()
         self._clock = clock
+        self.cold_home = cold_home  # 0: cold prompts go where the other scorers say
+        self._stable: dict[str, int] = {}  # address -> a hash every replica computes alike
         self.stats = PreciseStats()
         self.chain = PrefixChain(hasher)
-        # the request being scheduled: its blocks, matches and prompt tokens, reused by `picked`
-        self._last: tuple[SchedulingRequest, int, dict[str, float], int] | None = None
+        # the request being scheduled: its blocks, matches, prompt tokens and the key of its
+        # first unheld block, reused by `score` and `picked`
+        self._last: tuple[SchedulingRequest, int, dict[str, float], int, int | None] | None = None
 
     @classmethod
     def from_parameters(cls, params: Params, ctx: BuildContext) -> PreciseCacheScorer:
@@ -91,9 +103,11 @@ class PreciseCacheScorer:
         blocks = params.integer("maxPrefixBlocksToMatch", 4096, low=1)
         budget = params.duration("ttftBudget", 2.0)
         prior = params.number("prefillTokensPerSecondPrior", 8_000.0, low=1.0)
+        home = params.number("coldPromptHome", 0.5, low=0.0, high=1.0)
         return cls(
-            tokenizer, hasher, index, events, blocks, budget, PrefillTracker(prior), ctx.clock
-        )
+            tokenizer, hasher, index, events, blocks, budget, PrefillTracker(prior), ctx.clock,
+            home,
+        )  # fmt: skip
 
     def block_hashes(self, request: SchedulingRequest) -> list[int]:
         """The request's prompt blocks as vLLM would hash them ([] if it has no prompt)."""
@@ -106,32 +120,58 @@ class PreciseCacheScorer:
             self.stats.untokenized += 1
         return ids or ()
 
-    def matches(self, request: SchedulingRequest) -> tuple[int, dict[str, float], int]:
-        """The request's prompt blocks, leading blocks held per pod, and prompt tokens."""
+    def matches(self, request: SchedulingRequest) -> tuple[int, dict[str, float], int, int | None]:
+        """The request's prompt blocks, leading blocks held per pod, prompt tokens, and the key
+        of the block where the match stopped (None for a prompt shorter than a block)."""
         last = self._last
         if last is not None and last[0] is request:
-            return last[1], last[2], last[3]
+            return last[1], last[2], last[3], last[4]
         ids = self._ids(request)
         blocks = self.chain.blocks(ids, self.max_blocks)
         # the walk hashes lazily: the match stops it at the first block no pod holds
         walk = self.chain.walk(ids, request.lora_adapter, self.max_blocks)
         counts = self.index.match(walk) if blocks else {}
-        self._last = (request, blocks, counts, len(ids))
-        return blocks, counts, len(ids)
+        frontier = self.chain.last if blocks else None
+        self._last = (request, blocks, counts, len(ids), frontier)
+        return blocks, counts, len(ids), frontier
 
     def score(self, request: SchedulingRequest, candidates: Sequence[EndpointState]) -> list[float]:
-        blocks, counts, tokens = self.matches(request)
+        blocks, counts, tokens, frontier = self.matches(request)
         stats = self.stats
         stats.scored += 1
         stats.prompt_blocks += blocks
-        if not counts:
+        if not blocks or not candidates:
             return [0.0] * len(candidates)
         total = float(blocks)
-        scores = [counts.get(c.endpoint.address, 0.0) / total for c in candidates]
-        stats.hit_blocks += max(scores) * total
+        if counts:
+            scores = [counts.get(c.endpoint.address, 0.0) / total for c in candidates]
+            best = max(scores)
+        else:
+            scores, best = [0.0] * len(candidates), 0.0
+        stats.hit_blocks += best * total
+        if self.cold_home > 0 and best < 0.5 and frontier is not None:
+            scores[self._home(frontier, candidates)] += self.cold_home * (1.0 - best)
+            stats.homed += 1
         if self.ttft_budget > 0:
             self._gate(tokens, candidates, scores, counts)
         return scores
+
+    def _home(self, key: int, candidates: Sequence[EndpointState]) -> int:
+        """The candidate rendezvous hashing names for block `key` (the same in every replica)."""
+        stable = self._stable
+        best, home = -1, 0
+        for i, c in enumerate(candidates):
+            address = c.endpoint.address
+            h = stable.get(address)
+            if h is None:
+                if len(stable) > 65_536:
+                    stable.clear()
+                h = stable[address] = xxhash.xxh64_intdigest(address.encode())
+            mixed = ((key ^ h) * 0x9E37_79B9_7F4A_7C15) & 0xFFFF_FFFF_FFFF_FFFF
+            mixed ^= mixed >> 29
+            if mixed > best:
+                best, home = mixed, i
+        return home
 
     def _gate(
         self,
@@ -143,14 +183,14 @@ class PreciseCacheScorer:
         now, prefill, bs = self._clock(), self.prefill, self.hasher.block_size
         for i, c in enumerate(candidates):
             if scores[i] > 0.0:
-                own = max(0.0, tokens - counts[c.endpoint.address] * bs)
+                own = max(0.0, tokens - counts.get(c.endpoint.address, 0.0) * bs)
                 if prefill.wait(c.endpoint.address, now, own) > self.ttft_budget:
                     scores[i] = 0.0
                     self.stats.gated += 1
 
     def picked(self, request: SchedulingRequest, endpoint: EndpointState) -> None:
         """The pick's uncached prompt tokens join its pod's queued prefill."""
-        blocks, counts, tokens = self.matches(request)
+        blocks, counts, tokens, _ = self.matches(request)
         self._last = None
         if not blocks:
             return

@@ -1,0 +1,58 @@
+"""The precise-vs-approximate cells: sizes, workload streams, the EPP config, the goal lines."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+
+from epp.scheduling.base import BuildContext
+from epp.scheduling.config import build_profiles
+from epp.scheduling.plugins.precise_prefix import PreciseCacheScorer
+from loadtest.bench import kvcells
+from loadtest.bench.kvcells_report import CellPoint, goal
+from loadtest.bench.stats import Dist, RunStats
+
+
+def test_the_evicting_shape_is_about_twice_the_pods_kv_memory() -> None:
+    a = kvcells.make_parser().parse_args(["--pods", "4", "--num-gpu-blocks", "600"])
+    shapes = kvcells.shapes(a)
+    evicting = shapes["evicting"]
+    blocks = evicting.groups * kvcells.block_tokens_of(evicting.system_chars)
+    assert 1.9 <= blocks / (4 * 600) <= 2.1
+    plain = shapes["plain"]
+    assert plain.groups * kvcells.block_tokens_of(plain.system_chars) < 4 * 600 / 2
+
+
+def test_streams_share_system_prompts_but_not_questions() -> None:
+    shape = kvcells.Shape(groups=3, system_chars=400)
+    ours = list(itertools.islice(kvcells.requests(shape, 1, 0), 30))
+    foreign = list(itertools.islice(kvcells.requests(shape, 1, 1), 30))
+    assert {r.messages[0] for r in ours} == {r.messages[0] for r in foreign}
+    assert not {r.messages[1] for r in ours} & {r.messages[1] for r in foreign}
+    assert ours == list(itertools.islice(kvcells.requests(shape, 1, 0), 30))
+
+
+def test_the_precise_router_runs_the_approximate_profile_with_the_precise_scorer() -> None:
+    a = kvcells.make_parser().parse_args([])
+    ctx = BuildContext(random.Random(1), time.monotonic)
+    profiles = build_profiles(kvcells.precise_config(a), ctx)
+    profile = profiles[kvcells.APPROXIMATE]
+    assert any(isinstance(w.scorer, PreciseCacheScorer) for w in profile.scorers)
+
+
+def _stats(ttft_p90: float, hit: float) -> RunStats:
+    d = Dist(ttft_p90, ttft_p90, ttft_p90)
+    return RunStats(10, 10, (), d, d, d, 1.0, 1.0, hit, ())
+
+
+def test_goal_lines() -> None:
+    met = [CellPoint("a", "approximate", 1, _stats(1.0, 0.3)),
+           CellPoint("a", "precise", 1, _stats(0.5, 0.5))]  # fmt: skip
+    assert "**met**" in goal("a", met)
+    missed = [met[0], CellPoint("a", "precise", 1, _stats(0.7, 0.5))]
+    assert "**not met**" in goal("a", missed)
+    plain = [CellPoint("d", "approximate", 1, _stats(1.0, 0.8)),
+             CellPoint("d", "precise", 1, _stats(1.04, 0.8))]  # fmt: skip
+    assert "**met**" in goal("d", plain)
+    assert "not checked" in goal("d", plain[:1])
