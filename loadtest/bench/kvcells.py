@@ -14,7 +14,8 @@ arrivals of the shared-prefix workload for a fixed time. Cells:
   same system prompts, at `--foreign-share` of the router's rate; only routed requests count.
 
 Routers: `approximate` (profile prefix-cache-aware: prefix-cache-scorer 3, queue 2, KV use 2),
-`precise` (the same profile with precise-prefix-cache-scorer in place of prefix-cache-scorer),
+`precise` (the same profile with precise-prefix-cache-scorer in place of prefix-cache-scorer;
+`precise-no-gate` and `precise-no-home` without its token-aware gate or its cold-prompt homes),
 `envoy:LEAST_REQUEST`, and the peers' cache-aware policies (not in `c`: one process each).
 The rate is `--fraction` of each shape's capacity (a closed loop through Envoy least-request).
 `kvcells_report` writes `<out>/<date>-kv-cells.md|json`. Children are stopped on the way out.
@@ -58,6 +59,13 @@ CELLS = ("a", "b", "c", "d", "e")
 ROUTERS = ("approximate", "precise", "envoy:LEAST_REQUEST", "vllm-router:cache_aware",
            "sglang-router:cache_aware")  # fmt: skip
 APPROXIMATE = "prefix-cache-aware"  # the built-in profile both EPP routers run under
+# the precise router, and variants without its token-aware gate or without homes for cold prompts
+PRECISE = {
+    "precise": {},
+    "precise-no-gate": {"ttftBudget": 0},
+    "precise-no-home": {"coldPromptHome": 0},
+}
+EPP_ROUTERS = ("approximate", *PRECISE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,10 +133,10 @@ def requests(shape: Shape, seed: int, stream: int) -> Iterator[ChatRequest]:
         i += 1
 
 
-def precise_config(a: argparse.Namespace) -> dict[str, object]:
+def precise_config(a: argparse.Namespace, variant: str = "precise") -> dict[str, object]:
     """The approximate router's profile with the precise scorer in place of the approximate."""
     params = {"tokenizer": TOKENIZER, "hashSeed": HASH_SEED, "kvEventsReplayPort": 5558,
-              "ttftBudget": a.ttft_budget}  # fmt: skip
+              "ttftBudget": a.ttft_budget, **PRECISE[variant]}  # fmt: skip
     return {
         "apiVersion": "inference.networking.x-k8s.io/v1alpha1",
         "kind": "EndpointPickerConfig",
@@ -163,8 +171,10 @@ class Cells:
         ]
         self.shapes = shapes(args)
         self.deadline = time.monotonic() + args.budget_minutes * 60
-        self.config = children.run_dir / "precise.yaml"
-        self.config.write_text(yaml.safe_dump(precise_config(args)))
+        self.configs: dict[str, Path] = {}
+        for variant in PRECISE:
+            self.configs[variant] = children.run_dir / f"{variant}.yaml"
+            self.configs[variant].write_text(yaml.safe_dump(precise_config(args, variant)))
 
     def sim_args(self) -> list[str]:
         events = {"enable_kv_cache_events": True, "publisher": "zmq",
@@ -177,23 +187,23 @@ class Cells:
             "--hash-seed", HASH_SEED,
         ]  # fmt: skip
 
-    async def _epp(self, name: str, precise: bool) -> int:
-        """One EPP process under the approximate profile (or the precise one); its gRPC port."""
+    async def _epp(self, name: str, router: str) -> int:
+        """One EPP process under the approximate profile (or a precise one); its gRPC port."""
         grpc, health, metrics = free_ports(3)
         manifests = self.children.run_dir / "manifests.yaml"
         manifests.write_text(yaml.safe_dump_all(epp_manifests(self.pods, APPROXIMATE, False, 8)))
         argv = [sys.executable, "-m", "epp", "--log-level", "WARNING", "serve"]
         argv += ["--manifests", str(manifests), "--grpc-port", str(grpc)]
         argv += ["--health-port", str(health), "--metrics-port", str(metrics)]
-        argv += ["--scheduler-config", str(self.config)] if precise else []
+        argv += ["--scheduler-config", str(self.configs[router])] if router in PRECISE else []
         child = await self.children.start(name, argv)
         url = f"http://127.0.0.1:{metrics}/healthz"
         await wait_until(lambda: _ok(url), name, 30, child)
         return grpc
 
-    async def _replicas(self, precise: bool) -> str:
+    async def _replicas(self, router: str) -> str:
         """Two EPP replicas behind one Envoy; the base URL."""
-        grpcs = [await self._epp(f"epp-{i}", precise) for i in (1, 2)]
+        grpcs = [await self._epp(f"epp-{i}", router) for i in (1, 2)]
         listener, admin = free_ports(2)
         fallback = [(p.host, p.port) for p in self.pods]
         config = render_bootstrap(EnvoyPorts(listener, admin, grpcs[0]), fallback=fallback)
@@ -211,12 +221,12 @@ class Cells:
 
     async def start(self, cell: str, router: str) -> str:
         await start_sim(self.children, self.pods, self.sim_args())
-        if router in ("approximate", "precise"):
-            precise = router == "precise"
+        if router in EPP_ROUTERS:
             if cell == "c":
-                url = await self._replicas(precise)
+                url = await self._replicas(router)
             else:
-                extra = ["--scheduler-config", str(self.config)] if precise else []
+                config = self.configs.get(router)
+                extra = ["--scheduler-config", str(config)] if config else []
                 spec = RouterSpec("epp", APPROXIMATE)
                 url = await start_router(self.children, spec, self.pods, False, extra, 8)
         else:
@@ -327,7 +337,7 @@ async def amain(a: argparse.Namespace, children: Children) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     for r in args.routers.split(","):
-        if r not in ("approximate", "precise"):
+        if r not in EPP_ROUTERS:
             RouterSpec.parse(r)
     run_dir = Path(tempfile.mkdtemp(prefix="epp-kvcells-"))
     children = Children(run_dir)
