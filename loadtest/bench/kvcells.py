@@ -18,7 +18,7 @@ Routers: `approximate` (profile prefix-cache-aware: prefix-cache-scorer 3, queue
 `precise-no-gate` and `precise-no-home` without its token-aware gate or its cold-prompt homes),
 `envoy:LEAST_REQUEST`, and the peers' cache-aware policies (not in `c`: one process each).
 The rate is `--fraction` of each shape's capacity (a closed loop through Envoy least-request).
-`kvcells_report` writes `<out>/<date>-kv-cells.md|json`. Children are stopped on the way out.
+`kvcells_report` writes the run folder's `kv-cells.md|json`. Children are stopped on the way out.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import yaml
 from epp.local.envoy import EnvoyPorts, envoy_argv, render_bootstrap
 from epp.local.processes import wait_until
 from loadtest.bench import client, kvcells_report, stats
+from loadtest.bench.kvcells_report import APPROXIMATE
 from loadtest.bench.routers import (
     Children,
     RouterSpec,
@@ -51,6 +52,7 @@ from loadtest.bench.routers import (
     start_router,
     start_sim,
 )
+from loadtest.record import Record, command_text, run_folder
 from loadtest.workloads import ChatRequest, poisson_arrivals, system_prompts, text
 
 TOKENIZER = "epp/assets/tiny-tokenizer"
@@ -58,7 +60,6 @@ HASH_SEED = "0"
 CELLS = ("a", "b", "c", "d", "e")
 ROUTERS = ("approximate", "precise", "envoy:LEAST_REQUEST", "vllm-router:cache_aware",
            "sglang-router:cache_aware")  # fmt: skip
-APPROXIMATE = "prefix-cache-aware"  # the built-in profile both EPP routers run under
 # the precise router, and variants without its token-aware gate or without homes for cold prompts
 PRECISE = {
     "precise": {},
@@ -97,7 +98,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--first-ip", default="127.0.78.2")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--budget-minutes", type=float, default=20.0)
-    p.add_argument("--out", type=Path, default=Path("loadtest/results/kv-cells"))
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="run folder (default loadtest/results/<date>-<HHMM>-bench-kv-cells)",
+    )
     return p
 
 
@@ -301,6 +306,10 @@ async def _ok(url: str) -> bool:
 
 async def amain(a: argparse.Namespace, children: Children) -> int:
     cells = Cells(a, children)
+    a.out = a.out or run_folder("bench", "kv-cells")
+    command = command_text(".venv/bin/python -m loadtest.bench.kvcells", sys.argv[1:])
+    profiles = kvcells_report.profiles(a.routers.split(","), cells.configs)
+    record = Record.now("bench", command, profiles, "kv-cells " + a.cells)
     wanted = a.cells.split(",")
     routers = a.routers.split(",")
     capacities: dict[str, float] = {}
@@ -329,7 +338,7 @@ async def amain(a: argparse.Namespace, children: Children) -> int:
                 flush=True,
             )
             points.append(point)
-    path = kvcells_report.write(a, cells.shapes, capacities, points, skipped)
+    path = kvcells_report.write(a, record, cells.shapes, capacities, points, skipped)
     print(f"wrote {path}", flush=True)
     return 0
 

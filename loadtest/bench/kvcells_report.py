@@ -2,8 +2,9 @@
 
 Goals: in cells a-c the precise router's p90 TTFT is at most 0.6x the approximate router's and
 its prefix-cache hit rate at least 15 points higher; in d its p90 TTFT is within 5 % of the
-approximate router's (read as: at most 5 % slower). Writes `<out>/<date>-kv-cells.md` and
-`.json` with the commit, the command, the machine and the date.
+approximate router's (read as: at most 5 % slower). Writes `kv-cells.md` and `kv-cells.json`
+into the run folder, each starting with `loadtest.record`'s record (commit, command, machine,
+date, the scheduling each router ran with).
 """
 
 from __future__ import annotations
@@ -12,17 +13,16 @@ import argparse
 import dataclasses
 import json
 import math
-import shlex
-import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from loadtest.bench.__main__ import load_text, machine_text
 from loadtest.bench.stats import RunStats
+from loadtest.record import Record, epp_profile_text, router_profile_text
+from loadtest.results.index import refresh_if_inside
+
+APPROXIMATE = "prefix-cache-aware"  # the built-in profile both EPP routers run under
 
 TITLES = {
     "a": "(a) evictions: shared prefixes, working set about twice the pods' KV memory",
@@ -43,19 +43,6 @@ class CellPoint:
 
 def _ms(v: float) -> str:
     return "-" if math.isnan(v) else f"{v * 1000:.0f}"
-
-
-def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
-
-
-def commit() -> str:
-    try:
-        head = _git("rev-parse", "--short", "HEAD")
-        dirty = _git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.CalledProcessError):
-        return "?"
-    return head + (" (with uncommitted changes)" if dirty else "")
 
 
 def table(points: Sequence[CellPoint]) -> list[str]:
@@ -98,26 +85,35 @@ def goal(cell: str, points: Sequence[CellPoint]) -> str:
     )
 
 
+def profiles(routers: Sequence[str], configs: dict[str, Path]) -> list[tuple[str, str]]:
+    """(router, the scheduling it ran with), as `loadtest.record` words it."""
+    out = []
+    for router in routers:
+        if router == "approximate":
+            out.append((router, epp_profile_text(APPROXIMATE)))
+        elif router in configs:
+            flags = ["--scheduler-config", str(configs[router])]
+            out.append((router, epp_profile_text(APPROXIMATE, flags)))
+        else:
+            out.append((router, router_profile_text(router)))
+    return out
+
+
 def write(
     a: argparse.Namespace,
+    record: Record,
     shapes: dict[str, Any],
     capacities: dict[str, float],
     points: Sequence[CellPoint],
     skipped: Sequence[str],
 ) -> Path:
-    now = datetime.now(UTC)
+    """`kv-cells.md` and `kv-cells.json` in the run folder `a.out`."""
     a.out.mkdir(parents=True, exist_ok=True)
-    stem = a.out / f"{now:%Y-%m-%d}-kv-cells"
-    argv = [".venv/bin/python", "-m", "loadtest.bench.kvcells", *sys.argv[1:]]
-    command = " ".join(shlex.quote(x) for x in argv)
     fleet = a.pods * a.num_gpu_blocks
     lines = [
         "# Precise vs approximate prefix routing (issue 18's cells)",
         "",
-        f"- commit: {commit()}",
-        f"- command: `{command}`",
-        f"- date: {now:%Y-%m-%d %H:%M} UTC",
-        f"- machine: {machine_text()}; load average before: {load_text()}",
+        *record.markdown(),
         f"- cluster: {a.pods} simulated H100 pods (`epp sim`, one process) at speed {a.speed}, "
         f"max_num_seqs 8, {a.num_gpu_blocks} KV blocks of 16 tokens each ({fleet:,} blocks in "
         f"all), vLLM KV events over ZMQ, prompts tokenized with epp/assets/tiny-tokenizer",
@@ -137,9 +133,11 @@ def write(
         lines += ["", f"## {TITLES[cell]}", "", *table(mine), "", goal(cell, mine)]
     if skipped:
         lines += ["", "Not run: " + "; ".join(skipped)]
-    path: Path = stem.with_suffix(".md")
+    path: Path = a.out / "kv-cells.md"
     path.write_text("\n".join(lines) + "\n")
     raw = [dict(cell=p.cell, router=p.router, rate=p.rate, stats=dataclasses.asdict(p.stats))
            for p in points]  # fmt: skip
-    stem.with_suffix(".json").write_text(json.dumps({"command": command, "points": raw}, indent=1))
+    data = {"record": record.to_json(), "capacities": capacities, "points": raw}
+    (a.out / "kv-cells.json").write_text(json.dumps(data, indent=1))
+    refresh_if_inside(a.out)
     return path

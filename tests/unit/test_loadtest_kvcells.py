@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import time
+from pathlib import Path
 
 from epp.scheduling.base import BuildContext
 from epp.scheduling.config import build_profiles
 from epp.scheduling.plugins.precise_prefix import PreciseCacheScorer
 from loadtest.bench import kvcells
-from loadtest.bench.kvcells_report import CellPoint, goal
+from loadtest.bench.kvcells_report import CellPoint, goal, write
 from loadtest.bench.stats import Dist, RunStats
+from loadtest.record import Record
 
 
 def test_the_evicting_shape_is_about_twice_the_pods_kv_memory() -> None:
@@ -56,3 +59,16 @@ def test_goal_lines() -> None:
              CellPoint("d", "precise", 1, _stats(1.04, 0.8))]  # fmt: skip
     assert "**met**" in goal("d", plain)
     assert "not checked" in goal("d", plain[:1])
+
+
+def test_the_report_starts_with_the_record_and_checks_each_cell(tmp_path: Path) -> None:
+    a = kvcells.make_parser().parse_args(["--out", str(tmp_path / "run")])
+    record = Record.now("bench", "python -m loadtest.bench.kvcells", [("approximate", "x")])
+    points = [CellPoint("d", "approximate", 1, _stats(1.0, 0.8)),
+              CellPoint("d", "precise", 1, _stats(0.9, 0.85))]  # fmt: skip
+    path = write(a, record, kvcells.shapes(a), {"plain": 3.0}, points, ["c vllm-router: x"])
+    text = path.read_text()
+    assert text.startswith("# Precise vs approximate")
+    assert f"- commit: `{record.commit}`" in text and "## (d)" in text and "**met**" in text
+    data = json.loads((tmp_path / "run" / "kv-cells.json").read_text())
+    assert data["record"]["commit"] == record.commit and len(data["points"]) == 2
