@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from epp.gpu import GpuSettings
+from epp.gpu import GpuSettings, HealthSettings
 from epp.kube.flags import add_arguments as add_kube_arguments
 from epp.peers.sharing import PeerSettings
 from epp.scrape.scraper import ScrapeSettings
@@ -121,6 +121,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="PromQL giving GPU utilization %% by pod",
     )
     p.add_argument("--gpu-interval", type=float, default=_default(GpuSettings, "interval"))
+    p.add_argument("--gpu-health", action=argparse.BooleanOptionalAction,
+                   default=_default(HealthSettings, "enabled"),
+                   help="GPU health from DCGM (throttling, heat, XID errors)")  # fmt: skip
     p.add_argument(
         "--scheduler-config",
         "--config-file",
@@ -300,6 +303,7 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, ScrapeSettings, G
         prometheus_url=args.prometheus_url,
         interval=args.gpu_interval,
         query=args.gpu_query or _default(GpuSettings, "query"),
+        health=HealthSettings(enabled=args.gpu_health),
     )
     # the failure back-off is capped at no less than the interval (ScrapeSettings insists)
     backoff_max = max(_default(ScrapeSettings, "backoff_max"), args.scrape_interval)

@@ -23,7 +23,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from epp.gpu import GpuPoller, GpuSettings
+from epp.gpu import GpuPoller, GpuSettings, HealthSettings
+from epp.hardware import HEALTH_DEGRADED, HEALTH_DRAIN, HEALTH_OK
 from epp.sim.cluster import SimCluster, SimPodSpec
 from epp.types import GpuMetrics
 
@@ -58,6 +59,13 @@ class Exporter:
                                  ("bare-pod", None): 42.0}
     )  # fmt: skip
     used_mib: float = 8_000.0
+    # DCGM health families: clock event reasons, temperature, last XID, violation counters (us)
+    reasons: dict[str, int] = field(default_factory=dict)
+    temperature: dict[str, float] = field(default_factory=dict)
+    xid: dict[str, int] = field(default_factory=dict)
+    violating: set[str] = field(default_factory=set)  # pods whose thermal violation time grows
+    _violation_us: dict[str, float] = field(default_factory=dict)
+    _last: float = field(default_factory=time.monotonic)
 
     def load(self) -> None:
         self.util[("sim-a", "default")] = 95.0
@@ -65,13 +73,27 @@ class Exporter:
 
     async def handle(self, request: web.Request) -> web.Response:
         lines = ["# TYPE DCGM_FI_DEV_GPU_UTIL gauge"]
+        now = time.monotonic()
+        elapsed, self._last = now - self._last, now
         for i, ((pod, ns), value) in enumerate(self.util.items()):
             ns_label = f',namespace="{ns}"' if ns else ""
             labels = f'{{gpu="{i}",UUID="GPU-{i}",pod="{pod}"{ns_label},container="vllm"}}'
             lines.append(f"DCGM_FI_DEV_GPU_UTIL{labels} {value}")
             lines.append(f"DCGM_FI_DEV_FB_USED{labels} {self.used_mib}")
             lines.append(f"DCGM_FI_DEV_FB_FREE{labels} {80_000 - self.used_mib}")
+            lines += self._health_lines(pod, labels, elapsed)
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+    def _health_lines(self, pod: str, labels: str, elapsed: float) -> list[str]:
+        if pod in self.violating:  # throttled half of the time
+            self._violation_us[pod] = self._violation_us.get(pod, 0.0) + elapsed * 500_000
+        return [
+            f"DCGM_FI_DEV_CLOCKS_EVENT_REASONS{labels} {self.reasons.get(pod, 0)}",
+            f"DCGM_FI_DEV_GPU_TEMP{labels} {self.temperature.get(pod, 60.0)}",
+            f"DCGM_FI_DEV_XID_ERRORS{labels} {self.xid.get(pod, 0)}",
+            f"DCGM_FI_DEV_THERMAL_VIOLATION{labels} {self._violation_us.get(pod, 0.0)}",
+            f"DCGM_FI_DEV_POWER_VIOLATION{labels} 0",
+        ]
 
 
 @dataclass
@@ -188,6 +210,39 @@ async def test_poller_sees_utilization_rise_then_unknown_when_prometheus_dies(
         assert sink.calls == calls
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1, warnings
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+def health_of(sink: Sink, key: str) -> str | None:
+    gpu = sink.latest.get(key)
+    return None if gpu is None else gpu.health
+
+
+async def test_dcgm_health_through_prometheus(
+    exporter: tuple[Exporter, int], prometheus: tuple[subprocess.Popen[bytes], str]
+) -> None:
+    exp, _ = exporter
+    _, url = prometheus
+    sink = Sink()
+    health = HealthSettings(clear_after=1.5)
+    settings = GpuSettings(prometheus_url=url, interval=0.3, timeout=1.0, health=health)
+    task = asyncio.create_task(GpuPoller(sink, settings).run())
+    try:
+        await wait_for(lambda: health_of(sink, "default/sim-a") == HEALTH_OK, 30, "samples")
+        exp.reasons["sim-a"] = 0x40 | 0x1  # hardware thermal slowdown (and idle)
+        exp.xid["sim-b"] = 79  # fallen off the bus
+        exp.violating.add("bare-pod")
+        await wait_for(lambda: health_of(sink, "default/sim-a") == HEALTH_DEGRADED, 10, "hot")
+        await wait_for(lambda: health_of(sink, "default/sim-b") == HEALTH_DRAIN, 10, "xid")
+        await wait_for(lambda: health_of(sink, "bare-pod") == HEALTH_DEGRADED, 15, "violation")
+        cooled = time.monotonic()
+        exp.reasons["sim-a"] = 0x1
+        await wait_for(lambda: health_of(sink, "default/sim-a") == HEALTH_OK, 10, "cooled")
+        assert time.monotonic() - cooled >= health.clear_after  # hysteresis: not at once
+        assert health_of(sink, "default/sim-b") == HEALTH_DRAIN
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

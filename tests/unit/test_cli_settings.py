@@ -11,7 +11,7 @@ import pytest
 
 from epp.cli import build_parser, main
 from epp.controlplane.clusters import TranslateOptions
-from epp.gpu import GpuSettings
+from epp.gpu import GpuSettings, HealthSettings
 from epp.kube import flags as kube_flags
 from epp.local.stack import StackConfig
 from epp.peers.sharing import PeerSettings
@@ -63,6 +63,7 @@ FROM_SETTINGS: dict[tuple[str, str], tuple[type[Any], str]] = {
     ("serve", "--peer-service-namespace"): (PeerSettings, "service_namespace"),
     ("up", "--epp-replicas"): (StackConfig, "epp_replicas"),
     ("up", "--peer-port"): (StackConfig, "peer_port"),
+    ("serve", "--gpu-health"): (HealthSettings, "enabled"),
     ("up", "--port"): (StackConfig, "listener_port"),
     ("up", "--https-port"): (StackConfig, "https_port"),
     ("up", "--xds-port"): (StackConfig, "xds_port"),
