@@ -1,10 +1,12 @@
-"""Sharing in-flight counts between EPP replicas, off the request path.
+"""Sharing what each EPP replica learns from its own traffic with the others, off the request path.
 
-Each replica sends its own in-flight requests and tokens per endpoint (`epp.peers.wire`) to
-every peer over UDP: a few milliseconds after they change (changes within that window travel
-together) and on a heartbeat. What the peers last said, summed, is added to this replica's own
-counts in the datastore (`Datastore.set_peer_in_flight`), so that the scorers and the admission
-of every replica see the requests the others sent. A peer not heard from for `expiry` seconds
+Each replica sends its own in-flight requests and tokens per endpoint, and the prompt blocks
+of its picks per prefix scorer (`epp.peers.wire`), to every peer over UDP: a few milliseconds
+after they change (changes within that window travel together) and on a heartbeat. What the
+peers last said, summed, is added to this replica's own counts in the datastore
+(`Datastore.set_peer_in_flight`), so that the scorers and the admission of every replica see
+the requests the others sent; their picks go into this replica's prefix indexes, as if it had
+made them. A peer not heard from for `expiry` seconds
 is forgotten: a replica cut off from its peers keeps serving on its own view, and a dead
 replica's requests (lost with it) stop counting. Peers come from `--peers` or from the EPP
 Service's EndpointSlices (`epp.peers.kube`). Neighbours: `epp.server` owns the loop.
@@ -17,13 +19,17 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from epp.datastore import Datastore
-from epp.peers.wire import Announcement, decode, encode
+from epp.peers.wire import Pick, decode, encode_all
+from epp.scheduling.plugins.prefix_cache import PrefixCacheScorer
+from epp.scheduling.scheduler import Profile
 
 log = logging.getLogger("epp.peers")
+MAX_PENDING_PICKS = 10_000  # picks waiting for a flush beyond this are not shared
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +67,8 @@ class PeerStats:
     received: int = 0
     received_bytes: int = 0
     refused: int = 0  # datagrams that did not parse
+    picks_sent: int = 0
+    picks_learned: int = 0
 
 
 def parse_peers(text: str) -> tuple[str, ...]:
@@ -92,7 +100,19 @@ class PeerSharing(asyncio.DatagramProtocol):
         self._pending = False
         # peer name → (seq, flights, when heard)
         self._heard: dict[str, tuple[int, dict[str, tuple[int, int]], float]] = {}
+        self._picks: list[Pick] = []  # made here since the last flush
+        self._scorers: dict[str, PrefixCacheScorer] = {}  # "profile/plugin" → scorer
         store.add_in_flight_listener(self._own_changed)
+
+    def share_prefixes(self, profiles: Mapping[str, Profile]) -> None:
+        """Tell peers the blocks of every pick of these profiles' prefix scorers, and learn
+        theirs (replicas run the same configuration, so the scorers' names match)."""
+        for name, profile in profiles.items():
+            for ws in profile.scorers:
+                if isinstance(ws.scorer, PrefixCacheScorer):
+                    key = f"{name}/{ws.scorer.name}"
+                    self._scorers[key] = ws.scorer
+                    ws.scorer.on_add = partial(self._picked, key, ws.scorer)
 
     @property
     def targets(self) -> list[tuple[str, int]]:
@@ -129,21 +149,30 @@ class PeerSharing(asyncio.DatagramProtocol):
         self._pending = True
         asyncio.get_running_loop().call_later(self.settings.flush_delay, self._flush)
 
+    def _picked(self, key: str, scorer: PrefixCacheScorer, address: str, hashes: list[int]) -> None:
+        if self._transport is None or not self._targets or len(self._picks) >= MAX_PENDING_PICKS:
+            return
+        self._picks.append(Pick(key, scorer.block_size_tokens, address, tuple(hashes)))
+        self._own_changed()
+
     def _flush(self) -> None:
         self._pending = False
         transport = self._transport
+        picks, self._picks = self._picks, []
         if transport is None or not self._targets:
             return
-        self._seq += 1
         try:
-            data = encode(Announcement(self.name, self._seq, self.store.own_in_flight()))
+            datagrams = encode_all(self.name, self._seq + 1, self.store.own_in_flight(), picks)
         except ValueError as exc:
             log.warning("not sharing in-flight counts: %s", exc)
             return
-        for target in self._targets:
-            transport.sendto(data, target)
-        self.stats.sent += len(self._targets)
-        self.stats.sent_bytes += len(data) * len(self._targets)
+        self._seq += len(datagrams)
+        for data in datagrams:
+            for target in self._targets:
+                transport.sendto(data, target)
+            self.stats.sent += len(self._targets)
+            self.stats.sent_bytes += len(data) * len(self._targets)
+        self.stats.picks_sent += len(picks)
 
     # ---- receiving -----------------------------------------------------------------------
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
@@ -164,6 +193,11 @@ class PeerSharing(asyncio.DatagramProtocol):
         self._heard[note.replica] = (note.seq, note.flights, now)
         if before is None or before[1] != note.flights:
             self._publish()
+        for pick in note.picks:
+            scorer = self._scorers.get(pick.scorer)
+            if scorer is not None and scorer.block_size_tokens == pick.block_tokens:
+                scorer.index.add(pick.address, pick.hashes, now)
+                self.stats.picks_learned += 1
 
     def error_received(self, exc: Exception) -> None:
         log.debug("peer datagram error: %s", exc)  # a peer not listening (yet): it will be
@@ -203,4 +237,6 @@ class PeerSharing(asyncio.DatagramProtocol):
             "received": s.received,
             "received_bytes": s.received_bytes,
             "refused": s.refused,
+            "picks_sent": s.picks_sent,
+            "picks_learned": s.picks_learned,
         }

@@ -1,11 +1,14 @@
 """The datagram one EPP replica sends its peers: its own in-flight requests and tokens per
-endpoint, whole each time (a lost datagram is healed by the next). JSON, small: one entry per
-endpoint that has requests in flight from this replica. A datagram that does not parse is
-refused with a `ValueError` naming the problem.
+endpoint, whole each time (a lost datagram is healed by the next), and the picks it made since
+the last one: which endpoint got which prompt blocks, per prefix scorer, so that every replica's
+approximate prefix index learns the whole fleet's traffic. JSON, small; picks that do not fit
+one datagram go in the next ones. A datagram that does not parse is refused with a
+`ValueError` naming the problem.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -15,10 +18,19 @@ MAX_DATAGRAM = 60_000  # stays under UDP's 64 KiB with room for headers
 
 
 @dataclass(frozen=True, slots=True)
+class Pick:
+    scorer: str  # "profile/plugin": the same scorer on every replica (same configuration)
+    block_tokens: int  # the block size its hashes were cut with (peers with another skip it)
+    address: str
+    hashes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Announcement:
     replica: str  # the sender's name (unique among the replicas)
     seq: int  # grows with every datagram the sender sends: late ones are dropped
     flights: dict[str, tuple[int, int]]  # address → (requests, tokens)
+    picks: tuple[Pick, ...] = ()
 
 
 def encode(note: Announcement) -> bytes:
@@ -28,11 +40,42 @@ def encode(note: Announcement) -> bytes:
             "r": note.replica,
             "s": note.seq,
             "f": [[a, n, t] for a, (n, t) in note.flights.items()],
+            "p": [[p.scorer, p.block_tokens, p.address, p.hashes] for p in note.picks],
         }
     )
     if len(data) > MAX_DATAGRAM:
-        raise ValueError(f"in-flight announcement of {len(data)} bytes exceeds {MAX_DATAGRAM}")
+        raise ValueError(f"announcement of {len(data)} bytes exceeds {MAX_DATAGRAM}")
     return data
+
+
+def encode_all(
+    replica: str, seq: int, flights: dict[str, tuple[int, int]], picks: Sequence[Pick]
+) -> list[bytes]:
+    """The announcement as datagrams of at most MAX_DATAGRAM bytes (sequence numbers from
+    `seq`): each carries the in-flight counts and as many picks as fit."""
+    out: list[bytes] = []
+    rest = list(picks)
+    while True:
+        count = len(rest)
+        while True:
+            try:
+                out.append(
+                    encode(Announcement(replica, seq + len(out), flights, tuple(rest[:count])))
+                )
+                break
+            except ValueError:
+                if count == 0:
+                    raise
+                count //= 2
+        if count == 0 and rest:  # one pick alone too big: drop it
+            rest = rest[1:]
+        rest = rest[count:]
+        if not rest:
+            return out
+
+
+def _count(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 def decode(data: bytes) -> Announcement:
@@ -42,12 +85,12 @@ def decode(data: bytes) -> Announcement:
         raise ValueError(f"not JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("v") != VERSION:
         raise ValueError(f"not a version {VERSION} announcement")
-    replica, seq, entries = doc.get("r"), doc.get("s"), doc.get("f")
+    replica, seq, entries, picks = doc.get("r"), doc.get("s"), doc.get("f"), doc.get("p", [])
     if not isinstance(replica, str) or not replica:
         raise ValueError("announcement without a replica name")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+    if not isinstance(seq, int) or not _count(seq):
         raise ValueError("announcement without a sequence number")
-    if not isinstance(entries, list):
+    if not isinstance(entries, list) or not isinstance(picks, list):
         raise ValueError("announcement without in-flight entries")
     flights: dict[str, tuple[int, int]] = {}
     for entry in entries:
@@ -55,8 +98,22 @@ def decode(data: bytes) -> Announcement:
             not isinstance(entry, list)
             or len(entry) != 3
             or not isinstance(entry[0], str)
-            or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in entry[1:])
+            or not all(_count(x) for x in entry[1:])
         ):
             raise ValueError(f"bad in-flight entry {entry!r}: want [address, requests, tokens]")
         flights[entry[0]] = (entry[1], entry[2])
-    return Announcement(replica, seq, flights)
+    return Announcement(replica, seq, flights, tuple(_pick(p) for p in picks))
+
+
+def _pick(entry: object) -> Pick:
+    if (
+        not isinstance(entry, list)
+        or len(entry) != 4
+        or not isinstance(entry[0], str)
+        or not _count(entry[1])
+        or not isinstance(entry[2], str)
+        or not isinstance(entry[3], list)
+        or not all(isinstance(h, int) and not isinstance(h, bool) for h in entry[3])
+    ):
+        raise ValueError("bad pick: want [scorer, block tokens, address, [hashes]]")
+    return Pick(entry[0], entry[1], entry[2], tuple(entry[3]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator
 
 import pytest
@@ -12,7 +13,13 @@ from epp.api.model import ResourceSet
 from epp.datastore import Datastore
 from epp.peers.kube import peers_of
 from epp.peers.sharing import PeerSettings, PeerSharing, parse_peers
-from epp.peers.wire import Announcement, decode, encode
+from epp.peers.wire import MAX_DATAGRAM, Announcement, Pick, decode, encode, encode_all
+from epp.scheduling.base import SchedulingRequest
+from epp.scheduling.plugins.prefix_cache import PrefixCacheScorer
+from epp.scheduling.plugins.prefix_index import block_hashes
+from epp.scheduling.registry import build_default_profiles
+from epp.scheduling.scheduler import Profile
+from epp.types import CHARS_PER_TOKEN
 from tests.factories import model, pod, pool
 
 POOL = "default/llama2-gpu-pool"
@@ -141,3 +148,49 @@ async def test_garbage_datagrams_are_counted_and_ignored() -> None:
         await until(lambda: flights(s)[A] == 1)
         transport.close()
         assert peers.stats.refused == 1
+
+
+def test_picks_travel_in_datagrams_that_fit() -> None:
+    picks = [
+        Pick("gpu-aware/prefix-cache-scorer", 16, A, tuple(range(i, i + 2000))) for i in range(40)
+    ]
+    datagrams = encode_all("epp-0", 5, {A: (1, 2)}, picks)
+    assert len(datagrams) > 1 and all(len(d) <= MAX_DATAGRAM for d in datagrams)
+    notes = [decode(d) for d in datagrams]
+    assert [n.seq for n in notes] == list(range(5, 5 + len(notes)))
+    assert all(n.flights == {A: (1, 2)} for n in notes)
+    assert [p for n in notes for p in n.picks] == picks
+    with pytest.raises(ValueError, match="bad pick"):
+        decode(b'{"v": 1, "r": "x", "s": 1, "f": [], "p": [["s", 16, "a", ["h"]]]}')
+
+
+async def test_replicas_learn_each_others_picks_into_their_prefix_index() -> None:
+    from tests.ports import free_ports
+
+    port_a, port_b = free_ports(2)
+    one, two = store(), store()
+    profiles_one = build_default_profiles(random.Random(1))
+    profiles_two = build_default_profiles(random.Random(2))
+    request = SchedulingRequest("r1", "m", 0, 3000, b"a shared system prompt " * 600)
+    async with (
+        sharing(one, "epp-0", port_a, port_b) as a,
+        sharing(two, "epp-1", port_b, port_a) as b,
+    ):
+        a.share_prefixes(profiles_one)
+        b.share_prefixes(profiles_two)
+        await asyncio.sleep(0.1)  # both listen
+        candidates = one.candidates(POOL)
+        (chosen,) = profiles_one["gpu-aware"].schedule(request, candidates, 1)
+        scorer = prefix_scorer(profiles_two["gpu-aware"])
+        await until(lambda: scorer.index.match(hashes_of(scorer, request)) != {})
+        assert set(scorer.index.match(hashes_of(scorer, request))) == {chosen.address}
+        assert b.stats.picks_learned >= 1 and a.stats.picks_sent >= 1
+
+
+def prefix_scorer(profile: Profile) -> PrefixCacheScorer:
+    return next(ws.scorer for ws in profile.scorers if isinstance(ws.scorer, PrefixCacheScorer))
+
+
+def hashes_of(scorer: PrefixCacheScorer, request: SchedulingRequest) -> list[int]:
+    chars = scorer.block_size_tokens * CHARS_PER_TOKEN
+    return block_hashes(request.target_model, request.prompt, chars, scorer.max_blocks)

@@ -14,7 +14,8 @@ soon as queueing costs more than recomputing it. Until prefill paces are measure
 overloaded when its load (EPP in-flight requests, or scraped waiting + running when fresh and
 higher) exceeds the pool's least-loaded candidate by more than `loadGateRatio` x that minimum +
 `loadGateSlack`. Affinity without a gate collapses a hot prefix onto one pod; a gated holder
-scores 0 and the request seeds a second holder.
+scores 0 and the request seeds a second holder. Each pick's blocks also go to `on_add` when
+set: other EPP replicas learn them (`epp.peers`).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class PrefixCacheScorer:
         self._block_tuned = False
         # hashes and matches of the request being scheduled, reused by `picked`
         self._last: tuple[SchedulingRequest, int, list[int], dict[str, int]] | None = None
+        self.on_add: Callable[[str, list[int]], None] | None = None  # (address, block hashes)
 
     @classmethod
     def from_parameters(cls, params: Params, ctx: BuildContext) -> PrefixCacheScorer:
@@ -174,6 +176,8 @@ class PrefixCacheScorer:
         stats.prompt_blocks += len(hashes)
         stats.hit_blocks += counts.get(endpoint.address, 0)
         self.index.add(endpoint.address, hashes, now)
+        if self.on_add is not None:
+            self.on_add(endpoint.address, hashes)
         if stats.picks % PURGE_EVERY == 0:
             self.index.purge_idle(now - self.idle_seconds)
 
