@@ -9,17 +9,24 @@ NoExecute and slows one whose device is PreferNoSchedule.
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
+import httpx
 import pytest
 
+from epp import top
 from epp.api.model import PodInfo, ResourceSet
 from epp.datastore import Datastore
 from epp.hardware import HEALTH_DEGRADED, HEALTH_DRAIN, HEALTH_OK
-from epp.kube.client import KubeApi
+from epp.kube.client import ClientConfig, KubeApi
+from epp.kube.runtime import KubeModeConfig
 from epp.kube.source import KubeSource, SourceConfig
 from epp.kube.watch import WatchSettings
+from epp.server import EppServer, ServeConfig
+from epp.settings import ServerSettings, Settings
 from tests.kube.apiserver import ApiServer
 from tests.kube.dra_objects import (
     SEED_MAINTENANCE_SLICE,
@@ -218,3 +225,44 @@ async def test_device_plugin_resources_without_dra(server: ApiServer, source: Ku
     assert pods["sliced"].capacity == pytest.approx(3 / 7)
     assert pods["timeshared"].capacity == pytest.approx(0.21 / 4)
     assert pods["plain"].capacity is None  # the datastore takes its node's model alone
+
+
+async def test_debug_endpoints_and_epp_top_show_capacity_and_health(server: ApiServer) -> None:
+    """A real EppServer in Kubernetes mode: /debug/endpoints and `epp top` show each pod's
+    capacity prior and its GPU's health, and follow a taint."""
+    v1_cluster(server)
+    kube = KubeModeConfig(
+        client=ClientConfig(host=server.url, request_timeout=5),
+        source=SourceConfig(watch=FAST),
+        leader_elect=False,
+        write_status=False,
+        reconcile_deployments=False,
+    )
+    settings = Settings(server=ServerSettings("127.0.0.1", 0, 0, 0, drain_seconds=0))
+    picker = EppServer(ServeConfig(settings, kube=kube))
+    await picker.start()
+    url = f"http://127.0.0.1:{picker.metrics_port}"
+
+    async def rows() -> dict[str, dict[str, Any]]:
+        async with httpx.AsyncClient() as client:
+            got = (await client.get(f"{url}/debug/endpoints")).raise_for_status().json()
+        return {r["pod"]: r for r in got["endpoints"]}
+
+    try:
+        await until(lambda: len(picker.store.endpoints()) == 3, what="three endpoints")
+        first = await rows()
+        assert first["default/vllm-0"]["capacity"] == 1.0
+        assert first["default/vllm-1"]["capacity"] == pytest.approx(1 / 7, abs=1e-4)
+        assert {r["gpu_health"] for r in first.values()} == {HEALTH_OK}
+        server.put(taint_rule("drain-mig", "NoExecute", device="gpu-1-mig-0"))
+        await until(
+            lambda: HEALTH_DRAIN in {s.gpu_health for s in picker.store.candidates(POOL)},
+            what="the taint",
+        )
+        assert (await rows())["default/vllm-1"]["gpu_health"] == HEALTH_DRAIN
+        out = io.StringIO()
+        assert await asyncio.to_thread(top.run, url, 1.0, True, out) == 0
+        line = next(x for x in out.getvalue().splitlines() if "10.0.0.2:8000" in x)
+        assert line.split()[2:4] == ["drain", "0.14"]
+    finally:
+        await picker.stop()
