@@ -1,0 +1,177 @@
+"""`epp serve --workers 2` vs one worker: non-streamed decisions per second behind one port.
+
+The EPP serves a static pool of simulated pods (`epp sim`, idle) and is driven over ext_proc
+directly, as Envoy drives it: one gRPC stream per request with the messages our Envoy sends
+for a non-streamed chat completion (request headers with the BUFFERED protocol config, the
+whole body, response headers), each answered before the next. Load comes from client
+processes, each with its own HTTP/2 connections (SO_REUSEPORT spreads connections, not
+streams, over the workers). Printed side by side: decisions/s, CPU per decision of each worker,
+and the ratio. The acceptance goal (>= 1.7x with 2 workers on 2 cores) assumes the load is
+generated elsewhere: on a 2-core machine the clients take a core's worth themselves, so the
+ratio printed here is a floor; the per-worker CPU shows the workers scale.
+Run: flock /tmp/bench.lock .venv/bin/pytest -m bench -s tests/bench/test_bench_workers.py
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mode_pb
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from epp.local.processes import ChildProcess, wait_until
+from tests.bench.gateways import cpu_seconds
+from tests.ports import free_ports
+
+pytestmark = pytest.mark.bench
+
+PODS = [f"127.0.93.{i}:8000" for i in range(2, 6)]
+CLIENTS = 2  # processes
+CONNECTIONS = 4  # per client process, one thread each
+SECONDS = 6.0
+
+
+def stream_messages(i: int) -> list[pb.ProcessingRequest]:
+    body = json.dumps(
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": f"question {i} " * 40}],
+            "max_tokens": 16,
+        }
+    ).encode()
+    headers = pb.ProcessingRequest(request_headers=pb.HttpHeaders())
+    for key, value in ((":method", "POST"), (":path", "/v1/chat/completions"),
+                       ("content-type", "application/json"), (":authority", "gw"),
+                       ("content-length", str(len(body))), ("x-request-id", f"r{i}")):  # fmt: skip
+        headers.request_headers.headers.headers.add(key=key, raw_value=value.encode())
+    headers.protocol_config.request_body_mode = mode_pb.ProcessingMode.BUFFERED
+    headers.protocol_config.response_body_mode = mode_pb.ProcessingMode.STREAMED
+    done = pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True))
+    answer = pb.ProcessingRequest(response_headers=pb.HttpHeaders())
+    answer.response_headers.headers.headers.add(key=":status", raw_value=b"200")
+    answer.response_headers.headers.headers.add(key="content-type", raw_value=b"application/json")
+    return [headers, done, answer]
+
+
+def one_stream(stub: pb_grpc.ExternalProcessorStub, sequence: list[pb.ProcessingRequest]) -> bool:
+    """Like Envoy: a message, its reply, the next; then the stream closes."""
+    ready = threading.Semaphore(0)
+
+    def feed():  # type: ignore[no-untyped-def]
+        for message in sequence:
+            yield message
+            ready.acquire()
+
+    replies = 0
+    for reply in stub.Process(feed()):
+        if reply.HasField("immediate_response"):
+            return False
+        replies += 1
+        ready.release()
+    return replies == len(sequence)
+
+
+def client(port: int, seconds: float, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    deadline = time.monotonic() + seconds
+    counts = [0, 0]  # ok, failed
+    lock = threading.Lock()
+
+    def worker(k: int) -> None:
+        # a channel of its own (no shared subchannel pool): its own connection
+        options = [("grpc.use_local_subchannel_pool", 1), ("grpc.channel_id", k)]
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+            stub = pb_grpc.ExternalProcessorStub(channel)
+            i = 0
+            while time.monotonic() < deadline:
+                ok = one_stream(stub, stream_messages(k * 1_000_000 + i))
+                i += 1
+                with lock:
+                    counts[0 if ok else 1] += 1
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(CONNECTIONS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put(tuple(counts))
+
+
+def drive(port: int, seconds: float) -> tuple[int, int]:
+    ctx = multiprocessing.get_context("spawn")
+    out: multiprocessing.Queue = ctx.Queue()  # type: ignore[type-arg]
+    procs = [ctx.Process(target=client, args=(port, seconds, out)) for _ in range(CLIENTS)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=seconds + 60) for _ in procs]
+    for p in procs:
+        p.join()
+    return sum(r[0] for r in results), sum(r[1] for r in results)
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return [int(c) for c in children]
+
+
+async def measure(tmp: Path, workers: int) -> tuple[float, list[float], int]:
+    grpc_port, health, metrics, peer = free_ports(4)
+    argv = [sys.executable, "-m", "epp", "serve", "--endpoints", ",".join(PODS),
+            "--grpc-port", str(grpc_port), "--health-port", str(health),
+            "--metrics-port", str(metrics), "--peer-port", str(peer),
+            "--workers", str(workers)]  # fmt: skip
+    epp = ChildProcess(f"epp-{workers}", argv, tmp / f"epp-{workers}.log")
+    await epp.start()
+    try:
+        for k in range(workers):
+            url = f"http://127.0.0.1:{metrics + k}/healthz"
+            await wait_until(lambda u=url: _ok(u), "the EPP workers", 60, epp)  # type: ignore[misc]
+        assert epp.proc is not None
+        pids = worker_pids(epp.proc.pid) if workers > 1 else [epp.proc.pid]
+        drive(grpc_port, 1.0)  # warm up
+        cpu0 = [cpu_seconds(p) for p in pids]
+        t0 = time.perf_counter()
+        ok, failed = drive(grpc_port, SECONDS)
+        elapsed = time.perf_counter() - t0
+        cpu = [cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
+        assert failed == 0, f"{failed} streams failed"
+        return ok / elapsed, [c / ok * 1e6 for c in cpu], ok
+    finally:
+        await epp.stop()
+
+
+async def _ok(url: str) -> bool:
+    async with httpx.AsyncClient(timeout=1.0) as http:
+        return (await http.get(url)).status_code == 200
+
+
+async def test_bench_workers(tmp_path: Path) -> None:
+    sim = ChildProcess(
+        "sim",
+        [sys.executable, "-m", "epp", "sim", "--pods", ",".join(PODS), "--model", "m"],
+        tmp_path / "sim.log",
+    )
+    await sim.start()
+    try:
+        await wait_until(lambda: _ok(f"http://{PODS[-1]}/metrics"), "the simulator", 60, sim)
+        results = {n: await measure(tmp_path, n) for n in (1, 2)}
+    finally:
+        await sim.stop()
+    print(f"\nnon-streamed decisions, {CLIENTS} client processes x {CONNECTIONS} connections, "
+          f"{SECONDS:.0f} s")  # fmt: skip
+    for n, (rate, cpu, _) in results.items():
+        per_worker = ", ".join(f"{c:.0f}" for c in cpu)
+        print(f"  --workers {n}: {rate:7.0f} decisions/s   CPU µs per decision by worker: "
+              f"{per_worker}")  # fmt: skip
+    ratio = results[2][0] / results[1][0]
+    print(f"  2 workers / 1 worker: {ratio:.2f}x")
+    # both workers decided: the kernel spread the connections over them
+    assert min(results[2][1]) > 0.2 * max(results[2][1])
