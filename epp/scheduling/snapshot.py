@@ -144,11 +144,20 @@ class Snapshot(tuple[EndpointState, ...]):
     @cached_property
     def filled_tpot(self) -> list[float]:
         """Measured paces, the unmeasured ones as the mean of the measured (all 0.0: none);
-        with hardware priors, the mean pace of one unit of capacity over each one's capacity."""
+        with hardware priors, the mean pace of one unit of capacity over each one's capacity
+        while nothing is measured, after that only where it is faster than the mean."""
         paces = self.tpot
-        if self.priors_matter:
-            return self._with_priors(self.unit_pace[0])
         measured = self.measured_tpot
+        if self.priors_matter:
+            filled = self._with_priors(self.unit_pace[0])
+            if not measured:
+                return filled
+            # an unmeasured GPU is taken at its prior only where that is faster than the
+            # measured mean: one the prior calls slower still gets tried, and measured
+            # (a loaded GPU's pace over a slice's capacity overstates an idle slice's)
+            default = sum(measured) / len(measured)
+            columns = zip(filled, paces, self.slowdown, strict=True)
+            return [f if p > 0.0 or s != 1.0 or f < default else default for f, p, s in columns]
         if not measured or len(measured) == len(paces):
             return paces
         default = sum(measured) / len(measured)

@@ -75,11 +75,17 @@ def test_capacity_sets_relative_pace_before_any_measurement() -> None:
 
 
 def test_a_measured_pace_refines_the_unmeasured_priors() -> None:
-    # the whole GPU streams at 10 ms per token: a 1/7 slice is expected at 70 ms until measured
+    # a 1/7 slice beside its measured whole GPU: seven times slower for load-first scoring,
+    # but the time model tries it at the measured mean (the loaded GPU's pace over 1/7
+    # would overstate an idle slice's and it would never be measured)
     snap = Snapshot([state("gpu", tpot=0.01), state("mig", MIG)])
-    assert snap.filled_tpot == pytest.approx([0.01, 0.07])
+    assert snap.relative_pace == pytest.approx([1.0, 7.0])
+    assert snap.filled_tpot == pytest.approx([0.01, 0.01])
     measured = Snapshot([state("gpu", tpot=0.01), state("mig", MIG, tpot=0.05)])
     assert measured.filled_tpot == pytest.approx([0.01, 0.05])
+    # an unmeasured GPU the prior calls faster is taken at its prior: an H100 beside an A100
+    faster = Snapshot([state("a100", tpot=0.02), state("h100", capacity_of("nvidia-h100-80gb"))])
+    assert faster.filled_tpot == pytest.approx([0.02, 0.02 / 2.15])
 
 
 def test_a_degraded_gpu_is_slower_at_once_even_where_its_pace_was_measured() -> None:
