@@ -90,6 +90,7 @@ def service_cluster_name(backend: ServiceBackend) -> str:
 # second or two; a replica refusing connections is ejected before the next check.
 EPP_HEALTH_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 EPP_HEALTH_INTERVAL_S = 1.0
+EPP_STREAMS_PER_CONNECTION = 64
 
 
 def epp_health_checks() -> list[dict[str, Any]]:
@@ -202,6 +203,9 @@ def epp_cluster(address: str, tls: bool) -> dict[str, Any]:
                 "http2_protocol_options": {
                     "initial_stream_window_size": 65536,
                     "initial_connection_window_size": 1048576,
+                    # past this many streams on a connection Envoy opens another: the kernel
+                    # spreads connections over an EPP's worker processes (epp serve --workers)
+                    "max_concurrent_streams": EPP_STREAMS_PER_CONNECTION,
                 }
             },
         }

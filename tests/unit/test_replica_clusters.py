@@ -70,3 +70,12 @@ def test_the_static_bootstrap_lists_every_replica_and_checks_them() -> None:
     # the shipped bootstrap and the control plane's clusters check replicas the same way
     assert static["health_checks"][0]["grpc_health_check"]["service_name"] == EPP_HEALTH_SERVICE
     assert cluster["health_checks"] == static["health_checks"]
+    options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    h2 = static["typed_extension_protocol_options"][options]["explicit_http_config"]
+    controlled = epp_cluster("127.0.0.1:9002", tls=False)["typed_extension_protocol_options"]
+    assert (
+        h2["http2_protocol_options"]["max_concurrent_streams"]
+        == controlled[options]["explicit_http_config"]["http2_protocol_options"][
+            "max_concurrent_streams"
+        ]
+    )  # enough connections for an EPP's workers, the same in both
