@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from epp.api import core, seed, upstream
+from epp.api import core, dra, seed, upstream
 from epp.api.core import Meta
 from epp.api.fields import Findings, Obj, type_name
 from epp.api.model import ModelRoute, PodInfo, Pool, Problem, ResourceSet, key_of
@@ -60,6 +60,11 @@ def parse_one(label: str, doc: object) -> Outcome:
     problems = [Problem(label, kind, name, path, msg) for path, msg in findings.items]
     if warning:
         problems.append(Problem(label, kind, name, "kind", warning, "warning", "UnknownKind"))
+    if isinstance(doc, dict):  # the seed's DRA shapes: accepted, with what to write instead
+        problems += [
+            Problem(label, kind, name, path, msg, "warning", dra.REASON)
+            for path, msg in dra.notes(doc)
+        ]
     return Outcome(kind, name, None if findings.items else value, tuple(problems))
 
 
@@ -85,7 +90,9 @@ def _dispatch(doc: object, findings: Findings) -> tuple[Value | None, str, str, 
         return core.read_priority_filter(obj), kind, name, ""
     if api_version == "v1" and kind == "Pod":
         return core.read_pod(obj), kind, name, ""
-    if (core.group_of(api_version), kind) in core.RAW_KINDS:
+    if (core.group_of(api_version), kind) in core.RAW_KINDS or (
+        core.group_of(api_version) == dra.GROUP and kind in dra.KINDS
+    ):
         return core.read_other(obj), kind, name, ""
     return None, kind, name, f"{api_version} {kind} is not used by the gateway; ignored"
 

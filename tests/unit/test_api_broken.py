@@ -595,11 +595,7 @@ def test_missing_path(tmp_path: Path) -> None:
 
 
 def test_unknown_kind_is_a_warning() -> None:
-    doc = {
-        "apiVersion": "resource.k8s.io/v1alpha2",
-        "kind": "ResourceClass",
-        "metadata": {"name": "x"},
-    }
+    doc = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "x"}}
     (problem,) = parse_documents([("a#1", doc)]).problems
     assert (problem.severity, problem.path, problem.reason) == ("warning", "kind", "UnknownKind")
 
