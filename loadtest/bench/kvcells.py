@@ -15,7 +15,8 @@ arrivals of the shared-prefix workload for a fixed time. Cells:
 
 Routers: `approximate` (profile prefix-cache-aware: prefix-cache-scorer 3, queue 2, KV use 2),
 `precise` (the same profile with precise-prefix-cache-scorer in place of prefix-cache-scorer;
-`precise-no-gate` and `precise-no-home` without its token-aware gate or its cold-prompt homes),
+`precise-no-gate`, `precise-gate-500ms` and `precise-no-home`: without its token-aware gate, with
+a 500 ms budget instead of 2 s, without its cold-prompt homes),
 `envoy:LEAST_REQUEST`, and the peers' cache-aware policies (not in `c`: one process each).
 The rate is `--fraction` of each shape's capacity (a closed loop through Envoy least-request).
 `kvcells_report` writes the run folder's `kv-cells.md|json`. Children are stopped on the way out.
@@ -61,9 +62,10 @@ CELLS = ("a", "b", "c", "d", "e")
 ROUTERS = ("approximate", "precise", "envoy:LEAST_REQUEST", "vllm-router:cache_aware",
            "sglang-router:cache_aware")  # fmt: skip
 # the precise router, and variants without its token-aware gate or without homes for cold prompts
-PRECISE = {
+PRECISE: dict[str, dict[str, object]] = {
     "precise": {},
     "precise-no-gate": {"ttftBudget": 0},
+    "precise-gate-500ms": {"ttftBudget": "500ms"},
     "precise-no-home": {"coldPromptHome": 0},
 }
 EPP_ROUTERS = ("approximate", *PRECISE)
