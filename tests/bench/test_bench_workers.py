@@ -14,10 +14,10 @@ Run: flock /tmp/bench.lock .venv/bin/pytest -m bench -s tests/bench/test_bench_w
 
 from __future__ import annotations
 
+import asyncio
 import json
 import multiprocessing
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -36,7 +36,8 @@ pytestmark = pytest.mark.bench
 
 PODS = [f"127.0.93.{i}:8000" for i in range(2, 6)]
 CLIENTS = 2  # processes
-CONNECTIONS = 4  # per client process, one thread each
+CONNECTIONS = 4  # per client process
+STREAMS_PER_CONNECTION = 8  # at once, each a closed loop
 SECONDS = 6.0
 
 
@@ -62,47 +63,50 @@ def stream_messages(i: int) -> list[pb.ProcessingRequest]:
     return [headers, done, answer]
 
 
-def one_stream(stub: pb_grpc.ExternalProcessorStub, sequence: list[pb.ProcessingRequest]) -> bool:
+async def one_stream(
+    stub: pb_grpc.ExternalProcessorStub, sequence: list[pb.ProcessingRequest]
+) -> bool:
     """Like Envoy: a message, its reply, the next; then the stream closes."""
-    ready = threading.Semaphore(0)
-
-    def feed():  # type: ignore[no-untyped-def]
-        for message in sequence:
-            yield message
-            ready.acquire()
-
-    replies = 0
-    for reply in stub.Process(feed()):
-        if reply.HasField("immediate_response"):
+    call = stub.Process()
+    for message in sequence:
+        await call.write(message)
+        reply = await call.read()
+        if reply is grpc.aio.EOF or reply.HasField("immediate_response"):
+            call.cancel()
             return False
-        replies += 1
-        ready.release()
-    return replies == len(sequence)
+    await call.done_writing()
+    return True
+
+
+async def streams(port: int, seconds: float) -> tuple[int, int]:
+    deadline = time.monotonic() + seconds
+    counts = [0, 0]  # ok, failed
+
+    async def loop(stub: pb_grpc.ExternalProcessorStub, k: int) -> None:
+        i = 0
+        while time.monotonic() < deadline:
+            ok = await one_stream(stub, stream_messages(k * 1_000_000 + i))
+            i += 1
+            counts[0 if ok else 1] += 1
+
+    channels = [
+        # a channel of its own (no shared subchannel pool): its own connection
+        grpc.aio.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1), ("k", k)]
+        )
+        for k in range(CONNECTIONS)
+    ]
+    stubs = [pb_grpc.ExternalProcessorStub(c) for c in channels]
+    await asyncio.gather(
+        *(loop(stubs[k % CONNECTIONS], k) for k in range(CONNECTIONS * STREAMS_PER_CONNECTION))
+    )
+    for channel in channels:
+        await channel.close()
+    return counts[0], counts[1]
 
 
 def client(port: int, seconds: float, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    deadline = time.monotonic() + seconds
-    counts = [0, 0]  # ok, failed
-    lock = threading.Lock()
-
-    def worker(k: int) -> None:
-        # a channel of its own (no shared subchannel pool): its own connection
-        options = [("grpc.use_local_subchannel_pool", 1), ("grpc.channel_id", k)]
-        with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
-            stub = pb_grpc.ExternalProcessorStub(channel)
-            i = 0
-            while time.monotonic() < deadline:
-                ok = one_stream(stub, stream_messages(k * 1_000_000 + i))
-                i += 1
-                with lock:
-                    counts[0 if ok else 1] += 1
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(CONNECTIONS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    out.put(tuple(counts))
+    out.put(asyncio.run(streams(port, seconds)))
 
 
 def drive(port: int, seconds: float) -> tuple[int, int]:
@@ -165,8 +169,8 @@ async def test_bench_workers(tmp_path: Path) -> None:
         results = {n: await measure(tmp_path, n) for n in (1, 2)}
     finally:
         await sim.stop()
-    print(f"\nnon-streamed decisions, {CLIENTS} client processes x {CONNECTIONS} connections, "
-          f"{SECONDS:.0f} s")  # fmt: skip
+    print(f"\nnon-streamed decisions, {CLIENTS} client processes x {CONNECTIONS} connections x "
+          f"{STREAMS_PER_CONNECTION} streams, {SECONDS:.0f} s")  # fmt: skip
     for n, (rate, cpu, _) in results.items():
         per_worker = ", ".join(f"{c:.0f}" for c in cpu)
         print(f"  --workers {n}: {rate:7.0f} decisions/s   CPU µs per decision by worker: "
