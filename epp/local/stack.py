@@ -249,6 +249,12 @@ class LocalStack:
             f"  model {m.model_name} → pool {m.pool} (priority {m.priority})"
             for m in self.resources.models
         ]
+        if self.replicas is not None and self.replicas.count > 1:
+            lines.append(
+                f"  EPP replicas: {self.epp_addresses} (sharing in-flight counts and prefix "
+                f"picks over udp :{self.config.peer_port}; /debug/peers on :"
+                f"{self.config.metrics_port} of each)"
+            )
         lines += [f"  {p.severity}: {p}" for p in self.resources.problems]
         lines += status_lines(self.gateway_status)
         data = f'{{"model": "{first}", "messages": [{{"role": "user", "content": "Hello"}}]}}'
