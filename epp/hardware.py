@@ -6,7 +6,7 @@ A100 or H100, 1/4 of an A30) or a time-sliced share (1/`maxUsers`). An unknown m
 the reference. Health classes order the GPU's state: `ok`, `degraded` (thermal throttling, a
 `PreferNoSchedule` taint: de-prioritised) and `drain` (maintenance, `NoSchedule`/`NoExecute`, an
 XID error: no new requests, in-flight ones finish). The edges that read nodes, DRA objects and
-DCGM (`epp.kube.dra`, `epp.gpu`) produce these values; the datastore and the snapshot read them.
+DCGM (`epp.api.devices`, `epp.gpu`) produce these values; the datastore and the snapshot read them.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ of its own: free-form `parameters` on classes and claims, `resourceClassNames`, 
 tolerated by Pod tolerations, a ResourceClass (now DeviceClass). `notes(doc)` returns (field
 path, message) pairs saying what Kubernetes serves instead; `epp.api.parse` accepts the
 documents and reports each note as a warning (`DraShape`), so `epp validate` passes the seed
-and tells how to port it. What the EPP reads of DRA at run time is `epp.kube.dra`.
+and tells how to port it. What the EPP reads of DRA at run time is `epp.api.devices`.
 """
 
 from __future__ import annotations

@@ -141,7 +141,7 @@ class PodInfo:
     # `--max-num-seqs` given to the model server in the pod spec: the most requests one batch
     # runs (None: not given, the server's own default applies and the EPP learns the limit)
     max_num_seqs: int | None = None
-    # what the GPU layer says (Kubernetes mode reads DRA claims and slices, `epp.kube.dra`):
+    # what the GPU layer says (Kubernetes mode reads DRA claims and slices, `epp.api.devices`):
     # capacity prior (None: from `accelerator` alone) and the devices' taint health class
     capacity: float | None = None
     device_health: str = "ok"

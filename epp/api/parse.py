@@ -10,9 +10,9 @@ feeds it from files, `epp.sources` from folders or the API server.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from epp.api import core, dra, seed, upstream
+from epp.api import core, devices, dra, seed, upstream
 from epp.api.core import Meta
 from epp.api.fields import Findings, Obj, type_name
 from epp.api.model import ModelRoute, PodInfo, Pool, Problem, ResourceSet, key_of
@@ -45,13 +45,45 @@ class Outcome:
 def parse_documents(docs: Iterable[tuple[str, object]]) -> ResourceSet:
     items: list[Parsed] = []
     problems: list[Problem] = []
+    raw_pods: dict[str, dict[str, object]] = {}
     for label, doc in _expand(docs):
         outcome = parse_one(label, doc)
         problems.extend(outcome.problems)
         if outcome.value is not None:
             key = _key_of(outcome.value)
             items.append(Parsed(label, outcome.kind, key, outcome.value, len(items)))
-    return resolve(items, problems)
+            if isinstance(outcome.value, PodInfo) and isinstance(doc, dict):
+                raw_pods[key] = doc
+    return _with_devices(resolve(items, problems), raw_pods)
+
+
+def _with_devices(resources: ResourceSet, raw_pods: dict[str, dict[str, object]]) -> ResourceSet:
+    """File mode: the pods' capacity priors and taint health from the DRA documents beside
+    them (and their device-plugin resources), as Kubernetes mode reads them from the cluster."""
+    dra_docs = [d for d in resources.other if d.get("kind") in devices.DRA_KINDS]
+    if not raw_pods or not (dra_docs or any(_asks_gpus(d) for d in raw_pods.values())):
+        return resources
+    by_key = {p.key: p for p in resources.pods}
+    found = devices.with_gpu_facts(
+        ((k, by_key[k].accelerator, raw) for k, raw in raw_pods.items() if k in by_key),
+        dra_docs,
+    )
+    if not found:
+        return resources
+    pods = tuple(
+        replace(p, capacity=found[p.key].capacity, device_health=found[p.key].health)
+        if p.key in found
+        else p
+        for p in resources.pods
+    )
+    return replace(resources, pods=pods)
+
+
+def _asks_gpus(pod: dict[str, object]) -> bool:
+    spec = pod.get("spec")
+    return isinstance(spec, dict) and (
+        bool(spec.get("resourceClaims")) or "nvidia.com/" in str(spec.get("containers"))
+    )
 
 
 def parse_one(label: str, doc: object) -> Outcome:

@@ -3,7 +3,7 @@
 `poller.GpuPoller` runs the instant queries (DCGM or the nvidia exporter) and hands each pod's
 `GpuMetrics` to the datastore; `health` turns DCGM's throttle reasons, temperature, XID errors
 and violation time into a health class with hysteresis. What Kubernetes says of the hardware
-(DRA devices, taints) is read by `epp.kube.dra`; the values both produce are `epp.hardware`'s.
+(DRA devices, taints) is read by `epp.api.devices`; the values both produce are `epp.hardware`'s.
 """
 
 from epp.gpu.health import DcgmHealth, HealthSettings

@@ -18,6 +18,7 @@ import contextlib
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field, replace
 
+from epp.api.devices import DraIndex, device_plugin_capacity
 from epp.api.model import PodInfo, Pool, Problem, ResourceSet, key_of
 from epp.api.parse import parse_documents, parse_one
 from epp.kube.client import (
@@ -33,7 +34,6 @@ from epp.kube.client import (
     KubeApi,
     Resource,
 )
-from epp.kube.dra import DraIndex, device_plugin_capacity
 from epp.kube.watch import Changes, Reflector, WatchSettings
 
 # plural → its versions, preferred first (an object served in several is read once)

@@ -94,6 +94,10 @@ def _pod_manifest(
     container: dict[str, Any] = {"name": "vllm-sim", "image": "epp-sim"}
     if max_num_seqs:  # as the template says: the EPP reads it as the batch size
         container["args"] = ["--max-num-seqs", str(max_num_seqs)]
+    template = pool.deployment.template if pool.deployment else {}
+    template_spec = template.get("spec") if isinstance(template, dict) else None
+    # the template's DRA claims: the EPP follows them to the devices in the manifests folder
+    claims = template_spec.get("resourceClaims") if isinstance(template_spec, dict) else None
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -101,6 +105,7 @@ def _pod_manifest(
         "spec": {
             "containers": [container],
             **({"nodeSelector": {"accelerator": accel}} if accel else {}),
+            **({"resourceClaims": claims} if claims else {}),
         },
         "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]},
     }

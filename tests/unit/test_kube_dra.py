@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from epp.kube.dra import DraIndex, Taint, allocated, claim_names, devices_of, tolerates
+from epp.api.devices import DraIndex, Taint, allocated, claim_names, devices_of, tolerates
 
 NO_SCHEDULE = Taint("maintenance", "scheduled", "NoSchedule")
 

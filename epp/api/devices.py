@@ -8,8 +8,9 @@ in `resource.k8s.io/v1` and its betas, `resourceHandles[].structuredData.results
 follows pod → claim → allocation → device → taints and returns the pod's capacity prior and
 health class (`epp.hardware`). The seed's `v1alpha2` documents are read too: devices listed
 under `spec.devices` with taints beside `basic`, and a ResourceClass's free-form `parameters`
-(`migProfile`, `maxUsers`) for claims that name it. Pure functions over JSON; `source.py`
-feeds it the reflectors' objects.
+(`migProfile`, `maxUsers`) for claims that name it. Pure functions over JSON: Kubernetes mode
+(`epp.kube.source`) feeds it the reflectors' objects, file mode (`parse.parse_documents`) the
+documents of the manifests folder; `with_gpu_facts` applies it to parsed pods.
 """
 
 from __future__ import annotations
@@ -333,6 +334,36 @@ def _int(value: object, default: int) -> int:
         return max(1, int(str(value)))
     except ValueError:
         return default
+
+
+DRA_KINDS = frozenset({"ResourceSlice", "ResourceClaim", "ResourceClass", "DeviceTaintRule"})
+
+
+def with_gpu_facts(
+    pods: Iterable[tuple[str, str | None, JsonObj]], dra_docs: Iterable[JsonObj]
+) -> dict[str, GpuFacts]:
+    """(pod key, its accelerator, raw pod) and the DRA documents beside them → the facts of
+    each pod DRA or the device plugin says something of (file mode: no node labels)."""
+    by_kind: dict[str, list[JsonObj]] = {}
+    for doc in dra_docs:
+        by_kind.setdefault(str(doc.get("kind")), []).append(doc)
+    pairs = list(pods)
+    index = DraIndex(
+        by_kind.get("ResourceSlice", []),
+        by_kind.get("ResourceClaim", []),
+        by_kind.get("DeviceTaintRule", []),
+        by_kind.get("ResourceClass", []),
+        [raw for _, _, raw in pairs],
+    )
+    out: dict[str, GpuFacts] = {}
+    for key, accelerator, raw in pairs:
+        facts = index.facts(raw, accelerator)
+        if facts.capacity is None:
+            plugin = device_plugin_capacity(raw, accelerator, {})
+            facts = GpuFacts(plugin, facts.health, facts.devices)
+        if facts.capacity is not None or facts.health != HEALTH_OK:
+            out[key] = facts
+    return out
 
 
 def device_plugin_capacity(
