@@ -104,9 +104,14 @@ class Snapshot(tuple[EndpointState, ...]):
     def priors_matter(self) -> bool:
         """Whether the hardware tells the endpoints apart (capacities differ, or a GPU is
         degraded); when not, paces are read exactly as measured."""
-        caps = self.capacity
-        first = caps[0] if caps else 1.0
-        return any(c != first for c in caps) or any(s != 1.0 for s in self.slowdown)
+        # one pass, attributes read directly: this runs on every pick of the time model
+        first = self[0].endpoint.capacity if self else 1.0
+        degraded = HEALTH_DEGRADED
+        for c in self:
+            ep = c.endpoint
+            if ep.capacity != first or degraded in (ep.device_health, c.gpu.health):
+                return True
+        return False
 
     @cached_property
     def unit_pace(self) -> tuple[float, float]:
