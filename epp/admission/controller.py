@@ -79,9 +79,10 @@ class AdmissionController:
             return self._store.ready(pool_key, subset)
         # a length only expected, not told, singles nothing out: the first free slot will do
         free_first = plan is not None and not plan.told
-        await self._wait(request, pool_key, priority, subset, plan, free_first, ticket)
+        held = await self._wait(request, pool_key, priority, subset, plan, free_first, ticket)
         view = self.view(pool_key, subset)
-        return view.with_room(priority, free_first) or list(view.candidates)
+        # a held request goes to a free batch slot, not behind a server's own queue
+        return view.with_room(priority, free_first or held) or list(view.candidates)
 
     def ticket(self, headers: Mapping[str, str], defaults: RequestDefaults) -> Ticket:
         """What the request's headers and its model's defaults say of its flow, TTL and
@@ -110,7 +111,8 @@ class AdmissionController:
         plan: LengthPlan | None,
         free_first: bool,
         ticket: Ticket,
-    ) -> None:
+    ) -> bool:
+        """Wait for room; True when the request was held (it had to wait)."""
         flow = self.flow
         assert flow is not None
 
@@ -123,14 +125,15 @@ class AdmissionController:
         timer = None
         if priority < 0:
             room = SheddableRoom(self._shedder, lambda: current().candidates, self._clock)
-        elif priority > 0:
-            room = CriticalRoom(current, self._clock)
-            # a critical request holding out for a free slot looks again when that wait ends,
+        else:
+            # a request holding out for a free slot looks again when it may probe a full batch,
             # even if nothing else happens meanwhile
             timer = asyncio.get_running_loop().call_later(
                 CRITICAL_QUEUE_AFTER, flow.notify, pool_key
             )
-        else:
+        if priority > 0:
+            room = CriticalRoom(current, self._clock)
+        elif priority == 0:
             tokens, typical = (
                 (plan.expected, plan.typical) if plan else (request.output_limit, None)
             )
@@ -138,7 +141,7 @@ class AdmissionController:
                 current, self._service_time, tokens, self._clock, typical, free_first
             )
         try:
-            await flow.wait_for_room(pool_key, priority, room, place)
+            return await flow.wait_for_room(pool_key, priority, room, place)
         finally:
             if timer is not None:
                 timer.cancel()

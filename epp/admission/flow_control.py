@@ -34,6 +34,9 @@ from epp.datastore import Datastore
 from epp.errors import Evicted, QueueFull, TTLExpired
 
 SCAN = 32  # waiters a notification looks at, best first, for one that the room suits
+# a pool with waiters is looked at again at least this often, even if nothing happens, since a
+# room test may change its answer with time alone (the head of the line probing a full batch)
+TICK = 0.25
 _ORDER = attrgetter("rank", "tag", "seq")  # the heap's order, as a key compared in C
 # how a request left the waiting room (upstream's flow-control outcomes)
 DISPATCHED = "Dispatched"
@@ -46,9 +49,10 @@ Outcome = Callable[[str, int, str, str, float], None]
 
 
 class RoomTest(Protocol):
-    def __call__(self, first: bool) -> bool:
+    def __call__(self, first: bool, held: bool) -> bool:
         """Whether there is room for this request now; `first`: nothing of its priority or
-        better waits ahead of it."""
+        better waits ahead of it; `held`: it is waiting (others contend for the pool), so a
+        place in a server's own queue would lose the room's order."""
         ...
 
 
@@ -108,6 +112,7 @@ class FlowControl:
         self._store = store
         self._queues: dict[str, list[_Waiter]] = {}
         self._bands: dict[tuple[str, int], Band] = {}
+        self._ticking: set[str] = set()  # pools whose tick is armed
         self._seq = itertools.count()
         store.add_listener(self.notify)
 
@@ -116,17 +121,17 @@ class FlowControl:
 
     async def wait_for_room(
         self, pool_key: str, priority: int, has_room: RoomTest, place: Place = Place()
-    ) -> None:
-        """Return when the pool has room for this request and no better request waits.
-        `has_room(first)` is the request's own test; `first`: nothing of its priority or better
-        waits ahead of it. Raises `QueueFull`, `Evicted` or `TTLExpired`."""
+    ) -> bool:
+        """Return when the pool has room for this request and no better request waits: True
+        when it had to wait (it was held). `has_room(first, held)` is the request's own test.
+        Raises `QueueFull`, `Evicted` or `TTLExpired`."""
         queue = self._queues.setdefault(pool_key, [])
         while queue and queue[0].future.done():
             heapq.heappop(queue)
-        if (not queue or -queue[0].rank < priority) and has_room(True):
+        if (not queue or -queue[0].rank < priority) and has_room(True, False):
             if self.on_outcome is not None:
                 self.on_outcome(pool_key, priority, place.flow, DISPATCHED, 0.0)
-            return
+            return False
         band = self._bands.get((pool_key, priority))
         if band is None:
             band = self._bands[(pool_key, priority)] = Band()
@@ -138,6 +143,7 @@ class FlowControl:
             outcome = CANCELLED
             await self._wait(queue, pool_key, priority, has_room, place, band)
             outcome = DISPATCHED
+            return True
         except TTLExpired:
             outcome = EXPIRED
             raise
@@ -163,15 +169,18 @@ class FlowControl:
             -priority, tag, next(self._seq), loop.create_future(), has_room, place, band
         )
         heapq.heappush(queue, waiter)
+        if pool_key not in self._ticking:
+            self._ticking.add(pool_key)
+            loop.call_later(TICK, self._tick, pool_key)
         ttl = self.timeout if place.ttl is None else place.ttl
         served = False
         try:
-            if has_room(queue[0] is waiter):  # room the waiters ahead declined: the best may go
+            if has_room(queue[0] is waiter, True):  # room those ahead declined: the best may go
                 self.notify(pool_key)
             async with asyncio.timeout(ttl):
                 while True:
                     await waiter.future
-                    if has_room(waiter.first):
+                    if has_room(waiter.first, True):
                         served = True
                         return
                     # someone else took the room: back in line, keeping our place
@@ -247,6 +256,13 @@ class FlowControl:
         )
         return True
 
+    def _tick(self, pool_key: str) -> None:
+        self.notify(pool_key)
+        if self._queues.get(pool_key):
+            asyncio.get_running_loop().call_later(TICK, self._tick, pool_key)
+        else:
+            self._ticking.discard(pool_key)
+
     def notify(self, pool_key: str) -> None:
         """An endpoint of the pool may have room: wake the best waiter it suits."""
         queue = self._queues.get(pool_key)
@@ -256,7 +272,7 @@ class FlowControl:
             return
         head = queue[0]
         head.first = True
-        if head.fits(True):
+        if head.fits(True, True):
             heapq.heappop(queue)
             head.future.set_result(None)
             return
@@ -264,7 +280,7 @@ class FlowControl:
             if waiter.rank != head.rank:
                 return  # a lower priority never takes room a higher one is holding out for
             waiter.first = False
-            if not waiter.future.done() and waiter.fits(False):
+            if not waiter.future.done() and waiter.fits(False, True):
                 queue.remove(waiter)
                 heapq.heapify(queue)
                 waiter.future.set_result(None)

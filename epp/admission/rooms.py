@@ -8,6 +8,10 @@ learned limits can still grow under critical-only traffic. A standard request
 takes room where it would not finish much later than on the best endpoint (`StandardRoom`): a
 long one declines a free slot on a slow GPU while a fast one frees up soon enough, and the time
 it has held out since it first declined, first in line, counts against the gain (`Patience`).
+A request that is *held* (it had to wait: others contend for the pool) takes only a free batch
+slot, never a place in a server's own queue: there it would wait first come, first served behind
+whatever was sent before, and the waiting room's order (priorities, the flows' fair turns) would
+be lost. Only the head of the line, after `CRITICAL_QUEUE_AFTER` there, may probe a full batch.
 Every test reads a `RoomView`: the facts of one snapshot of the pool, computed once and shared
 by every waiter a wake-up asks. Neighbours: `flow_control` asks the tests, `controller` builds
 them; `epp.scheduling.service_time` predicts the times.
@@ -27,6 +31,7 @@ from epp.types import EndpointState
 Clock = Callable[[], float]
 # a critical request waits this long for a free batch slot before queueing inside a server
 CRITICAL_QUEUE_AFTER = 0.5
+ROOM, FREE, PROBE = "room", "free", "probe"  # kinds of room (`RoomView.mask`)
 # a waiting request declines room where it would finish later than on the best endpoint by more
 # than this share of a typical request's time on the fastest one
 DECLINE_AFTER = 0.5
@@ -67,7 +72,16 @@ def probe(state: EndpointState) -> bool:
 class RoomView:
     """What the room rules need of one snapshot of a pool's ready endpoints, computed once."""
 
-    __slots__ = ("_envelopes", "any_free", "any_probe", "any_room", "candidates", "room")
+    __slots__ = (
+        "_envelopes",
+        "any_free",
+        "any_probe",
+        "any_room",
+        "candidates",
+        "free",
+        "probe",
+        "room",
+    )
 
     def __init__(self, candidates: Sequence[EndpointState]) -> None:
         # ready endpoints (healthy, within the subset hint), as a snapshot whose columns the
@@ -77,24 +91,37 @@ class RoomView:
         columns = list(zip(snap.load, snap.limit, strict=True))
         self.room = [not lim or ld < lim + ((lim >> 2) or 1) for ld, lim in columns]
         self.any_room = any(self.room)
-        self.any_free = any(not lim or ld < lim for ld, lim in columns)
-        self.any_probe = self.any_free or any(ld <= lim for ld, lim in columns)
-        self._envelopes: dict[int, tuple[LowerEnvelope, LowerEnvelope, float] | None] = {}
+        self.free = [not lim or ld < lim for ld, lim in columns]
+        self.any_free = any(self.free)
+        self.probe = [not lim or ld <= lim for ld, lim in columns]
+        self.any_probe = any(self.probe)
+        self._envelopes: dict[
+            tuple[int, str], tuple[LowerEnvelope, LowerEnvelope, float] | None
+        ] = {}
+
+    def mask(self, kind: str) -> tuple[list[bool], bool]:
+        """Which endpoints count as room, and whether any does: `ROOM` (a place, queue slack
+        included), `FREE` (a free batch slot) or `PROBE` (a full batch with nothing queued)."""
+        if kind == FREE:
+            return self.free, self.any_free
+        if kind == PROBE:
+            return self.probe, self.any_probe
+        return self.room, self.any_room
 
     def envelopes(
-        self, model: ServiceTime, typical: int
+        self, model: ServiceTime, typical: int, kind: str = ROOM
     ) -> tuple[LowerEnvelope, LowerEnvelope, float] | None:
-        """(best predicted time over all endpoints, over those with room, the fastest pace) as
-        functions of the output tokens, for a typical request of `typical` tokens; None when no
-        pace is measured yet."""
-        key = typical
+        """(best predicted time over all endpoints, over those with room of `kind`, the
+        fastest pace) as functions of the output tokens, for a typical request of `typical`
+        tokens; None when no pace is measured yet."""
+        key = (typical, kind)
         if key not in self._envelopes:
             found = model.lines(self.candidates, typical)
             if found is None:
                 self._envelopes[key] = None
             else:
                 slopes, intercepts, fastest = found
-                with_room = [i for i, ok in enumerate(self.room) if ok]
+                with_room = [i for i, ok in enumerate(self.mask(kind)[0]) if ok]
                 self._envelopes[key] = (
                     LowerEnvelope(slopes, intercepts),
                     LowerEnvelope(
@@ -121,17 +148,19 @@ def worth_taking(
     waited: float,
     output_tokens: int | None,
     typical: int | None = None,
+    kind: str = ROOM,
 ) -> bool:
-    """Room for a standard request: an endpoint with room where it would not finish much later
-    than on the best endpoint, full ones included (their queue counted). The time it has
-    `waited` since it first declined counts against the gain, so it never holds out for longer
-    than it would lose."""
-    if not view.any_room:
+    """Room for a standard request: an endpoint with room of `kind` where it would not finish
+    much later than on the best endpoint, full ones included (their queue counted). The time it
+    has `waited` since it first declined counts against the gain, so it never holds out for
+    longer than it would lose."""
+    mask, any_room = view.mask(kind)
+    if not any_room:
         return False
-    if all(view.room):
+    if all(mask):
         return True
     typical = typical or model.typical_output_tokens
-    found = view.envelopes(model, typical)
+    found = view.envelopes(model, typical, kind)
     if found is None:
         return True
     best, best_with_room, fastest = found
@@ -163,6 +192,7 @@ class StandardRoom:
     __slots__ = (
         "_clock",
         "_free_first",
+        "_head_since",
         "_model",
         "_output_tokens",
         "_patience",
@@ -186,20 +216,30 @@ class StandardRoom:
         self._free_first = free_first
         self._clock = clock
         self._patience = Patience()
+        self._head_since: float | None = None  # when it first came first in line, held
 
-    def __call__(self, first: bool) -> bool:
+    def __call__(self, first: bool, held: bool) -> bool:
         try:
             view = self._view()
         except NoEndpoints:
             return True  # let the request through to get its 503 now
-        if not view.any_room:
+        now = self._clock()
+        kind = ROOM
+        if held:
+            # a free slot; the head of the line, after a while there, may probe a full batch,
+            # so that learned limits still grow while requests contend
+            if first and self._head_since is None:
+                self._head_since = now
+            since = self._head_since
+            long_head = first and since is not None and now - since >= CRITICAL_QUEUE_AFTER
+            kind = PROBE if long_head and not view.any_free else FREE
+        if not view.mask(kind)[1]:
             return False
         if self._free_first and view.any_free:
             return True
-        now = self._clock()
         declined = self._patience.declined_since
         waited = 0.0 if declined is None else now - declined
-        if worth_taking(view, self._model, waited, self._output_tokens, self._typical):
+        if worth_taking(view, self._model, waited, self._output_tokens, self._typical, kind):
             return True
         if first and declined is None:
             self._patience.declined_since = now  # its own choice to wait starts now
@@ -217,7 +257,7 @@ class CriticalRoom:
         self._clock = clock
         self._since = clock()
 
-    def __call__(self, first: bool) -> bool:
+    def __call__(self, first: bool, held: bool) -> bool:
         try:
             view = self._view()
         except NoEndpoints:

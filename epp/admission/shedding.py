@@ -51,7 +51,7 @@ class SheddableRoom:
         self._candidates = candidates
         self._clock = clock
 
-    def __call__(self, first: bool) -> bool:
+    def __call__(self, first: bool, held: bool) -> bool:
         try:
             self._shedder.admit(self._candidates(), self._clock())
         except Shed:

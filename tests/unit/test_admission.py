@@ -103,31 +103,31 @@ def test_patience_counts_only_from_declining_while_first_in_line() -> None:
     views = [two_pods(5, 3)]
     room = StandardRoom(lambda: views[0], ServiceTime(200), 1000, clock)
     clock.now += 60  # waiting behind others does not count
-    assert not room(False)
+    assert not room(False, True)
     clock.now += 60
-    assert not room(True)  # first in line: declines, its clock starts now
+    assert not room(True, True)  # first in line: declines, its clock starts now
     clock.now += 10
-    assert not room(True)  # 10 s held out: the 18 s it would lose still exceed 2 s + 10 s
+    assert not room(True, True)  # 10 s held out: the 18 s it would lose still exceed 2 s + 10 s
     clock.now += 6
-    assert room(True)
+    assert room(True, True)
 
 
 def test_a_pool_that_lost_its_endpoints_lets_the_waiter_through_to_its_503() -> None:
     def gone() -> RoomView:
         raise NoEndpoints("no ready endpoint")
 
-    assert StandardRoom(gone, ServiceTime(), None, Clock())(True)
-    assert CriticalRoom(gone, Clock())(True)
+    assert StandardRoom(gone, ServiceTime(), None, Clock())(True, True)
+    assert CriticalRoom(gone, Clock())(True, True)
 
 
 def test_a_critical_request_wants_a_free_slot_then_settles_for_a_short_queue() -> None:
     clock = Clock()
     full_without_queue = [RoomView([endpoint(FAST, 4, 4, 0.02), endpoint(SLOW, 5, 4, 0.04)])]
     room = CriticalRoom(lambda: full_without_queue[0], clock)
-    assert not room(True)
+    assert not room(True, True)
     clock.now += CRITICAL_QUEUE_AFTER
-    assert room(True)  # FAST's batch is full but nothing queues behind it
-    assert CriticalRoom(lambda: two_pods(3, 5), clock)(True)  # a free slot at once
+    assert room(True, True)  # FAST's batch is full but nothing queues behind it
+    assert CriticalRoom(lambda: two_pods(3, 5), clock)(True, True)  # a free slot at once
     # offered: free slots first, even on the slow pod
     assert [c.address for c in two_pods(4, 3).with_room(1)] == [SLOW]
     assert [c.address for c in two_pods(4, 3).with_room(0)] == [FAST, SLOW]
@@ -184,7 +184,10 @@ async def test_admit_waits_for_room_and_offers_only_endpoints_with_room() -> Non
     waiting = asyncio.create_task(admission.admit(BODY, POOL, 0))
     await asyncio.sleep(0.01)
     assert not waiting.done()
-    leases[0].release()  # room on one pod
+    leases[0].release()  # a queue place on one pod: a held request waits for a batch slot
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    next(lease for lease in leases[1:] if lease.address == leases[0].address).release()
     offered = await asyncio.wait_for(waiting, 1)
     assert [c.address for c in offered] == [leases[0].address]
     # a request no model runs never waits, and is offered every ready endpoint
@@ -265,9 +268,25 @@ def test_a_request_of_unknown_length_takes_the_first_free_slot_anywhere() -> Non
     views = [two_pods(fast_load=5, slow_load=3)]  # only the slow pod has a free slot
     told = StandardRoom(lambda: views[0], ServiceTime(200), 1000, clock)
     unknown = StandardRoom(lambda: views[0], ServiceTime(200), 1000, clock, free_first=True)
-    assert not told(True)  # a long answer, known to be long, holds out for the fast pod
-    assert unknown(True)  # nothing says this one is long: it goes now
+    assert not told(True, True)  # a long answer, known to be long, holds out for the fast pod
+    assert unknown(True, True)  # nothing says this one is long: it goes now
     queued_only = [two_pods(fast_load=4, slow_load=4)]  # room only as queue places
     room = StandardRoom(lambda: queued_only[0], ServiceTime(200), 1000, clock, free_first=True)
-    assert room(True) == worth_taking(queued_only[0], ServiceTime(200), 0.0, 1000)
+    assert room(True, False) == worth_taking(queued_only[0], ServiceTime(200), 0.0, 1000)
     assert [c.address for c in two_pods(4, 3).with_room(0, free_first=True)] == [SLOW]
+
+
+def test_a_held_request_takes_a_free_slot_not_a_place_in_a_servers_queue() -> None:
+    clock = Clock()
+    queued_only = [two_pods(fast_load=4, slow_load=4)]  # both batches full, queue places left
+    arriving = StandardRoom(lambda: queued_only[0], ServiceTime(200), 10, clock)
+    assert arriving(True, False)  # nobody waits: a queue place is as good as any
+    held = StandardRoom(lambda: queued_only[0], ServiceTime(200), 10, clock)
+    assert not held(True, True)  # others contend: the room's order would be lost in there
+    assert not held(False, True)
+    clock.now += CRITICAL_QUEUE_AFTER
+    assert not held(False, True)  # behind others, it never probes
+    assert held(True, True)  # the head of the line, after a while, probes a full batch
+    assert held(True, True) and StandardRoom(lambda: two_pods(3, 4), ServiceTime(200), 10, clock)(
+        False, True
+    )  # a free slot: at once

@@ -24,7 +24,7 @@ class Slots:
         self.free = 0
         self.flow = flow
 
-    def test(self, first: bool) -> bool:
+    def test(self, first: bool, held: bool) -> bool:
         return self.free > 0
 
     def open(self, n: int = 1) -> None:
@@ -122,7 +122,7 @@ async def test_a_waiter_past_its_ttl_gets_ttl_expired_and_gives_its_turn_back() 
 async def test_the_default_ttl_applies_without_a_ticket_ttl() -> None:
     flow = FlowControl(Datastore(), 0.02)
     with pytest.raises(TTLExpired, match=r"TTL of 0\.02s"):
-        await flow.wait_for_room(POOL, 0, lambda first: False, Place())
+        await flow.wait_for_room(POOL, 0, lambda first, held: False, Place())
 
 
 async def test_a_better_arrival_evicts_the_newest_sheddable_waiter_when_the_pool_is_full() -> None:

@@ -269,12 +269,15 @@ async def test_a_long_request_keeps_its_place_for_a_fast_pod_and_a_short_one_tak
     short = asyncio.create_task(request(10))
     await asyncio.sleep(0.01)
     assert flow.queued("default/llama2-gpu-pool") == 2
-    # a slot frees on the slow pod: 400 tokens there cost 10 s more than waiting for A, so the
-    # long request declines it (keeping its place) and the short one behind it takes it
-    next(d for d in admitted if d.endpoints[0] == B).lease.release()
+    on_fast = [d for d in admitted if d.endpoints[0] == A]
+    on_fast[0].lease.release()  # A: a full batch with nothing queued (no place for a held one)
+    # a batch slot frees on the slow pod: 400 tokens there cost 5 s more than waiting for A, so
+    # the long request declines it (keeping its place) and the short one behind it takes it
+    for decision in [d for d in admitted if d.endpoints[0] == B]:
+        decision.lease.release()
     await asyncio.wait_for(short, 1)
     assert picked == [(10, B)] and not long_.done()
-    next(d for d in admitted if d.endpoints[0] == A).lease.release()  # now a fast slot
+    on_fast[1].lease.release()  # now a fast slot
     await asyncio.wait_for(long_, 1)
     assert picked == [(10, B), (400, A)]
 
@@ -323,16 +326,20 @@ async def test_a_request_behind_others_does_not_start_its_patience_clock() -> No
     await asyncio.sleep(0.01)
     second = asyncio.create_task(director.handle({}, body("std", 400)))
     await asyncio.sleep(0.01)
-    on_slow[0].lease.release()  # both decline the slow slot
+    on_fast = [d for d in admitted if d.endpoints[0] == A]
+    on_fast[0].lease.release()  # A: a full batch with nothing queued (no place for a held one)
+    for decision in on_slow:
+        decision.lease.release()  # a batch slot on the slow pod: both decline it
     await asyncio.sleep(0.01)
     assert not first.done() and not second.done()
     now[0] += 8.0  # the first in line has now held out long enough; the second has not
     store.set_metrics(B, fresh())
-    assert (await asyncio.wait_for(first, 1)).endpoints[0] == B
-    on_slow[1].lease.release()  # room on the slow pod again
+    taken = await asyncio.wait_for(first, 1)
+    assert taken.endpoints[0] == B
+    taken.lease.release()  # a batch slot on the slow pod again
     await asyncio.sleep(0.01)
     assert not second.done()  # its own clock started only when it came first in line
-    next(d for d in admitted if d.endpoints[0] == A).lease.release()
+    on_fast[1].lease.release()
     assert (await asyncio.wait_for(second, 1)).endpoints[0] == A
     assert flow.queued("default/llama2-gpu-pool") == 0
 

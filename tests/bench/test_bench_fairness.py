@@ -1,0 +1,86 @@
+"""Tenants side by side, in virtual time: the waiting room's fairness, TTLs and priorities.
+
+Each run sends tenants' arrivals through the EPP's real request path (director, tickets,
+admission, waiting room, default profiles, leases) over simulated vLLM engines
+(`waiting_room_sim`: two A100 pods, batch limit 16 each, ShareGPT-like lengths). Capacity is
+measured first, in the same simulation, as what the cluster completes with a standing backlog.
+- Noisy neighbour: tenants A and B on the same model and priority, A at three times B's rate,
+  together 130 % of capacity, for 60 s. B's TTFT p90 beside B alone, and the cluster's throughput
+  beside capacity, with fairness on and off (`--no-fairness`: first come, first served).
+- Interactive beside batch: interactive traffic at 60 % of capacity for 240 s, alone and with a
+  burst of 1,000 sheddable batch requests whose model gives them a 600 s TTL (so they wait for
+  the room the interactive traffic leaves instead of being shed).
+Run: pytest -m bench -s -k fairness
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.bench.waiting_room_sim import Outcome, Tenant, capacity, run, throughput
+
+pytestmark = pytest.mark.bench
+
+SECONDS = 60.0
+WARMUP = 10.0  # throughput is counted once the overload has filled the room
+
+
+def line(label: str, out: Outcome, extra: str = "") -> str:
+    return (
+        f"{label:28s} TTFT p50 {out.pct(0.5):7.3f}s  p90 {out.pct(0.9):7.3f}s  "
+        f"p99 {out.pct(0.99):7.3f}s  completed {out.completed:5d}/{out.sent:<5d} "
+        f"dropped {sum(out.dropped.values()):4d}{extra}"
+    )
+
+
+def test_bench_noisy_neighbour() -> None:
+    cap = capacity()
+    total = 1.3 * cap
+    a = Tenant("A", "chat", 0.75 * total, SECONDS)
+    b = Tenant("B", "chat", 0.25 * total, SECONDS)
+    alone = run((b,))["B"]
+    fair = run((a, b), fair=True)
+    fcfs = run((a, b), fair=False)
+    print(f"\ncapacity {cap:.2f} req/s; A {a.rate:.2f} req/s + B {b.rate:.2f} req/s = 130 %")
+    print(line("B alone", alone))
+    for label, out in (("B beside A, fairness on", fair), ("B beside A, fairness off", fcfs)):
+        served = throughput(out, WARMUP, SECONDS)
+        ratio = out["B"].pct(0.9) / alone.pct(0.9)
+        print(
+            line(
+                label,
+                out["B"],
+                f"  p90 {ratio:5.1f}x alone  throughput {served:5.2f} req/s "
+                f"({served / cap:4.0%} of capacity)",
+            )
+        )
+    print(line("A (the flood), fairness on", fair["A"]))
+    print(line("A (the flood), fairness off", fcfs["A"]))
+    # fairness keeps B near its own pace while A floods; first come, first served does not
+    assert fair["B"].pct(0.9) * 5 < fcfs["B"].pct(0.9)
+    assert throughput(fair, WARMUP, SECONDS) >= 0.95 * cap
+    assert fair["B"].completed == fair["B"].sent  # nothing of B's is dropped
+
+
+def test_bench_interactive_beside_batch() -> None:
+    cap = capacity()
+    web = Tenant("web", "chat", 0.6 * cap, 240.0)
+    batch = Tenant("batch", "batch", bursts=((20.0, 1000),))
+    alone = run((web,))["web"]
+    both = run((web, batch))
+    jobs = both["batch"]
+    ttl = 600.0  # the batch model's queueing.ttlSeconds (waiting_room_sim.MODELS)
+    within = sum(1 for t in jobs.completed_at if t - 20.0 <= ttl)
+    print(f"\ncapacity {cap:.2f} req/s; interactive {web.rate:.2f} req/s; 1,000 batch at 20 s")
+    print(line("interactive alone", alone))
+    ratio = both["web"].pct(0.99) / alone.pct(0.99)
+    print(line("interactive beside batch", both["web"], f"  p99 {ratio:4.2f}x alone"))
+    print(
+        line(
+            "batch (sheddable, TTL 600 s)",
+            jobs,
+            f"  within TTL {within / 1000:6.1%}  last at {max(jobs.completed_at) - 20:5.0f}s",
+        )
+    )
+    assert ratio <= 1.5
+    assert within >= 990
