@@ -22,6 +22,7 @@ from epp.datastore import Datastore, Lease
 from epp.request import API_NONE, Body, read
 from epp.routing import Route, Router
 from epp.scheduling.base import SchedulingRequest
+from epp.scheduling.latency import Prediction
 from epp.scheduling.output_length import OutputLengths
 from epp.scheduling.registry import select_profile
 from epp.scheduling.scheduler import Profile
@@ -47,6 +48,8 @@ class Decision:
     decided: float
     api: str = ""  # the request's API (`epp.request.API_*`)
     output_limit: int | None = None  # the client's max_tokens (a cap)
+    prediction: Prediction | None = None  # the pick's predicted TTFT and TPOT
+    objectives: tuple[float | None, float | None] = (None, None)  # TTFT, TPOT (ms)
 
     @property
     def model_rewritten(self) -> bool:
@@ -70,6 +73,7 @@ class Director:
         lengths: OutputLengths | None = None,
     ) -> None:
         self.lengths = lengths or OutputLengths()
+        self.latency = admission.latency  # what responses show is fed back to it
         self._store = store
         self._router = router
         self._admission = admission
@@ -117,7 +121,9 @@ class Director:
         )
         profile = select_profile(self._profiles, route.strategy, route.priority)
         picked = profile.schedule(scheduling, candidates, 1 + self._protocol.fallback_endpoints)
-        # 5. lease: the pick counts on its endpoint at once (the waiting room hears of it)
+        # 5. lease: the pick counts on its endpoint at once (the waiting room hears of it); its
+        # predicted latency is kept, to learn from what the response shows
+        prediction = self._admission.predict(picked[0], request.prompt_tokens)
         lease = self._store.lease(picked[0].address, request.prompt_tokens)
         return Decision(
             request_id,
@@ -135,6 +141,8 @@ class Director:
             self._clock(),
             request.api,
             request.output_limit,
+            prediction if request.runs_inference else None,
+            (ticket.ttft_ms, ticket.tpot_ms),
         )
 
 

@@ -217,6 +217,46 @@ class EppMetrics:
             registry=r,
         )
 
+        self.prediction_error = Histogram(
+            "epp_latency_prediction_error_ratio",
+            "|predicted - observed| / observed, per streamed answer, of the latency model's TTFT "
+            "(from the EPP's decision) and TPOT predictions",
+            ("kind",),
+            buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0),
+            registry=r,
+        )
+        self.objective_attainment = Counter(
+            "epp_objective_attainment_total",
+            "Streamed answers of requests with a latency objective, by objective (ttft, tpot) "
+            "and whether it was met",
+            ("model_name", "objective", "met"),
+            registry=r,
+        )
+
+    def prediction(
+        self, ttft_predicted: float, ttft: float, tpot_predicted: float, tpot: float | None
+    ) -> None:
+        if ttft > 0:
+            self.prediction_error.labels("ttft").observe(abs(ttft_predicted - ttft) / ttft)
+        if tpot:
+            self.prediction_error.labels("tpot").observe(abs(tpot_predicted - tpot) / tpot)
+
+    def attainment(
+        self,
+        model: str,
+        ttft_ms: float | None,
+        ttft_seen_ms: float,
+        tpot_ms: float | None,
+        tpot: float | None,
+    ) -> None:
+        """One answer against its objectives (TTFT from its arrival at the EPP)."""
+        if ttft_ms is not None:
+            met = "true" if ttft_seen_ms <= ttft_ms else "false"
+            self.objective_attainment.labels(model, "ttft", met).inc()
+        if tpot_ms is not None and tpot is not None:
+            met = "true" if tpot * 1000 <= tpot_ms else "false"
+            self.objective_attainment.labels(model, "tpot", met).inc()
+
     def plugin_timing(self, point: str, plugin_type: str, name: str, seconds: float) -> None:
         self.plugin_duration.labels(point, plugin_type, name).observe(seconds)
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from epp.admission.controller import AdmissionController
 from epp.admission.flow_control import FlowControl
 from epp.admission.limits import BatchLimitLearner
+from epp.admission.tickets import Tickets
 from epp.api.model import ModelRoute, PodInfo, Pool, PoolDeployment, ResourceSet, SplitTarget
 from epp.datastore import Datastore
 from epp.director import Director
@@ -74,8 +75,14 @@ def director(
     rng = random.Random(seed)
     protocol = protocol or ProtocolSettings()
     profiles = build_default_profiles(rng)
+    tickets = Tickets(flow.timeout if flow else 30.0, trusted=protocol.trust_control_headers)
     admission = AdmissionController(
-        store, saturation or SaturationSettings(), flow, service_time_of(profiles), clock
+        store,
+        saturation or SaturationSettings(),
+        flow,
+        service_time_of(profiles),
+        clock,
+        tickets=tickets,
     )
     lengths = OutputLengths(prior=service_time_of(profiles).typical_output_tokens)
     router = Router(store, protocol, rng)

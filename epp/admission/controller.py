@@ -8,6 +8,8 @@
   test passes (`rooms.StandardRoom`, `rooms.CriticalRoom`), then is offered the endpoints with
   room. Without flow control nothing waits and every ready endpoint is offered.
 A waiter's place names its flow and cost (fair turns inside its band) and its TTL (`tickets`).
+A request with latency objectives is offered only endpoints predicted to meet them, waits while
+none does, and is refused early when none could (`objectives`).
 Room tests read a `RoomView` of the pool's current snapshot, built once per snapshot and shared
 by all waiters (a wake-up over 1,024 endpoints and 100 waiters stays well under a millisecond:
 tests/bench/test_bench_admission.py). Neighbours: `epp.director` calls `admit`; `epp.datastore`
@@ -19,15 +21,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 from epp.admission.flow_control import FlowControl, Place
 from epp.admission.flows import cost_of
+from epp.admission.objectives import ObjectiveRoom, Objectives, has_objectives
 from epp.admission.rooms import CRITICAL_QUEUE_AFTER, CriticalRoom, RoomView, StandardRoom
 from epp.admission.shedding import SheddableRoom, Shedder
 from epp.admission.tickets import NO_TICKET, Ticket, Tickets
 from epp.api.model import RequestDefaults
 from epp.datastore import Datastore
+from epp.errors import ObjectiveUnmet, TTLExpired
 from epp.request import InferenceRequest
+from epp.scheduling.latency import LatencyModel, Prediction
 from epp.scheduling.output_length import LengthPlan
 from epp.scheduling.service_time import ServiceTime
 from epp.settings import SaturationSettings
@@ -45,9 +51,12 @@ class AdmissionController:
         service_time: ServiceTime | None = None,
         clock: Callable[[], float] = time.monotonic,
         tickets: Tickets | None = None,
+        latency: LatencyModel | None = None,
     ) -> None:
         self.flow = flow
         self.tickets = tickets or Tickets(flow.timeout if flow else 30.0)
+        self.latency = latency or LatencyModel()
+        self._objectives = Objectives(self.latency, clock)
         self._store = store
         self._shedder = Shedder(saturation)
         self._service_time = service_time or ServiceTime()
@@ -69,6 +78,7 @@ class AdmissionController:
         `ticket`: its flow, TTL and objectives (`ticket`)."""
         if not request.runs_inference:
             return self._store.ready(pool_key, subset)
+        started = self._clock()
         if priority < 0:  # a sheddable request leaves part of each batch free
             if self.flow is not None and ticket.ttl_told:
                 await self._wait(request, pool_key, priority, subset, plan, False, ticket)
@@ -76,13 +86,28 @@ class AdmissionController:
             with_room = self._shedder.admit(ready, self._clock())
             return with_room if self.flow is not None else ready
         if self.flow is None:
-            return self._store.ready(pool_key, subset)
+            ready = self._store.ready(pool_key, subset)
+            if not has_objectives(ticket):
+                return ready
+            self._objectives.check_reachable(ready, request.prompt_tokens, ticket)
+            return self._objectives.meeting(ready, request.prompt_tokens, ticket, started) or ready
         # a length only expected, not told, singles nothing out: the first free slot will do
         free_first = plan is not None and not plan.told
-        held = await self._wait(request, pool_key, priority, subset, plan, free_first, ticket)
+        held = await self._wait(
+            request, pool_key, priority, subset, plan, free_first, ticket, started
+        )
         view = self.view(pool_key, subset)
         # a held request goes to a free batch slot, not behind a server's own queue
-        return view.with_room(priority, free_first or held) or list(view.candidates)
+        offered = view.with_room(priority, free_first or held) or list(view.candidates)
+        if has_objectives(ticket):
+            meeting = self._objectives.meeting(offered, request.prompt_tokens, ticket, started)
+            return meeting or offered
+        return offered
+
+    def predict(self, state: EndpointState, prompt_tokens: int) -> Prediction:
+        """The picked endpoint's predicted TTFT and TPOT for the request (kept in its decision;
+        what it showed is fed back to `latency.observe`)."""
+        return self.latency.predict(state, prompt_tokens)
 
     def ticket(self, headers: Mapping[str, str], defaults: RequestDefaults) -> Ticket:
         """What the request's headers and its model's defaults say of its flow, TTL and
@@ -111,6 +136,7 @@ class AdmissionController:
         plan: LengthPlan | None,
         free_first: bool,
         ticket: Ticket,
+        started: float = 0.0,
     ) -> bool:
         """Wait for room; True when the request was held (it had to wait)."""
         flow = self.flow
@@ -121,7 +147,7 @@ class AdmissionController:
 
         output = (plan.expected if plan else request.output_limit) or 0
         place = Place(ticket.flow, request.size, cost_of(request.prompt_tokens, output), ticket.ttl)
-        room: CriticalRoom | StandardRoom | SheddableRoom
+        room: CriticalRoom | StandardRoom | SheddableRoom | ObjectiveRoom
         timer = None
         if priority < 0:
             room = SheddableRoom(self._shedder, lambda: current().candidates, self._clock)
@@ -140,8 +166,24 @@ class AdmissionController:
             room = StandardRoom(
                 current, self._service_time, tokens, self._clock, typical, free_first
             )
+        deadline = None
+        if priority >= 0 and has_objectives(ticket):
+            self._objectives.check_reachable(current().candidates, request.prompt_tokens, ticket)
+            room = ObjectiveRoom(
+                room, self._objectives, current, request.prompt_tokens, ticket, started
+            )
+            if ticket.ttft_ms is not None:  # waiting longer than its TTFT objective is useless
+                deadline = ticket.ttft_ms / 1000
+                place = replace(place, ttl=min(place.ttl or flow.timeout, deadline))
         try:
             return await flow.wait_for_room(pool_key, priority, room, place)
+        except TTLExpired:
+            if deadline is not None and place.ttl == deadline:
+                raise ObjectiveUnmet(
+                    f"no endpoint of InferencePool {pool_key} was predicted to meet the "
+                    f"request's TTFT objective of {ticket.ttft_ms:g} ms in time"
+                ) from None
+            raise
         finally:
             if timer is not None:
                 timer.cancel()

@@ -1,12 +1,14 @@
 """Tickets: what a request's headers and its model's defaults say about how it may wait.
 
-A ticket names the request's flow (`x-gateway-inference-fairness-id`, upstream's header, or
-llm-d's `x-llm-d-inference-fairness-id`; else the configured header, such as `x-user-id`; else
-the model's `fairnessId`; else `default-flow`), its TTL in the waiting room
-(`x-gateway-inference-ttl-ms`; else the model's `ttlSeconds`; else `--queue-timeout`) and its
-latency objectives (`x-slo-ttft-ms`, `x-slo-tpot-ms`, else the model's). A client may shorten
-its TTL but not lengthen it past its model's or the EPP's default, unless the gateway is trusted
-(`--trust-control-headers`). A malformed value is the client's error: 400 naming the header.
+A ticket names the request's flow (behind a trusted gateway, `--trust-control-headers`:
+`x-gateway-inference-fairness-id`, upstream's header, or llm-d's `x-llm-d-inference-fairness-id`;
+else the configured header, such as `x-user-id` set by authentication; else the model's
+`fairnessId`; else `default-flow`), its TTL in the waiting room (`x-gateway-inference-ttl-ms`;
+else the model's `ttlSeconds`; else `--queue-timeout`) and its latency objectives
+(`x-slo-ttft-ms`, `x-slo-tpot-ms`, else the model's). A client's own control headers decide
+nothing that could hurt others: its fairness id is ignored unless the gateway is trusted, and it
+may shorten its TTL but not lengthen it past its model's or the EPP's default. A malformed
+value is the client's error: 400 naming the header.
 Neighbours: `epp.director` asks for a ticket and hands it to `controller.admit`.
 """
 
@@ -44,9 +46,8 @@ class Tickets:
         self, default_ttl: float, fairness_header: str | None = None, trusted: bool = False
     ) -> None:
         self.default_ttl = default_ttl
-        self.fairness_headers = FAIRNESS_HEADERS + (
-            (fairness_header.lower(),) if fairness_header else ()
-        )
+        configured = (fairness_header.lower(),) if fairness_header else ()
+        self.fairness_headers = (FAIRNESS_HEADERS if trusted else ()) + configured
         self.trusted = trusted
 
     def ticket(self, headers: Mapping[str, str], defaults: RequestDefaults = NO_DEFAULTS) -> Ticket:

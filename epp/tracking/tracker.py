@@ -108,6 +108,7 @@ class RequestTracker:
         self._first_byte: float | None = None
         self._paced = False  # an early pace sample was taken (or the chance has passed)
         self._ended = False  # the whole response body was seen
+        self._streaming = False
         self.done = False
 
     @property
@@ -126,7 +127,7 @@ class RequestTracker:
             lease = decision.lease
             lease.release()
             decision.lease = tracking.store.lease(served, lease.tokens)
-        streaming = "text/event-stream" in content_type
+        streaming = self._streaming = "text/event-stream" in content_type
         unpaced = streaming and not tracking.store.engine_paced(decision.lease.address)
         # a version of a split is followed: its first byte and tokens are what a rollout judges
         versioned = decision.version is not None
@@ -194,6 +195,23 @@ class RequestTracker:
         if self._ended and self._status < 400 and outputs:  # a whole answer: its length counts
             tracking.director.lengths.observe(decision.target_model, outputs, decision.output_limit)
         self._observe(now, outputs)
+        if self._streaming and self._status < 400 and self._first_byte is not None:
+            self._observe_latency(now, self._first_byte, outputs)
+
+    def _observe_latency(self, now: float, first: float, outputs: int) -> None:
+        """A streamed answer's TTFT and TPOT: fed back to the latency model, and counted
+        against the prediction and the request's objectives."""
+        decision, tracking = self.decision, self._tracking
+        ttft = first - decision.decided
+        tpot = (now - first) / (outputs - 1) if outputs > 1 else None
+        prediction = decision.prediction
+        if prediction is not None:
+            tracking.director.latency.observe(prediction.features, ttft, tpot)
+            tracking.metrics.prediction(prediction.ttft, ttft, prediction.tpot, tpot)
+        ttft_ms, tpot_ms = decision.objectives
+        tracking.metrics.attainment(
+            decision.client_model, ttft_ms, (first - decision.started) * 1000, tpot_ms, tpot
+        )
 
     def _observe(self, now: float, outputs: int) -> None:
         decision, m, follower = self.decision, self._tracking.metrics, self._follower

@@ -10,6 +10,10 @@ measured first, in the same simulation, as what the cluster completes with a sta
 - Interactive beside batch: interactive traffic at 60 % of capacity for 240 s, alone and with a
   burst of 1,000 sheddable batch requests whose model gives them a 600 s TTL (so they wait for
   the room the interactive traffic leaves instead of being shed).
+- Objectives: traffic at 90 % of capacity for 120 s with a TTFT objective of twice the unloaded
+  TTFT p50 (`x-slo-ttft-ms`), beside the same traffic without objectives (the default profile):
+  attainment, requests refused early, and the latency model's TTFT error (MAPE, from the EPP's
+  decision to the first token, after its first 200 samples).
 Run: pytest -m bench -s -k fairness
 """
 
@@ -84,3 +88,31 @@ def test_bench_interactive_beside_batch() -> None:
     )
     assert ratio <= 1.5
     assert within >= 990
+
+
+def test_bench_objectives() -> None:
+    cap = capacity()
+    quiet = run((Tenant("t", "chat", 0.1 * cap, 60.0),))["t"]
+    objective = 2 * quiet.pct(0.5)
+    header = (("x-slo-ttft-ms", f"{objective * 1000:.1f}"),)
+    plain = run((Tenant("t", "chat", 0.9 * cap, 120.0),))["t"]
+    aware = run((Tenant("t", "chat", 0.9 * cap, 120.0, headers=header),))["t"]
+    print(
+        f"\ncapacity {cap:.2f} req/s; 90 % load; TTFT objective {objective * 1000:.0f} ms "
+        f"(2x the unloaded p50)"
+    )
+    for label, out in (("default profile", plain), ("with the objective", aware)):
+        served = out.completed
+        met = sum(1 for t in out.ttft if t <= objective)
+        mape = Outcome(predicted=out.predicted[200:]).mape()
+        print(
+            line(
+                label,
+                out,
+                f"  attained {out.attained(objective):6.1%} of all, {met / served:6.1%} of served"
+                f"  refused {out.dropped.get('ObjectiveUnmet', 0):4d}  TTFT MAPE {mape:5.1%}",
+            )
+        )
+    assert aware.attained(objective) > plain.attained(objective)
+    served_met = sum(1 for t in aware.ttft if t <= objective) / aware.completed
+    assert served_met >= 0.95  # what it takes, it answers in time

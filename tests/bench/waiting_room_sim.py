@@ -23,8 +23,8 @@ from epp.admission.flow_control import FlowControl
 from epp.admission.limits import BatchLimitLearner
 from epp.admission.tickets import Tickets
 from epp.api.model import ModelRoute, RequestDefaults, ResourceSet
-from epp.datastore import Datastore, Lease
-from epp.director import Director
+from epp.datastore import Datastore
+from epp.director import Decision, Director
 from epp.errors import EppError
 from epp.routing import Router
 from epp.scheduling.output_length import OutputLengths
@@ -49,6 +49,7 @@ class Tenant:
     rate: float = 0.0  # Poisson arrivals per second from 0 to `until`
     until: float = 0.0
     bursts: tuple[tuple[float, int], ...] = ()  # (at, requests) all at once
+    headers: tuple[tuple[str, str], ...] = ()  # more request headers (objectives, TTL)
 
 
 # the InferenceModels the tenants use: priority and per-model defaults
@@ -70,6 +71,17 @@ class Outcome:
     completed_at: list[float] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)  # by drop reason
     sent: int = 0
+    # (predicted, observed) TTFT from the EPP's decision, per completed request
+    predicted: list[tuple[float, float]] = field(default_factory=list)
+
+    def mape(self) -> float:
+        """Mean absolute percentage error of the TTFT predictions."""
+        pairs = [(p, o) for p, o in self.predicted if o > 0]
+        return sum(abs(p - o) / o for p, o in pairs) / len(pairs) if pairs else math.nan
+
+    def attained(self, ttft: float) -> float:
+        """Share of the requests sent whose first token came within `ttft` of arrival."""
+        return sum(1 for t in self.ttft if t <= ttft) / self.sent if self.sent else math.nan
 
     def pct(self, q: float) -> float:
         ordered = sorted(self.ttft)
@@ -129,7 +141,7 @@ class Cluster:
             self.flow,
             service_time,
             clock,
-            tickets=Tickets(30.0),
+            tickets=Tickets(30.0, trusted=True),  # the gateway sets the fairness id
         )
         protocol = ProtocolSettings()
         lengths_ = OutputLengths(prior=service_time.typical_output_tokens)
@@ -170,7 +182,7 @@ async def _simulate(
     engines = cluster.engines
     outcomes = {t.name: Outcome() for t in tenants}
     pending = arrivals(tenants, seed)
-    owner: dict[str, tuple[Lease, Arrival, Outcome]] = {}
+    owner: dict[str, tuple[Decision, Arrival, Outcome, float]] = {}
     progress = [0]
     rng = random.Random(seed)
 
@@ -182,7 +194,7 @@ async def _simulate(
             "prompt": rng.randbytes(2 * a.prompt_tokens).hex(),
             "max_tokens": a.output_tokens,
         }
-        headers = {"x-gateway-inference-fairness-id": a.tenant.name}
+        headers = {"x-gateway-inference-fairness-id": a.tenant.name, **dict(a.tenant.headers)}
         try:
             decision = await cluster.director.handle(headers, orjson.dumps(body))
         except EppError as error:
@@ -196,7 +208,7 @@ async def _simulate(
             rid, a.prompt_tokens, a.output_tokens, block_hashes(prompt, a.prompt_tokens, 16, "m")
         )
         engines[k].submit(seq, now[0])
-        owner[rid] = (decision.lease, a, out)
+        owner[rid] = (decision, a, out, now[0])
         progress[0] += 1
 
     async def settle() -> None:
@@ -232,13 +244,21 @@ async def _simulate(
                 for seq in engine.finish_step(now[0]):
                     if seq.finished_at is None or seq.rid not in owner:
                         continue
-                    lease, a, out = owner.pop(seq.rid)
-                    assert seq.first_token_at is not None
-                    out.ttft.append(seq.first_token_at - a.at)
-                    out.engine_ttft.append(seq.first_token_at - seq.arrival)
+                    decision, a, out, sent_at = owner.pop(seq.rid)
+                    first = seq.first_token_at
+                    assert first is not None
+                    out.ttft.append(first - a.at)
+                    out.engine_ttft.append(first - seq.arrival)
                     out.completed += 1
                     out.completed_at.append(now[0])
-                    lease.release()  # wakes the waiting room
+                    # what the tracker feeds back: TTFT from the decision, TPOT after it
+                    tpot = (now[0] - first) / (a.output_tokens - 1) if a.output_tokens > 1 else None
+                    if decision.prediction is not None:
+                        out.predicted.append((decision.prediction.ttft, first - sent_at))
+                        cluster.director.latency.observe(
+                            decision.prediction.features, first - sent_at, tpot
+                        )
+                    decision.lease.release()  # wakes the waiting room
         else:
             tasks.append(asyncio.ensure_future(request(i, pending[i])))
             i += 1

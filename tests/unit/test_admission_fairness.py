@@ -177,7 +177,7 @@ def test_cost_counts_output_tokens_double() -> None:
     assert cost_of(100, 50) == 200.0 and cost_of(0, 0) == 1.0
 
 
-def test_a_ticket_reads_headers_then_the_models_defaults_then_the_eps_defaults() -> None:
+def test_a_ticket_reads_headers_then_the_models_defaults_then_the_epps_defaults() -> None:
     tickets = Tickets(30.0, fairness_header="X-User-Id")
     plain = tickets.ticket({})
     assert (plain.flow, plain.ttl, plain.ttl_told) == ("default-flow", 30.0, False)
@@ -193,10 +193,12 @@ def test_a_ticket_reads_headers_then_the_models_defaults_then_the_eps_defaults()
         "x-slo-ttft-ms": "800",
         "x-slo-tpot-ms": "40",
     }
-    told = tickets.ticket(headers, model)
-    assert (told.flow, told.ttl, told.ttl_told) == ("tenant-a", 2.5, True)
+    told = tickets.ticket(headers, model)  # a client's own fairness id decides nothing
+    assert (told.flow, told.ttl, told.ttl_told) == ("u1", 2.5, True)
     assert (told.ttft_ms, told.tpot_ms) == (800.0, 40.0)
-    assert tickets.ticket({"x-llm-d-inference-fairness-id": "t"}).flow == "t"
+    trusted = Tickets(30.0, fairness_header="X-User-Id", trusted=True)
+    assert trusted.ticket(headers, model).flow == "tenant-a"  # the gateway's, behind a trusted one
+    assert trusted.ticket({"x-llm-d-inference-fairness-id": "t"}).flow == "t"
 
 
 def test_a_client_may_shorten_its_ttl_but_not_lengthen_it_unless_the_gateway_is_trusted() -> None:
@@ -218,6 +220,6 @@ def test_a_client_may_shorten_its_ttl_but_not_lengthen_it_unless_the_gateway_is_
 )
 def test_a_malformed_header_is_a_400_naming_it(name: str, value: str) -> None:
     with pytest.raises(BadRequest) as info:
-        Tickets(30.0).ticket({name: value})
+        Tickets(30.0, trusted=True).ticket({name: value})
     assert info.value.status == 400
     assert (name in info.value.message) or ("fairness id" in info.value.message)

@@ -20,7 +20,7 @@ from epp.datastore import Datastore
 from epp.director import Decision, Director
 from epp.errors import QueueFull, Shed, TTLExpired
 from epp.observability import EppMetrics
-from epp.settings import SaturationSettings
+from epp.settings import ProtocolSettings, SaturationSettings
 from epp.types import EndpointMetrics
 from tests.factories import director as make_director
 from tests.factories import fresh, pod, pool
@@ -171,7 +171,10 @@ async def test_the_waiting_room_counts_body_bytes() -> None:
 
 
 async def test_waiting_requests_are_exported_per_priority_and_flow_with_their_outcomes() -> None:
-    store, director, flow = setup()
+    store, _, flow = setup()
+    trusted = ProtocolSettings(trust_control_headers=True)  # the gateway sets the fairness id
+    saturation = SaturationSettings(queue_depth=100, kv_cache_util=0.99)
+    director = make_director(store, 3, trusted, saturation, flow)
     registry = CollectorRegistry()
     metrics = EppMetrics(registry)
     flow.on_outcome = metrics.queue_outcome
