@@ -109,7 +109,8 @@ class Snapshot(tuple[EndpointState, ...]):
         degraded = HEALTH_DEGRADED
         for c in self:
             ep = c.endpoint
-            if ep.capacity != first or degraded in (ep.device_health, c.gpu.health):
+            # three comparisons, not `in (a, b)`: building the tuple doubles the pass's cost
+            if ep.capacity != first or ep.device_health == degraded or c.gpu.health == degraded:  # noqa: PLR1714
                 return True
         return False
 
