@@ -290,6 +290,7 @@ class EppServer:
         app = web.Application()
         app.router.add_get("/metrics", self._serve_metrics)
         app.router.add_get("/debug/endpoints", self._serve_endpoints)
+        app.router.add_get("/debug/flows", self._serve_flows)
         app.router.add_get("/debug/lengths", self._serve_lengths)
         app.router.add_get("/debug/peers", self._serve_peers)
         app.router.add_get("/healthz", self._serve_healthz)
@@ -316,6 +317,19 @@ class EppServer:
         return web.json_response(
             {"ready": self.health.ready}, status=200 if self.health.ready else 503
         )
+
+    async def _serve_flows(self, request: web.Request) -> web.Response:
+        """What waits in each pool's waiting room, per priority and flow (tenant)."""
+        flow = self.flow
+        rows = [
+            {"pool": pool.key, "priority": priority, "flow": name, "waiting": n, "bytes": held}
+            for pool in self.store.pools()
+            for (priority, name), (n, held) in sorted(
+                (flow.flows(pool.key) if flow is not None else {}).items(),
+                key=lambda item: (-item[0][0], item[0][1]),
+            )
+        ]
+        return web.json_response({"flow_control": flow is not None, "flows": rows})
 
     async def _serve_endpoints(self, request: web.Request) -> web.Response:
         now = time.monotonic()

@@ -2,7 +2,8 @@
 
 Reads `GET /debug/endpoints` on the EPP's metrics port (see `epp.server`) and prints queue,
 running, KV %, GPU %, in-flight, LoRA adapters, metrics age and health per endpoint, with the
-capacity prior from its hardware (CAP, 1.0 = one A100) and the GPU's health (degraded, drain).
+capacity prior from its hardware (CAP, 1.0 = one A100) and the GPU's health (degraded, drain);
+then, from `GET /debug/flows`, what waits in the EPP per pool, priority and flow (tenant).
 """
 
 from __future__ import annotations
@@ -56,6 +57,32 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+FLOW_COLUMNS = (("POOL", 22), ("PRIORITY", 9), ("FLOW", 32), ("WAITING", 8), ("BYTES", 10))
+
+
+def format_flows(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The waiting room per pool, priority and flow; a line saying so when nothing waits."""
+    if not rows:
+        return "waiting room: empty"
+    lines = [" ".join(name.ljust(width) for name, width in FLOW_COLUMNS)]
+    for r in rows:
+        cells = (r.get("pool", ""), r.get("priority", 0), r.get("flow", ""), r.get("waiting", 0),
+                 r.get("bytes", 0))  # fmt: skip
+        lines.append(
+            " ".join(str(c)[:w].ljust(w) for c, (_, w) in zip(cells, FLOW_COLUMNS, strict=True))
+        )
+    return "\n".join(lines)
+
+
+def _flows(client: httpx.Client, url: str) -> list[Mapping[str, Any]] | None:
+    """The flows table's rows, or None from an EPP without flow control (or without the view)."""
+    try:
+        got = client.get(url.rstrip("/") + "/debug/flows").raise_for_status().json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    return list(got["flows"]) if got.get("flow_control") else None
+
+
 def run(url: str, interval: float, once: bool, out: TextIO = sys.stdout) -> int:
     endpoint = url.rstrip("/") + "/debug/endpoints"
     with httpx.Client(timeout=2.0) as client:
@@ -65,9 +92,12 @@ def run(url: str, interval: float, once: bool, out: TextIO = sys.stdout) -> int:
             except (httpx.HTTPError, ValueError, KeyError) as exc:
                 print(f"epp top: cannot read {endpoint}: {exc}", file=sys.stderr)
                 return 1
+            flows = _flows(client, url)
             if not once:
                 out.write("\x1b[2J\x1b[H")
             out.write(format_table(rows) + "\n")
+            if flows is not None:
+                out.write("\n" + format_flows(flows) + "\n")
             out.flush()
             if once:
                 return 0

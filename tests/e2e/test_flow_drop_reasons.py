@@ -1,10 +1,12 @@
 """Through Envoy, a waiting request that cannot be served says why: a sheddable request with a
 TTL waits, then gets 503 `TTLExpired`; a full room answers 429 `QueueFull`; a malformed TTL
-header is a 400. Real processes: the EPP, Envoy and the simulator."""
+header is a 400. Meanwhile `/debug/flows` and `epp top` show what waits, per flow. Real
+processes: the EPP, Envoy and the simulator."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import httpx
 import pytest
 import yaml
 
+from epp import top
 from epp.local.stack import SEED_EXAMPLE, LocalStack
 from tests.e2e.conftest import stack_config
 
@@ -56,6 +59,10 @@ async def test_waiting_sheddable_requests_expire_and_a_full_room_refuses(tmp_pat
                 client.post("/v1/chat/completions", json=chat("llama2-7b-batch"))
             )
             await asyncio.sleep(0.3)
+            debug = f"http://127.0.0.1:{stack.config.metrics_port}"
+            flows = (await client.get(f"{debug}/debug/flows")).raise_for_status().json()
+            shown = io.StringIO()
+            assert await asyncio.to_thread(top.run, debug, 0.0, True, shown) == 0
             full = await client.post("/v1/chat/completions", json=chat("llama2-7b-batch"))
             expired = await waiting
             waited = time.monotonic() - started
@@ -73,6 +80,11 @@ async def test_waiting_sheddable_requests_expire_and_a_full_room_refuses(tmp_pat
                 stack.sim.pod(spec.name).set_fake_metrics(waiting=None, kv_usage=None)
             await asyncio.sleep(0.5)
             recovered = await client.post("/v1/chat/completions", json=chat("llama2-7b-batch"))
+    assert flows["flow_control"] is True
+    assert [(f["priority"], f["flow"], f["waiting"]) for f in flows["flows"]] == [(-1, "batch", 1)]
+    assert flows["flows"][0]["bytes"] > 0
+    table = shown.getvalue().splitlines()
+    assert any(line.split()[1:4] == ["-1", "batch", "1"] for line in table), table
     assert full.status_code == 429, full.text
     assert full.headers["x-gateway-inference-error"] == "QueueFull"
     assert "--queue-max-pool-requests 1" in full.json()["error"]["message"]

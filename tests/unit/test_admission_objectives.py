@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
 from epp.admission.controller import AdmissionController
 from epp.admission.flow_control import FlowControl
@@ -17,11 +18,14 @@ from epp.admission.tickets import Ticket
 from epp.api.model import ResourceSet
 from epp.datastore import Datastore
 from epp.errors import ObjectiveUnmet
+from epp.observability import EppMetrics
 from epp.request import read_body
 from epp.scheduling.latency import LatencyModel, OnlineLinear, features_of
 from epp.settings import SaturationSettings
+from epp.tracking.tracker import Tracking
 from epp.types import Endpoint, EndpointMetrics, EndpointState
-from tests.factories import pod, pool
+from tests.factories import director as make_director
+from tests.factories import pod, pool, seed_store
 
 POOL = "default/llama2-gpu-pool"
 A, B = "127.0.0.2:8000", "127.0.0.3:8000"
@@ -127,3 +131,32 @@ async def test_a_request_waits_while_no_endpoint_meets_it_then_gives_up_at_its_o
     with pytest.raises(ObjectiveUnmet, match="in time"):
         await asyncio.wait_for(late, 2)  # no room came within its TTFT objective
     assert flow.queued(POOL) == 0
+
+
+async def test_a_streamed_answer_teaches_the_model_and_counts_against_its_objective() -> None:
+    store = seed_store()
+    now = [100.0]
+    d = make_director(store, clock=lambda: now[0])
+    registry = CollectorRegistry()
+    tracking = Tracking(d, store, EppMetrics(registry), clock=lambda: now[0])
+    body = {"model": "llama2-7b-chat", "messages": [{"role": "user", "content": "hi"}]}
+    for ttft_ms, first_after in ((500, 0.2), (1000, 1.2)):
+        tracker = await tracking.start(
+            {"x-slo-ttft-ms": str(ttft_ms)}, orjson.dumps({**body, "stream": True})
+        )
+        assert tracker.decision.prediction is not None
+        assert tracker.decision.objectives == (ttft_ms, None)
+        tracker.response_headers(200, "text/event-stream", None)
+        now[0] += first_after
+        tracker.response_body(b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n', False)
+        now[0] += 0.5
+        tracker.response_body(b"data: [DONE]\n\n", True)
+    assert d.latency.samples == 2
+
+    def attained(met: str) -> float | None:
+        labels = {"model_name": "llama2-7b-chat", "objective": "ttft", "met": met}
+        return registry.get_sample_value("epp_objective_attainment_total", labels)
+
+    assert (attained("true"), attained("false")) == (1.0, 1.0)  # 200 ms of 500, 1200 ms of 1000
+    count = registry.get_sample_value("epp_latency_prediction_error_ratio_count", {"kind": "ttft"})
+    assert count == 2
