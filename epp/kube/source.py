@@ -103,12 +103,12 @@ class KubeSource:
             self.reflectors.append(Reflector(api, NODES, None, config.watch, self._touch))
         if config.watch_devices:
             self.reflectors += [
-                Reflector(api, kind, ns, config.watch, self._touch)
+                Reflector(api, kind, ns, config.watch, self._touch, optional=True)
                 for kind in RESOURCE_CLAIMS
                 for ns in scopes
             ]
             self.reflectors += [
-                Reflector(api, kind, None, config.watch, self._touch)
+                Reflector(api, kind, None, config.watch, self._touch, optional=True)
                 for kind in (*RESOURCE_SLICES, *RESOURCE_CLASSES, *DEVICE_TAINT_RULES)
             ]
         self._tasks: list[asyncio.Task[None]] = []

@@ -5,7 +5,8 @@ each new watch from the last version it saw (so a dropped connection loses no ev
 when the server answers 410 Gone, reconnecting with capped exponential backoff and relisting every
 `resync` seconds anyway. A failure never empties the cache: the last known objects stay, `stale`
 turns true until a list or watch succeeds again. A 404 (the CRD is not installed) counts as an
-empty, synced list, looked up again every `missing_retry` seconds. `on_change` follows changes.
+empty, synced list, looked up again every `missing_retry` seconds (so does a 403 for an optional
+kind). `on_change` follows changes.
 Used by `source.KubeSource`; speaks to the server through `client.KubeApi`.
 """
 
@@ -91,8 +92,12 @@ class Reflector:
         namespace: str | None,
         settings: WatchSettings,
         on_change: Callable[[], None] = lambda: None,
+        optional: bool = False,
     ) -> None:
+        """`optional`: a kind the EPP can do without (DRA): 403 Forbidden counts as not
+        served, like 404, so a deployment whose RBAC predates it still syncs and serves."""
         self.resource = resource
+        self.optional = optional
         self.namespace = namespace if resource.namespaced else None
         self._api = api
         self._settings = settings
@@ -104,6 +109,10 @@ class Reflector:
         self.installed = True  # False while the server answers 404 for the resource
         self.lists = 0  # how many full lists were taken (for tests and the debug view)
         self.last_error = ""
+
+    @property
+    def _missing_codes(self) -> tuple[int, ...]:
+        return (404, 403) if self.optional else (404,)
 
     @property
     def name(self) -> str:
@@ -119,7 +128,7 @@ class Reflector:
             except asyncio.CancelledError:
                 raise
             except (TimeoutError, KubeError, OSError, ValueError) as exc:
-                if isinstance(exc, KubeError) and exc.status == 404:
+                if isinstance(exc, KubeError) and exc.status in self._missing_codes:
                     await asyncio.sleep(self._settings.missing_retry)
                     continue
                 if isinstance(exc, KubeError) and exc.status == 410:
@@ -139,9 +148,11 @@ class Reflector:
         try:
             body = await self._api.get(self.resource.path(self.namespace), query)
         except KubeError as exc:
-            if exc.status != 404:
+            if exc.status not in self._missing_codes:
                 raise
-            if self.installed or not self.synced.is_set():
+            if (self.installed or not self.synced.is_set()) and exc.status == 403:
+                log.warning("%s: forbidden (%s); going on without it", self.name, exc.message)
+            elif self.installed or not self.synced.is_set():
                 log.info("%s: not served by the API server (CRD not installed?)", self.name)
             self.installed = False
             self._replace({}, "")

@@ -266,3 +266,16 @@ async def test_debug_endpoints_and_epp_top_show_capacity_and_health(server: ApiS
         assert line.split()[2:4] == ["drain", "0.14"]
     finally:
         await picker.stop()
+
+
+async def test_rbac_without_dra_still_syncs_and_serves(
+    server: ApiServer, source: KubeSource, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A deployment whose RBAC predates DRA: the DRA lists answer 403, the EPP goes on."""
+    server.forbidden = {"resourceslices", "resourceclaims", "resourceclasses", "devicetaintrules"}
+    v1_cluster(server)
+    resources = await asyncio.wait_for(source.synced(), 5)
+    assert {p.name for p in resources.pods} == {"vllm-0", "vllm-1", "vllm-2"}
+    assert {p.capacity for p in resources.pods} == {None}  # nothing known of their devices
+    assert not source.stale
+    assert any("forbidden" in r.getMessage() for r in caplog.records)

@@ -7,7 +7,8 @@ is older than the bounded event history; POST/PUT/merge-PATCH/DELETE with the st
 split, optimistic concurrency (409 Conflict on a stale resourceVersion), generation bumps on spec
 changes, and ownerReference cascade on delete (the garbage collector's job). Discovery (`/api`,
 `/apis`, `/apis/g/v`) is served so `kubectl` can talk to it. Test hooks: `drop_watches()`,
-`compact()`, `outage`, `hold_lists`. Real HTTP only: the client under test is not patched.
+`compact()`, `outage`, `forbidden`, `hold_lists`. Real HTTP only: the client under test is not
+patched.
 """
 
 from __future__ import annotations
@@ -138,6 +139,7 @@ class ApiServer:
         self.watchers: list[_Watcher] = []
         self.bookmark_interval = 0.2
         self.outage = False  # answer 503 to everything while set
+        self.forbidden: set[str] = set()  # resource plurals answered 403, as RBAC without them
         self.hold_lists = asyncio.Event()  # cleared = list requests wait
         self.hold_lists.set()
         self.requests: list[tuple[str, str]] = []  # (method, path?query) log
@@ -278,6 +280,8 @@ class ApiServer:
         if len(rest) >= 2 and rest[0] == "namespaces" and len(rest) > 2:
             namespace, rest = rest[1], rest[2:]
         kind = self.kinds.get((group, version, rest[0] if rest else ""))
+        if kind is not None and kind.plural in self.forbidden:
+            return self._fail(403, "Forbidden", f"cannot list resource {kind.plural!r}")
         if kind is None:
             return self._fail(404, "NotFound", f"the server could not find {request.path}")
         name = rest[1] if len(rest) > 1 else None
