@@ -6,6 +6,7 @@ epp controlplane  xDS server: Gateway / HTTPRoute / inference resources → Envo
 epp operator   Kubernetes: resource status, leader election, Deployments of seed pools
 epp up         the local stack: simulated pods + EPP + Envoy from a manifests folder
 epp validate   check manifests (schema + semantics)
+epp rollout    status, promote or abort a model's canary rollout
 epp top        live view of each endpoint as the EPP sees it
 
 Every flag default is read from the field of the settings dataclass it fills
@@ -23,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from epp import serve_cli
+from epp import rollout_cli, serve_cli
 from epp.controlplane import main as controlplane_main
 from epp.kube import main as operator_main
 from epp.local.stack import StackConfig
@@ -115,6 +116,13 @@ def _program_parsers(sub: _Sub) -> None:
     operator_main.add_arguments(op)
     _sub_log_level(op)
     op.set_defaults(program=operator_main.run_parsed)
+    ro = sub.add_parser(
+        "rollout",
+        help="a canary rollout: status, promote, abort",
+        description=rollout_cli.DESCRIPTION,
+    )
+    rollout_cli.add_arguments(ro)
+    ro.set_defaults(program=rollout_cli.run_parsed)
 
 
 def _sub_log_level(p: argparse.ArgumentParser) -> None:

@@ -14,6 +14,7 @@ import contextlib
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from epp.local.gateway import (
 from epp.local.pods import plan_pods, split_address
 from epp.local.processes import ChildProcess, wait_until
 from epp.local.replicas import EppReplicas
+from epp.local.rollouts import LocalRollouts, serve_copy, wants_rollouts
 from epp.sim.cluster import SimCluster, SimPodSpec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,6 +66,7 @@ class StackConfig:
     share_peers: bool = True  # False: replicas know nothing of each other (benchmarks compare)
     sim_options: dict[str, Any] = field(default_factory=dict)
     envoy_patch: Callable[[dict[str, Any]], None] | None = None  # tests: adjust the bootstrap
+    say: Callable[[str], None] = field(default=partial(print, flush=True))  # rollout steps
 
 
 class LocalStack:
@@ -77,6 +80,9 @@ class LocalStack:
         self.controlplane: ChildProcess | None = None
         self.pods: list[SimPodSpec] = []
         self.gateway_status: dict[str, Any] = {}
+        # what the EPP reads: the user's manifests, or a copy when a rollout runs on them
+        self.manifests: tuple[Path, ...] = config.manifests
+        self.rollouts: LocalRollouts | None = None
 
     @property
     def epp(self) -> ChildProcess | None:
@@ -116,6 +122,8 @@ class LocalStack:
                 f"no valid InferencePool in {', '.join(map(str, c.manifests))}: "
                 + "; ".join(map(str, errors))
             )
+        if wants_rollouts(self.resources):
+            self.manifests = (serve_copy(c.manifests, self.run_dir),)
         self.pods, manifests = plan_pods(
             self.resources, c.first_pod_ip, c.default_replicas, c.sim_options
         )
@@ -129,6 +137,11 @@ class LocalStack:
             await self.start_gateway_envoy()
         else:
             await self.start_envoy()
+        if wants_rollouts(self.resources):
+            hosts = self.replicas.hosts if self.replicas is not None else ["127.0.0.1"]
+            urls = [f"http://{host}:{c.metrics_port}/metrics" for host in hosts]
+            self.rollouts = LocalRollouts(self.manifests[0], urls, c.say)
+            self.rollouts.start()
 
     @property
     def uses_control_plane(self) -> bool:
@@ -139,7 +152,7 @@ class LocalStack:
     async def start_controlplane(self, pods_file: Path) -> None:
         c = self.config
         argv = controlplane_argv(
-            (*c.manifests, pods_file), c.xds_port, c.status_port, self.epp_addresses, c.host,
+            (*self.manifests, pods_file), c.xds_port, c.status_port, self.epp_addresses, c.host,
             c.listener_port, c.https_port, self.run_dir / "certs", c.epp_tls,
         )  # fmt: skip
         self.controlplane = ChildProcess("controlplane", argv, self.run_dir / "controlplane.log")
@@ -184,7 +197,7 @@ class LocalStack:
             *(["--drain-seconds", "2"] if c.epp_replicas > 1 else []),  # > Envoy's check period
             *c.epp_args,
         ]
-        for path in (*c.manifests, pods_file):
+        for path in (*self.manifests, pods_file):
             argv += ["--manifests", str(path)]
         self.replicas = EppReplicas(
             c.epp_replicas, argv, c.epp_port, c.metrics_port, self.run_dir, _http_ok,
@@ -214,6 +227,8 @@ class LocalStack:
         await wait_until(lambda: _http_ok(ready_url), "Envoy to be ready", 30, self.envoy)
 
     async def stop(self) -> None:
+        if self.rollouts is not None:
+            await self.rollouts.stop()
         for child in (self.envoy, self.controlplane):
             if child is not None:
                 await child.stop()
@@ -256,6 +271,11 @@ class LocalStack:
                 f"{self.config.metrics_port} of each)"
             )
         lines += [f"  {p.severity}: {p}" for p in self.resources.problems]
+        if self.rollouts is not None:
+            lines.append(
+                f"  rollouts run on {self.rollouts.served}: "
+                f"epp rollout status MODEL --manifests {self.rollouts.served}"
+            )
         lines += status_lines(self.gateway_status)
         data = f'{{"model": "{first}", "messages": [{{"role": "user", "content": "Hello"}}]}}'
         lines += [

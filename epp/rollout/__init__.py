@@ -1,0 +1,1 @@
+"""Canary rollouts the gateway runs: policy steps, per-version analysis, the controller."""
