@@ -73,13 +73,13 @@ class RoomView:
     """What the room rules need of one snapshot of a pool's ready endpoints, computed once."""
 
     __slots__ = (
+        "_columns",
         "_envelopes",
+        "_masks",
         "any_free",
         "any_probe",
         "any_room",
         "candidates",
-        "free",
-        "probe",
         "room",
     )
 
@@ -91,10 +91,10 @@ class RoomView:
         columns = list(zip(snap.load, snap.limit, strict=True))
         self.room = [not lim or ld < lim + ((lim >> 2) or 1) for ld, lim in columns]
         self.any_room = any(self.room)
-        self.free = [not lim or ld < lim for ld, lim in columns]
-        self.any_free = any(self.free)
-        self.probe = [not lim or ld <= lim for ld, lim in columns]
-        self.any_probe = any(self.probe)
+        self.any_free = any(not lim or ld < lim for ld, lim in columns)
+        self.any_probe = self.any_free or any(ld <= lim for ld, lim in columns)
+        self._columns = columns
+        self._masks: dict[str, list[bool]] = {ROOM: self.room}  # the others when first asked
         self._envelopes: dict[
             tuple[int, str], tuple[LowerEnvelope, LowerEnvelope, float] | None
         ] = {}
@@ -102,11 +102,16 @@ class RoomView:
     def mask(self, kind: str) -> tuple[list[bool], bool]:
         """Which endpoints count as room, and whether any does: `ROOM` (a place, queue slack
         included), `FREE` (a free batch slot) or `PROBE` (a full batch with nothing queued)."""
+        found = self._masks.get(kind)
+        if found is None:
+            if kind == FREE:
+                found = [not lim or ld < lim for ld, lim in self._columns]
+            else:
+                found = [not lim or ld <= lim for ld, lim in self._columns]
+            self._masks[kind] = found
         if kind == FREE:
-            return self.free, self.any_free
-        if kind == PROBE:
-            return self.probe, self.any_probe
-        return self.room, self.any_room
+            return found, self.any_free
+        return found, self.any_probe if kind == PROBE else self.any_room
 
     def envelopes(
         self, model: ServiceTime, typical: int, kind: str = ROOM
