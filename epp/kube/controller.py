@@ -19,6 +19,7 @@ from epp.kube.deployments import DeploymentReconciler
 from epp.kube.leader import LeaderElector
 from epp.kube.source import KubeSource, KubeView
 from epp.kube.status import StatusWriter
+from epp.rollout.controller import RolloutController
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,14 @@ class KubeController:
         status: StatusWriter | None,
         deployments: DeploymentReconciler | None,
         period: float = 30.0,
+        rollouts: RolloutController | None = None,
     ) -> None:
         self._source = source
         self._elector = elector
         self._status = status
         self._deployments = deployments
         self._period = period
+        self._rollouts = rollouts  # canary rollouts, moved by the leader only
         self._dirty = asyncio.Event()
         self._view: KubeView | None = None
         self.passes = 0  # completed leader passes (tests and the debug view read it)
@@ -58,6 +61,8 @@ class KubeController:
             if self._elector is not None:
                 tasks.create_task(self._elector.run())
             tasks.create_task(self._act())
+            if self._rollouts is not None:
+                tasks.create_task(self._rollouts.run(enabled=lambda: self.leading))
 
     async def _follow(self) -> None:
         async for view in self._source.watch_views():

@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Gateway named in this picker's status.parents entry")  # fmt: skip
     k.add_argument("--resync", type=float, default=600.0, help="seconds between full relists")
     k.add_argument("--no-nodes", action="store_true", help="do not watch Nodes (no RBAC)")
+    k.add_argument("--rollout-metrics", action="append", default=[], metavar="URL",
+                   help="an EPP replica's /metrics (repeat for each): the leader runs the "
+                   "InferenceModels' canary rollouts on their per-version counts")  # fmt: skip
     k.add_argument("--no-devices", action="store_true",
                    help="do not watch DRA claims, slices, taint rules")  # fmt: skip
 
@@ -59,4 +62,5 @@ def config_from_args(ns: argparse.Namespace) -> KubeModeConfig:
         write_status=ns.write_status,
         reconcile_deployments=ns.reconcile_deployments,
         parent=ParentRef(name=ns.status_parent),
+        rollout_metrics=tuple(ns.rollout_metrics),
     )

@@ -10,14 +10,20 @@ client. The EPP server spawns `feed(...)` and `controller.run()` under its own t
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field
 
 from epp.kube.client import ClientConfig, KubeApi, connect
 from epp.kube.controller import KubeController
 from epp.kube.deployments import DeploymentReconciler
 from epp.kube.leader import LeaderElector, LeaderSettings
+from epp.kube.rollouts import KubeRolloutStore
 from epp.kube.source import KubeSource, SourceConfig
 from epp.kube.status import ParentRef, StatusWriter
+from epp.rollout.controller import RolloutController
+from epp.rollout.signals import MetricsSource
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +35,7 @@ class KubeModeConfig:
     write_status: bool = True
     reconcile_deployments: bool = True
     parent: ParentRef = field(default_factory=ParentRef)
+    rollout_metrics: tuple[str, ...] = ()  # EPP /metrics URLs: the leader runs rollouts
 
 
 @dataclass(slots=True)
@@ -37,6 +44,7 @@ class KubeRuntime:
     source: KubeSource
     elector: LeaderElector | None
     controller: KubeController | None
+    signals: MetricsSource | None = None
 
     @classmethod
     async def open(cls, config: KubeModeConfig) -> KubeRuntime:
@@ -44,15 +52,23 @@ class KubeRuntime:
         source = KubeSource(api, config.source)
         status = StatusWriter(api, config.parent) if config.write_status else None
         deployments = DeploymentReconciler(api) if config.reconcile_deployments else None
-        if status is None and deployments is None:
+        signals = MetricsSource(config.rollout_metrics) if config.rollout_metrics else None
+        if status is None and deployments is None and signals is None:
             return cls(api, source, None, None)
         elector = LeaderElector(api, config.leader) if config.leader_elect else None
-        controller = KubeController(source, elector, status, deployments)
-        return cls(api, source, elector, controller)
+        rollouts = None
+        if signals is not None:
+            store = KubeRolloutStore(api, config.source.namespaces)
+            writer = elector.identity if elector is not None else ""
+            rollouts = RolloutController(store, signals, say=log.info, writer=writer)
+        controller = KubeController(source, elector, status, deployments, rollouts=rollouts)
+        return cls(api, source, elector, controller, signals)
 
     async def aclose(self) -> None:
         """Call after the tasks running `feed`/`controller.run()` were cancelled."""
         await self.source.aclose()
+        if self.signals is not None:
+            await self.signals.aclose()
         if self.elector is not None:
             with contextlib.suppress(Exception):
                 await self.elector.release()

@@ -161,6 +161,14 @@ def _parents(
     return [*kept, mine]
 
 
+def _onto(fresh: JsonObj, status: JsonObj) -> JsonObj:
+    """Our status fields onto a fresher object's: `status.rollout` is the rollout controller's
+    (`epp.kube.rollouts`), and a stale copy of it must not undo a step written meanwhile."""
+    current = fresh.get("status")
+    mine = {k: v for k, v in status.items() if k != "rollout"}
+    return {**(current if isinstance(current, dict) else {}), **mine}
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -190,5 +198,5 @@ class StatusWriter:
                     if exc.status != 409:
                         raise
                     fresh = await self._api.get(path)
-                    body = {**fresh, "status": status}
+                    body = {**fresh, "status": _onto(fresh, status)}
         return written

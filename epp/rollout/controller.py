@@ -84,11 +84,13 @@ class RolloutController:
         signals: SignalSource,
         clock: Callable[[], float] = time.time,
         say: Callable[[str], None] = lambda line: None,
+        writer: str = "",
     ) -> None:
         self._store = store
         self._signals = signals
         self._clock = clock
         self._say = say
+        self._writer = writer  # who writes (the Lease holder's identity), shown in the status
         self._memory: dict[str, _Memory] = {}
         self.passes = 0
 
@@ -141,7 +143,10 @@ class RolloutController:
         step_requests = int(_split(_since(counts, mem.step_base or {}), policy.canary)[0].completed)
         outcome = step(policy, t.versions, current, now, analysis, step_requests)
         if outcome.status is not None:
-            if await self._store.write(t, outcome.status.as_dict()):
+            written = outcome.status.as_dict()
+            if self._writer:
+                written["writer"] = self._writer
+            if await self._store.write(t, written):
                 for event in outcome.events:
                     self._say(f"rollout {key}: {event}")
                 self._rebase(mem, outcome.status, counts, now)
