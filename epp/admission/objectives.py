@@ -15,7 +15,6 @@ offered endpoints.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 from epp.admission.rooms import RoomView
 from epp.admission.tickets import Ticket
@@ -41,13 +40,14 @@ class Objectives:
         prompt_tokens: int,
         ticket: Ticket,
         started: float,
+        idle: bool = False,
     ) -> list[EndpointState]:
         """The candidates predicted to meet the ticket's objectives for a request that reached
-        the EPP at `started`."""
+        the EPP at `started` (`idle`: were nothing else running on them)."""
         spent = self._clock() - started
         ttft = None if ticket.ttft_ms is None else ticket.ttft_ms / 1000 - spent
         tpot = None if ticket.tpot_ms is None else ticket.tpot_ms / 1000
-        predictions = self.model.predict_all(candidates, prompt_tokens)
+        predictions = self.model.predict_all(candidates, prompt_tokens, idle)
         return [
             c
             for c, p in zip(candidates, predictions, strict=True)
@@ -58,11 +58,9 @@ class Objectives:
         self, candidates: Sequence[EndpointState], prompt_tokens: int, ticket: Ticket
     ) -> None:
         """Raise `ObjectiveUnmet` when no candidate would meet the objectives even idle."""
-        idle = [
-            replace(c, in_flight=0, metrics=replace(c.metrics, running=0, waiting=0))
-            for c in candidates
-        ]
-        if idle and not self.meeting(idle, prompt_tokens, ticket, self._clock()):
+        if candidates and not self.meeting(
+            candidates, prompt_tokens, ticket, self._clock(), idle=True
+        ):
             raise ObjectiveUnmet(
                 f"no endpoint is predicted to meet the request's objectives even idle "
                 f"(TTFT {ticket.ttft_ms} ms, TPOT {ticket.tpot_ms} ms)"

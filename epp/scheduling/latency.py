@@ -85,15 +85,18 @@ class LatencyModel:
         return self._ttft.samples
 
     def predict_all(
-        self, candidates: Sequence[EndpointState], prompt_tokens: int
+        self, candidates: Sequence[EndpointState], prompt_tokens: int, idle: bool = False
     ) -> list[Prediction]:
-        """Each candidate's predicted TTFT and TPOT for a request of `prompt_tokens`."""
+        """Each candidate's predicted TTFT and TPOT for a request of `prompt_tokens` (`idle`:
+        as if nothing else ran there)."""
         paces = [c.tpot for c in candidates if c.tpot > 0.0]
         fastest = min(paces, default=0.0)
-        return [self.predict(c, prompt_tokens, fastest) for c in candidates]
+        return [self.predict(c, prompt_tokens, fastest, idle) for c in candidates]
 
-    def predict(self, state: EndpointState, prompt_tokens: int, fastest: float = 0.0) -> Prediction:
-        features = features_of(state, prompt_tokens, fastest)
+    def predict(
+        self, state: EndpointState, prompt_tokens: int, fastest: float = 0.0, idle: bool = False
+    ) -> Prediction:
+        features = features_of(state, prompt_tokens, fastest, idle)
         return Prediction(
             max(0.0, self._ttft.predict(features.ttft)),
             max(0.0, self._tpot.predict(features.tpot)),
@@ -109,7 +112,9 @@ class LatencyModel:
             self._tpot.update(features.tpot, tpot)
 
 
-def features_of(state: EndpointState, prompt_tokens: int, fastest: float = 0.0) -> Features:
+def features_of(
+    state: EndpointState, prompt_tokens: int, fastest: float = 0.0, idle: bool = False
+) -> Features:
     pace = state.tpot
     if pace > 0.0 and fastest > 0.0:
         slowness = pace / fastest
@@ -120,7 +125,7 @@ def features_of(state: EndpointState, prompt_tokens: int, fastest: float = 0.0) 
         if state.prefill_pace > 0.0
         else prompt_tokens * DEFAULT_PACE / 100 * slowness
     )
-    load, limit = state.load, state.limit
+    load, limit = (0 if idle else state.load), state.limit
     queued = max(0, load + 1 - limit) if limit else 0  # ahead of it for a batch slot, itself too
     batch = min(load + 1, limit) if limit else load + 1
     per_token = pace or DEFAULT_PACE * slowness
