@@ -81,6 +81,11 @@ def _up_parser(sub: _Sub) -> None:
         help="where logs and configs go",
     )
     p.add_argument(
+        "--rollout-prometheus",
+        metavar="URL",
+        help="Prometheus that answers rollout policies' analysis.queries",
+    )
+    p.add_argument(
         "--fail-open",
         action="store_true",
         default=_default(StackConfig, "failure_mode_allow"),
@@ -196,6 +201,7 @@ def _up(args: argparse.Namespace) -> int:
         xds_port=args.xds_port,
         status_port=args.status_port,
         control_plane=False if args.static_envoy else None,
+        rollout_prometheus=args.rollout_prometheus,
     )
     try:
         import uvloop

@@ -35,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     k.add_argument("--rollout-metrics", action="append", default=[], metavar="URL",
                    help="an EPP replica's /metrics (repeat for each): the leader runs the "
                    "InferenceModels' canary rollouts on their per-version counts")  # fmt: skip
+    k.add_argument("--rollout-prometheus", default=None, metavar="URL",
+                   help="Prometheus that answers rollout policies' analysis.queries")  # fmt: skip
     k.add_argument("--no-devices", action="store_true",
                    help="do not watch DRA claims, slices, taint rules")  # fmt: skip
 
@@ -63,4 +65,5 @@ def config_from_args(ns: argparse.Namespace) -> KubeModeConfig:
         reconcile_deployments=ns.reconcile_deployments,
         parent=ParentRef(name=ns.status_parent),
         rollout_metrics=tuple(ns.rollout_metrics),
+        rollout_prometheus=ns.rollout_prometheus,
     )

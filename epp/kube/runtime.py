@@ -21,6 +21,7 @@ from epp.kube.rollouts import KubeRolloutStore
 from epp.kube.source import KubeSource, SourceConfig
 from epp.kube.status import ParentRef, StatusWriter
 from epp.rollout.controller import RolloutController
+from epp.rollout.queries import PrometheusQueries
 from epp.rollout.signals import MetricsSource
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class KubeModeConfig:
     reconcile_deployments: bool = True
     parent: ParentRef = field(default_factory=ParentRef)
     rollout_metrics: tuple[str, ...] = ()  # EPP /metrics URLs: the leader runs rollouts
+    rollout_prometheus: str | None = None  # answers the policies' PromQL checks
 
 
 @dataclass(slots=True)
@@ -45,6 +47,7 @@ class KubeRuntime:
     elector: LeaderElector | None
     controller: KubeController | None
     signals: MetricsSource | None = None
+    queries: PrometheusQueries | None = None
 
     @classmethod
     async def open(cls, config: KubeModeConfig) -> KubeRuntime:
@@ -56,19 +59,22 @@ class KubeRuntime:
         if status is None and deployments is None and signals is None:
             return cls(api, source, None, None)
         elector = LeaderElector(api, config.leader) if config.leader_elect else None
-        rollouts = None
+        rollouts = queries = None
         if signals is not None:
             store = KubeRolloutStore(api, config.source.namespaces)
             writer = elector.identity if elector is not None else ""
-            rollouts = RolloutController(store, signals, say=log.info, writer=writer)
+            url = config.rollout_prometheus
+            queries = PrometheusQueries(url) if url else None
+            rollouts = RolloutController(store, signals, log.info, writer, queries)
         controller = KubeController(source, elector, status, deployments, rollouts=rollouts)
-        return cls(api, source, elector, controller, signals)
+        return cls(api, source, elector, controller, signals, queries)
 
     async def aclose(self) -> None:
         """Call after the tasks running `feed`/`controller.run()` were cancelled."""
         await self.source.aclose()
-        if self.signals is not None:
-            await self.signals.aclose()
+        for client in (self.signals, self.queries):
+            if client is not None:
+                await client.aclose()
         if self.elector is not None:
             with contextlib.suppress(Exception):
                 await self.elector.release()

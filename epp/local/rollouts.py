@@ -21,6 +21,7 @@ from epp.api.load import collect_files, read_file
 from epp.api.model import ResourceSet
 from epp.rollout.controller import RolloutController
 from epp.rollout.files import FileStore
+from epp.rollout.queries import PrometheusQueries
 from epp.rollout.signals import MetricsSource
 
 SERVED_FILE = "served.yaml"
@@ -41,13 +42,19 @@ def serve_copy(manifests: Sequence[Path], run_dir: Path) -> Path:
 
 class LocalRollouts:
     def __init__(
-        self, served: Path, metrics_urls: Sequence[str], say: Callable[[str], None] = print
+        self,
+        served: Path,
+        metrics_urls: Sequence[str],
+        say: Callable[[str], None] = print,
+        prometheus: str | None = None,
     ) -> None:
         self.served = served
         self.events: list[str] = []
         self._say = say
         self._signals = MetricsSource(metrics_urls)
-        self.controller = RolloutController(FileStore(served), self._signals, say=self._event)
+        self._queries = PrometheusQueries(prometheus) if prometheus else None
+        store = FileStore(served)
+        self.controller = RolloutController(store, self._signals, self._event, "", self._queries)
         self._task: asyncio.Task[None] | None = None
 
     def _event(self, line: str) -> None:
@@ -64,3 +71,5 @@ class LocalRollouts:
                 await self._task
             self._task = None
         await self._signals.aclose()
+        if self._queries is not None:
+            await self._queries.aclose()

@@ -67,6 +67,7 @@ class StackConfig:
     sim_options: dict[str, Any] = field(default_factory=dict)
     envoy_patch: Callable[[dict[str, Any]], None] | None = None  # tests: adjust the bootstrap
     say: Callable[[str], None] = field(default=partial(print, flush=True))  # rollout steps
+    rollout_prometheus: str | None = None  # answers rollout policies' analysis.queries
 
 
 class LocalStack:
@@ -140,7 +141,7 @@ class LocalStack:
         if wants_rollouts(self.resources):
             hosts = self.replicas.hosts if self.replicas is not None else ["127.0.0.1"]
             urls = [f"http://{host}:{c.metrics_port}/metrics" for host in hosts]
-            self.rollouts = LocalRollouts(self.manifests[0], urls, c.say)
+            self.rollouts = LocalRollouts(self.manifests[0], urls, c.say, c.rollout_prometheus)
             self.rollouts.start()
 
     @property

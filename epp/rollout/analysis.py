@@ -113,4 +113,8 @@ def analyze(
             failures.append(f"query {query.name} = {value:g} under {query.min:g}")
     if failures:
         return Analysis("Fail", "; ".join(failures), c, s, found)
+    unknown = [name for name, value in found if value is None]
+    if unknown:
+        why = f"no value for query {', '.join(unknown)} (is Prometheus reachable?)"
+        return Analysis("Inconclusive", why, c, s, found)
     return Analysis("Pass", "canary within every threshold", c, s, found)

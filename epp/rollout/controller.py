@@ -16,12 +16,12 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from epp.api.model import ModelRoute
-from epp.api.rollout import RolloutPolicy, version_of
+from epp.api.rollout import MetricQuery, RolloutPolicy, version_of
 from epp.rollout.analysis import analyze
 from epp.rollout.machine import RolloutStatus, step
 from epp.rollout.signals import Counts, Sample
@@ -55,6 +55,12 @@ class SignalSource(Protocol):
     async def sample(self, models: Iterable[str]) -> Sample: ...
 
 
+class QuerySource(Protocol):
+    async def evaluate(
+        self, queries: Sequence[MetricQuery], model: str, version: str
+    ) -> dict[str, float | None]: ...
+
+
 @dataclass(slots=True)
 class _Memory:
     revision: str = ""
@@ -82,14 +88,16 @@ class RolloutController:
         self,
         store: RolloutStore,
         signals: SignalSource,
-        clock: Callable[[], float] = time.time,
         say: Callable[[str], None] = lambda line: None,
         writer: str = "",
+        queries: QuerySource | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._signals = signals
         self._clock = clock
         self._say = say
+        self._queries = queries  # a policy's PromQL checks (None: none can be evaluated)
         self._writer = writer  # who writes (the Lease holder's identity), shown in the status
         self._memory: dict[str, _Memory] = {}
         self.passes = 0
@@ -138,7 +146,11 @@ class RolloutController:
         if running and due and mem.step_base is not None and len(mem.recent) > 1:
             base = mem.recent[0] if len(mem.recent) > policy.window_intervals else mem.step_base
             canary, stable = _split(_since(counts, base), policy.canary)
-            analysis = analyze(policy.thresholds, canary, stable)
+            checks = policy.thresholds.queries
+            values: dict[str, float | None] = {}
+            if checks and self._queries is not None:
+                values = await self._queries.evaluate(checks, t.model.model_name, policy.canary)
+            analysis = analyze(policy.thresholds, canary, stable, values)
             mem.last_analysis = now
         step_requests = int(_split(_since(counts, mem.step_base or {}), policy.canary)[0].completed)
         outcome = step(policy, t.versions, current, now, analysis, step_requests)

@@ -136,7 +136,7 @@ async def test_a_healthy_canary_is_promoted_through_every_step(tmp_path: Path) -
     path = manifests(tmp_path)
     clock, traffic = Clock(), Traffic()
     said: list[str] = []
-    controller = RolloutController(FileStore(path), traffic, clock, said.append)
+    controller = RolloutController(FileStore(path), traffic, said.append, clock=clock)
     await drive(controller, clock, traffic, 0.010, 12)
     status, weights = stored(path)
     assert status.phase == "Promoted"
@@ -151,7 +151,7 @@ async def test_a_slow_canary_is_rolled_back_in_its_first_step(tmp_path: Path) ->
     path = manifests(tmp_path)
     clock, traffic = Clock(), Traffic()
     said: list[str] = []
-    controller = RolloutController(FileStore(path), traffic, clock, said.append)
+    controller = RolloutController(FileStore(path), traffic, said.append, clock=clock)
     await drive(controller, clock, traffic, 0.030, 4)
     status, weights = stored(path)
     assert status.phase == "RolledBack"
@@ -167,7 +167,7 @@ async def test_a_slow_canary_is_rolled_back_in_its_first_step(tmp_path: Path) ->
 async def test_a_changed_policy_starts_a_new_rollout(tmp_path: Path) -> None:
     path = manifests(tmp_path)
     clock, traffic = Clock(), Traffic()
-    controller = RolloutController(FileStore(path), traffic, clock)
+    controller = RolloutController(FileStore(path), traffic, clock=clock)
     await drive(controller, clock, traffic, 0.030, 4)
     assert stored(path)[0].phase == "RolledBack"
     docs = list(yaml.safe_load_all(path.read_text()))
@@ -182,7 +182,7 @@ async def test_abort_by_hand_wins_over_a_pass_that_read_before_it(tmp_path: Path
     path = manifests(tmp_path)
     clock, traffic = Clock(), Traffic()
     store = FileStore(path)
-    controller = RolloutController(store, traffic, clock)
+    controller = RolloutController(store, traffic, clock=clock)
     await drive(controller, clock, traffic, 0.010, 3)
     (tracked,) = await store.rollouts()  # a pass reads ...
     out = io.StringIO()
