@@ -74,6 +74,9 @@ def _model_details(model: ModelRoute) -> str:
         target = split.pool or split.model or "self"
         label = f"{split.version} " if split.version else ""
         parts.append(f"split {label}{split.weight} -> {target}")
+    if (r := model.rollout) is not None:
+        steps = "→".join(f"{w}%" for w in r.steps)
+        parts.append(f"rollout of {r.canary}: {steps}, analysis every {r.interval_seconds:g}s")
     return "; ".join(parts)
 
 

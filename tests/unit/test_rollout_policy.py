@@ -213,3 +213,9 @@ def test_epp_validate_prints_the_exact_field_path(tmp_path: Path) -> None:
         "InferenceModel/chat  spec.routing.trafficSplit[1].rollout.steps[2]: "
         "steps must increase, got 20 after 30"
     ) in out.getvalue()
+
+
+def test_epp_validate_shows_the_policy_it_accepted() -> None:
+    out = io.StringIO()
+    assert validate.run([str(Path(__file__).parents[2] / "examples" / "rollout")], out) == 0
+    assert "rollout of canary: 10%→25%→50%→100%, analysis every 30s" in out.getvalue()
