@@ -20,6 +20,10 @@ import pytest
 from aiohttp import web
 from prometheus_client import generate_latest
 
+from epp.api.parse import parse_documents
+from epp.kube.client import SEED_MODELS, SEED_POOLS, ClientConfig, connect
+from epp.kube.source import KubeView, label_of
+from epp.kube.status import StatusWriter
 from epp.local.processes import ChildProcess
 from epp.observability import EppMetrics
 from tests.kube.apiserver import ApiServer
@@ -30,6 +34,7 @@ pytestmark = pytest.mark.e2e
 MODEL = "llama2-7b-chat"
 MODELS = ("gateway.networking.x-k8s.io", "v1alpha1", "inferencemodels")
 LEASES = ("coordination.k8s.io", "v1", "leases")
+POOLS = ("gateway.networking.x-k8s.io", "v1alpha1", "inferencepools")
 POLICY: dict[str, Any] = {
     "steps": [20, 60, 100],
     "interval": "500ms",
@@ -212,3 +217,26 @@ async def test_abort_through_the_api_stops_the_rollout(server: ApiServer, tmp_pa
     finally:
         await a.stop()
         await page.stop()
+
+
+async def test_the_status_writer_keeps_a_fresher_rollout_when_it_retries(
+    server: ApiServer,
+) -> None:
+    """The conditions writer read the model before the rollout controller wrote a step: its
+    retry after the 409 must put its conditions on the fresher object, not undo the step."""
+    server.put(seed_pool())
+    server.put(seed_pool("canary-pool", replicas=1))
+    stale = server.put(model_with_rollout() | {"status": {"rollout": {"step": 0}}})
+    pools = [p for p in (server.get(POOLS, "default", n) for n in ("llama2-pool", "canary-pool"))]
+    raw = [(SEED_POOLS, p) for p in pools if p is not None] + [(SEED_MODELS, stale)]
+    view = KubeView(parse_documents([(label_of(r, o), o) for r, o in raw]), tuple(raw), False)
+    fresher = {**stale, "status": {"rollout": {"step": 1}}}
+    server.put(fresher)  # the controller's write: a newer resourceVersion
+    api = await connect(ClientConfig(host=server.url, request_timeout=5))
+    try:
+        assert await StatusWriter(api).write(view) >= 1
+    finally:
+        await api.close()
+    status = server.get(MODELS, "default", "chat")["status"]  # type: ignore[index]
+    assert status["rollout"] == {"step": 1}
+    assert {c["type"] for c in status["conditions"]} >= {"Accepted"}
