@@ -163,7 +163,7 @@ async def test_only_the_lease_holder_moves_the_rollout_and_a_successor_finishes_
         assert first["phase"] == "Progressing" and first["weights"] == {"stable": 40, "canary": 60}
         assert first["writer"] == holder(server) and first["writer"].startswith("op-a")
         assert first["steps"][0]["analysis"]["verdict"] == "Pass"
-        conditions = server.get(MODELS, "default", "chat")["status"]["conditions"]
+        conditions = (server.get(MODELS, "default", "chat") or {})["status"]["conditions"]
         assert {c["type"] for c in conditions} >= {"Accepted"}  # the other writer's fields stay
         watching.cancel()
         assert {w.split("_")[0] for w in writers} <= {"", "op-a"}  # op-b waited its turn
@@ -237,6 +237,8 @@ async def test_the_status_writer_keeps_a_fresher_rollout_when_it_retries(
         assert await StatusWriter(api).write(view) >= 1
     finally:
         await api.close()
-    status = server.get(MODELS, "default", "chat")["status"]  # type: ignore[index]
+    model = server.get(MODELS, "default", "chat")
+    assert model is not None
+    status = model["status"]
     assert status["rollout"] == {"step": 1}
     assert {c["type"] for c in status["conditions"]} >= {"Accepted"}
