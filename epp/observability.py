@@ -25,6 +25,8 @@ from epp.admission.flows import DEFAULT_FLOW
 from epp.api.model import PRIORITY_STANDARD
 from epp.datastore import Datastore
 
+MAX_FLOW_LABELS = 100  # flows (tenants) with histogram series of their own
+OTHER_FLOWS = "other"
 _LATENCY_BUCKETS = (0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 60, 120, 300)
 _TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 131072)
 _DECISION_BUCKETS = (
@@ -196,6 +198,7 @@ class EppMetrics:
             registry=r,
         )
         flow_labels = ("inference_pool", "priority", "fairness_id")
+        self._flow_labels: set[str] = set()  # flows with series of their own
         self.queue_size = Gauge(
             "inference_extension_flow_control_queue_size",
             "Requests waiting in the EPP for room in the pool, per priority and flow",
@@ -263,7 +266,14 @@ class EppMetrics:
     def queue_outcome(
         self, pool_key: str, priority: int, flow: str, outcome: str, seconds: float
     ) -> None:
-        """How one request left the waiting room (`FlowControl.on_outcome`)."""
+        """How one request left the waiting room (`FlowControl.on_outcome`). The first
+        `MAX_FLOW_LABELS` flows get their own series, later ones share `other`: a histogram's
+        series live as long as the process, and flows may be users."""
+        if flow not in self._flow_labels:
+            if len(self._flow_labels) >= MAX_FLOW_LABELS:
+                flow = OTHER_FLOWS
+            else:
+                self._flow_labels.add(flow)
         pool = pool_key.rpartition("/")[2]
         self.queue_duration.labels(pool, str(priority), flow, outcome).observe(seconds)
 

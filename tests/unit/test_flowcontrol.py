@@ -458,3 +458,19 @@ def test_the_batch_limit_and_its_source_are_exported() -> None:
         (B, "pod-spec"): 4,
         (B, "learned"): None,
     }
+
+
+def test_flows_past_the_hundredth_share_one_series_of_the_outcome_histogram() -> None:
+    registry = CollectorRegistry()
+    metrics = EppMetrics(registry)
+    for i in range(150):
+        metrics.queue_outcome("default/p", 0, f"user-{i}", "Dispatched", 0.0)
+    name = "inference_extension_flow_control_request_queue_duration_seconds_count"
+
+    def count(flow: str) -> float | None:
+        labels = {"inference_pool": "p", "priority": "0", "fairness_id": flow}
+        return registry.get_sample_value(name, {**labels, "outcome": "Dispatched"})
+
+    assert count("user-99") == 1 and count("user-100") is None and count("other") == 50
+    metrics.queue_outcome("default/p", 0, "user-5", "Dispatched", 0.0)  # known: its own
+    assert count("user-5") == 2
