@@ -26,6 +26,7 @@ from epp.scheduling.latency import Prediction
 from epp.scheduling.output_length import OutputLengths
 from epp.scheduling.registry import select_profile
 from epp.scheduling.scheduler import Profile
+from epp.sessions import NO_HOLD, Sessions
 from epp.settings import ProtocolSettings
 
 
@@ -50,6 +51,8 @@ class Decision:
     output_limit: int | None = None  # the client's max_tokens (a cap)
     prediction: Prediction | None = None  # the pick's predicted TTFT and TPOT
     objectives: tuple[float | None, float | None] = (None, None)  # TTFT, TPOT (ms)
+    session_token: str | None = None  # names the pod for the session's next request
+    session_moved: str | None = None  # why the session left the pod it was held on
 
     @property
     def model_rewritten(self) -> bool:
@@ -71,9 +74,11 @@ class Director:
         protocol: ProtocolSettings,
         clock: Callable[[], float] = time.monotonic,
         lengths: OutputLengths | None = None,
+        sessions: Sessions | None = None,
     ) -> None:
         self.lengths = lengths or OutputLengths()
         self.latency = admission.latency  # what responses show is fed back to it
+        self.sessions = sessions or Sessions()
         self._store = store
         self._router = router
         self._admission = admission
@@ -105,7 +110,8 @@ class Director:
         candidates = await self._admission.admit(
             request, route.pool.key, route.priority, subset, plan, ticket
         )
-        # 4. schedule: the route's profile ranks the offered endpoints
+        # 4. schedule: the route's profile ranks the offered endpoints, or passes the pod that
+        # holds the request's session while it may still take it
         scheduling = SchedulingRequest(
             request_id,
             route.target_model,
@@ -120,11 +126,17 @@ class Director:
             payload=request.payload,
         )
         profile = select_profile(self._profiles, route.strategy, route.priority)
-        picked = profile.schedule(scheduling, candidates, 1 + self._protocol.fallback_endpoints)
+        inference = request.runs_inference
+        hold = self.sessions.held(headers, route.pool.key, candidates) if inference else NO_HOLD
+        offered = candidates if hold.endpoint is None else (hold.endpoint,)
+        picked = profile.schedule(scheduling, offered, 1 + self._protocol.fallback_endpoints)
         # 5. lease: the pick counts on its endpoint at once (the waiting room hears of it); its
         # predicted latency is kept, to learn from what the response shows
         prediction = self._admission.predict(picked[0], request.prompt_tokens)
         lease = self._store.lease(picked[0].address, request.prompt_tokens)
+        token = (
+            self.sessions.token(headers, route.pool.key, picked[0].address) if inference else None
+        )
         return Decision(
             request_id,
             route.pool.key,
@@ -143,6 +155,8 @@ class Director:
             request.output_limit,
             prediction if request.runs_inference else None,
             (ticket.ttft_ms, ticket.tpot_ms),
+            token,
+            hold.moved,
         )
 
 

@@ -94,6 +94,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "instead of 404",
     )
     p.add_argument(
+        "--session-header",
+        default=_default(ProtocolSettings, "session_header"),
+        metavar="NAME",
+        help="request header with an agent's own session id (e.g. x-session-id): each session "
+        "stays on one pod while it has room, like a session token",
+    )
+    p.add_argument(
+        "--session-key-file",
+        default=_default(ProtocolSettings, "session_key_file"),
+        metavar="PATH",
+        help="key that signs session tokens (share it across EPP replicas; default: random per "
+        "process)",
+    )
+    p.add_argument(
         "--follow-responses",
         type=float,
         default=_default(ProtocolSettings, "follow_responses"),
@@ -278,6 +292,8 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, ScrapeSettings, G
             fallback_endpoints=args.fallback_endpoints,
             require_registered_models=args.require_registered_models,
             pass_unknown_models=args.pass_unknown_models,
+            session_header=args.session_header.lower() if args.session_header else None,
+            session_key_file=args.session_key_file,
             trust_control_headers=args.trust_control_headers,
             sticky_header=args.sticky_header.lower() if args.sticky_header else None,
             follow_responses=args.follow_responses,

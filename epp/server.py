@@ -17,6 +17,7 @@ import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -43,6 +44,7 @@ from epp.scheduling.config import load_config
 from epp.scheduling.output_length import OutputLengths
 from epp.scheduling.registry import build_default_profiles, precise_scorers, service_time_of
 from epp.scrape.scraper import Scraper, ScrapeSettings
+from epp.sessions import Sessions
 from epp.settings import Settings
 from epp.sources.files import FolderSource
 from epp.tasks import Backoff, TaskOwner
@@ -113,8 +115,9 @@ class EppServer:
         lengths = OutputLengths(prior=service_time.typical_output_tokens)
         self.store.on_answers = lengths.observe_batch  # lengths the engines count
         self.director = Director(
-            self.store, router, admission, profiles, s.protocol, lengths=lengths
-        )
+            self.store, router, admission, profiles, s.protocol, lengths=lengths,
+            sessions=sessions_of(s),
+        )  # fmt: skip
         self.tracking = Tracking(
             self.director, self.store, self.metrics, follow=s.protocol.follow_responses
         )
@@ -378,6 +381,17 @@ async def serve(config: ServeConfig) -> None:
     await stop.wait()
     log.info("shutting down")
     await server.stop()
+
+
+def sessions_of(settings: Settings) -> Sessions:
+    """Sessions signed with the configured key file's bytes (random without one)."""
+    protocol = settings.protocol
+    key = None
+    if protocol.session_key_file:
+        key = Path(protocol.session_key_file).read_bytes().strip()
+        if not key:
+            raise ValueError(f"--session-key-file {protocol.session_key_file} is empty")
+    return Sessions(key, protocol.session_header, settings.saturation)
 
 
 def parse_endpoints(text: str) -> tuple[str, ...]:

@@ -36,6 +36,11 @@ class ProtocolSettings:
     # names no InferenceModel and no pool's served model declares go to the only pool (as
     # upstream does), instead of 404; pools that do not declare what they serve always take them
     pass_unknown_models: bool = False
+    # an agent's own session id header (e.g. x-session-id): one session stays on one pod
+    session_header: str | None = None
+    # the key that signs session tokens; replicas that share it honour each other's tokens
+    # (None: a random key per process)
+    session_key_file: str | None = None
     sticky_header: str | None = None  # e.g. x-user-id: one user stays on one canary version
     # share of responses whose body is read (to count their tokens) when nothing else needs it
     follow_responses: float = 0.0

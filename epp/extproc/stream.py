@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mode_pb
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
+from epp import sessions
 from epp.catalog import Catalog
 from epp.errors import EppError, InternalError, RequestTooLarge
 from epp.extproc import messages as m
@@ -199,6 +200,10 @@ class RequestStream:
                 ]
                 if decision.version:
                     sets.append((m.VERSION_HEADER, decision.version))
+                if decision.session_token:
+                    sets.append((sessions.TOKEN_HEADER, decision.session_token))
+                if decision.session_moved:
+                    sets.append((sessions.MOVED_HEADER, decision.session_moved))
                 if decision.model_rewritten and "content-length" in headers:
                     remove.append("content-length")
             if request.response_headers.end_of_stream:

@@ -40,6 +40,8 @@ FROM_SETTINGS: dict[tuple[str, str], tuple[type[Any], str]] = {
     ("serve", "--trust-control-headers"): (ProtocolSettings, "trust_control_headers"),
     ("serve", "--require-registered-models"): (ProtocolSettings, "require_registered_models"),
     ("serve", "--pass-unknown-models"): (ProtocolSettings, "pass_unknown_models"),
+    ("serve", "--session-header"): (ProtocolSettings, "session_header"),
+    ("serve", "--session-key-file"): (ProtocolSettings, "session_key_file"),
     ("serve", "--sticky-header"): (ProtocolSettings, "sticky_header"),
     ("serve", "--no-flow-control"): (FlowSettings, "enabled"),
     ("serve", "--queue-timeout"): (FlowSettings, "queue_timeout"),
