@@ -117,3 +117,27 @@ async def _embeddings(client: openai.AsyncOpenAI, base: str) -> None:
         assert list(packed) == pytest.approx(one.data[0].embedding, rel=1e-6)
         bad = await http.post("/v1/embeddings", json={"model": MODEL, "input": []})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "input"
+
+
+async def test_a_twenty_turn_agent_conversation_reads_its_context_from_the_prefix_cache(
+    base: str,
+) -> None:
+    """What a session holding its pod buys: turn after turn, the conversation so far (a
+    1,000-token system prompt, 65 tokens more a turn) is read from the pod's prefix cache."""
+    tools = "".join(f"Tool {i}: reads, edits and runs files of the project, carefully. "
+                    for i in range(60))  # fmt: skip
+    turns: list[anthropic.types.MessageParam] = []
+    cached = prompt = 0
+    async with anthropic.AsyncAnthropic(base_url=base, api_key="-", max_retries=0) as client:
+        for i in range(20):
+            turns.append({"role": "user", "content": f"Step {i}: look at file_{i}.py. " * 6})
+            answer = await client.messages.create(
+                model=MODEL, system=tools, messages=turns, max_tokens=16
+            )
+            turns.append({"role": "assistant", "content": answer.content[0].text})  # type: ignore[union-attr]
+            hit = answer.usage.cache_read_input_tokens or 0
+            cached, prompt = cached + hit, prompt + answer.usage.input_tokens + hit
+            if i:  # all but the newest turn and the last partial block come from the cache
+                assert answer.usage.input_tokens < 100
+    print(f"prefix-cache hits over 20 turns: {cached / prompt:.3f} ({cached}/{prompt} tokens)")
+    assert cached / prompt >= 0.9
