@@ -123,14 +123,14 @@ async def test_a_twenty_turn_agent_conversation_reads_its_context_from_the_prefi
     base: str,
 ) -> None:
     """What a session holding its pod buys: turn after turn, the conversation so far (a
-    1,000-token system prompt, 65 tokens more a turn) is read from the pod's prefix cache."""
+    640-token system prompt, about 50 tokens more a turn) is read from the pod's prefix cache."""
     tools = "".join(f"Tool {i}: reads, edits and runs files of the project, carefully. "
-                    for i in range(60))  # fmt: skip
+                    for i in range(40))  # fmt: skip
     turns: list[anthropic.types.MessageParam] = []
     cached = prompt = 0
     async with anthropic.AsyncAnthropic(base_url=base, api_key="-", max_retries=0) as client:
         for i in range(20):
-            turns.append({"role": "user", "content": f"Step {i}: look at file_{i}.py. " * 6})
+            turns.append({"role": "user", "content": f"Step {i}: look at file_{i}.py. " * 4})
             answer = await client.messages.create(
                 model=MODEL, system=tools, messages=turns, max_tokens=16
             )
