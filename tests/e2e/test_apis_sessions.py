@@ -1,6 +1,6 @@
 """A 20-turn agent conversation through the real local stack, with the `anthropic` SDK: the
-session token each answer carries keeps the growing conversation (a 640-token system prompt,
-about 50 tokens more each turn) on one pod (its context read
+session token each answer carries keeps the growing conversation (a 2,100-token system prompt,
+about 50 tokens more each turn, under 4,000 after 35 turns) on one pod (its context read
 from the prefix cache turn after turn), until that pod saturates: then it moves, the answer says
 so, and the conversation stays on its new pod. An agent's own session header does the same."""
 
