@@ -18,11 +18,10 @@ from epp.sim.openai import (
     WORDS,
     ApiError,
     CompletionRequest,
+    conversation_request,
     json_object,
-    opt_bool,
     opt_int,
     output_text,
-    render_turns,
 )
 from epp.sim.tokenizer import SimTokenizer
 from epp.sim.wire import Counts, Streamer
@@ -65,18 +64,7 @@ def parse(raw: bytes) -> CompletionRequest:
         if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
             raise ApiError(400, f"messages[{i}].role must be 'user' or 'assistant'", "messages")
         turns.append((m["role"], _text(m.get("content"), f"messages[{i}].content")))
-    prompt = render_turns(turns)
-    return CompletionRequest(
-        chat=True,
-        model=body["model"],
-        prompt=prompt,
-        prompt_tokens=max(1, -(-len(prompt) // 4)),
-        max_tokens=max_tokens,
-        stream=opt_bool(body, "stream"),
-        include_usage=True,
-        ignore_eos=False,
-        turns=tuple(turns),
-    )
+    return conversation_request(body, turns, max_tokens)
 
 
 def _usage(counts: Counts) -> dict[str, int]:

@@ -70,6 +70,25 @@ def render_turns(turns: list[tuple[str, str]]) -> bytes:
     return "".join(f"<|{role}|>\n{text}\n" for role, text in turns).encode() + CHAT_OVERHEAD
 
 
+def conversation_request(
+    body: dict[str, Any], turns: list[tuple[str, str]], max_tokens: int | None
+) -> CompletionRequest:
+    """A chat-like request of another API (Anthropic messages, Responses): its conversation
+    rendered as chat renders it, usage always reported, stopped at the model's end."""
+    prompt = render_turns(turns)
+    return CompletionRequest(
+        chat=True,
+        model=body["model"],
+        prompt=prompt,
+        prompt_tokens=max(1, -(-len(prompt) // 4)),
+        max_tokens=max_tokens,
+        stream=opt_bool(body, "stream"),
+        include_usage=True,
+        ignore_eos=False,
+        turns=tuple(turns),
+    )
+
+
 def _chat_prompt(body: dict[str, Any]) -> bytes:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:

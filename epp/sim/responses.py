@@ -19,11 +19,10 @@ from epp.sim.openai import (
     WORDS,
     ApiError,
     CompletionRequest,
+    conversation_request,
     json_object,
-    opt_bool,
     opt_int,
     output_text,
-    render_turns,
 )
 from epp.sim.tokenizer import SimTokenizer
 from epp.sim.wire import Counts, Streamer
@@ -64,19 +63,7 @@ def _turns(body: dict[str, Any]) -> list[tuple[str, str]]:
 
 def parse(raw: bytes) -> CompletionRequest:
     body = json_object(raw)
-    turns = _turns(body)
-    prompt = render_turns(turns)
-    return CompletionRequest(
-        chat=True,
-        model=body["model"],
-        prompt=prompt,
-        prompt_tokens=max(1, -(-len(prompt) // 4)),
-        max_tokens=opt_int(body, "max_output_tokens"),
-        stream=opt_bool(body, "stream"),
-        include_usage=True,
-        ignore_eos=False,
-        turns=tuple(turns),
-    )
+    return conversation_request(body, _turns(body), opt_int(body, "max_output_tokens"))
 
 
 def _usage(counts: Counts) -> dict[str, Any]:
