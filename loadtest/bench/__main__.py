@@ -32,7 +32,14 @@ from typing import Any
 
 from epp.sim.profiles import get_profile
 from loadtest.bench import client, report, stats
-from loadtest.bench.routers import Children, RouterSpec, SimPod, settle, start_router, start_sim
+from loadtest.bench.routers import (
+    Children,
+    RouterSpec,
+    settle,
+    sim_pods,
+    start_router,
+    start_sim,
+)
 from loadtest.record import (
     Record,
     command_text,
@@ -203,11 +210,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace, children: Children) -> None:
         self.a = args
         self.children = children
-        base = [int(x) for x in args.first_ip.split(".")]
-        self.pods = [
-            SimPod(f"{base[0]}.{base[1]}.{base[2]}.{base[3] + i}", 8000, f"pod-{i}")
-            for i in range(args.pods)
-        ]
+        self.pods = sim_pods(args.first_ip, args.pods)
         self.deadline = time.monotonic() + args.budget_minutes * 60
         self.started = datetime.now(UTC)
         describe_commit()  # taken (and kept) now: the commit the run starts from

@@ -46,10 +46,10 @@ from loadtest.bench.kvcells_report import APPROXIMATE
 from loadtest.bench.routers import (
     Children,
     RouterSpec,
-    SimPod,
     epp_manifests,
     free_ports,
     settle,
+    sim_pods,
     start_router,
     start_sim,
 )
@@ -171,11 +171,7 @@ class Cells:
     def __init__(self, args: argparse.Namespace, children: Children) -> None:
         self.a = args
         self.children = children
-        base = [int(x) for x in args.first_ip.split(".")]
-        self.pods = [
-            SimPod(f"{base[0]}.{base[1]}.{base[2]}.{base[3] + i}", 8000, f"pod-{i}")
-            for i in range(args.pods)
-        ]
+        self.pods = sim_pods(args.first_ip, args.pods)
         self.shapes = shapes(args)
         self.deadline = time.monotonic() + args.budget_minutes * 60
         self.configs: dict[str, Path] = {}

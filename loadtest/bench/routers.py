@@ -76,6 +76,12 @@ class SimPod:
         return f"{self.host}:{self.port}"
 
 
+def sim_pods(first_ip: str, count: int) -> list[SimPod]:
+    """`count` simulated pods on consecutive loopback IPs from `first_ip`, all on port 8000."""
+    a, b, c, d = (int(x) for x in first_ip.split("."))
+    return [SimPod(f"{a}.{b}.{c}.{d + i}", 8000, f"pod-{i}") for i in range(count)]
+
+
 def _binary(name: str) -> str | None:
     beside = Path(sys.executable).parent / name
     return str(beside) if beside.exists() else shutil.which(name)
