@@ -108,6 +108,39 @@ async def test_a_token_keeps_twenty_turns_on_one_pod_with_their_context_cached(
         await fake_queue(home, None)
 
 
+async def sim_faults(address: str, metrics: str | None) -> None:
+    async with httpx.AsyncClient(timeout=5) as http:
+        reply = await http.post(
+            f"http://{address}/sim/config", json={"faults": {"metrics": metrics}}
+        )
+        assert reply.status_code == 200, reply.text
+
+
+async def test_a_session_whose_pod_is_taken_out_moves_and_says_so(
+    client: anthropic.AsyncAnthropic,
+) -> None:
+    """The pod stops answering its metrics sensibly: the EPP marks it unhealthy and stops
+    sending it requests (as for a drained pod); the session moves, says why, and stays moved."""
+    agent = Agent(client, {})
+    for i in range(3):
+        await agent.turn(i)
+    home = agent.pods[-1]
+    assert set(agent.pods) == {home}
+    await sim_faults(home, "garbage")
+    try:
+        for i in range(3, 13):  # the EPP sees it at its next scrapes
+            if await agent.turn(i) != home:
+                break
+            await asyncio.sleep(0.3)
+        assert agent.pods[-1] != home and agent.moved[-1] == "unavailable"
+        new_home = agent.pods[-1]
+        await sim_faults(home, None)
+        for i in range(13, 16):
+            assert await agent.turn(i) == new_home
+    finally:
+        await sim_faults(home, None)
+
+
 async def test_an_agents_own_session_header_keeps_it_on_one_pod(
     client: anthropic.AsyncAnthropic,
 ) -> None:
