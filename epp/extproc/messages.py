@@ -31,6 +31,7 @@ CONTROL_HEADERS = (
     "x-gateway-inference-fairness-id",
     "x-gateway-inference-objective",
     "x-gateway-model-name-rewrite",
+    "x-gateway-inference-ttl-ms",  # the waiting room's TTL (epp.admission.tickets)
 )
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD

@@ -127,10 +127,14 @@ async def test_bodyless_request_is_answered_at_once() -> None:
 async def test_buffered_mode_answers_headers_first_and_decides_on_the_body() -> None:
     stream, _ = new_stream()
     first = await stream.on_message(
-        headers({"x-gateway-inference-objective": "x"}, mode=mode_pb.ProcessingMode.BUFFERED)
+        headers(
+            {"x-gateway-inference-objective": "x", "x-gateway-inference-ttl-ms": "500"},
+            mode=mode_pb.ProcessingMode.BUFFERED,
+        )
     )
     assert first[0].request_headers.response.header_mutation.remove_headers == [
-        "x-gateway-inference-objective"
+        "x-gateway-inference-objective",
+        "x-gateway-inference-ttl-ms",  # read by the waiting room, never sent on to the pod
     ]
     (reply,) = await stream.on_message(body(orjson.dumps(CHAT), True))
     common = reply.request_body.response
