@@ -23,8 +23,7 @@ from epp.sim.openai import (
     opt_int,
     output_text,
 )
-from epp.sim.tokenizer import SimTokenizer
-from epp.sim.wire import Counts, Streamer
+from epp.sim.wire import ConversationIds, Counts, Streamer
 
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
 _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_error"}
@@ -111,16 +110,11 @@ class MessagesStream:
         )
 
 
-class MessagesWire:
+class MessagesWire(ConversationIds):
     id_prefix = "msg_"
 
     def parse(self, raw: bytes) -> CompletionRequest:
         return parse(raw)
-
-    def token_ids(
-        self, tokenizer: SimTokenizer, raw: bytes, req: CompletionRequest
-    ) -> tuple[int, ...] | None:
-        return tokenizer.chat_ids([{"role": r, "content": t} for r, t in req.turns])
 
     def streamer(self, rid: str, created: int, req: CompletionRequest) -> Streamer:
         return MessagesStream(rid, req.model)

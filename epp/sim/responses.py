@@ -24,8 +24,7 @@ from epp.sim.openai import (
     opt_int,
     output_text,
 )
-from epp.sim.tokenizer import SimTokenizer
-from epp.sim.wire import Counts, Streamer
+from epp.sim.wire import ConversationIds, Counts, Streamer
 
 
 def _text(content: Any, where: str) -> str:
@@ -166,16 +165,11 @@ class ResponsesStream:
         )
 
 
-class ResponsesWire:
+class ResponsesWire(ConversationIds):
     id_prefix = ""  # the ids say resp_ and msg_ themselves
 
     def parse(self, raw: bytes) -> CompletionRequest:
         return parse(raw)
-
-    def token_ids(
-        self, tokenizer: SimTokenizer, raw: bytes, req: CompletionRequest
-    ) -> tuple[int, ...] | None:
-        return tokenizer.chat_ids([{"role": r, "content": t} for r, t in req.turns])
 
     def streamer(self, rid: str, created: int, req: CompletionRequest) -> Streamer:
         return ResponsesStream(rid, created, req)

@@ -69,6 +69,16 @@ class Wire(Protocol):
     def error(self, error: ApiError) -> bytes: ...
 
 
+class ConversationIds:
+    """`Wire.token_ids` of the chat-like APIs (Anthropic messages, Responses): the
+    conversation's turns through the model's chat template."""
+
+    def token_ids(
+        self, tokenizer: SimTokenizer, raw: bytes, req: CompletionRequest
+    ) -> tuple[int, ...] | None:
+        return tokenizer.chat_ids([{"role": r, "content": t} for r, t in req.turns])
+
+
 class _OpenAIStream:
     __slots__ = ("_fmt", "_usage")
 

@@ -145,21 +145,25 @@ class PrefixCacheScorer:
             # no batch limit or no prefill pace known: the load-count rule
             return lambda i, matched: loads[i] <= limit or loads[i] < batches[i]
         typical = request.typical_output_tokens or TYPICAL_OUTPUT_TOKENS
-        decode = snap.filled_tpot
-        waits = [q * p * typical if q else 0.0 for q, p in zip(queued, decode, strict=True)]
-        matches = [counts.get(a, 0) for a in snap.addresses]
+        addresses = snap.addresses
         block = self.block_size_tokens
 
+        def wait(j: int) -> float:
+            """The wait behind endpoint j's full batch (the service-time model's)."""
+            q = queued[j]
+            return q * snap.filled_tpot[j] * typical if q else 0.0
+
         def keeps(i: int, matched: int) -> bool:
-            if loads[i] < batches[i] or not waits[i]:
+            if loads[i] < batches[i] or not queued[i]:
                 return True  # a free slot: the warm cache costs no wait
-            # the wait here against the best other pod's wait plus the prefill it would add
+            # only now, for a full holder: its wait against the best other pod's wait plus the
+            # prefill it would add
             others = [
-                waits[j] + max(0, matched - matches[j]) * block * paces[j]
-                for j in range(len(waits))
+                wait(j) + max(0, matched - counts.get(addresses[j], 0)) * block * paces[j]
+                for j in range(len(addresses))
                 if j != i and paces[j] > 0.0
             ]
-            return waits[i] <= min(others) if others else loads[i] <= limit
+            return wait(i) <= min(others) if others else loads[i] <= limit
 
         return keeps
 
