@@ -2,7 +2,8 @@
 
 `render_vllm` is what a pod's `/metrics` returns (gauges, counters and histograms labelled
 `model_name` and `engine`, fixed "fake" values applied); `render_dcgm` is the exporter page
-listing `DCGM_FI_DEV_GPU_UTIL` (busy share of the last second) and framebuffer use per pod.
+listing per pod `DCGM_FI_DEV_GPU_UTIL` (busy share of the last second), framebuffer use, SM
+clock, temperature, clock-event reasons, violation counters and the last XID error.
 Rendered by hand: the EPP scrapes every pod many times a second, so this stays cheap.
 """
 
@@ -159,12 +160,27 @@ def restrict(page: bytes, names: Collection[str]) -> bytes:
     return b"\n".join(out) + b"\n" if out else b""
 
 
+# (name, kind, help) of the exporter's families, in the order and words of dcgm-exporter's
+# default counters (etc/default-counters.csv)
+DCGM_FAMILIES = (
+    ("DCGM_FI_DEV_SM_CLOCK", "gauge", "SM clock frequency (in MHz)."),
+    ("DCGM_FI_DEV_GPU_TEMP", "gauge", "GPU temperature (in C)."),
+    ("DCGM_FI_DEV_GPU_UTIL", "gauge", "GPU utilization (in %)."),
+    ("DCGM_FI_DEV_FB_FREE", "gauge", "Framebuffer memory free (in MiB)."),
+    ("DCGM_FI_DEV_FB_USED", "gauge", "Framebuffer memory used (in MiB)."),
+    ("DCGM_FI_DEV_XID_ERRORS", "gauge", "Value of the last XID error encountered."),
+    ("DCGM_FI_DEV_CLOCKS_EVENT_REASONS", "gauge", "Current clock event reasons (bit mask)."),
+    ("DCGM_FI_DEV_POWER_VIOLATION", "counter",
+     "Throttling duration due to power constraints (in us)."),
+    ("DCGM_FI_DEV_THERMAL_VIOLATION", "counter",
+     "Throttling duration due to thermal constraints (in us)."),
+)  # fmt: skip
+
+
 def render_dcgm(pods: Sequence[SimPod], now: float) -> bytes:
-    """A DCGM exporter page: one GPU per pod, labelled with the pod it is attached to."""
-    p = _Page()
-    util = p.lines.copy()
-    used: list[str] = []
-    free: list[str] = []
+    """A DCGM exporter page: one GPU per pod, labelled with the pod it is attached to, with its
+    utilization, framebuffer, clocks, temperature and health families (`epp.sim.gpu`)."""
+    values: dict[str, list[str]] = {name: [] for name, _, _ in DCGM_FAMILIES}
     for i, pod in enumerate(pods):
         prof = pod.profile
         labels = _labels(
@@ -179,15 +195,25 @@ def render_dcgm(pods: Sequence[SimPod], now: float) -> bytes:
                 ("pod", pod.name),
             )
         )
+        util = pod.engine.utilization(now)
         kv_mib = (prof.memory_mib - prof.weights_mib) * pod.engine.kv.usage()
         fb_used = prof.weights_mib + kv_mib
-        util.append(f"DCGM_FI_DEV_GPU_UTIL{labels} {round(pod.engine.utilization(now) * 100)}")
-        used.append(f"DCGM_FI_DEV_FB_USED{labels} {round(fb_used)}")
-        free.append(f"DCGM_FI_DEV_FB_FREE{labels} {round(prof.memory_mib - fb_used)}")
-    p.family("DCGM_FI_DEV_GPU_UTIL", "gauge", "GPU utilization (in %).")
-    p.lines.extend(util)
-    p.family("DCGM_FI_DEV_FB_USED", "gauge", "Framebuffer memory used (in MiB).")
-    p.lines.extend(used)
-    p.family("DCGM_FI_DEV_FB_FREE", "gauge", "Framebuffer memory free (in MiB).")
-    p.lines.extend(free)
+        gpu = pod.gpu
+        thermal_us, power_us = gpu.violation_us(now)
+        for name, value in (
+            ("DCGM_FI_DEV_SM_CLOCK", gpu.sm_clock(util)),
+            ("DCGM_FI_DEV_GPU_TEMP", round(gpu.temperature(util))),
+            ("DCGM_FI_DEV_GPU_UTIL", round(util * 100)),
+            ("DCGM_FI_DEV_FB_FREE", round(prof.memory_mib - fb_used)),
+            ("DCGM_FI_DEV_FB_USED", round(fb_used)),
+            ("DCGM_FI_DEV_XID_ERRORS", gpu.xid()),
+            ("DCGM_FI_DEV_CLOCKS_EVENT_REASONS", gpu.reasons(util)),
+            ("DCGM_FI_DEV_POWER_VIOLATION", round(power_us)),
+            ("DCGM_FI_DEV_THERMAL_VIOLATION", round(thermal_us)),
+        ):
+            values[name].append(f"{name}{labels} {value}")
+    p = _Page()
+    for name, kind, help_ in DCGM_FAMILIES:
+        p.family(name, kind, help_)
+        p.lines.extend(values[name])
     return p.text()

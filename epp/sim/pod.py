@@ -6,6 +6,8 @@ it; tests and `/sim/config` change it at runtime (`configure`, `set_speed`, ...)
 or 4 bytes a token), hashes their blocks as vLLM does (`BlockHasher`) and, with vLLM's
 `--kv-events-config`, publishes each step's KV events (`Publisher`); `restart` is an engine
 crash and restart: the requests in it are lost, its cache and its event stream start afresh.
+Its GPU (`epp.sim.gpu.SimGpu`) can throttle (steps slow down by the fault's clock share) or
+raise an XID error (the requests in it and every new one fail) until the fault is cleared.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import dataclasses
 import itertools
 import random
+import time
 from typing import Any, TypeVar
 
 import xxhash
@@ -23,6 +26,7 @@ import zmq.asyncio
 from epp.sim.blockhash import BlockHasher
 from epp.sim.driver import RealtimeDriver
 from epp.sim.engine import Engine, EngineConfig, Seq
+from epp.sim.gpu import GpuFault, SimGpu, sm_clock_mhz
 from epp.sim.kvcache import KvCache
 from epp.sim.kvevents import Publisher
 from epp.sim.openai import ApiError, CompletionRequest
@@ -32,6 +36,7 @@ from epp.sim.tokenizer import SimTokenizer, byte_ids
 
 MIN_DRAWN_TOKENS = 32
 DRAWN_TOKENS_SPAN = 353  # drawn output lengths are uniform in [32, 384], mean ~208
+GPU_ERROR = "gpu_error"  # finish reason of a sequence an XID error ended
 ANSWER_MARKER = b"#answer="
 
 
@@ -62,6 +67,8 @@ class SimPod:
             self.adapters[name] = path or f"/adapters/{name}"
         self.faults = Faults()
         self.fake = FakeMetrics()
+        self.gpu = SimGpu(sm_clock_mhz(self.profile.name))
+        self._speed = spec.speed  # the healthy speed; a GPU throttle multiplies into the engine's
         self.created = 0
         self._rng = random.Random(spec.seed)
         self._ids = itertools.count()
@@ -170,6 +177,13 @@ class SimPod:
             lora_id,
         )
 
+    def gpu_error(self) -> ApiError | None:
+        """The error every request gets while the GPU has an XID error."""
+        xid = self.gpu.fault.xid
+        if xid is None:
+            return None
+        return ApiError(500, f"CUDA error: the GPU raised Xid {xid}; the engine is unavailable")
+
     def should_fail(self) -> bool:
         rate = self.faults.error_rate
         return rate > 0 and self._rng.random() < rate
@@ -192,7 +206,21 @@ class SimPod:
     def set_speed(self, speed: float) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
-        self.engine.speed = speed
+        self._speed = speed
+        self.engine.speed = speed * self.gpu.fault.speed
+
+    def set_gpu_fault(self, fault: GpuFault) -> None:
+        """Throttle, fail or restore the GPU; a new XID error fails the requests in the engine."""
+        new_xid = fault.xid is not None and fault.xid != self.gpu.fault.xid
+        self.gpu.set(fault, time.monotonic())
+        self.engine.speed = self._speed * fault.speed
+        if new_xid:
+            engine = self.engine
+            for seq in [*engine.waiting, *engine.running]:
+                self.driver.abort(seq)
+                seq.finish_reason = GPU_ERROR
+                if seq.notify is not None:
+                    seq.notify()
 
     def set_faults(self, **changes: Any) -> None:
         faults = dataclasses.replace(self.faults, **changes)
@@ -219,7 +247,7 @@ class SimPod:
         """Apply a `/sim/config` document; ValueError on a bad one (nothing applied then)."""
         if not isinstance(body, dict):
             raise ValueError("config must be a JSON object")
-        unknown = set(body) - {"speed", "faults", "fake_metrics", "restart"}
+        unknown = set(body) - {"speed", "faults", "fake_metrics", "gpu", "restart"}
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         speed = body.get("speed")
@@ -230,6 +258,9 @@ class SimPod:
             raise ValueError("restart must be a boolean")
         faults = _merge(self.faults, body, "faults")
         fake = _merge(self.fake, body, "fake_metrics")
+        gpu = GpuFault.parse(self.gpu.fault, body["gpu"]) if "gpu" in body else self.gpu.fault
+        if speed is not None and speed <= 0:
+            raise ValueError("speed must be positive")
         old = (self.faults, self.fake)
         try:
             self.faults = Faults()
@@ -241,6 +272,8 @@ class SimPod:
             self.faults, self.fake = old
             self.set_faults()
             raise
+        if gpu != self.gpu.fault:
+            self.set_gpu_fault(gpu)
         if restart:
             self.restart()
         return self.view()
@@ -251,8 +284,10 @@ class SimPod:
             "address": self.address,
             "model": self.spec.model,
             "profile": self.profile.name,
-            "speed": self.engine.speed,
+            "speed": self._speed,
+            "effective_speed": self.engine.speed,
             "faults": dataclasses.asdict(self.faults),
+            "gpu": dataclasses.asdict(self.gpu.fault),
             "fake_metrics": dataclasses.asdict(self.fake),
             "adapters": sorted(self.adapters),
         }

@@ -6,7 +6,9 @@ JSON), `/v1/embeddings`, `/v1/models`, `/health`, `/metrics`, `/v1/load_lora_ada
 and `x-inference-pod-address`. Requests of every API go into the pod's engine (`epp.sim.pod`)
 alike; each API's wire (`epp.sim.wire`) reads its body and writes its answer. A stream waits on
 a future its sequence's `notify` resolves, then writes every token produced since its last write
-in one go.
+in one go. While the pod's GPU has an XID error (`/sim/config {"gpu": {"xid": 79}}`) every request
+fails with a 500, and those it was serving when the error came fail too (a 500, or a stream cut
+short).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from epp.sim.embeddings import EmbeddingsWire
 from epp.sim.engine import Seq
 from epp.sim.metrics import GARBAGE, render_vllm, restrict
 from epp.sim.openai import ApiError
-from epp.sim.pod import SimPod
+from epp.sim.pod import GPU_ERROR, SimPod
 from epp.sim.responses import ResponsesWire
 from epp.sim.wire import Counts, OpenAIWire, Streamer, Wire
 
@@ -90,6 +92,9 @@ async def _serve(request: web.Request, wire: Wire) -> web.StreamResponse:
         seq = pod.new_seq(req, adapter, ids)
     except ApiError as e:
         return _error(e, wire)
+    gpu_error = pod.gpu_error()
+    if gpu_error is not None:
+        return _error(gpu_error, wire)
     if pod.should_fail():
         return _error(ApiError(500, "injected fault: internal server error"), wire)
     rid = f"{wire.id_prefix}{pod.name}-{seq.rid}"
@@ -104,6 +109,8 @@ async def _serve(request: web.Request, wire: Wire) -> web.StreamResponse:
             return await _stream(request, seq, streamer, wake, die_at)
         while not seq.done:
             await wake.wait()
+        if seq.finish_reason == GPU_ERROR:
+            return _error(pod.gpu_error() or ApiError(500, "the GPU failed"), wire)
         if die_at is not None:
             _kill(request)
             return web.Response(status=500)
@@ -146,6 +153,9 @@ async def _stream(
         elif seq.done:
             break
         await wake.wait()
+        if seq.finish_reason == GPU_ERROR:  # the GPU failed mid-answer: the stream is cut
+            _kill(request)
+            return resp
     await resp.write_eof()
     return resp
 

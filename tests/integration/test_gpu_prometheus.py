@@ -296,3 +296,43 @@ async def keep_busy(address: str, seconds: float) -> None:
         while time.monotonic() < deadline:
             async with session.post(f"http://{address}/v1/completions", json=body) as resp:
                 await resp.read()
+
+
+async def test_simulator_gpu_faults_reach_the_poller_as_health(tmp_path: Path) -> None:
+    """`/sim/config` GPU faults on the simulator's own exporter, through a real Prometheus: a
+    thermal throttle reads degraded, an XID error drain; cleared, both come back to ok."""
+    specs = [SimPodSpec("127.0.0.1", 0, "sim-a"), SimPodSpec("127.0.0.1", 0, "sim-b")]
+    async with SimCluster(specs, gpu_exporter=("127.0.0.1", 0)) as cluster:
+        assert cluster.gpu_exporter_address is not None
+        with run_prometheus(tmp_path, cluster.gpu_exporter_address) as (_, url):
+            sink = Sink()
+            health = HealthSettings(clear_after=1.0)
+            settings = GpuSettings(prometheus_url=url, interval=0.3, timeout=1.0, health=health)
+            task = asyncio.create_task(GpuPoller(sink, settings).run())
+            try:
+                await wait_for(lambda: "default/sim-b" in sink.latest, 30, "first samples")
+                assert health_of(sink, "default/sim-a") == HEALTH_OK
+                async with aiohttp.ClientSession() as http:
+                    for name, fault in (("sim-a", {"throttle": "thermal"}), ("sim-b", {"xid": 79})):
+                        address = cluster.pod(name).address
+                        async with http.post(
+                            f"http://{address}/sim/config", json={"gpu": fault}
+                        ) as r:
+                            assert r.status == 200
+                    await wait_for(
+                        lambda: health_of(sink, "default/sim-a") == HEALTH_DEGRADED, 10, "hot"
+                    )
+                    await wait_for(
+                        lambda: health_of(sink, "default/sim-b") == HEALTH_DRAIN, 10, "xid"
+                    )
+                    for name in ("sim-a", "sim-b"):
+                        address = cluster.pod(name).address
+                        async with http.post(
+                            f"http://{address}/sim/config", json={"gpu": None}
+                        ) as r:
+                            assert r.status == 200
+                for key in ("default/sim-a", "default/sim-b"):
+                    await wait_for(lambda k=key: health_of(sink, k) == HEALTH_OK, 15, "cleared")
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)

@@ -283,3 +283,104 @@ async def test_queue_builds_up_and_drains_in_real_time(http: aiohttp.ClientSessi
             "vllm:num_requests_waiting": 0.0,
             "vllm:kv_cache_usage_perc": 0.0,
         }
+
+
+async def timed_chat(http: aiohttp.ClientSession, url: str, tokens: int) -> float:
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    async with http.post(url, json=chat(max_tokens=tokens)) as r:
+        assert r.status == 200
+        await r.read()
+    return loop.time() - t0
+
+
+def dcgm_values(text: str, name: str) -> dict[str, float]:
+    return {
+        line.split('pod="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{")
+    }
+
+
+async def test_gpu_throttle_slows_steps_and_shows_on_the_exporter(
+    cluster: SimCluster, http: aiohttp.ClientSession
+) -> None:
+    base = f"http://{cluster.addresses[0]}"
+    exporter = f"http://{cluster.gpu_exporter_address}/metrics"
+    url = f"{base}/v1/chat/completions"
+    healthy = await timed_chat(http, url, 60)
+    body = {"gpu": {"throttle": "thermal", "clock": 0.5}}
+    async with http.post(f"{base}/sim/config", json=body) as r:
+        assert r.status == 200
+        view = await r.json()
+    assert view["gpu"] == {"throttle": "thermal", "clock": 0.5, "xid": None, "temperature": None}
+    assert view["effective_speed"] == 0.5
+    throttled = await timed_chat(http, url, 60)
+    assert 1.6 < throttled / healthy < 2.5  # steps take twice as long
+    async with http.get(exporter) as r:
+        text = await r.text()
+    assert dcgm_values(text, "DCGM_FI_DEV_CLOCKS_EVENT_REASONS")["pod-a"] == 0x20 | 0x40 | 0x8
+    assert dcgm_values(text, "DCGM_FI_DEV_CLOCKS_EVENT_REASONS")["pod-b"] == 0x1  # idle
+    assert dcgm_values(text, "DCGM_FI_DEV_GPU_TEMP")["pod-a"] >= 87
+    assert dcgm_values(text, "DCGM_FI_DEV_SM_CLOCK")["pod-a"] == 990
+    assert dcgm_values(text, "DCGM_FI_DEV_THERMAL_VIOLATION")["pod-a"] >= throttled * 1e6
+    assert dcgm_values(text, "DCGM_FI_DEV_THERMAL_VIOLATION")["pod-b"] == 0
+    async with http.post(f"{base}/sim/config", json={"gpu": None}) as r:
+        assert (await r.json())["effective_speed"] == 1.0
+    assert await timed_chat(http, url, 60) < 0.75 * throttled
+    async with http.get(exporter) as r:
+        text = await r.text()
+    assert dcgm_values(text, "DCGM_FI_DEV_CLOCKS_EVENT_REASONS")["pod-a"] in (0, 0x1)
+    assert dcgm_values(text, "DCGM_FI_DEV_GPU_TEMP")["pod-a"] < 87
+
+
+async def test_an_xid_error_fails_requests_until_cleared(
+    cluster: SimCluster, http: aiohttp.ClientSession
+) -> None:
+    base = f"http://{cluster.addresses[0]}"
+    url = f"{base}/v1/chat/completions"
+    in_flight = asyncio.ensure_future(http.post(url, json=chat(max_tokens=2000)))
+    stream = await http.post(url, json=chat(max_tokens=2000, stream=True))
+    assert stream.status == 200
+    await stream.content.readline()
+    async with http.post(f"{base}/sim/config", json={"gpu": {"xid": 79}}) as r:
+        assert r.status == 200 and (await r.json())["gpu"]["xid"] == 79
+    async with await in_flight as r:  # the request the GPU was serving fails too
+        assert r.status == 500 and "Xid 79" in (await r.json())["error"]["message"]
+    with pytest.raises(aiohttp.ClientPayloadError):  # a stream is cut short
+        await stream.read()
+    stream.release()
+    async with http.post(url, json=chat(max_tokens=5)) as r:
+        assert r.status == 500 and r.headers["x-inference-pod"] == "pod-a"
+        assert "Xid 79" in (await r.json())["error"]["message"]
+    async with http.get(f"http://{cluster.gpu_exporter_address}/metrics") as r:
+        assert dcgm_values(await r.text(), "DCGM_FI_DEV_XID_ERRORS") == {"pod-a": 79, "pod-b": 0}
+    async with http.post(f"{base}/sim/config", json={"gpu": {"xid": None}}) as r:
+        assert r.status == 200
+    async with http.post(url, json=chat(max_tokens=5)) as r:
+        assert r.status == 200
+    async with http.get(f"http://{cluster.gpu_exporter_address}/metrics") as r:
+        assert dcgm_values(await r.text(), "DCGM_FI_DEV_XID_ERRORS")["pod-a"] == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"gpu": {"throttle": "warm"}}, "gpu.throttle must be one of ['power', 'thermal']"),
+        ({"gpu": {"clock": 0}}, "gpu.clock must be a number in (0, 1], not 0"),
+        ({"gpu": {"xid": "79"}}, "gpu.xid must be a positive integer XID or null, not '79'"),
+        ({"gpu": {"fault": "xid"}}, "unknown gpu keys: ['fault']"),
+        ({"gpu": [79]}, "gpu must be an object or null"),
+    ],
+)
+async def test_bad_gpu_faults_answer_400_and_change_nothing(
+    cluster: SimCluster, http: aiohttp.ClientSession, body: dict[str, object], message: str
+) -> None:
+    base = f"http://{cluster.addresses[0]}"
+    async with http.post(f"{base}/sim/config", json=body) as r:
+        assert r.status == 400
+        assert message in (await r.json())["error"]["message"]
+    async with http.get(f"{base}/sim/config") as r:
+        view = await r.json()
+    assert view["gpu"]["throttle"] is None and view["gpu"]["xid"] is None
+    assert view["effective_speed"] == 1.0
