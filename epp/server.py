@@ -210,6 +210,7 @@ class EppServer:
         peers = self.peers = PeerSharing(
             self.store, settings, self.config.settings.server.grpc_host
         )
+        peers.share_prefixes(self.profiles)  # approximate indexes learn the others' picks
         self.tasks.spawn("peers", peers.run)
         if settings.service is not None and self._kube is not None:
             from epp.peers.kube import EndpointSliceDiscovery
