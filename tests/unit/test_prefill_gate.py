@@ -119,3 +119,49 @@ def test_a_holder_beats_the_home_and_a_saturated_home_is_passed_over() -> None:
     scores = scorer.score(SchedulingRequest("r3", "m", payload=body), pods)
     assert scores[(home + 1) % 4] > 0.9 and scores[home] == 0.0
     assert scorer.stats.homed == 2
+
+
+def test_a_cold_prompt_passes_over_a_home_loaded_past_the_bound() -> None:
+    tok = Tokenizer.from_dir(TOKENIZER)
+    hasher = BlockHasher(16, "sha256", "0")
+    body = {"messages": [{"role": "user", "content": "a prompt nobody holds " * 40}]}
+
+    def home(loads: list[int], bound: float = 1.25) -> tuple[int, PreciseCacheScorer]:
+        scorer = PreciseCacheScorer(
+            tok, hasher, KvBlockIndex(), clock=lambda: 0.0, home_load_bound=bound
+        )
+        pods = [
+            EndpointState(Endpoint(f"10.0.0.{i}:8000", f"p{i}", "pool"), in_flight=n)
+            for i, n in enumerate(loads)
+        ]
+        scores = scorer.score(SchedulingRequest("r", "m", payload=body), pods)
+        assert sorted(scores) == [0.0, 0.0, 0.0, 0.5]
+        return scores.index(0.5), scorer
+
+    first, scorer = home([2, 2, 2, 2])  # even loads: rendezvous decides
+    assert scorer.stats.homed_past == 0
+    loads = [1, 1, 1, 1]
+    loads[first] = 6  # over ceil(1.25 x 10 / 4) = 4: the next in its order, never the first
+    moved, scorer = home(loads)
+    assert moved != first and scorer.stats.homed_past == 1
+    loads = [3, 3, 3, 3]
+    loads[first] = 4  # under ceil(1.25 x 14 / 4) = 5: stays
+    assert home(loads)[0] == first
+    assert home([9 if i == first else 0 for i in range(4)], bound=0.0)[0] == first  # no bound
+
+
+def test_a_prefix_whose_tail_was_evicted_is_rebuilt_where_its_head_is() -> None:
+    tok = Tokenizer.from_dir(TOKENIZER)
+    hasher = BlockHasher(16, "sha256", "0")
+    scorer = PreciseCacheScorer(tok, hasher, KvBlockIndex(), clock=lambda: 0.0)
+    pods = [EndpointState(Endpoint(f"10.0.0.{i}:8000", f"p{i}", "pool")) for i in range(4)]
+    body = {"messages": [{"role": "user", "content": "a long prefix partly evicted " * 60}]}
+    ids = tok.prompt_ids(body)
+    assert ids is not None
+    hashes = hasher.hashes(ids)
+    for head in range(1, len(hashes) // 2):  # whichever block the match stops at
+        scorer.index.clear("10.0.0.2:8000")
+        scorer.index.store("10.0.0.2:8000", hashes[:head])
+        scores = scorer.score(SchedulingRequest(f"r{head}", "m", payload=body), pods)
+        assert scores.index(max(scores)) == 2
+        assert scores[2] == pytest.approx(head / len(hashes) + 0.5 * (1 - head / len(hashes)))

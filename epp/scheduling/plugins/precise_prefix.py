@@ -12,15 +12,21 @@ Token-aware affinity gate: each pick adds the prompt tokens its pod did not hold
 queued prefill (`epp.kvcache.prefill`, drained at the pod's learned prefill rate); a holder
 whose queued prefill plus this prompt's would take longer than `ttftBudget` scores 0, so a hot
 prefix spreads to a second pod instead of queueing behind itself.
-Cold prompts have a home: when no endpoint holds half of a prompt, the endpoint that rendezvous
-hashing of its first unheld block names gets `coldPromptHome` x the unheld share (gated too).
-The choice depends on the prompt and the candidates only, so every EPP replica makes the same
-one without talking to the others, and a prefix evicted everywhere is rebuilt on one pod rather
-than wherever load points at that moment.
+Cold prompts have a home: when no endpoint holds half of a prompt, the endpoint holding its
+longest part (a prefix whose tail was evicted is rebuilt where its head is, not copied to a
+second pod), else the first endpoint in the order that rendezvous hashing of its first unheld
+block gives; either only among those whose load
+(`EndpointState.load`) is within `homeLoadBound` x the mean (consistent hashing with bounded
+loads), gets `coldPromptHome` x the unheld share (gated too). The order depends on the prompt
+and the candidates only, so EPP replicas agree without talking to each other unless a pod is
+near the bound, and a prefix evicted everywhere is rebuilt on one pod rather than wherever load
+points at that moment; the bound keeps homes from piling prompts on the pod that hashing
+happens to favour (43 prompts over 4 pods hashed 15/12/10/6).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +40,7 @@ from epp.kvcache.prefill import PrefillTracker
 from epp.kvcache.wire import KvEventsSettings
 from epp.scheduling.base import BuildContext, Clock, SchedulingRequest
 from epp.scheduling.params import Params
+from epp.scheduling.snapshot import snapshot_of
 from epp.tokenization import Tokenizer, TokenizerError
 from epp.types import EndpointState
 
@@ -46,6 +53,7 @@ class PreciseStats:
     untokenized: int = 0  # requests without a prompt the tokenizer could read
     gated: int = 0  # holders passed over because their queued prefill exceeded the budget
     homed: int = 0  # cold prompts given their rendezvous home
+    homed_past: int = 0  # of which the first in rendezvous order was over the load bound
 
 
 class PreciseCacheScorer:
@@ -64,6 +72,7 @@ class PreciseCacheScorer:
         prefill: PrefillTracker | None = None,
         clock: Clock = time.monotonic,
         cold_home: float = 0.5,
+        home_load_bound: float = 1.25,
     ) -> None:
         self.tokenizer = tokenizer
         self.hasher = hasher
@@ -74,6 +83,7 @@ class PreciseCacheScorer:
         self.prefill = prefill if prefill is not None else PrefillTracker()
         self._clock = clock
         self.cold_home = cold_home  # 0: cold prompts go where the other scorers say
+        self.home_load_bound = home_load_bound  # 0: no bound, the rendezvous first always
         self._stable: dict[str, int] = {}  # address -> a hash every replica computes alike
         self.stats = PreciseStats()
         self.chain = PrefixChain(hasher)
@@ -104,9 +114,12 @@ class PreciseCacheScorer:
         budget = params.duration("ttftBudget", 2.0)
         prior = params.number("prefillTokensPerSecondPrior", 8_000.0, low=1.0)
         home = params.number("coldPromptHome", 0.5, low=0.0, high=1.0)
+        bound = params.number("homeLoadBound", 1.25, low=0.0)
+        if 0.0 < bound < 1.0:
+            raise params.error("homeLoadBound", "must be 0 (no bound) or at least 1")
         return cls(
             tokenizer, hasher, index, events, blocks, budget, PrefillTracker(prior), ctx.clock,
-            home,
+            home, bound,
         )  # fmt: skip
 
     def block_hashes(self, request: SchedulingRequest) -> list[int]:
@@ -150,16 +163,30 @@ class PreciseCacheScorer:
             scores, best = [0.0] * len(candidates), 0.0
         stats.hit_blocks += best * total
         if self.cold_home > 0 and best < 0.5 and frontier is not None:
-            scores[self._home(frontier, candidates)] += self.cold_home * (1.0 - best)
+            holder = scores.index(best) if best > 0.0 else None
+            scores[self._home(frontier, candidates, holder)] += self.cold_home * (1.0 - best)
             stats.homed += 1
         if self.ttft_budget > 0:
             self._gate(tokens, candidates, scores, counts)
         return scores
 
-    def _home(self, key: int, candidates: Sequence[EndpointState]) -> int:
-        """The candidate rendezvous hashing names for block `key` (the same in every replica)."""
+    def _home(
+        self, key: int, candidates: Sequence[EndpointState], holder: int | None = None
+    ) -> int:
+        """The pod that rebuilds a prompt: `holder`, the candidate holding its longest part
+        (its tail evicted), else the first candidate in block `key`'s rendezvous order (the same
+        in every replica); either only while under the load bound: ceil(`home_load_bound` x
+        (total load + 1) / candidates), the load this request would leave if spread evenly, with
+        room to spare. Rebuilding a partly evicted prefix where its head still is keeps one copy
+        of it in the pool instead of starting a second one elsewhere."""
+        loads = snapshot_of(candidates).load if self.home_load_bound > 0.0 else None
+        bound = 0
+        if loads is not None:
+            bound = math.ceil(self.home_load_bound * (sum(loads) + 1) / len(loads))
+        if holder is not None and (loads is None or loads[holder] < bound):
+            return holder
         stable = self._stable
-        best, home = -1, 0
+        ranks: list[tuple[int, int]] = []
         for i, c in enumerate(candidates):
             address = c.endpoint.address
             h = stable.get(address)
@@ -169,9 +196,15 @@ class PreciseCacheScorer:
                 h = stable[address] = xxhash.xxh64_intdigest(address.encode())
             mixed = ((key ^ h) * 0x9E37_79B9_7F4A_7C15) & 0xFFFF_FFFF_FFFF_FFFF
             mixed ^= mixed >> 29
-            if mixed > best:
-                best, home = mixed, i
-        return home
+            ranks.append((mixed, i))
+        first = max(ranks)[1]
+        if loads is None or loads[first] < bound:
+            return first
+        self.stats.homed_past += 1
+        for _, i in sorted(ranks, reverse=True):
+            if loads[i] < bound:
+                return i
+        return first  # unreachable: the least loaded is under the mean
 
     def _gate(
         self,
