@@ -60,6 +60,8 @@ def endpoints_of(pool: Pool, pods: Iterable[PodInfo]) -> list[Endpoint]:
                 pod.max_num_seqs or 0,
                 capacity,
                 pod.device_health,
+                pod.kv_events,
+                pod.kv_events_replay,
             )
             for port in pool.target_ports
         )

@@ -36,6 +36,7 @@ from epp.director import Director
 from epp.extproc.service import ExternalProcessor, add_to_server, server_options
 from epp.gpu import GpuPoller, GpuSettings
 from epp.health import Health
+from epp.kvevents.metrics import KvEventsCollector
 from epp.kvevents.subscriber import KvEventsSubscriber
 from epp.observability import EppMetrics
 from epp.peers.sharing import PeerSettings, PeerSharing
@@ -174,6 +175,8 @@ class EppServer:
             )
             self.kv_events.append(events)
             self.tasks.spawn(f"kv-events-{i}", events.run)
+        if self.kv_events:
+            self.metrics.registry.register(KvEventsCollector(lambda: self.kv_events))
         log.info(
             "epp serving ext_proc on %s:%d, health on %d, metrics on %d",
             s.grpc_host,

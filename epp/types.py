@@ -75,6 +75,10 @@ class Endpoint:
     # fast it serves relative to the others until its pace is measured (`epp.hardware`)
     capacity: float = 1.0
     device_health: str = HEALTH_OK  # from DRA device taints on the devices its claims hold
+    # the pod's KV-event publisher and replay socket from its annotations ("tcp://host:port",
+    # "tcp://*:port" or a bare port on the pod's IP); "" = the scorer's port convention
+    kv_events: str = ""
+    kv_events_replay: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,6 +107,13 @@ def read_meta(doc: Obj) -> Meta:
     return Meta(namespace or DEFAULT_NAMESPACE, name or "", created, labels)
 
 
+# where a pod's engine publishes its KV events (vLLM's `--kv-events-config` endpoint and
+# replay_endpoint), for `precise-prefix-cache-scorer`: "tcp://host:port", "tcp://*:port" or a
+# bare port on the pod's IP; without them the scorer's port convention applies
+KV_EVENTS_ANNOTATION = "epp.inference-gateway.dev/kv-events"
+KV_EVENTS_REPLAY_ANNOTATION = "epp.inference-gateway.dev/kv-events-replay"
+
+
 def read_pod(doc: Obj) -> PodInfo:
     """A v1 Pod as a file-mode endpoint: only the fields routing needs are checked."""
     meta = read_meta(doc)
@@ -132,6 +139,9 @@ def read_pod(doc: Obj) -> PodInfo:
     metadata = doc.obj("metadata")
     if metadata is not None and metadata.has("deletionTimestamp"):
         deleting = True
+    notes = metadata.get("annotations") if metadata is not None else None
+    notes = notes if isinstance(notes, dict) else {}
+    events, replay = notes.get(KV_EVENTS_ANNOTATION), notes.get(KV_EVENTS_REPLAY_ANNOTATION)
     return PodInfo(
         namespace=meta.namespace,
         name=meta.name,
@@ -142,6 +152,8 @@ def read_pod(doc: Obj) -> PodInfo:
         deleting=deleting,
         accelerator=accelerator,
         max_num_seqs=max_num_seqs,
+        kv_events=events.strip() if isinstance(events, str) else "",
+        kv_events_replay=replay.strip() if isinstance(replay, str) else "",
     )
 
 

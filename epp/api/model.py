@@ -145,6 +145,10 @@ class PodInfo:
     # capacity prior (None: from `accelerator` alone) and the devices' taint health class
     capacity: float | None = None
     device_health: str = "ok"
+    # where its engine publishes KV events, from the pod's annotations (`epp.api.core`): "" =
+    # the port convention; checked by the subscriber, which falls back to the convention
+    kv_events: str = ""
+    kv_events_replay: str = ""
 
     @property
     def key(self) -> str:

@@ -205,3 +205,29 @@ async def test_the_server_follows_events_for_a_configured_precise_scorer(
         await until(lambda: events.index.blocks_of(cluster.addresses[1]) > 0, "indexed")
     finally:
         await server.stop()
+
+
+async def test_a_pod_annotation_names_where_its_engine_publishes() -> None:
+    pub, replay, convention = free_ports(3)
+    events = KvEventsConfig(True, "zmq", f"tcp://*:{pub}", f"tcp://*:{replay}")
+    spec = SimPodSpec("127.0.0.2", 0, "pod-0", model="tiny", kv_events=events,
+                      tokenizer=TOKENIZER, hash_seed=SEED, num_gpu_blocks=96)  # fmt: skip
+    async with SimCluster([spec]) as cluster:
+        pod = cluster.pods[0]
+        annotated = [Endpoint(pod.address, "ns/pod-0", "pool", kv_events=str(pub),
+                              kv_events_replay=f"tcp://*:{replay}")]  # fmt: skip
+        # the convention's port has no publisher: only the annotation finds the events
+        settings = KvEventsSettings(port=convention, resync_s=0.05)
+        sub = KvEventsSubscriber(KvBlockIndex(), lambda: annotated, settings)
+        task = asyncio.create_task(sub.run())
+        try:
+            await asyncio.sleep(0.3)
+            await ask(pod.address, "published where the annotation says " * 40)
+            await until(lambda: agrees(sub.index, cluster), "index == cache")
+            assert sub._sockets[pod.address] == (
+                f"tcp://127.0.0.2:{pub}",
+                f"tcp://127.0.0.2:{replay}",
+            )
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

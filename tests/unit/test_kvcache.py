@@ -120,3 +120,73 @@ async def test_restart_and_unrecoverable_gap_clear_the_pod() -> None:
     assert list(sub.stats.latencies)[-1] == pytest.approx(0.5)
     await sub.receive("p:1", 5, b"\xc1")
     assert sub.stats.bad == 1
+
+
+async def test_the_subscribers_counts_per_pod_on_the_metrics_page() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from epp.kvevents.metrics import KvEventsCollector
+
+    index = KvBlockIndex()
+    sub = KvEventsSubscriber(index, list, KvEventsSettings(replay_port=0), clock=lambda: 1.25)
+    await sub.receive("p:1", 0, batch(stored([1, 2], None, [0] * 32, 16, None, None)))
+    await sub.receive("p:1", 1, batch(removed([2])))
+    await sub.receive("p:1", 0, batch(stored([5], None, [0] * 16, 16, None, None)))  # restarted
+    await sub.receive("q:1", 3, batch(stored([9], None, [0] * 16, 16, None, None)))  # a gap
+    registry = CollectorRegistry()
+    registry.register(KvEventsCollector(lambda: [sub]))
+    page = generate_latest(registry).decode()
+    for line in (
+        'epp_kv_events_batches_total{pod="p:1"} 3.0',
+        'epp_kv_events_total{pod="p:1"} 3.0',
+        'epp_kv_events_restarts_total{pod="p:1"} 1.0',
+        'epp_kv_events_restarts_total{pod="q:1"} 0.0',
+        'epp_kv_events_gaps_total{pod="q:1"} 1.0',
+        'epp_kv_events_dropped_total{pod="q:1"} 1.0',
+        'epp_kv_events_lag_seconds{pod="p:1"} 0.25',
+        'epp_kv_index_blocks{pod="p:1"} 1.0',
+        'epp_kv_events_recent_lag_seconds{quantile="0.99"} 0.25',
+    ):
+        assert line in page, line
+    sub._forget("q:1")  # the pod left: its series go
+    assert 'pod="q:1"' not in generate_latest(registry).decode()
+
+
+def test_publisher_addresses_from_annotations_or_the_port_convention() -> None:
+    from epp.kvevents.subscriber import publisher
+
+    assert publisher("", "10.0.0.7:8000", 5557) == "tcp://10.0.0.7:5557"
+    assert publisher("", "10.0.0.7:8000", 0) is None  # no replay socket
+    assert publisher("6000", "10.0.0.7:8000", 5557) == "tcp://10.0.0.7:6000"
+    assert publisher("tcp://*:6000", "10.0.0.7:8000", 5557) == "tcp://10.0.0.7:6000"
+    assert publisher("tcp://10.1.1.1:6001", "10.0.0.7:8000", 0) == "tcp://10.1.1.1:6001"
+    assert publisher("7000", "[fd00::7]:8000", 0) == "tcp://[fd00::7]:7000"
+    for bad in ("tcp://host", "ipc:///tmp/x", "99999", "tcp://*:0x10"):
+        with pytest.raises(ValueError, match="is not tcp://HOST:PORT"):
+            publisher(bad, "10.0.0.7:8000", 5557)
+
+
+def test_a_pods_kv_events_annotations_reach_its_endpoints() -> None:
+    from epp.api.core import KV_EVENTS_ANNOTATION, KV_EVENTS_REPLAY_ANNOTATION, read_pod
+    from epp.api.fields import Findings, Obj
+    from epp.api.model import Pool
+    from epp.datastore import endpoints_of
+
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "vllm-0",
+            "labels": {"app": "vllm"},
+            "annotations": {KV_EVENTS_ANNOTATION: " tcp://*:6000 ",
+                            KV_EVENTS_REPLAY_ANNOTATION: "6001"},
+        },  # fmt: skip
+        "status": {"podIP": "10.0.0.7", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    pod = read_pod(Obj(doc, "pod", Findings()))
+    assert (pod.kv_events, pod.kv_events_replay) == ("tcp://*:6000", "6001")
+    pool = Pool("default", "p", selector=(("app", "vllm"),), target_ports=(8000,))
+    (ep,) = endpoints_of(pool, [pod])
+    assert (ep.kv_events, ep.kv_events_replay) == ("tcp://*:6000", "6001")
+    plain = read_pod(Obj({**doc, "metadata": {"name": "vllm-1"}}, "pod", Findings()))
+    assert (plain.kv_events, plain.kv_events_replay) == ("", "")
