@@ -17,6 +17,7 @@ Routers: `approximate` (profile prefix-cache-aware: prefix-cache-scorer 3, queue
 `precise` (the same profile with precise-prefix-cache-scorer in place of prefix-cache-scorer;
 `precise-no-gate`, `precise-gate-500ms` and `precise-no-home`: without its token-aware gate, with
 a 500 ms budget instead of 2 s, without its cold-prompt homes),
+`approximate-peers` (in `c` only: the replicas share their picks over `--peers`),
 `envoy:LEAST_REQUEST`, and the peers' cache-aware policies (not in `c`: one process each).
 The rate is `--fraction` of each shape's capacity (a closed loop through Envoy least-request).
 `kvcells_report` writes the run folder's `kv-cells.md|json`. Children are stopped on the way out.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import random
 import signal
 import sys
@@ -68,7 +70,10 @@ PRECISE: dict[str, dict[str, object]] = {
     "precise-gate-500ms": {"ttftBudget": "500ms"},
     "precise-no-home": {"coldPromptHome": 0},
 }
-EPP_ROUTERS = ("approximate", *PRECISE)
+# the approximate router with its replicas sharing their picks and in-flight counts (epp.peers);
+# only in `c`, elsewhere it is `approximate`
+PEERS = "approximate-peers"
+EPP_ROUTERS = ("approximate", PEERS, *PRECISE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +104,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttft-budget", default="2s", help="precise: the affinity gate's budget")
     p.add_argument("--first-ip", default="127.0.78.2")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--epp-log-level", default="WARNING", help="DEBUG logs every pick's scores")
+    p.add_argument("--samples", action="store_true", help="also write each request's sample")
     p.add_argument("--budget-minutes", type=float, default=20.0)
     p.add_argument(
         "--out",
@@ -174,6 +181,7 @@ class Cells:
         self.pods = sim_pods(args.first_ip, args.pods)
         self.shapes = shapes(args)
         self.deadline = time.monotonic() + args.budget_minutes * 60
+        self.samples: list[client.Sample] = []  # the last point's
         self.configs: dict[str, Path] = {}
         for variant in PRECISE:
             self.configs[variant] = children.run_dir / f"{variant}.yaml"
@@ -190,15 +198,18 @@ class Cells:
             "--hash-seed", HASH_SEED,
         ]  # fmt: skip
 
-    async def _epp(self, name: str, router: str) -> int:
-        """One EPP process under the approximate profile (or a precise one); its gRPC port."""
+    async def _epp(self, name: str, router: str, peers: tuple[int, int] | None = None) -> int:
+        """One EPP process under the approximate profile (or a precise one); its gRPC port.
+        `peers`: its own and the other replica's UDP peer port."""
         grpc, health, metrics = free_ports(3)
         manifests = self.children.run_dir / "manifests.yaml"
         manifests.write_text(yaml.safe_dump_all(epp_manifests(self.pods, APPROXIMATE, False, 8)))
-        argv = [sys.executable, "-m", "epp", "--log-level", "WARNING", "serve"]
+        argv = [sys.executable, "-m", "epp", "--log-level", self.a.epp_log_level, "serve"]
         argv += ["--manifests", str(manifests), "--grpc-port", str(grpc)]
         argv += ["--health-port", str(health), "--metrics-port", str(metrics)]
         argv += ["--scheduler-config", str(self.configs[router])] if router in PRECISE else []
+        if peers is not None:
+            argv += ["--peer-port", str(peers[0]), "--peers", f"127.0.0.1:{peers[1]}"]
         child = await self.children.start(name, argv)
         url = f"http://127.0.0.1:{metrics}/healthz"
         await wait_until(lambda: _ok(url), name, 30, child)
@@ -206,7 +217,12 @@ class Cells:
 
     async def _replicas(self, router: str) -> str:
         """Two EPP replicas behind one Envoy; the base URL."""
-        grpcs = [await self._epp(f"epp-{i}", router) for i in (1, 2)]
+        if router == PEERS:
+            one, two = free_ports(2)
+            grpcs = [await self._epp("epp-1", router, (one, two))]
+            grpcs.append(await self._epp("epp-2", router, (two, one)))
+        else:
+            grpcs = [await self._epp(f"epp-{i}", router) for i in (1, 2)]
         listener, admin = free_ports(2)
         fallback = [(p.host, p.port) for p in self.pods]
         config = render_bootstrap(EnvoyPorts(listener, admin, grpcs[0]), fallback=fallback)
@@ -231,7 +247,9 @@ class Cells:
                 config = self.configs.get(router)
                 extra = ["--scheduler-config", str(config)] if config else []
                 spec = RouterSpec("epp", APPROXIMATE)
-                url = await start_router(self.children, spec, self.pods, False, extra, 8)
+                url = await start_router(
+                    self.children, spec, self.pods, False, extra, 8, self.a.epp_log_level
+                )
         else:
             url = await start_router(self.children, RouterSpec.parse(router), self.pods)
         await settle(1.5)  # scrapes, and the precise EPP's subscriptions
@@ -266,6 +284,7 @@ class Cells:
                     session, url, requests(shape, a.seed, 0), arrivals, "bench", a.drain
                 )
                 await asyncio.gather(*side)
+                self.samples = samples
         finally:
             await self.children.stop_all()
         return kvcells_report.CellPoint(cell, router, rate, stats.summarize(samples))
@@ -323,6 +342,8 @@ async def amain(a: argparse.Namespace, children: Children) -> int:
             kind = router.partition(":")[0]
             if cell == "c" and kind in ("vllm-router", "sglang-router"):
                 continue  # one process each: no replicas to compare
+            if cell != "c" and router == PEERS:
+                continue  # one replica: the same as `approximate`
             why = RouterSpec.parse(router).unavailable() if ":" in router else None
             if why or time.monotonic() > cells.deadline:
                 skipped.append(f"{cell} {router}: {why or 'time budget spent'}")
@@ -336,6 +357,12 @@ async def amain(a: argparse.Namespace, children: Children) -> int:
                 flush=True,
             )
             points.append(point)
+            if a.samples:
+                a.out.mkdir(parents=True, exist_ok=True)
+                lines = (orjson.dumps(dataclasses.asdict(s)) + b"\n" for s in cells.samples)
+                (a.out / f"samples-{cell}-{router.replace(':', '-')}.jsonl").write_bytes(
+                    b"".join(lines)
+                )
     path = kvcells_report.write(a, record, cells.shapes, capacities, points, skipped)
     print(f"wrote {path}", flush=True)
     return 0

@@ -79,10 +79,17 @@ def goal(cell: str, points: Sequence[CellPoint]) -> str:
     if cell == "e":
         return f"precise/approximate p90 TTFT {ratio:.2f}, hit {points_up:+.0f} points (no goal)"
     met = ratio <= 0.6 and points_up >= 15
-    return (
+    line = (
         f"goal (p90 TTFT <= 0.6x approximate, hit >= +15 points): precise/approximate "
         f"{ratio:.2f}, hit {points_up:+.0f} points: **{'met' if met else 'not met'}**"
     )
+    shared = by.get("approximate-peers")
+    if shared is not None and shared.ttft.p90 > 0:
+        line += (
+            f"; against approximate-peers {precise.ttft.p90 / shared.ttft.p90:.2f}, hit "
+            f"{(precise.hit_rate - shared.hit_rate) * 100:+.0f} points"
+        )
+    return line
 
 
 def profiles(routers: Sequence[str], configs: dict[str, Path]) -> list[tuple[str, str]]:
@@ -91,6 +98,9 @@ def profiles(routers: Sequence[str], configs: dict[str, Path]) -> list[tuple[str
     for router in routers:
         if router == "approximate":
             out.append((router, epp_profile_text(APPROXIMATE)))
+        elif router == "approximate-peers":  # cell c: the replicas share picks
+            flags = ["--peers", "<the other replica>"]
+            out.append((router, epp_profile_text(APPROXIMATE, flags)))
         elif router in configs:
             flags = ["--scheduler-config", str(configs[router])]
             out.append((router, epp_profile_text(APPROXIMATE, flags)))

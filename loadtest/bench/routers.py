@@ -256,8 +256,9 @@ async def start_router(
     priorities: bool = False,
     epp_args: Sequence[str] = (),
     max_num_seqs: int = 0,
+    log_level: str = "WARNING",
 ) -> str:
-    """Start `spec` in front of `pods`; the base URL clients use."""
+    """Start `spec` in front of `pods`; the base URL clients use (`log_level`: the EPP's)."""
     if spec.kind == "envoy":
         return await _start_envoy(children, pods, spec.option, None)
     if spec.kind == "epp":
@@ -266,7 +267,7 @@ async def start_router(
         manifests.write_text(
             yaml.safe_dump_all(epp_manifests(pods, spec.option, priorities, max_num_seqs))
         )
-        argv = [sys.executable, "-m", "epp", "--log-level", "WARNING", "serve"]
+        argv = [sys.executable, "-m", "epp", "--log-level", log_level, "serve"]
         argv += ["--manifests", str(manifests), "--grpc-port", str(grpc)]
         argv += ["--health-port", str(health), "--metrics-port", str(metrics), *epp_args]
         epp = await children.start("epp", argv)

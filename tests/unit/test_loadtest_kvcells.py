@@ -8,6 +8,8 @@ import random
 import time
 from pathlib import Path
 
+import pytest
+
 from epp.scheduling.base import BuildContext
 from epp.scheduling.config import build_profiles
 from epp.scheduling.plugins.precise_prefix import PreciseCacheScorer
@@ -72,3 +74,27 @@ def test_the_report_starts_with_the_record_and_checks_each_cell(tmp_path: Path) 
     assert f"- commit: `{record.commit}`" in text and "## (d)" in text and "**met**" in text
     data = json.loads((tmp_path / "run" / "kv-cells.json").read_text())
     assert data["record"]["commit"] == record.commit and len(data["points"]) == 2
+
+
+def test_the_goal_line_also_compares_with_approximate_replicas_sharing_picks() -> None:
+    points = [CellPoint("c", "approximate", 1, _stats(1.0, 0.2)),
+              CellPoint("c", "approximate-peers", 1, _stats(0.8, 0.3)),
+              CellPoint("c", "precise", 1, _stats(0.4, 0.4))]  # fmt: skip
+    line = goal("c", points)
+    assert "0.40, hit +20 points: **met**" in line
+    assert "against approximate-peers 0.50, hit +10 points" in line
+
+
+def test_the_hit_rate_bounds_of_a_cells_requests() -> None:
+    from loadtest.bench import kvbound
+
+    shape = kvcells.Shape(groups=12, system_chars=1200, question_chars=100)
+    reqs = kvbound.trace(shape, seed=1, rate=10.0, duration=10.0)
+    assert len(reqs) > 60 and len({r.group for r in reqs}) == 12
+    # memory for all twelve prefixes: only first sightings miss, under any sticky placement
+    roomy = kvbound.policies(reqs, pods=4, blocks=200, restart=-1)
+    assert roomy["sticky-balanced"] == pytest.approx(roomy["ceiling"], abs=0.02)
+    # room for about a third: clairvoyance beats LRU, LRU with affinity beats spreading
+    tight = kvbound.policies(reqs, pods=4, blocks=60, restart=-1)
+    assert tight["ceiling"] > tight["sticky-balanced"] > tight["spread"]
+    assert tight["ceiling"] <= roomy["ceiling"] <= 1.0 - roomy["first-seen"] + 0.01
