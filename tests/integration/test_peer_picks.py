@@ -41,7 +41,6 @@ async def test_a_replicas_pick_reaches_the_others_prefix_index() -> None:
         first.score(request, [pod])
         first.picked(request, pod)
 
-
         def asked() -> SchedulingRequest:  # a new request each time (scorers reuse a lookup)
             return SchedulingRequest("q", "m", prompt=request.prompt)
 

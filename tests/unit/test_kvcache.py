@@ -178,9 +178,11 @@ def test_a_pods_kv_events_annotations_reach_its_endpoints() -> None:
         "metadata": {
             "name": "vllm-0",
             "labels": {"app": "vllm"},
-            "annotations": {KV_EVENTS_ANNOTATION: " tcp://*:6000 ",
-                            KV_EVENTS_REPLAY_ANNOTATION: "6001"},
-        },  # fmt: skip
+            "annotations": {
+                KV_EVENTS_ANNOTATION: " tcp://*:6000 ",
+                KV_EVENTS_REPLAY_ANNOTATION: "6001",
+            },
+        },
         "status": {"podIP": "10.0.0.7", "conditions": [{"type": "Ready", "status": "True"}]},
     }
     pod = read_pod(Obj(doc, "pod", Findings()))
