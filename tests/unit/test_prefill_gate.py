@@ -165,3 +165,25 @@ def test_a_prefix_whose_tail_was_evicted_is_rebuilt_where_its_head_is() -> None:
         scores = scorer.score(SchedulingRequest(f"r{head}", "m", payload=body), pods)
         assert scores.index(max(scores)) == 2
         assert scores[2] == pytest.approx(head / len(hashes) + 0.5 * (1 - head / len(hashes)))
+
+
+def test_a_prompt_evicted_everywhere_is_rebuilt_where_it_was_built_last() -> None:
+    tok = Tokenizer.from_dir(TOKENIZER)
+    hasher = BlockHasher(16, "sha256", "0")
+    scorer = PreciseCacheScorer(tok, hasher, KvBlockIndex(), clock=lambda: 0.0)
+    pods = [EndpointState(Endpoint(f"10.0.0.{i}:8000", f"p{i}", "pool")) for i in range(4)]
+    body = {"messages": [{"role": "user", "content": "built somewhere else " * 60}]}
+
+    def home(n: int, loads: tuple[int, ...] = (0, 0, 0, 0)) -> int:
+        here = [EndpointState(p.endpoint, in_flight=x) for p, x in zip(pods, loads, strict=True)]
+        scores = scorer.score(SchedulingRequest(f"r{n}", "m", payload=body), here)
+        return scores.index(max(scores))
+
+    hashed = home(1)
+    elsewhere = (hashed + 1) % 4
+    request = SchedulingRequest("r2", "m", payload=body)
+    scorer.score(request, pods)
+    scorer.picked(request, pods[elsewhere])  # the other scorers outweighed the home
+    assert home(3) == elsewhere  # nothing held anywhere: where it was built last
+    busy = tuple(9 if i == elsewhere else 0 for i in range(4))
+    assert home(4, busy) == hashed  # that pod over the load bound: the hashed order again

@@ -12,16 +12,16 @@ Token-aware affinity gate: each pick adds the prompt tokens its pod did not hold
 queued prefill (`epp.kvcache.prefill`, drained at the pod's learned prefill rate); a holder
 whose queued prefill plus this prompt's would take longer than `ttftBudget` scores 0, so a hot
 prefix spreads to a second pod instead of queueing behind itself.
-Cold prompts have a home: when no endpoint holds half of a prompt, the endpoint holding its
-longest part (a prefix whose tail was evicted is rebuilt where its head is, not copied to a
-second pod), else the first endpoint in the order that rendezvous hashing of its first unheld
-block gives; either only among those whose load
-(`EndpointState.load`) is within `homeLoadBound` x the mean (consistent hashing with bounded
-loads), gets `coldPromptHome` x the unheld share (gated too). The order depends on the prompt
-and the candidates only, so EPP replicas agree without talking to each other unless a pod is
-near the bound, and a prefix evicted everywhere is rebuilt on one pod rather than wherever load
-points at that moment; the bound keeps homes from piling prompts on the pod that hashing
-happens to favour (43 prompts over 4 pods hashed 15/12/10/6).
+Cold prompts have a home: when no endpoint holds half of a prompt, one endpoint gets
+`coldPromptHome` x the unheld share (gated too): the one holding the prompt's longest part (a
+prefix whose tail was evicted is rebuilt where its head is, not copied to a second pod), else
+the one this replica last built it on while nobody held it, else the first in the order that
+rendezvous hashing of its first unheld block gives, which depends on the prompt and the
+candidates only, so EPP replicas agree without talking to each other; each only while its
+load (`EndpointState.load`) is under `homeLoadBound` x the mean (consistent hashing with
+bounded loads), else the next in that order. A prefix evicted everywhere is rebuilt on one pod
+rather than wherever load points at that moment, and the bound keeps homes from piling prompts
+on the pod that hashing happens to favour (43 prompts over 4 pods hashed 15/12/10/6).
 """
 
 from __future__ import annotations
@@ -85,6 +85,8 @@ class PreciseCacheScorer:
         self.cold_home = cold_home  # 0: cold prompts go where the other scorers say
         self.home_load_bound = home_load_bound  # 0: no bound, the rendezvous first always
         self._stable: dict[str, int] = {}  # address -> a hash every replica computes alike
+        # key of a prompt's first block -> the pod it was last sent to while nobody held it
+        self._built: dict[int, str] = {}
         self.stats = PreciseStats()
         self.chain = PrefixChain(hasher)
         # the request being scheduled: its blocks, matches, prompt tokens and the key of its
@@ -174,17 +176,24 @@ class PreciseCacheScorer:
         self, key: int, candidates: Sequence[EndpointState], holder: int | None = None
     ) -> int:
         """The pod that rebuilds a prompt: `holder`, the candidate holding its longest part
-        (its tail evicted), else the first candidate in block `key`'s rendezvous order (the same
-        in every replica); either only while under the load bound: ceil(`home_load_bound` x
-        (total load + 1) / candidates), the load this request would leave if spread evenly, with
-        room to spare. Rebuilding a partly evicted prefix where its head still is keeps one copy
-        of it in the pool instead of starting a second one elsewhere."""
+        (its tail evicted), else the pod this replica last sent it to when nobody held it, else
+        the first candidate in block `key`'s rendezvous order (the same in every replica); each
+        only while under the load bound: ceil(`home_load_bound` x (total load + 1) /
+        candidates), the load this request would leave if spread evenly, with room to spare.
+        Rebuilding a partly evicted prefix where its head still is keeps one copy of it in the
+        pool instead of starting a second one elsewhere; rebuilding an evicted one where it was
+        keeps a load-diverted home from moving back and forth."""
         loads = snapshot_of(candidates).load if self.home_load_bound > 0.0 else None
         bound = 0
         if loads is not None:
             bound = math.ceil(self.home_load_bound * (sum(loads) + 1) / len(loads))
         if holder is not None and (loads is None or loads[holder] < bound):
             return holder
+        built = self._built.get(key) if holder is None else None
+        if built is not None:  # evicted everywhere: where it was built last time, if it can
+            for i, c in enumerate(candidates):
+                if c.endpoint.address == built and (loads is None or loads[i] < bound):
+                    return i
         stable = self._stable
         ranks: list[tuple[int, int]] = []
         for i, c in enumerate(candidates):
@@ -222,11 +231,16 @@ class PreciseCacheScorer:
                     self.stats.gated += 1
 
     def picked(self, request: SchedulingRequest, endpoint: EndpointState) -> None:
-        """The pick's uncached prompt tokens join its pod's queued prefill."""
-        blocks, counts, tokens, _ = self.matches(request)
+        """The pick's uncached prompt tokens join its pod's queued prefill; a prompt nobody held
+        remembers where it is being built."""
+        blocks, counts, tokens, frontier = self.matches(request)
         self._last = None
         if not blocks:
             return
+        if frontier is not None and not any(counts.values()) and self.cold_home > 0:
+            if len(self._built) > 65_536:
+                self._built.clear()
+            self._built[frontier] = endpoint.address
         held = counts.get(endpoint.address, 0.0) * self.hasher.block_size
         uncached = max(0.0, tokens - held)
         self.prefill.add(endpoint.address, uncached, self._clock())
