@@ -115,7 +115,7 @@ def test_scorer_hit_stats_follow_the_pick() -> None:
 
 
 def test_load_gate_breaks_affinity_for_overloaded_holder() -> None:
-    scorer = PrefixCacheScorer(gate_slack=4, gate_ratio=0.5, clock=clock)
+    scorer = PrefixCacheScorer(gate_slack=4, gate_ratio=0.5, clock=clock, cold_spread=0.0)
     scorer.picked(req(SYSTEM), ep("a"))
     # within the gate: 0 * 1.5 + 4 >= 4
     assert scorer.score(req(SYSTEM, rid="2"), [ep("a", 4), ep("b", 0)]) == [1.0, 0.0]
@@ -127,7 +127,7 @@ def test_load_gate_breaks_affinity_for_overloaded_holder() -> None:
 def test_a_holder_with_a_free_batch_slot_keeps_its_affinity() -> None:
     """Sticky until saturated: below its batch limit the holder runs the request at once, so
     the gate does not send it to cold pods however much emptier they are."""
-    scorer = PrefixCacheScorer(gate_slack=4, gate_ratio=0.5, clock=clock)
+    scorer = PrefixCacheScorer(gate_slack=4, gate_ratio=0.5, clock=clock, cold_spread=0.0)
     scorer.picked(req(SYSTEM), ep("a"))
     holder = replace(ep("a", 7), limit=8)
     assert scorer.score(req(SYSTEM, rid="2"), [holder, ep("b", 0)]) == [1.0, 0.0]
@@ -139,7 +139,7 @@ def test_a_holder_with_a_free_batch_slot_keeps_its_affinity() -> None:
 def test_a_full_holder_keeps_affinity_while_its_wait_costs_less_than_a_cold_prefill(
     prefill_pace: float, kept: bool
 ) -> None:
-    scorer = PrefixCacheScorer(clock=clock)
+    scorer = PrefixCacheScorer(clock=clock, cold_spread=0.0)
     scorer.picked(req(SYSTEM), ep("a"))
     # a full batch of 8 at 10 ms a token: the 9th waits 1/8 of a typical (200-token) request,
     # 0.25 s; the idle pod would compute the 8 blocks (128 tokens) at `prefill_pace` s a token
@@ -150,7 +150,7 @@ def test_a_full_holder_keeps_affinity_while_its_wait_costs_less_than_a_cold_pref
 
 
 def test_scraped_queue_counts_in_the_gate() -> None:
-    scorer = PrefixCacheScorer(clock=clock)
+    scorer = PrefixCacheScorer(clock=clock, cold_spread=0.0)
     scorer.picked(req(SYSTEM), ep("a"))
     holder = replace(ep("a"), metrics=EndpointMetrics(waiting=30, running=8, scraped_at=NOW))
     assert scorer.score(req(SYSTEM, rid="2"), [holder, ep("b")]) == [0.0, 0.0]
@@ -224,3 +224,70 @@ def test_index_shared_blocks_keep_every_holder_until_evicted() -> None:
     assert index.match([1, 2]) == {"c": 1}
     index.forget("c")
     assert index.match([1]) == {} and index.match([7, 8]) == {"a": 2}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_cold_prompts_spread_over_pods_not_yet_computing_one() -> None:
+    """A pod just sent an uncached prompt is busy prefilling it: the next cold prompt scores
+    the pods with nothing queued higher, until that prefill has drained at the pod's pace."""
+    t = Clock()
+    scorer = PrefixCacheScorer(clock=t)
+    a, b = replace(ep("a"), prefill_pace=0.001), replace(ep("b"), prefill_pace=0.001)
+    first = req(b"1" * 640)
+    assert scorer.score(first, [a, b]) == [0.0, 0.0]  # nothing queued anywhere: no signal
+    scorer.picked(first, a)  # 160 tokens at 1 ms: 0.16 s queued on a
+    second = req(b"2" * 640, rid="2")
+    assert scorer.score(second, [a, b]) == [0.0, 1.0]
+    t.now += 0.08  # half drained: a would finish the prompt 0.08 s later than b
+    assert scorer.score(req(b"3" * 640, rid="3"), [a, b]) == pytest.approx([0.5, 1.0])
+    t.now += 0.1
+    assert scorer.score(req(b"4" * 640, rid="4"), [a, b]) == [0.0, 0.0]
+
+
+def test_a_cold_prompt_shuns_a_slow_prefill_and_a_warm_one_stays() -> None:
+    t = Clock()
+    scorer = PrefixCacheScorer(clock=t)
+    fast, slice_ = replace(ep("fast"), prefill_pace=0.001), replace(ep("mig"), prefill_pace=0.007)
+    assert scorer.score(req(SYSTEM), [fast, slice_]) == [1.0, 0.0]
+    # a warm holder scores by its match, the spread only fills what no holder covers
+    scorer.picked(req(SYSTEM), slice_)
+    t.now += 10.0
+    assert scorer.score(req(SYSTEM, rid="2"), [fast, slice_]) == [0.0, 1.0]
+
+
+def test_the_gate_counts_prefill_queued_on_the_cold_pod() -> None:
+    """A full holder whose queue is shorter than the prefill already queued on the idle pod
+    plus its own keeps the prefix; with `coldPromptSpread` 0 the queue still counts."""
+    t = Clock()
+    scorer = PrefixCacheScorer(clock=t, cold_spread=0.0)
+    scorer.picked(req(SYSTEM), ep("a"))
+    t.now += 10.0
+    holder = replace(ep("a", 8), limit=8, tpot=0.01)  # 0.25 s behind its full batch
+    cold = replace(ep("b", 0), limit=8, tpot=0.01, prefill_pace=0.001)
+    assert scorer.score(req(SYSTEM, rid="2"), [holder, cold]) == [0.0, 0.0]  # 0.13 s there
+    scorer.picked(req(b"X" * 64 * 20, rid="3"), cold)  # 320 tokens queued on b: 0.32 s
+    assert scorer.score(req(SYSTEM, rid="4"), [holder, cold]) == [1.0, 0.0]
+
+
+def test_prefill_queue_drains_and_forgets() -> None:
+    from epp.scheduling.prefill_queue import PRIOR_PACE, PrefillQueue, filled_paces
+
+    q = PrefillQueue()
+    q.add("a", 1000, 0.001, now=5.0)
+    q.add("a", 500, 0.001, now=5.5)  # 0.5 s left + 0.5 s
+    assert q.seconds("a", 5.5) == pytest.approx(1.0)
+    assert q.seconds("a", 6.0) == pytest.approx(0.5)
+    assert q.seconds("a", 7.0) == 0.0 and len(q) == 0
+    q.add("b", 0, 0.001, now=1.0)
+    q.add("b", 10, 0.0, now=1.0)
+    assert len(q) == 0  # nothing to compute, or no pace: nothing queued
+    # unmeasured paces: the measured mean per unit of capacity, else the prior
+    assert filled_paces([0.002, 0.0, 0.0], [1.0, 0.5, 1.0]) == [0.002, 0.004, 0.002]
+    assert filled_paces([0.0], [2.0]) == [PRIOR_PACE / 2]

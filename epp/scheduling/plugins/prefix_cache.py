@@ -28,6 +28,7 @@ from epp.scheduling.base import BuildContext, Clock, SchedulingRequest
 from epp.scheduling.params import Params
 from epp.scheduling.plugins.prefix_index import PrefixIndex, block_hashes
 from epp.scheduling.plugins.signals import DEFAULT_STALENESS, fresh_cutoff
+from epp.scheduling.prefill_queue import PrefillQueue, filled_paces
 from epp.scheduling.service_time import TYPICAL_OUTPUT_TOKENS
 from epp.scheduling.snapshot import Snapshot, snapshot_of
 from epp.types import CHARS_PER_TOKEN, EndpointState
@@ -64,6 +65,7 @@ class PrefixCacheScorer:
         staleness: float = DEFAULT_STALENESS,
         idle_seconds: float = 600.0,
         clock: Clock = time.monotonic,
+        cold_spread: float = 1.0,
     ) -> None:
         if block_size_tokens < 1 or max_blocks < 1:
             raise ValueError("block size and max blocks must be positive")
@@ -74,6 +76,8 @@ class PrefixCacheScorer:
         self.gate_ratio = gate_ratio
         self.staleness = staleness
         self.idle_seconds = idle_seconds
+        self.cold_spread = cold_spread  # 0: cold prompts go where the other scorers say
+        self.prefill = PrefillQueue()
         self.index = PrefixIndex(capacity)
         self.stats = PrefixStats()
         self._clock = clock
@@ -94,12 +98,16 @@ class PrefixCacheScorer:
             staleness=params.duration("metricsStalenessThreshold", DEFAULT_STALENESS),
             idle_seconds=params.duration("idleEndpointTimeout", 600.0, low=1.0),
             clock=ctx.clock,
+            cold_spread=params.number("coldPromptSpread", 1.0, low=0.0, high=1.0),
         )
 
     def score(self, request: SchedulingRequest, candidates: Sequence[EndpointState]) -> list[float]:
         hashes, counts = self._lookup(request)
         if not counts:
-            return [0.0] * len(candidates)
+            scores = [0.0] * len(candidates)
+            if hashes and self.cold_spread > 0.0:
+                self._spread(request, snapshot_of(candidates), scores, 0.0)
+            return scores
         cutoff = fresh_cutoff(self._clock(), self.staleness)
         snap = snapshot_of(candidates)
         if snap.all_fresh(cutoff):
@@ -122,12 +130,42 @@ class PrefixCacheScorer:
                     continue  # a holder that is not a candidate this time
                 if keeps(i, matched):
                     scores[i] = matched / total
-            return scores
-        for i, address in enumerate(addresses):
-            hit = counts.get(address)
-            if hit is not None and keeps(i, hit):
-                scores[i] = hit / total
+        else:
+            for i, address in enumerate(addresses):
+                hit = counts.get(address)
+                if hit is not None and keeps(i, hit):
+                    scores[i] = hit / total
+        if self.cold_spread > 0.0 and (best := max(scores)) < 0.5:
+            self._spread(request, snap, scores, best)
         return scores
+
+    def _spread(
+        self, request: SchedulingRequest, snap: Snapshot, scores: list[float], best: float
+    ) -> None:
+        """A cold prompt (no usable holder has half of it) is computed wherever it goes: add to
+        each endpoint's score, on the share no holder covers, how soon it would finish that
+        prefill there (the prefill queued by recent picks, then its own at the endpoint's pace),
+        against the soonest, in units of the prompt's own prefill at the fastest pace. So cold
+        prompts that arrive together spread over idle pods instead of queueing behind each
+        other's prefill on the least-loaded one, and shun a slow prefill (a MIG slice)."""
+        now = self._clock()
+        queue = self.prefill
+        paces = filled_paces(snap.prefill_pace, snap.capacity)
+        tokens = float(
+            max(request.prompt_tokens, self._blocks_of(request) * self.block_size_tokens)
+        )
+        done = [
+            queue.seconds(a, now) + tokens * p for a, p in zip(snap.addresses, paces, strict=True)
+        ]
+        soonest = min(done)
+        if max(done) - soonest < 1e-9 * soonest:
+            return  # alike everywhere: the same amount added to every score changes nothing
+        inv = 1.0 / (tokens * min(paces))
+        room = (1.0 - best) * self.cold_spread
+        for i, d in enumerate(done):
+            late = (d - soonest) * inv
+            if late < 1.0:
+                scores[i] += room * (1.0 - late)
 
     def _gate(
         self,
@@ -147,11 +185,16 @@ class PrefixCacheScorer:
         typical = request.typical_output_tokens or TYPICAL_OUTPUT_TOKENS
         addresses = snap.addresses
         block = self.block_size_tokens
+        now = self._clock()
+        prefill = self.prefill
 
         def wait(j: int) -> float:
-            """The wait behind endpoint j's full batch (the service-time model's)."""
+            """The wait behind endpoint j's full batch (the service-time model's), and behind
+            the prefill recent picks queued there."""
             q = queued[j]
-            return q * snap.filled_tpot[j] * typical if q else 0.0
+            return (q * snap.filled_tpot[j] * typical if q else 0.0) + prefill.seconds(
+                addresses[j], now
+            )
 
         def keeps(i: int, matched: int) -> bool:
             if loads[i] < batches[i] or not queued[i]:
@@ -178,7 +221,13 @@ class PrefixCacheScorer:
         stats = self.stats
         stats.picks += 1
         stats.prompt_blocks += len(hashes)
-        stats.hit_blocks += counts.get(endpoint.address, 0)
+        held = counts.get(endpoint.address, 0)
+        stats.hit_blocks += held
+        tokens = max(request.prompt_tokens, len(hashes) * self.block_size_tokens)
+        uncached = tokens - held * self.block_size_tokens
+        if uncached > 0:
+            pace = endpoint.prefill_pace or filled_paces([0.0], [endpoint.endpoint.capacity])[0]
+            self.prefill.add(endpoint.address, uncached, pace, now)
         self.index.add(endpoint.address, hashes, now)
         if self.on_add is not None:
             self.on_add(endpoint.address, hashes)
@@ -188,6 +237,10 @@ class PrefixCacheScorer:
     def forget(self, address: str) -> None:
         """The endpoint left or restarted: its cache is gone."""
         self.index.forget(address)
+        self.prefill.forget(address)
+
+    def _blocks_of(self, request: SchedulingRequest) -> int:
+        return len(self._lookup(request)[0])
 
     def _lookup(self, request: SchedulingRequest) -> tuple[list[int], dict[str, int]]:
         last = self._last
