@@ -262,6 +262,17 @@ def test_a_cold_prompt_shuns_a_slow_prefill_and_a_warm_one_stays() -> None:
     assert scorer.score(req(SYSTEM, rid="2"), [fast, slice_]) == [0.0, 1.0]
 
 
+def test_a_slow_prefill_weighs_by_its_share_of_the_whole_request() -> None:
+    """Half-speed prefill costs a 128-token prompt 0.128 s against a 200-token answer's 2 s: a
+    small share of the request, so a slow pod loses little score (the service-time scorer
+    weighs its slower answer)."""
+    scorer = PrefixCacheScorer(clock=Clock())
+    fast = replace(ep("fast"), prefill_pace=0.001, tpot=0.01)
+    slow = replace(ep("slow"), prefill_pace=0.002, tpot=0.02)
+    scores = scorer.score(req(SYSTEM), [fast, slow])
+    assert scores[0] == 1.0 and scores[1] == pytest.approx(1 - 0.128 / (0.128 + 2.0))
+
+
 def test_the_gate_counts_prefill_queued_on_the_cold_pod() -> None:
     """A full holder whose queue is shorter than the prefill already queued on the idle pod
     plus its own keeps the prefix; with `coldPromptSpread` 0 the queue still counts."""

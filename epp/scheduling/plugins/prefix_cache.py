@@ -142,30 +142,37 @@ class PrefixCacheScorer:
     def _spread(
         self, request: SchedulingRequest, snap: Snapshot, scores: list[float], best: float
     ) -> None:
-        """A cold prompt (no usable holder has half of it) is computed wherever it goes: add to
-        each endpoint's score, on the share no holder covers, how soon it would finish that
-        prefill there (the prefill queued by recent picks, then its own at the endpoint's pace),
-        against the soonest, in units of the prompt's own prefill at the fastest pace. So cold
-        prompts that arrive together spread over idle pods instead of queueing behind each
-        other's prefill on the least-loaded one, and shun a slow prefill (a MIG slice)."""
+        """A cold prompt (no usable holder has half of it) is computed wherever it goes. On the
+        share no holder covers, add to each endpoint's score how soon its first token would come
+        there against the soonest: the prefill recent picks queued there, in units of this
+        prompt's own prefill at the fastest pace (cold prompts that arrive together spread over
+        idle pods instead of queueing behind each other's prefill on the least-loaded one); and
+        its slower prefill, in units of the whole request (prefill and answer), so a MIG slice
+        is shunned for a long prompt and not for a short one whose answer dominates."""
         now = self._clock()
         queue = self.prefill
         paces = filled_paces(snap.prefill_pace, snap.capacity)
         tokens = float(
             max(request.prompt_tokens, self._blocks_of(request) * self.block_size_tokens)
         )
-        done = [
-            queue.seconds(a, now) + tokens * p for a, p in zip(snap.addresses, paces, strict=True)
+        waits = [queue.seconds(a, now) for a in snap.addresses]
+        fastest = min(paces)
+        own = tokens * fastest  # this prompt's prefill at the fastest pace
+        answer = (
+            request.expected_output_tokens or request.typical_output_tokens or TYPICAL_OUTPUT_TOKENS
+        ) * snap.fastest_tpot
+        inv_queue, inv_whole = 1.0 / own, 1.0 / (own + answer)
+        soonest = min(waits)
+        late = [
+            (w - soonest) * inv_queue + tokens * (p - fastest) * inv_whole
+            for w, p in zip(waits, paces, strict=True)
         ]
-        soonest = min(done)
-        if max(done) - soonest < 1e-9 * soonest:
+        if max(late) < 1e-9:
             return  # alike everywhere: the same amount added to every score changes nothing
-        inv = 1.0 / (tokens * min(paces))
         room = (1.0 - best) * self.cold_spread
-        for i, d in enumerate(done):
-            late = (d - soonest) * inv
-            if late < 1.0:
-                scores[i] += room * (1.0 - late)
+        for i, d in enumerate(late):
+            if d < 1.0:
+                scores[i] += room * (1.0 - d)
 
     def _gate(
         self,
