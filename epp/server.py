@@ -33,9 +33,10 @@ from epp.api.model import Pool, ResourceSet
 from epp.certs import load_pair, self_signed
 from epp.datastore import Datastore
 from epp.director import Director
-from epp.extproc.service import ExternalProcessor, add_to_server, server_options
+from epp.extproc.service import PROCESS_METHOD, ExternalProcessor, add_to_server, server_options
 from epp.gpu import GpuPoller, GpuSettings
-from epp.health import Health
+from epp.grpcwire.server import LeanServer
+from epp.health import CHECK_METHOD, Health
 from epp.kvevents.metrics import KvEventsCollector
 from epp.kvevents.subscriber import KvEventsSubscriber
 from epp.observability import EppMetrics
@@ -124,8 +125,8 @@ class EppServer:
         )
         self._kube: KubeRuntime | None = None
         self.health = Health()
-        self._grpc: grpc.aio.Server | None = None
-        self._health_server: grpc.aio.Server | None = None
+        self._grpc: grpc.aio.Server | LeanServer | None = None
+        self._health_server: grpc.aio.Server | LeanServer | None = None
         self._http: web.AppRunner | None = None
         self.tasks = TaskOwner(backoff=config.restart, on_down=self._down, on_up=self._up)
         self._applied: ResourceSet | None = None  # the last set the datastore took
@@ -139,25 +140,10 @@ class EppServer:
     async def start(self) -> None:
         s = self.config.settings.server
         await self.health.start()
-        self._grpc = grpc.aio.server(options=server_options(self.config.settings.protocol))
-        add_to_server(
-            ExternalProcessor(self.tracking, self.config.settings.protocol),
-            self._grpc,
-        )
-        # health on the ext_proc port too: Envoy checks each replica where it sends streams
-        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._grpc)
-        address = f"{s.grpc_host}:{s.grpc_port}"
-        if s.secure_serving:
-            cert, key = load_pair(s.cert_path) if s.cert_path else self_signed()
-            credentials = grpc.ssl_server_credentials([(key, cert)])
-            self.grpc_port = self._grpc.add_secure_port(address, credentials)
+        if s.grpc_server == "lean":
+            await self._start_lean()
         else:
-            self.grpc_port = self._grpc.add_insecure_port(address)
-        self._health_server = grpc.aio.server()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._health_server)
-        self.health_port = self._health_server.add_insecure_port(f"{s.grpc_host}:{s.health_port}")
-        await self._grpc.start()
-        await self._health_server.start()
+            await self._start_grpcio()
         self._http = web.AppRunner(self._http_app(), access_log=None)
         await self._http.setup()
         site = web.TCPSite(self._http, s.grpc_host, s.metrics_port)
@@ -184,6 +170,38 @@ class EppServer:
             self.health_port,
             self.metrics_port,
         )
+
+    async def _start_grpcio(self) -> None:
+        s = self.config.settings.server
+        self._grpc = grpc.aio.server(options=server_options(self.config.settings.protocol))
+        add_to_server(
+            ExternalProcessor(self.tracking, self.config.settings.protocol),
+            self._grpc,
+        )
+        # health on the ext_proc port too: Envoy checks each replica where it sends streams
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._grpc)
+        address = f"{s.grpc_host}:{s.grpc_port}"
+        if s.secure_serving:
+            cert, key = load_pair(s.cert_path) if s.cert_path else self_signed()
+            credentials = grpc.ssl_server_credentials([(key, cert)])
+            self.grpc_port = self._grpc.add_secure_port(address, credentials)
+        else:
+            self.grpc_port = self._grpc.add_insecure_port(address)
+        self._health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._health_server)
+        self.health_port = self._health_server.add_insecure_port(f"{s.grpc_host}:{s.health_port}")
+        await self._grpc.start()
+        await self._health_server.start()
+
+    async def _start_lean(self) -> None:
+        """ext_proc and health on `epp.grpcwire` (--grpc-server lean): no grpc.aio at all."""
+        s, protocol = self.config.settings.server, self.config.settings.protocol
+        processor = ExternalProcessor(self.tracking, protocol)
+        routes = {PROCESS_METHOD: processor.serve_call, CHECK_METHOD: self.health.check}
+        self._grpc = LeanServer(routes, max_message=protocol.max_body_bytes + (1 << 20))
+        self.grpc_port = await self._grpc.start(s.grpc_host, s.grpc_port)
+        self._health_server = LeanServer({CHECK_METHOD: self.health.check}, max_message=1 << 16)
+        self.health_port = await self._health_server.start(s.grpc_host, s.health_port)
 
     async def _load_resources(self) -> None:
         if self.config.endpoints:

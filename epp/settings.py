@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
+GRPC_SERVERS = ("grpcio", "lean")
 BODY_CHUNK_BYTES = 62_000  # upstream BodyByteLimit: some Envoys cap a streamed chunk near 64 KB
 
 
@@ -24,6 +25,14 @@ class ServerSettings:
     workers: int = 1  # processes behind these ports (SO_REUSEPORT), each one replica
     secure_serving: bool = False  # TLS on the ext_proc port
     cert_path: str | None = None  # folder with tls.crt/tls.key; self-signed when unset
+    # "grpcio": grpc.aio; "lean": our own HTTP/2 server on the event loop (epp.grpcwire), cleartext
+    grpc_server: str = "grpcio"
+
+    def __post_init__(self) -> None:
+        if self.grpc_server not in GRPC_SERVERS:
+            raise ValueError(f"grpc_server must be one of {GRPC_SERVERS}, not {self.grpc_server!r}")
+        if self.grpc_server == "lean" and self.secure_serving:
+            raise ValueError("the lean gRPC server serves cleartext only: drop --secure-serving")
 
 
 @dataclass(frozen=True, slots=True)

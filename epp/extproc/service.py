@@ -1,4 +1,5 @@
-"""The gRPC servicer for `envoy.service.ext_proc.v3.ExternalProcessor/Process`."""
+"""The gRPC servicer for `envoy.service.ext_proc.v3.ExternalProcessor/Process`: on grpc.aio
+(`Process`) or on the lean server (`serve_call`, messages as bytes), the same loop."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ from collections.abc import AsyncIterator
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from google.protobuf.message import DecodeError
 
 from epp.catalog import Catalog
 from epp.extproc.stream import RequestStream
+from epp.grpcwire.call import INTERNAL, Call, GrpcError
 from epp.settings import ProtocolSettings
 from epp.tracking.tracker import Tracking
 
 log = logging.getLogger("epp.extproc")
+PROCESS_METHOD = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
 _KINDS = [f.name for f in pb.ProcessingRequest.DESCRIPTOR.oneofs_by_name["request"].fields]
 
 
@@ -46,6 +50,25 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     kind.inc()
                 for reply in await stream.on_message(request):
                     await write(reply)
+        finally:
+            stream.close()
+
+    async def serve_call(self, call: Call) -> None:
+        """`Process` on the lean server: the loop above, messages in and out as bytes."""
+        stream = RequestStream(self._tracking, self._protocol, self._catalog)
+        read, write, counted = call.read, call.write, self._counted
+        parse = pb.ProcessingRequest.FromString
+        try:
+            while (message := await read()) is not None:
+                try:
+                    request = parse(message)
+                except DecodeError:
+                    raise GrpcError(INTERNAL, "not a ProcessingRequest") from None
+                kind = counted.get(request.WhichOneof("request"))
+                if kind is not None:
+                    kind.inc()
+                for reply in await stream.on_message(request):
+                    write(reply.SerializeToString())
         finally:
             stream.close()
 

@@ -1,7 +1,8 @@
 """2,000 requests with client disconnects, upstream errors, dying streams and timeouts: every
 in-flight counter of the EPP ends at zero (the lease is released exactly once per request).
 Half ask for the served model name, so their response bodies never reach the EPP and only the
-end of the ext_proc stream ends them; half ask for the client name, whose bodies are read."""
+end of the ext_proc stream ends them; half ask for the client name, whose bodies are read.
+Once with each gRPC server of the EPP (grpc.aio and the lean one)."""
 
 from __future__ import annotations
 
@@ -39,8 +40,10 @@ async def running_gauge(stack: LocalStack) -> float:
     )
 
 
-async def test_in_flight_counters_return_to_zero(tmp_path: object) -> None:
-    config = stack_config(tmp_path, first_pod_ip=40)  # type: ignore[arg-type]
+@pytest.mark.parametrize("grpc_server", ["grpcio", "lean"])
+async def test_in_flight_counters_return_to_zero(tmp_path: object, grpc_server: str) -> None:
+    epp_args = ("--grpc-server", grpc_server)
+    config = stack_config(tmp_path, first_pod_ip=40, epp_args=epp_args)  # type: ignore[arg-type]
     rng = random.Random(42)
     outcomes: Counter[str] = Counter()
     async with LocalStack(config) as stack:

@@ -35,6 +35,7 @@ FROM_SETTINGS: dict[tuple[str, str], tuple[type[Any], str]] = {
     ("serve", "--metrics-port"): (ServerSettings, "metrics_port"),
     ("serve", "--secure-serving"): (ServerSettings, "secure_serving"),
     ("serve", "--cert-path"): (ServerSettings, "cert_path"),
+    ("serve", "--grpc-server"): (ServerSettings, "grpc_server"),
     ("serve", "--max-body-bytes"): (ProtocolSettings, "max_body_bytes"),
     ("serve", "--fallback-endpoints"): (ProtocolSettings, "fallback_endpoints"),
     ("serve", "--trust-control-headers"): (ProtocolSettings, "trust_control_headers"),
@@ -208,3 +209,12 @@ def test_controlplane_usage_error_names_the_sub_command(
         main(["controlplane", "--kubernetes", "--manifests", "x"])
     assert info.value.code == 2
     assert "epp controlplane: error: --manifests and --kubernetes" in capsys.readouterr().err
+
+
+def test_grpc_server_choice_and_its_limits() -> None:
+    args = build_parser().parse_args(["serve", "--grpc-server", "lean"])
+    assert settings_from(args)[0].server.grpc_server == "lean"
+    with pytest.raises(ValueError, match="cleartext only"):
+        ServerSettings(grpc_server="lean", secure_serving=True)
+    with pytest.raises(ValueError, match="grpc_server must be one of"):
+        ServerSettings(grpc_server="grpclib")
