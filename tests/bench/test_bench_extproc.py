@@ -10,6 +10,7 @@ off its idle rate (scrapes only), measured while the other path runs. Workloads:
 1 MiB prompts (1 output token).
 `test_added_latency_and_decisions`: zero-latency backends, 2 KB bodies; latency at 200 req/s on
 both paths (the EPP's added p50/p99), then EPP decisions per CPU-second under a closed loop.
+Both run once per gRPC server of the EPP (`--grpc-server grpcio` and `lean`).
 Run: flock /tmp/bench.lock .venv/bin/pytest -m bench -s tests/bench/test_bench_extproc.py
 """
 
@@ -137,15 +138,20 @@ def report(name: str, result: dict[str, dict[str, float]]) -> None:
     print(f"  EPP idle (scraping): {result['idle']['epp cpu share']:.1%} of a core")
 
 
+SERVERS = ("grpcio", "lean")  # epp serve --grpc-server
+
+
 @pytest.mark.timeout(900)
-async def test_cost_per_request(tmp_path: Path) -> None:
+@pytest.mark.parametrize("grpc_server", SERVERS)
+async def test_cost_per_request(tmp_path: Path, grpc_server: str) -> None:
     sim = await start_sim(tmp_path)
     try:
         for pods in (CHAT_PODS, BIG_PODS):
             run_dir = tmp_path / pods[0][0]
             run_dir.mkdir()
             manifests = seed_manifests(pods, CLIENT_MODEL, SERVED)
-            async with GatewayPair(run_dir, pods, manifests) as pair:
+            epp_args = ["--grpc-server", grpc_server]
+            async with GatewayPair(run_dir, pods, manifests, epp_args=epp_args) as pair:
                 await asyncio.sleep(1.0)  # first scrapes
                 for name, workload_pods, send, rate, seconds in WORKLOADS:
                     if workload_pods is pods:
@@ -216,10 +222,15 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] * 1000
 
 
-async def test_added_latency_and_decisions(tmp_path: Path) -> None:
+@pytest.mark.parametrize("grpc_server", SERVERS)
+async def test_added_latency_and_decisions(tmp_path: Path, grpc_server: str) -> None:
     runners = await start_backends()
+    epp_args = ["--grpc-server", grpc_server]
     try:
-        async with GatewayPair(tmp_path, BACKENDS) as pair, aiohttp.ClientSession() as session:
+        async with (
+            GatewayPair(tmp_path, BACKENDS, epp_args=epp_args) as pair,
+            aiohttp.ClientSession() as session,
+        ):
             for url in pair.urls.values():  # warm up connections and code paths
                 await open_loop(session, url, post_small, RATE, 1.0)
             lat: dict[str, list[float]] = {name: [] for name in pair.urls}

@@ -53,15 +53,58 @@ async def main():
     await server.wait_for_termination()
 (asyncio.run if os.environ.get("FLOOR_LOOP") == "asyncio" else uvloop.run)(main())
 """
+SYNC_SERVER = r"""
+import json, sys
+from concurrent import futures
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+REPLY = pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+class P(pb_grpc.ExternalProcessorServicer):
+    def Process(self, it, context):
+        for request in it:
+            yield REPLY
+server = grpc.server(futures.ThreadPoolExecutor(16),
+                     options=[tuple(o) for o in json.loads(sys.argv[2])])
+pb_grpc.add_ExternalProcessorServicer_to_server(P(), server)
+server.add_insecure_port(f"127.0.0.1:{sys.argv[1]}")
+server.start()
+print("ready", flush=True)
+server.wait_for_termination()
+"""
+LEAN_SERVER = r"""
+import asyncio, json, sys
+import uvloop
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from epp.grpcwire.server import LeanServer
+REPLY = pb.ProcessingResponse(request_headers=pb.HeadersResponse()).SerializeToString()
+async def process(call):
+    read, write = call.read, call.write
+    while (request := await read()) is not None:
+        pb.ProcessingRequest.FromString(request)
+        write(REPLY)
+async def main():
+    server = LeanServer({"/envoy.service.ext_proc.v3.ExternalProcessor/Process": process}, 64 << 20)
+    await server.start("127.0.0.1", int(sys.argv[1]))
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+uvloop.run(main())
+"""
 BIG = 64 << 20
-VARIANTS: list[tuple[str, list[tuple[str, object]], dict[str, str]]] = [
-    ("default options", [], {}),
-    ("lookahead 8 MiB", [("grpc.http2.lookahead_bytes", 8 << 20)], {}),
-    ("max frame 1 MiB", [("grpc.http2.max_frame_size", 1 << 20)], {}),
-    ("no BDP probe", [("grpc.http2.bdp_probe", 0)], {}),
-    ("optimize latency", [("grpc.optimization_target", "latency")], {}),
-    ("poll strategy poll", [], {"GRPC_POLL_STRATEGY": "poll"}),
-    ("asyncio event loop", [], {"FLOOR_LOOP": "asyncio"}),
+Variant = tuple[str, str, list[tuple[str, object]], dict[str, str]]
+VARIANTS: list[Variant] = [
+    ("default options", SERVER, [], {}),
+    ("lookahead 8 MiB", SERVER, [("grpc.http2.lookahead_bytes", 8 << 20)], {}),
+    ("max frame 1 MiB", SERVER, [("grpc.http2.max_frame_size", 1 << 20)], {}),
+    ("no BDP probe", SERVER, [("grpc.http2.bdp_probe", 0)], {}),
+    ("optimize latency", SERVER, [("grpc.optimization_target", "latency")], {}),
+    ("optimize throughput", SERVER, [("grpc.optimization_target", "throughput")], {}),
+    ("max streams 100", SERVER, [("grpc.max_concurrent_streams", 100)], {}),
+    ("so_reuseport off", SERVER, [("grpc.so_reuseport", 0)], {}),
+    ("poll strategy poll", SERVER, [], {"GRPC_POLL_STRATEGY": "poll"}),
+    ("asyncio event loop", SERVER, [], {"FLOOR_LOOP": "asyncio"}),
+    ("sync grpc.server", SYNC_SERVER, [], {}),
+    ("lean h2c (grpcwire)", LEAN_SERVER, [], {}),
 ]
 
 
@@ -121,12 +164,12 @@ def run(stub: pb_grpc.ExternalProcessorStub, body: int, rate: float | None, seco
     return done
 
 
-def measure(variant: tuple[str, list[tuple[str, object]], dict[str, str]]) -> dict[str, float]:
-    _, options, env = variant
+def measure(variant: Variant) -> dict[str, float]:
+    _, script, options, env = variant
     (port,) = free_ports(1)
     options = [("grpc.max_receive_message_length", BIG), *options]
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(port), json.dumps(options)],
+        [sys.executable, "-c", script, str(port), json.dumps(options)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, **env},
     )  # fmt: skip
     try:

@@ -15,10 +15,15 @@ Run: flock /tmp/bench.lock .venv/bin/pytest -m bench -s tests/bench/test_bench_w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
+import os
+import re
+import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -126,13 +131,17 @@ def worker_pids(supervisor: int) -> list[int]:
     return [int(c) for c in children]
 
 
-async def measure(tmp: Path, workers: int) -> tuple[float, list[float], int]:
+@contextlib.asynccontextmanager
+async def serving(
+    tmp: Path, workers: int, extra: Sequence[str] = ()
+) -> AsyncIterator[tuple[int, list[int], list[int]]]:
+    """`epp serve --workers N` on the pods: its gRPC port, the workers' pids and metrics ports."""
     grpc_port, health, metrics, peer = free_ports(4)
     argv = [sys.executable, "-m", "epp", "serve", "--endpoints", ",".join(PODS),
             "--grpc-port", str(grpc_port), "--health-port", str(health),
             "--metrics-port", str(metrics), "--peer-port", str(peer),
-            "--workers", str(workers)]  # fmt: skip
-    epp = ChildProcess(f"epp-{workers}", argv, tmp / f"epp-{workers}.log")
+            "--workers", str(workers), *extra]  # fmt: skip
+    epp = ChildProcess(f"epp-{workers}", argv, tmp / f"epp-{workers}-{'-'.join(extra)}.log")
     await epp.start()
     try:
         for k in range(workers):
@@ -140,6 +149,13 @@ async def measure(tmp: Path, workers: int) -> tuple[float, list[float], int]:
             await wait_until(lambda u=url: _ok(u), "the EPP workers", 60, epp)  # type: ignore[misc]
         assert epp.proc is not None
         pids = worker_pids(epp.proc.pid) if workers > 1 else [epp.proc.pid]
+        yield grpc_port, pids, [metrics + k for k in range(workers)]
+    finally:
+        await epp.stop()
+
+
+async def measure(tmp: Path, workers: int) -> tuple[float, list[float], int]:
+    async with serving(tmp, workers) as (grpc_port, pids, _):
         drive(grpc_port, 1.0)  # warm up
         cpu0 = [cpu_seconds(p) for p in pids]
         t0 = time.perf_counter()
@@ -148,8 +164,6 @@ async def measure(tmp: Path, workers: int) -> tuple[float, list[float], int]:
         cpu = [cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
         assert failed == 0, f"{failed} streams failed"
         return ok / elapsed, [c / ok * 1e6 for c in cpu], ok
-    finally:
-        await epp.stop()
 
 
 async def _ok(url: str) -> bool:
@@ -179,3 +193,87 @@ async def test_bench_workers(tmp_path: Path) -> None:
     print(f"  2 workers / 1 worker: {ratio:.2f}x")
     # both workers decided: the kernel spread the connections over them
     assert min(results[2][1]) > 0.2 * max(results[2][1])
+
+
+# ---- the same with a load source that costs little CPU: h2load (nghttp2-client, C) --------------
+H2LOAD_CONNECTIONS = 16  # the kernel spreads connections over the workers
+H2LOAD_STREAMS = 4  # at once per connection
+PROCESS = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
+
+
+def grpc_body() -> bytes:
+    """One stream's messages, gRPC-framed, as h2load sends them as one request body. Envoy waits
+    for each reply before the next message; the EPP reads them in order either way, so it does
+    the same work (no x-request-id: the EPP makes one per request)."""
+    messages = stream_messages(0)
+    headers = messages[0].request_headers.headers.headers
+    kept = [h for h in headers if h.key != "x-request-id"]
+    del headers[:]
+    headers.extend(kept)
+    wire = [m.SerializeToString() for m in messages]
+    return b"".join(b"\x00" + len(w).to_bytes(4, "big") + w for w in wire)
+
+
+def h2load(port: int, body: Path, seconds: float) -> tuple[int, float]:
+    """h2load for `seconds`: streams that succeeded, and the CPU seconds h2load used."""
+    argv = ["h2load", "-D", str(seconds), "-c", str(H2LOAD_CONNECTIONS),
+            "-m", str(H2LOAD_STREAMS), "-d", str(body), "-H", "content-type: application/grpc",
+            "-H", "te: trailers", f"http://127.0.0.1:{port}{PROCESS}"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, out
+    found = re.search(r"(\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    assert found is not None, out
+    assert found[2] == found[3] == "0", out
+    return int(found[1]), usage.ru_utime + usage.ru_stime
+
+
+async def decisions(metrics_ports: list[int]) -> float:
+    """Requests the workers decided so far (their request counters, added up)."""
+    total = 0.0
+    async with httpx.AsyncClient(timeout=5.0) as http:
+        for port in metrics_ports:
+            text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+            total += sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                         if line.startswith("inference_objective_request_total{"))  # fmt: skip
+    return total
+
+
+@pytest.mark.parametrize("grpc_server", ["grpcio", "lean"])
+async def test_bench_workers_h2load(tmp_path: Path, grpc_server: str) -> None:
+    body = tmp_path / "stream.bin"
+    body.write_bytes(grpc_body())
+    sim = ChildProcess(
+        "sim",
+        [sys.executable, "-m", "epp", "sim", "--pods", ",".join(PODS), "--model", "m"],
+        tmp_path / "sim.log",
+    )
+    await sim.start()
+    rows: dict[int, tuple[float, list[float], float]] = {}
+    try:
+        await wait_until(lambda: _ok(f"http://{PODS[-1]}/metrics"), "the simulator", 60, sim)
+        for workers in (1, 2):
+            extra = ["--grpc-server", grpc_server]
+            async with serving(tmp_path, workers, extra) as (port, pids, metrics):
+                await asyncio.to_thread(h2load, port, body, 1.0)  # warm up
+                decided0, cpu0 = await decisions(metrics), [cpu_seconds(p) for p in pids]
+                t0 = time.perf_counter()
+                ok, load_cpu = await asyncio.to_thread(h2load, port, body, SECONDS)
+                elapsed = time.perf_counter() - t0
+                cpu = [cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
+                decided = await decisions(metrics) - decided0
+                assert decided == ok, f"h2load saw {ok} streams end well, the EPP decided {decided}"
+                rows[workers] = (ok / elapsed, [c / elapsed for c in cpu], load_cpu / elapsed)
+    finally:
+        await sim.stop()
+    load = f"{H2LOAD_CONNECTIONS} connections x {H2LOAD_STREAMS} streams, {SECONDS:.0f} s"
+    print(f"\n--grpc-server {grpc_server}: non-streamed decisions driven by h2load ({load})")
+    for workers, (rate, shares, h2) in rows.items():
+        per_worker = " + ".join(f"{s:.0%}" for s in shares)
+        cost = sum(shares) / rate * 1e6
+        print(f"  --workers {workers}: {rate:7.0f} decisions/s  workers' CPU {per_worker} of a "
+              f"core, h2load {h2:.0%}; {cost:.0f} µs per decision")  # fmt: skip
+    print(f"  2 workers / 1 worker: {rows[2][0] / rows[1][0]:.2f}x")
