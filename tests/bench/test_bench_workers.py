@@ -216,12 +216,13 @@ def grpc_body() -> bytes:
 
 def h2load(port: int, body: Path, seconds: float) -> tuple[int, float]:
     """h2load for `seconds`: streams that succeeded, and the CPU seconds h2load used."""
-    argv = ["h2load", "-D", str(seconds), "-c", str(H2LOAD_CONNECTIONS),
+    argv = ["h2load", "-D", str(round(seconds)), "-c", str(H2LOAD_CONNECTIONS),
             "-m", str(H2LOAD_STREAMS), "-d", str(body), "-H", "content-type: application/grpc",
             "-H", "te: trailers", f"http://127.0.0.1:{port}{PROCESS}"]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
-    out = proc.stdout.read()
+    with proc.stdout:
+        out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     assert proc.returncode == 0, out
@@ -265,7 +266,10 @@ async def test_bench_workers_h2load(tmp_path: Path, grpc_server: str) -> None:
                 elapsed = time.perf_counter() - t0
                 cpu = [cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
                 decided = await decisions(metrics) - decided0
-                assert decided == ok, f"h2load saw {ok} streams end well, the EPP decided {decided}"
+                # h2load counts the streams that ended in time; the last ones in flight were
+                # decided too
+                in_flight = H2LOAD_CONNECTIONS * H2LOAD_STREAMS
+                assert ok <= decided <= ok + in_flight, f"h2load: {ok} streams, EPP: {decided}"
                 rows[workers] = (ok / elapsed, [c / elapsed for c in cpu], load_cpu / elapsed)
     finally:
         await sim.stop()
