@@ -189,6 +189,10 @@ def router_profile_text(router: str, epp_args: Sequence[str] = (), priorities: b
     kind, _, option = router.partition(":")
     if kind == "epp":
         return epp_profile_text(option, epp_args, priorities)
+    if kind.startswith("epp-replicas"):
+        profile, _, count = option.rpartition(":")
+        sharing = "sharing nothing" if kind.endswith("-alone") else "sharing over --peers"
+        return f"{count} EPP replicas {sharing}; " + epp_profile_text(profile, epp_args, priorities)
     if kind == "envoy":
         return f"Envoy alone, cluster lb_policy {option}"
     return f"{kind} {_version(kind)}, policy {option}"

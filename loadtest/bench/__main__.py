@@ -294,6 +294,7 @@ class Bench:
                     a.length_cap,
                 )
             cpu = (*self.children.cpu_shares(), ("client", _cpu_share(own, began)))
+            streams = await self.children.epp_requests()
         finally:
             await self.children.stop_all()
         if a.samples:
@@ -308,7 +309,7 @@ class Bench:
             e2e_batched_floor=self.batched_floor(samples),
             e2e_in_order=self.in_order_reference(samples),
         )
-        return report.Point(spec.name, rate, fraction, summary, by_priority, cpu)
+        return report.Point(spec.name, rate, fraction, summary, by_priority, cpu, streams)
 
     def _references_hold(self) -> bool:
         """The floors and the in-order reference model the pods as `--profile` at `--speed`
@@ -430,7 +431,7 @@ class Bench:
                     f"[{label}] {spec.name:28s} {rate:5.2f} req/s ok {s.ok}/{s.sent} "
                     f"ttft p90 {s.ttft.p90:.3f}s e2e p90 {s.e2e.p90:.2f}s "
                     f"hit {s.hit_rate:.0%} pods {s.pods_text()} errors {s.errors_text()} "
-                    f"cpu {point.cpu_text()}",
+                    f"cpu {point.cpu_text()}{point.streams_text(' streams per EPP ')}",
                     flush=True,
                 )
                 points.append(point)

@@ -41,15 +41,13 @@ import aiohttp
 import orjson
 import yaml
 
-from epp.local.envoy import EnvoyPorts, envoy_argv, render_bootstrap
-from epp.local.processes import wait_until
 from loadtest.bench import client, kvcells_report, stats
 from loadtest.bench.kvcells_report import APPROXIMATE
 from loadtest.bench.routers import (
+    REPLICAS,
+    REPLICAS_ALONE,
     Children,
     RouterSpec,
-    epp_manifests,
-    free_ports,
     settle,
     sim_pods,
     start_router,
@@ -198,58 +196,19 @@ class Cells:
             "--hash-seed", HASH_SEED,
         ]  # fmt: skip
 
-    async def _epp(self, name: str, router: str, peers: tuple[int, int] | None = None) -> int:
-        """One EPP process under the approximate profile (or a precise one); its gRPC port.
-        `peers`: its own and the other replica's UDP peer port."""
-        grpc, health, metrics = free_ports(3)
-        manifests = self.children.run_dir / "manifests.yaml"
-        manifests.write_text(yaml.safe_dump_all(epp_manifests(self.pods, APPROXIMATE, False, 8)))
-        argv = [sys.executable, "-m", "epp", "--log-level", self.a.epp_log_level, "serve"]
-        argv += ["--manifests", str(manifests), "--grpc-port", str(grpc)]
-        argv += ["--health-port", str(health), "--metrics-port", str(metrics)]
-        argv += ["--scheduler-config", str(self.configs[router])] if router in PRECISE else []
-        if peers is not None:
-            argv += ["--peer-port", str(peers[0]), "--peers", f"127.0.0.1:{peers[1]}"]
-        child = await self.children.start(name, argv)
-        url = f"http://127.0.0.1:{metrics}/healthz"
-        await wait_until(lambda: _ok(url), name, 30, child)
-        return grpc
-
-    async def _replicas(self, router: str) -> str:
-        """Two EPP replicas behind one Envoy; the base URL."""
-        if router == PEERS:
-            one, two = free_ports(2)
-            grpcs = [await self._epp("epp-1", router, (one, two))]
-            grpcs.append(await self._epp("epp-2", router, (two, one)))
-        else:
-            grpcs = [await self._epp(f"epp-{i}", router) for i in (1, 2)]
-        listener, admin = free_ports(2)
-        fallback = [(p.host, p.port) for p in self.pods]
-        config = render_bootstrap(EnvoyPorts(listener, admin, grpcs[0]), fallback=fallback)
-        for cluster in config["static_resources"]["clusters"]:
-            if cluster["name"] == "ext_proc":
-                endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
-                second = orjson.loads(orjson.dumps(endpoints[0]))
-                second["endpoint"]["address"]["socket_address"]["port_value"] = grpcs[1]
-                endpoints.append(second)
-        path = self.children.run_dir / "envoy-replicas.yaml"
-        path.write_text(yaml.safe_dump(config))
-        child = await self.children.start("envoy", envoy_argv(path))
-        await wait_until(lambda: _ok(f"http://127.0.0.1:{admin}/ready"), "Envoy", 30, child)
-        return f"http://127.0.0.1:{listener}"
-
     async def start(self, cell: str, router: str) -> str:
         await start_sim(self.children, self.pods, self.sim_args())
         if router in EPP_ROUTERS:
-            if cell == "c":
-                url = await self._replicas(router)
-            else:
-                config = self.configs.get(router)
-                extra = ["--scheduler-config", str(config)] if config else []
-                spec = RouterSpec("epp", APPROXIMATE)
-                url = await start_router(
-                    self.children, spec, self.pods, False, extra, 8, self.a.epp_log_level
+            config = self.configs.get(router)
+            extra = ["--scheduler-config", str(config)] if config else []
+            spec = RouterSpec("epp", APPROXIMATE)
+            if cell == "c":  # two replicas behind one Envoy, sharing or not
+                spec = RouterSpec(
+                    REPLICAS if router == PEERS else REPLICAS_ALONE, APPROXIMATE + ":2"
                 )
+            url = await start_router(
+                self.children, spec, self.pods, False, extra, 8, self.a.epp_log_level
+            )
         else:
             url = await start_router(self.children, RouterSpec.parse(router), self.pods)
         await settle(1.5)  # scrapes, and the precise EPP's subscriptions
@@ -313,12 +272,6 @@ class Cells:
         done = await asyncio.gather(*tasks)
         print(f"  foreign clients: {sum(s.ok for s in done)}/{len(done)} ok", flush=True)
         return None
-
-
-async def _ok(url: str) -> bool:
-    timeout = aiohttp.ClientTimeout(total=1.0)
-    async with aiohttp.ClientSession(timeout=timeout) as s, s.get(url) as r:
-        return r.status == 200
 
 
 async def amain(a: argparse.Namespace, children: Children) -> int:

@@ -28,9 +28,16 @@ class Point:
     stats: RunStats
     by_priority: tuple[tuple[str, RunStats], ...] = ()  # ("critical", ...), ("sheddable", ...)
     cpu: tuple[tuple[str, float], ...] = ()  # ("sim", 0.42): share of one core per process
+    streams: tuple[tuple[str, int], ...] = ()  # ("epp-1", 120): requests each EPP picked for
 
     def cpu_text(self) -> str:
         return " ".join(f"{name} {share:.0%}" for name, share in self.cpu) or "-"
+
+    def streams_text(self, prefix: str = "") -> str:
+        """Requests per EPP replica ("epp-1 120 / epp-2 118 / ..."), if more than one ran."""
+        if len(self.streams) < 2:
+            return ""
+        return prefix + " / ".join(f"{name} {n}" for name, n in self.streams)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +108,38 @@ def priority_table(points: Sequence[Point]) -> list[str]:
         )
         lines.append(f"| {p.router} | {p.rate:.2f} ({p.fraction:.2f}) | {critical} | {sheddable} |")
     return lines
+
+
+def replicas_table(points: Sequence[Point]) -> list[str]:
+    """Every multi-replica point against one EPP of the same profile at the same fraction:
+    p90 TTFT and e2e as ratios of its, prefix hit in points of difference, and the requests
+    each replica picked for (how evenly Envoy spread the ext_proc streams)."""
+    singles = {(p.router.partition(":")[2], p.fraction): p for p in points if is_ours(p.router)}
+    lines = [
+        "| router | x cap | p90 TTFT ms (x one) | p90 e2e s (x one) | prefix hit (points vs one) "
+        "| requests per EPP replica |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in points:
+        kind, _, option = p.router.partition(":")
+        if not kind.startswith("epp-replicas"):
+            continue
+        one = singles.get((option.rpartition(":")[0], p.fraction))
+        s = p.stats
+        if one is None or not one.stats.ok:
+            ttft = f"{_ms(s.ttft.p90)} (-)"
+            e2e = f"{_s(s.e2e.p90)} (-)"
+            hit = f"{s.hit_rate:.0%} (-)"
+        else:
+            o = one.stats
+            ttft = f"{_ms(s.ttft.p90)} ({s.ttft.p90 / o.ttft.p90:.2f}x)"
+            e2e = f"{_s(s.e2e.p90)} ({s.e2e.p90 / o.e2e.p90:.2f}x)"
+            hit = f"{s.hit_rate:.1%} ({(s.hit_rate - o.hit_rate) * 100:+.1f})"
+        lines.append(
+            f"| {p.router} | {p.fraction:.2f} | {ttft} | {e2e} | {hit} "
+            f"| {p.streams_text() or '-'} |"
+        )
+    return lines if len(lines) > 2 else []
 
 
 BATCHED_FLOOR = (
@@ -198,6 +237,9 @@ def render_markdown(
         ]
     if any(p.by_priority for p in points):
         lines += ["## Critical and sheddable requests", "", *priority_table(points), ""]
+    replicas = replicas_table(points)
+    if replicas:
+        lines += ["## EPP replicas against one EPP", "", *replicas, ""]
     metric = "ttft" if h.workload == "shared-prefix" else "e2e"
     lines += ["## Verdict", ""]
     for fraction in sorted({p.fraction for p in points}):

@@ -1,11 +1,14 @@
 """The routers under test and the simulated cluster they share, as child processes.
 
 `RouterSpec.parse("epp:gpu-aware")` names one router: ours (Envoy + EPP with a scheduling
-profile), Envoy alone (`envoy:ROUND_ROBIN` / `envoy:LEAST_REQUEST` on the pool cluster),
-`vllm-router:POLICY` or `sglang-router:POLICY` (PyPI wheels, started from .venv/bin). `Children`
-owns every process: each runs in its own process group (epp.local.processes) and is stopped on
-the way out, and `kill_now()` is the synchronous last resort for an interrupted interpreter;
-`cpu_shares()` says how much of one core each used since it started (from /proc).
+profile), ours as N replicas behind one Envoy (`epp-replicas:gpu-aware:3` sharing what each
+learns over `--peers`, `epp-replicas-alone:gpu-aware:3` sharing nothing), Envoy alone
+(`envoy:ROUND_ROBIN` / `envoy:LEAST_REQUEST` on the pool cluster), `vllm-router:POLICY` or
+`sglang-router:POLICY` (PyPI wheels, started from .venv/bin). `Children` owns every process:
+each runs in its own process group (epp.local.processes) and is stopped on the way out, and
+`kill_now()` is the synchronous last resort for an interrupted interpreter; `cpu_shares()` says
+how much of one core each used since it started (from /proc), and `epp_requests()` how many
+requests (ext_proc streams) each EPP picked for, from its /metrics.
 All addresses are on 127.0.0.0/8.
 """
 
@@ -30,7 +33,10 @@ import yaml
 from epp.local.envoy import EnvoyPorts, envoy_argv, render_bootstrap
 from epp.local.processes import ChildProcess, wait_until
 
-KINDS = ("epp", "envoy", "vllm-router", "sglang-router")
+REPLICAS = "epp-replicas"  # N EPPs sharing in-flight counts and prefix picks (epp.peers)
+REPLICAS_ALONE = "epp-replicas-alone"  # N EPPs that know nothing of each other
+KINDS = ("epp", REPLICAS, REPLICAS_ALONE, "envoy", "vllm-router", "sglang-router")
+REQUESTS_METRIC = "inference_objective_request_total"
 POOL_LABEL = "inference.networking.x-k8s.io/pool"
 POOL = "bench-pool"
 MODEL = "bench"
@@ -51,13 +57,40 @@ class RouterSpec:
         kind, _, option = text.partition(":")
         if kind not in KINDS or not option:
             raise ValueError(f"bad router {text!r}: want KIND:OPTION with KIND in {KINDS}")
+        if kind in (REPLICAS, REPLICAS_ALONE):
+            profile, _, count = option.rpartition(":")
+            if not profile or not count.isdigit() or int(count) < 1:
+                raise ValueError(f"bad router {text!r}: want {kind}:PROFILE:N with N >= 1")
         return cls(kind, option)
+
+    @property
+    def is_epp(self) -> bool:
+        return self.kind in ("epp", REPLICAS, REPLICAS_ALONE)
+
+    @property
+    def profile(self) -> str:
+        """The EPP's scheduling profile (the option, less a replica count)."""
+        return self.option.rpartition(":")[0] if self.replicas_option else self.option
+
+    @property
+    def replicas(self) -> int:
+        """How many EPP processes serve behind Envoy."""
+        return int(self.option.rpartition(":")[2]) if self.replicas_option else 1
+
+    @property
+    def replicas_option(self) -> bool:
+        return self.kind in (REPLICAS, REPLICAS_ALONE)
+
+    @property
+    def shares(self) -> bool:
+        """Whether its EPP replicas share what they learn with each other."""
+        return self.kind == REPLICAS
 
     def unavailable(self) -> str | None:
         """Why this router cannot run here, or None."""
         if self.kind in ("vllm-router", "sglang-router") and not _binary(self.kind):
             return f"`{self.kind}` is not installed (pip install {self.kind})"
-        if self.kind in ("epp", "envoy"):
+        if self.is_epp or self.kind == "envoy":
             try:
                 envoy_argv(Path("/dev/null"))
             except RuntimeError as e:
@@ -107,6 +140,7 @@ class Children:
         self.run_dir = run_dir
         self.children: list[ChildProcess] = []
         self.started: dict[int, float] = {}  # id(child) -> time.monotonic() at start
+        self.epp_metrics: dict[str, int] = {}  # EPP child's name -> its metrics port
 
     async def start(
         self, name: str, argv: Sequence[str], env: dict[str, str] | None = None
@@ -127,11 +161,22 @@ class Children:
                 out.append((child.name, seconds / max(elapsed, 1e-9)))
         return out
 
+    async def epp_requests(self) -> tuple[tuple[str, int], ...]:
+        """Per running EPP: the requests it picked for (one ext_proc stream each)."""
+        out = []
+        for name, port in sorted(self.epp_metrics.items()):
+            timeout = aiohttp.ClientTimeout(total=2.0)
+            url = f"http://127.0.0.1:{port}/metrics"
+            async with aiohttp.ClientSession(timeout=timeout) as s, s.get(url) as r:
+                out.append((name, counter_total(await r.text(), REQUESTS_METRIC)))
+        return tuple(out)
+
     async def stop(self, child: ChildProcess) -> None:
         await child.stop(grace=3.0)
         if child in self.children:
             self.children.remove(child)
         self.started.pop(id(child), None)
+        self.epp_metrics.pop(child.name, None)
 
     async def stop_all(self) -> None:
         for child in reversed(list(self.children)):
@@ -156,6 +201,18 @@ def cpu_seconds(pid: int, proc: Path = Path("/proc")) -> float | None:
     except (ValueError, IndexError):
         return None
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def counter_total(text: str, name: str) -> int:
+    """The sum over every label set of counter `name` in Prometheus text exposition `text`."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        metric, _, value = line.rpartition(" ")
+        if metric.split("{", 1)[0].strip() == name:
+            total += float(value)
+    return round(total)
 
 
 async def _ok(url: str) -> bool:
@@ -229,13 +286,17 @@ def epp_manifests(
     return [pool, *models, *pod_docs]
 
 
-async def _start_envoy(
-    children: Children, pods: Sequence[SimPod], lb_policy: str | None, with_epp: int | None
+async def start_envoy(
+    children: Children, pods: Sequence[SimPod], lb_policy: str | None, epps: Sequence[int] = ()
 ) -> str:
+    """Envoy in front of `pods`: through the EPPs listening for gRPC on 127.0.0.1 at ports
+    `epps` (its ext_proc cluster spreads streams over them round robin and health-checks
+    them), or with none, balancing the pods itself with `lb_policy`. The base URL."""
     listener, admin = free_ports(2)
     fallback = [(p.host, p.port) for p in pods]
-    config = render_bootstrap(EnvoyPorts(listener, admin, with_epp or 1), fallback=fallback)
-    if with_epp is None:
+    upstreams = tuple(("127.0.0.1", port) for port in epps)
+    config = render_bootstrap(EnvoyPorts(listener, admin, epps=upstreams), fallback=fallback)
+    if not epps:
         hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
         filters = hcm["typed_config"]["http_filters"]
         filters[:] = [f for f in filters if f["name"] != "envoy.filters.http.ext_proc"]
@@ -260,19 +321,16 @@ async def start_router(
 ) -> str:
     """Start `spec` in front of `pods`; the base URL clients use (`log_level`: the EPP's)."""
     if spec.kind == "envoy":
-        return await _start_envoy(children, pods, spec.option, None)
-    if spec.kind == "epp":
-        grpc, health, metrics = free_ports(3)
+        return await start_envoy(children, pods, spec.option)
+    if spec.is_epp:
         manifests = children.run_dir / "manifests.yaml"
         manifests.write_text(
-            yaml.safe_dump_all(epp_manifests(pods, spec.option, priorities, max_num_seqs))
+            yaml.safe_dump_all(epp_manifests(pods, spec.profile, priorities, max_num_seqs))
         )
-        argv = [sys.executable, "-m", "epp", "--log-level", log_level, "serve"]
-        argv += ["--manifests", str(manifests), "--grpc-port", str(grpc)]
-        argv += ["--health-port", str(health), "--metrics-port", str(metrics), *epp_args]
-        epp = await children.start("epp", argv)
-        await wait_until(lambda: _ok(f"http://127.0.0.1:{metrics}/healthz"), "EPP", 30, epp)
-        return await _start_envoy(children, pods, None, grpc)
+        grpcs = await start_epps(
+            children, manifests, spec.replicas, spec.shares, epp_args, log_level
+        )
+        return await start_envoy(children, pods, None, grpcs)
     port, prom = free_ports(2)
     urls = [f"http://{p.address}" for p in pods]
     binary = _binary(spec.kind) or spec.kind
@@ -287,6 +345,36 @@ async def start_router(
     url = f"http://127.0.0.1:{port}"
     await wait_until(lambda: _ok(f"{url}/health"), spec.kind, 60, child)
     return url
+
+
+async def start_epps(
+    children: Children,
+    manifests: Path,
+    count: int,
+    share: bool,
+    epp_args: Sequence[str] = (),
+    log_level: str = "WARNING",
+) -> list[int]:
+    """`count` `epp serve` processes on `manifests` (`epp`, or `epp-1` .. `epp-N`), each on its
+    own ports on 127.0.0.1; with `share`, each lists the others' UDP peer ports in `--peers`
+    (epp.peers). Waits until every one is ready; their gRPC (ext_proc) ports."""
+    ports = free_ports(4 * count)
+    grpcs = ports[0::4]
+    peer_ports = ports[3::4]
+    for i in range(count):
+        grpc, health, metrics, peer = ports[4 * i : 4 * i + 4]
+        name = "epp" if count == 1 else f"epp-{i + 1}"
+        argv = [sys.executable, "-m", "epp", "--log-level", log_level, "serve"]
+        argv += ["--manifests", str(manifests), "--grpc-port", str(grpc)]
+        argv += ["--health-port", str(health), "--metrics-port", str(metrics), *epp_args]
+        others = [f"127.0.0.1:{p}" for p in peer_ports if p != peer]
+        if share and others:
+            argv += ["--peer-port", str(peer), "--peers", ",".join(others)]
+            argv += ["--replica-name", name]
+        child = await children.start(name, argv)
+        children.epp_metrics[name] = metrics
+        await wait_until(_probe(f"http://127.0.0.1:{metrics}/healthz"), name, 30, child)
+    return grpcs
 
 
 async def settle(seconds: float) -> None:
