@@ -222,8 +222,10 @@ class Connection(asyncio.Protocol):
         if call is not None:  # the client's trailers: they end its side
             call.end()
             return
-        if stream % 2 == 0 or stream <= self._last_stream:
-            raise ProtocolViolation(f.PROTOCOL_ERROR, "bad stream id for new stream")
+        if stream % 2 == 0:
+            raise ProtocolViolation(f.PROTOCOL_ERROR, "a client stream id must be odd")
+        if stream <= self._last_stream:
+            return  # trailers on a stream we already ended (or reset): too late, dropped
         self._last_stream = stream
         if self.draining or len(self.calls) >= self._max_streams:
             self._emit(f.rst_stream(stream, f.REFUSED_STREAM))

@@ -202,6 +202,19 @@ async def test_raw_frames_settings_ping_and_a_bad_preface() -> None:
             (f.SETTINGS, 0), (f.WINDOW_UPDATE, 0), (f.SETTINGS, f.ACK), (f.PING, f.ACK)
         ]  # fmt: skip
         assert frames[3][2] == b"12345678"
+        # a stream with no method gets a trailers-only answer; a block on a stream that is over
+        # is dropped; an even stream id ends the connection
+        writer.write(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, 1, b"\x83\x86"))
+        (answer,) = await asyncio.wait_for(read_frames(reader, 1), 5)
+        assert answer[:2] == (f.HEADERS, f.END_HEADERS | f.END_STREAM)
+        assert b"grpc-status" in answer[2] and b"12" in answer[2]
+        writer.write(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, 1, b"\x83\x86"))
+        writer.write(f.frame(f.PING, 0, 0, b"87654321"))
+        (ping,) = await asyncio.wait_for(read_frames(reader, 1), 5)
+        assert ping == (f.PING, f.ACK, b"87654321")
+        writer.write(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, 2, b"\x83\x86"))
+        (goaway,) = await asyncio.wait_for(read_frames(reader, 1), 5)
+        assert goaway[0] == f.GOAWAY and struct.unpack(">L", goaway[2][4:8])[0] == f.PROTOCOL_ERROR
         writer.close()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
