@@ -28,7 +28,7 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-from tests.bench.gateways import cpu_seconds
+from tests.bench.gateways import TICK, cpu_seconds
 from tests.ports import free_ports
 
 pytestmark = pytest.mark.bench
@@ -164,7 +164,21 @@ def run(stub: pb_grpc.ExternalProcessorStub, body: int, rate: float | None, seco
     return done
 
 
-def measure(variant: Variant) -> dict[str, float]:
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds so far of each of the process's threads, added up by thread name."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # the thread ended
+            continue
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+    return out
+
+
+def measure(variant: Variant) -> tuple[dict[str, float], dict[str, float]]:
+    """µs of server CPU per stream for each load; and, in the closed loop, by server thread."""
     _, script, options, env = variant
     (port,) = free_ports(1)
     options = [("grpc.max_receive_message_length", BIG), *options]
@@ -179,17 +193,21 @@ def measure(variant: Variant) -> dict[str, float]:
         )
         stub = pb_grpc.ExternalProcessorStub(channel)
         out: dict[str, float] = {}
+        threads: dict[str, float] = {}
         for label, body, rate, seconds in (
             ("2 KB, 10/s", 2048, 10.0, 4.0),
             ("2 KB, closed loop", 2048, None, 3.0),
             ("1 MiB, 5/s", 1 << 20, 5.0, 4.0),
         ):
             run(stub, body, rate, 0.5)  # warm up
-            cpu0 = cpu_seconds(proc.pid)
+            cpu0, by_thread0 = cpu_seconds(proc.pid), thread_cpu(proc.pid)
             n = run(stub, body, rate, seconds)
             out[label] = (cpu_seconds(proc.pid) - cpu0) / n * 1e6
+            if rate is None:
+                by_thread = thread_cpu(proc.pid)
+                threads = {t: (c - by_thread0.get(t, 0.0)) / n * 1e6 for t, c in by_thread.items()}
         channel.close()
-        return out
+        return out, threads
     finally:
         proc.terminate()
         proc.wait()
@@ -198,9 +216,13 @@ def measure(variant: Variant) -> dict[str, float]:
 
 
 def test_grpc_cost_per_stream_side_by_side(tmp_path: Path) -> None:
-    rows = [(variant[0], measure(variant)) for variant in VARIANTS]
+    rows = [(variant[0], *measure(variant)) for variant in VARIANTS]
     labels = list(rows[0][1])
-    print("\ngrpc.aio server CPU per ext_proc stream (3 messages in, 3 replies out), µs:")
+    print("\nserver CPU per ext_proc stream (3 messages in, 3 replies out), µs:")
     print(f"  {'variant':22s}" + "".join(f"{label:>20s}" for label in labels))
-    for name, row in rows:
+    for name, row, _ in rows:
         print(f"  {name:22s}" + "".join(f"{row[label]:20.0f}" for label in labels))
+    print("where it goes in the closed loop: µs per stream by server thread (name: µs)")
+    for name, _, threads in rows:
+        busy = sorted(threads.items(), key=lambda kv: -kv[1])
+        print(f"  {name:22s} " + ", ".join(f"{t}: {us:.0f}" for t, us in busy if us >= 10))
