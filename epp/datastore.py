@@ -77,17 +77,21 @@ def _host(address: str) -> str:
 class Lease:
     """One request's claim on an endpoint; `release` is idempotent so cleanup paths can race."""
 
-    __slots__ = ("_store", "address", "released", "tokens")
+    __slots__ = ("_store", "address", "on_release", "released", "tokens")
 
     def __init__(self, store: Datastore, address: str, tokens: int) -> None:
         self._store = store
         self.address = address
         self.tokens = tokens
         self.released = False
+        # told first when the lease ends (before the waiting room hears of the free room)
+        self.on_release: Callable[[], None] | None = None
 
     def release(self) -> None:
         if not self.released:
             self.released = True
+            if self.on_release is not None:
+                self.on_release()
             self._store._adjust_in_flight(self.address, -1, -self.tokens)
 
 

@@ -134,6 +134,7 @@ class Director:
         # predicted latency is kept, to learn from what the response shows
         prediction = self._admission.predict(picked[0], request.prompt_tokens)
         lease = self._store.lease(picked[0].address, request.prompt_tokens)
+        self._admission.started(route.pool.key, ticket, lease)
         token = (
             self.sessions.token(headers, route.pool.key, picked[0].address) if inference else None
         )

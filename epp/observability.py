@@ -211,6 +211,13 @@ class EppMetrics:
             flow_labels,
             registry=r,
         )
+        self.flow_running = Gauge(
+            "epp_flow_control_running_requests",
+            "Requests of a flow this EPP sent to the pool and that have not finished (counted "
+            "with --fair-reserve: a flow's share of the batch slots)",
+            ("inference_pool", "fairness_id"),
+            registry=r,
+        )
         self.queue_duration = Histogram(
             "inference_extension_flow_control_request_queue_duration_seconds",
             "Time a request spent in the EPP's waiting room, by how it left (outcome: "
@@ -308,7 +315,10 @@ class EppMetrics:
         always there (0 when empty), so an autoscaler reading it sees a series, not nothing."""
         self.queue_size.clear()
         self.queue_bytes.clear()
+        self.flow_running.clear()
         for pool in store.pools():
+            for name, running in flow.shares.running_flows(pool.key).items():
+                self.flow_running.labels(pool.name, name).set(running)
             flows = {(PRIORITY_STANDARD, DEFAULT_FLOW): (0, 0), **flow.flows(pool.key)}
             for (priority, name), (count, held) in flows.items():
                 self.queue_size.labels(pool.name, str(priority), name).set(count)

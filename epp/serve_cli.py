@@ -205,6 +205,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="inside a priority, serve waiting requests first come, first served, not by flow",
     )
     p.add_argument(
+        "--fair-reserve",
+        type=_fraction,
+        default=_default(FlowSettings, "fair_reserve"),
+        help="share of each pool's batch slots kept free for flows under their fair share while "
+        "flows contend, so a light tenant finds a slot at once (0 = none)",
+    )
+    p.add_argument(
         "--fairness-header",
         default=_default(FlowSettings, "fairness_header"),
         metavar="HEADER",
@@ -315,6 +322,7 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, ScrapeSettings, G
             max_flow_queued=args.queue_max_flow_requests,
             max_pool_queued=args.queue_max_pool_requests,
             fairness=args.fairness,
+            fair_reserve=args.fair_reserve,
             fairness_header=args.fairness_header.lower() if args.fairness_header else None,
         ),
         saturation=SaturationSettings(
@@ -419,6 +427,16 @@ def _positive_int(text: str) -> int:
     value = _non_negative_int(text)
     if value == 0:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not in [0, 1)")
     return value
 
 

@@ -103,6 +103,7 @@ class EppServer:
                 max_flow_requests=f.max_flow_queued,
                 max_pool_requests=f.max_pool_queued,
                 fair=f.fairness,
+                fair_reserve=f.fair_reserve,
                 on_outcome=self.metrics.queue_outcome,
             )
             if f.enabled

@@ -83,6 +83,9 @@ class FlowSettings:
     max_pool_queued: int = 0  # per pool, all priorities: better arrivals evict sheddable ones
     fairness: bool = True  # flows take turns inside a priority (else first come, first served)
     fairness_header: str | None = None  # e.g. x-user-id, read after x-gateway-inference-fairness-id
+    # share of a pool's batch slots kept free for flows under their fair share while flows
+    # contend (0: none; docs/fairness.md measures what it buys and costs)
+    fair_reserve: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,9 @@
 - with flow control, a standard or critical one waits in the pool's waiting room until its room
   test passes (`rooms.StandardRoom`, `rooms.CriticalRoom`), then is offered the endpoints with
   room. Without flow control nothing waits and every ready endpoint is offered.
-A waiter's place names its flow and cost (fair turns inside its band) and its TTL (`tickets`).
+A waiter's place names its flow and cost (fair turns inside its band) and its TTL (`tickets`);
+with a fair reserve, a standard request whose flow holds its share of the slots already leaves
+the last few free ones to flows under theirs (`shares`; `started` counts each flow's requests).
 A request with latency objectives is offered only endpoints predicted to meet them, waits while
 none does, and is refused early when none could (`objectives`).
 Room tests read a `RoomView` of the pool's current snapshot, built once per snapshot and shared
@@ -30,7 +32,7 @@ from epp.admission.rooms import CRITICAL_QUEUE_AFTER, CriticalRoom, RoomView, St
 from epp.admission.shedding import SheddableRoom, Shedder
 from epp.admission.tickets import NO_TICKET, Ticket, Tickets
 from epp.api.model import RequestDefaults
-from epp.datastore import Datastore
+from epp.datastore import Datastore, Lease
 from epp.errors import ObjectiveUnmet, TTLExpired
 from epp.request import InferenceRequest
 from epp.scheduling.latency import LatencyModel, Prediction
@@ -97,12 +99,26 @@ class AdmissionController:
             request, pool_key, priority, subset, plan, free_first, ticket, started
         )
         view = self.view(pool_key, subset)
-        # a held request goes to a free batch slot, not behind a server's own queue
-        offered = view.with_room(priority, free_first or held) or list(view.candidates)
+        # a held request goes to a free batch slot, not behind a server's own queue; one whose
+        # flow holds its share already leaves the fair reserve free (it was let through to
+        # probe a full batch)
+        if held and priority == 0 and not self._may_take_free(pool_key, ticket.flow, view):
+            offered = view.full() or list(view.candidates)
+        else:
+            offered = view.with_room(priority, free_first or held) or list(view.candidates)
         if has_objectives(ticket):
             meeting = self._objectives.meeting(offered, request.prompt_tokens, ticket, started)
             return meeting or offered
         return offered
+
+    def started(self, pool_key: str, ticket: Ticket, lease: Lease) -> None:
+        """Count a request sent to the pool against its flow's share until its lease ends."""
+        if self.flow is not None and self.flow.shares.reserve:
+            lease.on_release = self.flow.shares.started(pool_key, ticket.flow)
+
+    def _may_take_free(self, pool_key: str, flow: str, view: RoomView) -> bool:
+        assert self.flow is not None
+        return self.flow.shares.may_take_free(pool_key, flow, view.free_slots, view.slots)
 
     def predict(self, state: EndpointState, prompt_tokens: int) -> Prediction:
         """The picked endpoint's predicted TTFT and TPOT for the request (kept in its decision;
@@ -163,8 +179,14 @@ class AdmissionController:
             tokens, typical = (
                 (plan.expected, plan.typical) if plan else (request.output_limit, None)
             )
+            fair_share = None
+            if flow.shares.reserve:
+
+                def fair_share(view: RoomView) -> bool:
+                    return self._may_take_free(pool_key, ticket.flow, view)
+
             room = StandardRoom(
-                current, self._service_time, tokens, self._clock, typical, free_first
+                current, self._service_time, tokens, self._clock, typical, free_first, fair_share
             )
         deadline = None
         if priority >= 0 and has_objectives(ticket):

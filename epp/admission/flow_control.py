@@ -30,6 +30,7 @@ from operator import attrgetter
 from typing import Protocol
 
 from epp.admission.flows import DEFAULT_FLOW, Band
+from epp.admission.shares import Shares
 from epp.datastore import Datastore
 from epp.errors import Evicted, QueueFull, TTLExpired
 
@@ -97,11 +98,14 @@ class FlowControl:
         max_flow_requests: int = 0,
         max_pool_requests: int = 0,
         fair: bool = True,
+        fair_reserve: float = 0.0,
         on_outcome: Outcome | None = None,
     ) -> None:
         """`timeout`: the default TTL. `max_requests` and `max_bytes` bound what waits per pool
         and priority, `max_flow_requests` per flow of a band, `max_pool_requests` per pool (0: no
-        bound). `fair`: flows take turns inside a band (else first come, first served)."""
+        bound). `fair`: flows take turns inside a band (else first come, first served), and
+        `fair_reserve` of a pool's batch slots are kept free for flows under their fair share
+        while flows contend (`shares`)."""
         self.timeout = timeout
         self.max_requests = max_requests
         self.max_bytes = max_bytes
@@ -109,6 +113,7 @@ class FlowControl:
         self.max_pool_requests = max_pool_requests
         self.fair = fair
         self.on_outcome = on_outcome
+        self.shares = Shares(fair_reserve if fair else 0.0)
         self._store = store
         self._queues: dict[str, list[_Waiter]] = {}
         self._bands: dict[tuple[str, int], Band] = {}
@@ -169,6 +174,7 @@ class FlowControl:
             -priority, tag, next(self._seq), loop.create_future(), has_room, place, band
         )
         heapq.heappush(queue, waiter)
+        self.shares.waits(pool_key, place.flow, 1)
         if pool_key not in self._ticking:
             self._ticking.add(pool_key)
             loop.call_later(TICK, self._tick, pool_key)
@@ -193,6 +199,7 @@ class FlowControl:
             ) from None
         finally:
             waiter.leave(served)
+            self.shares.waits(pool_key, place.flow, -1)
             if not waiter.future.done():
                 waiter.future.cancel()  # leaves the heap lazily
 

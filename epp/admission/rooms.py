@@ -12,6 +12,8 @@ A request that is *held* (it had to wait: others contend for the pool) takes onl
 slot, never a place in a server's own queue: there it would wait first come, first served behind
 whatever was sent before, and the waiting room's order (priorities, the flows' fair turns) would
 be lost. Only the head of the line, after `CRITICAL_QUEUE_AFTER` there, may probe a full batch.
+With a fair reserve (`shares`), a request whose flow holds its share already sees the reserved
+free slots as full batches: it waits, and its probe goes to a full batch (`FULL`), not to them.
 Every test reads a `RoomView`: the facts of one snapshot of the pool, computed once and shared
 by every waiter a wake-up asks. Neighbours: `flow_control` asks the tests, `controller` builds
 them; `epp.scheduling.service_time` predicts the times.
@@ -31,7 +33,9 @@ from epp.types import EndpointState
 Clock = Callable[[], float]
 # a critical request waits this long for a free batch slot before queueing inside a server
 CRITICAL_QUEUE_AFTER = 0.5
-ROOM, FREE, PROBE = "room", "free", "probe"  # kinds of room (`RoomView.mask`)
+# kinds of room (`RoomView.mask`): a place (queue slack included), a free batch slot, a full
+# batch with nothing queued or a free slot, and only a full batch with nothing queued
+ROOM, FREE, PROBE, FULL = "room", "free", "probe", "full"
 # a waiting request declines room where it would finish later than on the best endpoint by more
 # than this share of a typical request's time on the fastest one
 DECLINE_AFTER = 0.5
@@ -80,7 +84,9 @@ class RoomView:
         "any_probe",
         "any_room",
         "candidates",
+        "free_slots",
         "room",
+        "slots",
     )
 
     def __init__(self, candidates: Sequence[EndpointState]) -> None:
@@ -93,6 +99,10 @@ class RoomView:
         self.any_room = any(self.room)
         self.any_free = any(not lim or ld < lim for ld, lim in columns)
         self.any_probe = self.any_free or any(ld <= lim for ld, lim in columns)
+        # the pool's batch slots (0: some limit unknown) and how many are free
+        limits = snap.limit
+        self.slots = 0 if 0 in limits else sum(limits)
+        self.free_slots = sum(lim - ld for ld, lim in columns if ld < lim)
         self._columns = columns
         self._masks: dict[str, list[bool]] = {ROOM: self.room}  # the others when first asked
         self._envelopes: dict[
@@ -101,17 +111,26 @@ class RoomView:
 
     def mask(self, kind: str) -> tuple[list[bool], bool]:
         """Which endpoints count as room, and whether any does: `ROOM` (a place, queue slack
-        included), `FREE` (a free batch slot) or `PROBE` (a full batch with nothing queued)."""
+        included), `FREE` (a free batch slot), `PROBE` (a free slot or a full batch with nothing
+        queued) or `FULL` (only a full batch with nothing queued)."""
         found = self._masks.get(kind)
         if found is None:
             if kind == FREE:
                 found = [not lim or ld < lim for ld, lim in self._columns]
+            elif kind == FULL:
+                found = [lim > 0 and ld == lim for ld, lim in self._columns]
             else:
                 found = [not lim or ld <= lim for ld, lim in self._columns]
             self._masks[kind] = found
         if kind == FREE:
             return found, self.any_free
+        if kind == FULL:
+            return found, any(found)
         return found, self.any_probe if kind == PROBE else self.any_room
+
+    def full(self) -> list[EndpointState]:
+        """The endpoints whose batch is full with nothing queued (where a probe may wait)."""
+        return [c for c, ok in zip(self.candidates, self.mask(FULL)[0], strict=True) if ok]
 
     def envelopes(
         self, model: ServiceTime, typical: int, kind: str = ROOM
@@ -186,16 +205,21 @@ class Patience:
 
 
 ViewOf = Callable[[], RoomView]  # the current view of the request's pool (raises NoEndpoints)
+# whether the request's flow may take one of the free slots a view shows (`shares.Shares`)
+FairShare = Callable[[RoomView], bool]
 
 
 class StandardRoom:
     """The room test of one waiting standard request (`first`: nothing of its priority or
     better waits ahead of it). `free_first`: its length is unknown (only the model's answers so
     far say what to expect), so nothing is gained by holding it for a faster pod over a free
-    batch slot: it takes the first free slot anywhere, as a critical request does."""
+    batch slot: it takes the first free slot anywhere, as a critical request does.
+    `fair_share`: whether its flow may take the free slots of a view (`shares`); where it may
+    not (the free slots are the fair reserve), the batches count as full to it."""
 
     __slots__ = (
         "_clock",
+        "_fair_share",
         "_free_first",
         "_head_since",
         "_model",
@@ -213,8 +237,10 @@ class StandardRoom:
         clock: Clock,
         typical: int | None = None,
         free_first: bool = False,
+        fair_share: FairShare | None = None,
     ) -> None:
         self._view = view
+        self._fair_share = fair_share
         self._model = model
         self._output_tokens = output_tokens
         self._typical = typical
@@ -229,18 +255,27 @@ class StandardRoom:
         except NoEndpoints:
             return True  # let the request through to get its 503 now
         now = self._clock()
+        # the free slots are the fair reserve, and this request's flow holds its share already:
+        # to it the batches are full
+        reserved = view.any_free and self._fair_share is not None and not self._fair_share(view)
+        any_free = view.any_free and not reserved
         kind = ROOM
-        if held:
+        if held or reserved:
             # a free slot; the head of the line, after a while there, may probe a full batch,
             # so that learned limits still grow while requests contend
-            if first and self._head_since is None:
+            if held and first and self._head_since is None:
                 self._head_since = now
             since = self._head_since
-            long_head = first and since is not None and now - since >= CRITICAL_QUEUE_AFTER
-            kind = PROBE if long_head and not view.any_free else FREE
+            long_head = held and first and since is not None and now - since >= CRITICAL_QUEUE_AFTER
+            if reserved:
+                if not long_head:
+                    return False
+                kind = FULL  # a probe that leaves the reserve free
+            else:
+                kind = PROBE if long_head and not any_free else FREE
         if not view.mask(kind)[1]:
             return False
-        if self._free_first and view.any_free:
+        if self._free_first and any_free:
             return True
         declined = self._patience.declined_since
         waited = 0.0 if declined is None else now - declined
