@@ -27,7 +27,7 @@ from dataclasses import replace
 
 from epp.admission.flow_control import FlowControl, Place
 from epp.admission.flows import cost_of
-from epp.admission.objectives import ObjectiveRoom, Objectives, has_objectives
+from epp.admission.objectives import LEARNED_AFTER, ObjectiveRoom, Objectives
 from epp.admission.rooms import CRITICAL_QUEUE_AFTER, CriticalRoom, RoomView, StandardRoom
 from epp.admission.shedding import SheddableRoom, Shedder
 from epp.admission.tickets import NO_TICKET, Ticket, Tickets
@@ -54,11 +54,14 @@ class AdmissionController:
         clock: Callable[[], float] = time.monotonic,
         tickets: Tickets | None = None,
         latency: LatencyModel | None = None,
+        objectives_after: int = LEARNED_AFTER,
     ) -> None:
+        """`objectives_after`: answers the latency model learns from before latency objectives
+        decide where a request goes or whether it is refused."""
         self.flow = flow
         self.tickets = tickets or Tickets(flow.timeout if flow else 30.0)
         self.latency = latency or LatencyModel()
-        self._objectives = Objectives(self.latency, clock)
+        self._objectives = Objectives(self.latency, clock, objectives_after)
         self._store = store
         self._shedder = Shedder(saturation)
         self._service_time = service_time or ServiceTime()
@@ -89,7 +92,7 @@ class AdmissionController:
             return with_room if self.flow is not None else ready
         if self.flow is None:
             ready = self._store.ready(pool_key, subset)
-            if not has_objectives(ticket):
+            if not self._objectives.apply(ticket):
                 return ready
             self._objectives.check_reachable(ready, request.prompt_tokens, ticket)
             return self._objectives.meeting(ready, request.prompt_tokens, ticket, started) or ready
@@ -106,7 +109,7 @@ class AdmissionController:
             offered = view.full() or list(view.candidates)
         else:
             offered = view.with_room(priority, free_first or held) or list(view.candidates)
-        if has_objectives(ticket):
+        if self._objectives.apply(ticket):
             meeting = self._objectives.meeting(offered, request.prompt_tokens, ticket, started)
             return meeting or offered
         return offered
@@ -189,7 +192,7 @@ class AdmissionController:
                 current, self._service_time, tokens, self._clock, typical, free_first, fair_share
             )
         deadline = None
-        if priority >= 0 and has_objectives(ticket):
+        if priority >= 0 and self._objectives.apply(ticket):
             self._objectives.check_reachable(current().candidates, request.prompt_tokens, ticket)
             room = ObjectiveRoom(
                 room, self._objectives, current, request.prompt_tokens, ticket, started

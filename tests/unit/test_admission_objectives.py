@@ -90,7 +90,9 @@ def store_of_two() -> Datastore:
 
 async def test_only_endpoints_predicted_to_meet_the_objective_are_offered() -> None:
     store = store_of_two()
-    admission = AdmissionController(store, SaturationSettings(), FlowControl(store, 5.0))
+    admission = AdmissionController(
+        store, SaturationSettings(), FlowControl(store, 5.0), objectives_after=0
+    )
     for _ in range(2):
         store.lease(A, 10)  # A: a full batch, B idle
     idle = admission.latency.predict(store.candidates(POOL)[1], BODY.prompt_tokens).ttft
@@ -104,7 +106,9 @@ async def test_only_endpoints_predicted_to_meet_the_objective_are_offered() -> N
 
 async def test_an_unreachable_objective_is_refused_at_once_with_its_reason() -> None:
     store = store_of_two()
-    admission = AdmissionController(store, SaturationSettings(), FlowControl(store, 5.0))
+    admission = AdmissionController(
+        store, SaturationSettings(), FlowControl(store, 5.0), objectives_after=0
+    )
     with pytest.raises(ObjectiveUnmet) as info:
         await admission.admit(BODY, POOL, 0, ticket=Ticket(ttft_ms=0.001))
     assert (info.value.status, info.value.reason) == (503, "ObjectiveUnmet")
@@ -114,7 +118,7 @@ async def test_an_unreachable_objective_is_refused_at_once_with_its_reason() -> 
 async def test_a_request_waits_while_no_endpoint_meets_it_then_gives_up_at_its_objective() -> None:
     store = store_of_two()
     flow = FlowControl(store, 5.0)
-    admission = AdmissionController(store, SaturationSettings(), flow)
+    admission = AdmissionController(store, SaturationSettings(), flow, objectives_after=0)
     leases = [store.lease(address, 10) for address in (A, A, B, B)]  # both batches full
     idle = admission.latency.predict(replace(store.candidates(POOL)[0], in_flight=0), 100).ttft
     ticket = Ticket(ttft_ms=(idle + 0.3) * 1000)
@@ -160,3 +164,17 @@ async def test_a_streamed_answer_teaches_the_model_and_counts_against_its_object
     assert (attained("true"), attained("false")) == (1.0, 1.0)  # 200 ms of 500, 1200 ms of 1000
     count = registry.get_sample_value("epp_latency_prediction_error_ratio_count", {"kind": "ttft"})
     assert count == 2
+
+
+async def test_objectives_decide_nothing_until_the_model_has_learned_from_answers() -> None:
+    store = store_of_two()
+    admission = AdmissionController(
+        store, SaturationSettings(), FlowControl(store, 5.0), objectives_after=3
+    )
+    hopeless = Ticket(ttft_ms=0.001)
+    assert len(await admission.admit(BODY, POOL, 0, ticket=hopeless)) == 2  # a first guess
+    for _ in range(3):
+        p = admission.predict(store.candidates(POOL)[0], BODY.prompt_tokens)
+        admission.latency.observe(p.features, p.ttft, p.tpot)
+    with pytest.raises(ObjectiveUnmet):
+        await admission.admit(BODY, POOL, 0, ticket=hopeless)
