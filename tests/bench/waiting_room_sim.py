@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import orjson
@@ -66,6 +67,8 @@ class Outcome:
     """What became of one tenant's requests."""
 
     ttft: list[float] = field(default_factory=list)  # from arrival at the EPP
+    ttft_prompts: list[int] = field(default_factory=list)  # the prompt tokens of each of those
+    sent_prompts: list[int] = field(default_factory=list)  # the prompt tokens of each request
     engine_ttft: list[float] = field(default_factory=list)  # from arrival at the engine
     completed: int = 0
     completed_at: list[float] = field(default_factory=list)
@@ -82,6 +85,15 @@ class Outcome:
     def attained(self, ttft: float) -> float:
         """Share of the requests sent whose first token came within `ttft` of arrival."""
         return sum(1 for t in self.ttft if t <= ttft) / self.sent if self.sent else math.nan
+
+    def attained_of(self, ttft: float, prompts: Callable[[int], bool]) -> float:
+        """Share of the requests sent with a prompt length `prompts` accepts whose first token
+        came within `ttft` of arrival."""
+        met = sum(
+            1 for t, p in zip(self.ttft, self.ttft_prompts, strict=True) if t <= ttft and prompts(p)
+        )
+        sent = sum(1 for p in self.sent_prompts if prompts(p))
+        return met / sent if sent else math.nan
 
     def pct(self, q: float) -> float:
         ordered = sorted(self.ttft)
@@ -118,21 +130,20 @@ def arrivals(tenants: tuple[Tenant, ...], seed: int) -> list[Arrival]:
 class Cluster:
     """Engines, the datastore that sees them, and a director wired as `epp serve` wires it."""
 
-    def __init__(self, now: list[float], fair: bool, speed: float = 1.0) -> None:
+    def __init__(self, now: list[float], fair: bool, reserve: float, pods: int) -> None:
         self.now = now
         gpu = get_profile("A100-80G")
         self.engines = [
-            Engine(EngineConfig(gpu, speed=speed, max_num_seqs=BATCH, max_model_len=4096))
-            for _ in range(PODS)
+            Engine(EngineConfig(gpu, max_num_seqs=BATCH, max_model_len=4096)) for _ in range(pods)
         ]
         self.store = Datastore(BatchLimitLearner())
         pods = tuple(
-            replace(pod(f"p{i}", f"10.0.0.{i + 2}"), max_num_seqs=BATCH) for i in range(PODS)
+            replace(pod(f"p{i}", f"10.0.0.{i + 2}"), max_num_seqs=BATCH) for i in range(pods)
         )
         self.store.apply_resources(ResourceSet((pool(),), MODELS, pods))
         self.addresses = [s.address for s in self.store.candidates(POOL)]
         clock = self.clock
-        self.flow = FlowControl(self.store, 30.0, fair=fair)
+        self.flow = FlowControl(self.store, 30.0, fair=fair, fair_reserve=reserve)
         profiles = build_default_profiles(random.Random(1), clock)
         service_time = service_time_of(profiles)
         admission = AdmissionController(
@@ -164,21 +175,26 @@ class Cluster:
             self.store.set_metrics(address, metrics)
 
 
-def run(tenants: tuple[Tenant, ...], fair: bool = True, seed: int = 7) -> dict[str, Outcome]:
-    """Every arrival through the director, until every request has an answer."""
+def run(
+    tenants: tuple[Tenant, ...],
+    fair: bool = True,
+    seed: int = 7,
+    reserve: float = 0.0,
+    pods: int = PODS,
+) -> dict[str, Outcome]:
+    """Every arrival through the director, until every request has an answer. `reserve`: the
+    EPP's --fair-reserve; `pods`: how many simulated pods serve."""
     now = [0.0]
     loop = asyncio.new_event_loop()
     loop.time = lambda: now[0]  # type: ignore[method-assign]  # timers in virtual time
     try:
-        return loop.run_until_complete(_simulate(tenants, fair, seed, now))
+        return loop.run_until_complete(_simulate(tenants, Cluster(now, fair, reserve, pods), seed))
     finally:
         loop.close()
 
 
-async def _simulate(
-    tenants: tuple[Tenant, ...], fair: bool, seed: int, now: list[float]
-) -> dict[str, Outcome]:
-    cluster = Cluster(now, fair)
+async def _simulate(tenants: tuple[Tenant, ...], cluster: Cluster, seed: int) -> dict[str, Outcome]:
+    now = cluster.now
     engines = cluster.engines
     outcomes = {t.name: Outcome() for t in tenants}
     pending = arrivals(tenants, seed)
@@ -189,6 +205,7 @@ async def _simulate(
     async def request(i: int, a: Arrival) -> None:
         out = outcomes[a.tenant.name]
         out.sent += 1
+        out.sent_prompts.append(a.prompt_tokens)
         body = {
             "model": a.tenant.model,
             "prompt": rng.randbytes(2 * a.prompt_tokens).hex(),
@@ -248,6 +265,7 @@ async def _simulate(
                     first = seq.first_token_at
                     assert first is not None
                     out.ttft.append(first - a.at)
+                    out.ttft_prompts.append(a.prompt_tokens)
                     out.engine_ttft.append(first - seq.arrival)
                     out.completed += 1
                     out.completed_at.append(now[0])
@@ -274,6 +292,12 @@ def capacity(seed: int = 11, backlog: int = 2000) -> float:
     # the steady middle: from the 10th to the 90th percentile of completions
     lo, hi = done[len(done) // 10], done[len(done) * 9 // 10]
     return (len(done) * 8 // 10) / (hi - lo)
+
+
+def idle_ttft(prompt_tokens: int) -> float:
+    """The least time to first token a prompt can have on the simulated pods: its prefill
+    alone, in one step of an idle engine (no queue, no batch)."""
+    return get_profile("A100-80G").step_time(prompt_tokens, 0, 0)
 
 
 def throughput(outcomes: dict[str, Outcome], start: float, end: float) -> float:
