@@ -9,10 +9,7 @@ Prometheus goes away), or the simulator's own DCGM exporter while completions ke
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -27,27 +24,9 @@ from epp.gpu import GpuPoller, GpuSettings, HealthSettings
 from epp.hardware import HEALTH_DEGRADED, HEALTH_DRAIN, HEALTH_OK
 from epp.sim.cluster import SimCluster, SimPodSpec
 from epp.types import GpuMetrics
+from tests.prometheus import free_port, run_prometheus
 
 pytestmark = pytest.mark.integration
-
-
-def prometheus_binary() -> str:
-    found = shutil.which("prometheus") or (
-        "/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None
-    )
-    if found is None:
-        pytest.fail(
-            "Prometheus server binary not found: install Debian's package with "
-            "`apt-get install -y prometheus` (the test starts /usr/bin/prometheus itself)"
-        )
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -116,42 +95,6 @@ async def exporter() -> AsyncIterator[tuple[Exporter, int]]:
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     yield exp, runner.addresses[0][1]
     await runner.cleanup()
-
-
-@contextlib.contextmanager
-def run_prometheus(tmp_path: Path, target: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """Start /usr/bin/prometheus scraping `target` every second; stop it on exit."""
-    binary = prometheus_binary()
-    port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        "scrape_configs:\n  - job_name: dcgm\n    scrape_interval: 1s\n    static_configs:\n"
-        f"      - targets: ['{target}']\n"
-    )
-    log_file = (tmp_path / "prometheus.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=warn",
-        ],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        yield proc, f"http://127.0.0.1:{port}"
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log_file.close()
 
 
 @pytest.fixture
