@@ -129,11 +129,16 @@ class Snapshot(tuple[EndpointState, ...]):
 
     def _with_priors(self, unit: float) -> list[float]:
         """Measured paces, unmeasured ones from their capacity (`unit` / capacity); a degraded
-        GPU at least `slowdown` times its prior even where measured, until its pace shows it."""
+        GPU at least `slowdown` times its prior, even where measured, while it holds at least
+        the pool's mean load: the signal moves traffic before any answer shows the slowdown,
+        and once the GPU holds less than the others its measured pace decides (a floor held
+        regardless starved a throttled GPU whose small batch made it fast again)."""
+        loads = self.load
+        mean = sum(loads) / len(loads) if loads else 0.0
         out = []
-        for p, c, s in zip(self.tpot, self.capacity, self.slowdown, strict=True):
+        for p, c, s, ld in zip(self.tpot, self.capacity, self.slowdown, loads, strict=True):
             prior = unit / c if c > 0.0 else unit
-            if s != 1.0:
+            if s != 1.0 and (p <= 0.0 or ld >= mean):
                 out.append(max(p, s * prior))
             else:
                 out.append(p if p > 0.0 else prior)

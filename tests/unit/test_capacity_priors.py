@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter, deque
+from dataclasses import replace
 
 import pytest
 
@@ -95,6 +96,15 @@ def test_a_degraded_gpu_is_slower_at_once_even_where_its_pace_was_measured() -> 
     # once its measured pace shows more than the assumed slowdown, the measurement wins
     slower = Snapshot([*healthy, state("hot", tpot=0.08, health=HEALTH_DEGRADED)])
     assert slower.relative_pace[3] == pytest.approx(4.0)
+
+
+def test_a_degraded_gpu_holding_less_than_the_others_is_read_as_measured() -> None:
+    # its batch shrank, so its measured pace is what it does now: no floor starves it
+    busy = [replace(state(n, tpot=0.02), in_flight=8) for n in "abc"]
+    hot = replace(state("hot", tpot=0.025, health=HEALTH_DEGRADED), in_flight=2)
+    assert Snapshot([*busy, hot]).relative_pace == pytest.approx([1.0, 1.0, 1.0, 1.25])
+    full = replace(hot, in_flight=8)  # as loaded as the others: at least twice their pace
+    assert Snapshot([*busy, full]).relative_pace == pytest.approx([1.0, 1.0, 1.0, 2.0])
 
 
 def test_a_drained_gpu_gets_no_new_request_and_its_leases_finish() -> None:
