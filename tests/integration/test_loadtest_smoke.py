@@ -103,18 +103,18 @@ def _children_alive(marker: str) -> list[str]:
     return alive
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(120)
 async def test_bench_runs_ours_and_envoy_and_writes_the_table(tmp_path: Path) -> None:
     argv = _bench_argv(tmp_path, "127.0.78.2", "--duration", "3", "--routers",
                        "epp:gpu-aware,envoy:LEAST_REQUEST,nope-router-kind:x")  # fmt: skip
     bad = await asyncio.create_subprocess_exec(*argv, cwd=REPO, stderr=asyncio.subprocess.PIPE)
     _, err = await bad.communicate()
     assert bad.returncode != 0 and b"bad router" in err  # typos fail before anything starts
-    argv[-1] = "epp:gpu-aware,envoy:LEAST_REQUEST"
+    argv[-1] = "epp:gpu-aware,envoy:LEAST_REQUEST,epp-replicas:gpu-aware:2"
     proc = await asyncio.create_subprocess_exec(
         *argv, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), 80)
+    out, _ = await asyncio.wait_for(proc.communicate(), 110)
     text = out.decode(errors="replace")
     assert proc.returncode == 0, text
     table = (tmp_path / "shared-prefix.md").read_text()
@@ -126,10 +126,16 @@ async def test_bench_runs_ours_and_envoy_and_writes_the_table(tmp_path: Path) ->
     data = json.loads((tmp_path / "shared-prefix.json").read_text())
     assert data["record"]["tool"] == "bench" and data["record"]["commit"]
     points = data["points"]
-    assert [p["router"] for p in points] == ["epp:gpu-aware", "envoy:LEAST_REQUEST"]
+    assert [p["router"] for p in points] == [
+        "epp:gpu-aware", "envoy:LEAST_REQUEST", "epp-replicas:gpu-aware:2"]  # fmt: skip
     for p in points:
         assert p["stats"]["ok"] == p["stats"]["sent"] > 0, p
         assert p["stats"]["ttft"]["p90"] > 0 and 0 <= p["stats"]["hit_rate"] <= 1, p
+    # Envoy spread the ext_proc streams over both replicas, and each counted its own
+    replicas = dict(points[2]["streams"])
+    assert sorted(replicas) == ["epp-1", "epp-2"] and min(replicas.values()) > 0, replicas
+    assert sum(replicas.values()) == points[2]["stats"]["sent"], points[2]
+    assert "## EPP replicas against one EPP" in table
     assert not _children_alive("127.0.78.2")
 
 
