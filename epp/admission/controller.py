@@ -121,7 +121,11 @@ class AdmissionController:
 
     def _may_take_free(self, pool_key: str, flow: str, view: RoomView) -> bool:
         assert self.flow is not None
-        return self.flow.shares.may_take_free(pool_key, flow, view.free_slots, view.slots)
+        shares = self.flow.shares
+        if not shares.reserve:
+            return True
+        slots, free = view.slot_counts()
+        return shares.may_take_free(pool_key, flow, free, slots)
 
     def predict(self, state: EndpointState, prompt_tokens: int) -> Prediction:
         """The picked endpoint's predicted TTFT and TPOT for the request (kept in its decision;

@@ -80,13 +80,12 @@ class RoomView:
         "_columns",
         "_envelopes",
         "_masks",
+        "_slot_counts",
         "any_free",
         "any_probe",
         "any_room",
         "candidates",
-        "free_slots",
         "room",
-        "slots",
     )
 
     def __init__(self, candidates: Sequence[EndpointState]) -> None:
@@ -99,10 +98,7 @@ class RoomView:
         self.any_room = any(self.room)
         self.any_free = any(not lim or ld < lim for ld, lim in columns)
         self.any_probe = self.any_free or any(ld <= lim for ld, lim in columns)
-        # the pool's batch slots (0: some limit unknown) and how many are free
-        limits = snap.limit
-        self.slots = 0 if 0 in limits else sum(limits)
-        self.free_slots = sum(lim - ld for ld, lim in columns if ld < lim)
+        self._slot_counts: tuple[int, int] | None = None  # when first asked (the fair reserve)
         self._columns = columns
         self._masks: dict[str, list[bool]] = {ROOM: self.room}  # the others when first asked
         self._envelopes: dict[
@@ -127,6 +123,16 @@ class RoomView:
         if kind == FULL:
             return found, any(found)
         return found, self.any_probe if kind == PROBE else self.any_room
+
+    def slot_counts(self) -> tuple[int, int]:
+        """The pool's batch slots (0: some limit is unknown) and how many of them are free."""
+        if self._slot_counts is None:
+            limits = self.candidates.limit
+            self._slot_counts = (
+                0 if 0 in limits else sum(limits),
+                sum(lim - ld for ld, lim in self._columns if ld < lim),
+            )
+        return self._slot_counts
 
     def full(self) -> list[EndpointState]:
         """The endpoints whose batch is full with nothing queued (where a probe may wait)."""

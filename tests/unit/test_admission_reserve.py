@@ -70,7 +70,7 @@ def test_a_flow_over_its_share_sees_the_reserve_as_full_batches_and_probes_only_
 ):
     clock = Clock()
     view = RoomView([endpoint(A, 3, 4), endpoint(B, 4, 4)])  # one free slot: the reserve
-    assert (view.slots, view.free_slots) == (8, 1)
+    assert view.slot_counts() == (8, 1)
     assert view.mask(FULL) == ([False, True], True)
     over = StandardRoom(lambda: view, ServiceTime(200), 10, clock, fair_share=lambda v: False)
     under = StandardRoom(lambda: view, ServiceTime(200), 10, clock, fair_share=lambda v: True)
