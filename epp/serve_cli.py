@@ -64,8 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--grpc-server",
         choices=GRPC_SERVERS,
         default=_default(ServerSettings, "grpc_server"),
-        help="what serves ext_proc and gRPC health: grpc.aio, or lean, our own HTTP/2 server on "
-        "the event loop (about a third of grpc.aio's CPU per stream; cleartext only)",
+        help="what serves ext_proc and gRPC health: grpcio (grpc.aio), lean (our own HTTP/2 "
+        "server on the event loop: about 40 %% of grpc.aio's CPU per stream; cleartext only), or "
+        "auto (lean, grpcio with --secure-serving)",
     )
     p.add_argument(
         "--cert-path",

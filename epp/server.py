@@ -141,7 +141,7 @@ class EppServer:
     async def start(self) -> None:
         s = self.config.settings.server
         await self.health.start()
-        if s.grpc_server == "lean":
+        if s.lean_grpc:
             await self._start_lean()
         else:
             await self._start_grpcio()

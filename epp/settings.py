@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-GRPC_SERVERS = ("grpcio", "lean")
+GRPC_SERVERS = ("auto", "grpcio", "lean")
 BODY_CHUNK_BYTES = 62_000  # upstream BodyByteLimit: some Envoys cap a streamed chunk near 64 KB
 
 
@@ -26,13 +26,21 @@ class ServerSettings:
     secure_serving: bool = False  # TLS on the ext_proc port
     cert_path: str | None = None  # folder with tls.crt/tls.key; self-signed when unset
     # "grpcio": grpc.aio; "lean": our own HTTP/2 server on the event loop (epp.grpcwire), cleartext
-    grpc_server: str = "grpcio"
+    # only; "auto": lean, or grpc.aio where TLS is asked for
+    grpc_server: str = "auto"
 
     def __post_init__(self) -> None:
         if self.grpc_server not in GRPC_SERVERS:
             raise ValueError(f"grpc_server must be one of {GRPC_SERVERS}, not {self.grpc_server!r}")
         if self.grpc_server == "lean" and self.secure_serving:
             raise ValueError("the lean gRPC server serves cleartext only: drop --secure-serving")
+
+    @property
+    def lean_grpc(self) -> bool:
+        """Whether the lean server (epp.grpcwire) serves ext_proc and health."""
+        return self.grpc_server == "lean" or (
+            self.grpc_server == "auto" and not self.secure_serving
+        )
 
 
 @dataclass(frozen=True, slots=True)
