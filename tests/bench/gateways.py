@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -196,3 +198,20 @@ async def open_loop(
         tasks.append(asyncio.create_task(one()))
     await asyncio.gather(*tasks)
     return latencies, errors
+
+
+def run_h2load(argv: list[str], counts: str) -> tuple[list[int], float]:
+    """Run h2load (`argv` after the program name) to its end: the integers of the first match
+    of `counts` in its report, and the CPU seconds h2load itself used."""
+    proc = subprocess.Popen(
+        ["h2load", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    with proc.stdout:
+        out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, out
+    found = re.search(counts, out)
+    assert found is not None, out
+    return [int(g) for g in found.groups()], usage.ru_utime + usage.ru_stime

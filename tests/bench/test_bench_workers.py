@@ -18,9 +18,6 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
-import os
-import re
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -34,7 +31,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from epp.local.processes import ChildProcess, wait_until
-from tests.bench.gateways import cpu_seconds
+from tests.bench.gateways import cpu_seconds, run_h2load
 from tests.ports import free_ports
 
 pytestmark = pytest.mark.bench
@@ -216,20 +213,12 @@ def grpc_body() -> bytes:
 
 def h2load(port: int, body: Path, seconds: float) -> tuple[int, float]:
     """h2load for `seconds`: streams that succeeded, and the CPU seconds h2load used."""
-    argv = ["h2load", "-D", str(round(seconds)), "-c", str(H2LOAD_CONNECTIONS),
+    argv = ["-D", str(round(seconds)), "-c", str(H2LOAD_CONNECTIONS),
             "-m", str(H2LOAD_STREAMS), "-d", str(body), "-H", "content-type: application/grpc",
             "-H", "te: trailers", f"http://127.0.0.1:{port}{PROCESS}"]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    with proc.stdout:
-        out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    assert proc.returncode == 0, out
-    found = re.search(r"(\d+) succeeded, (\d+) failed, (\d+) errored", out)
-    assert found is not None, out
-    assert found[2] == found[3] == "0", out
-    return int(found[1]), usage.ru_utime + usage.ru_stime
+    (ok, failed, errored), cpu = run_h2load(argv, r"(\d+) succeeded, (\d+) failed, (\d+) errored")
+    assert failed == errored == 0, (failed, errored)
+    return ok, cpu
 
 
 async def decisions(metrics_ports: list[int]) -> float:

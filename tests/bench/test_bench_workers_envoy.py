@@ -13,9 +13,6 @@ Run: flock /tmp/bench.lock .venv/bin/pytest -m bench -s tests/bench/test_bench_w
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +24,7 @@ import yaml
 
 from epp.local.envoy import EnvoyPorts, envoy_argv, render_bootstrap
 from epp.local.processes import ChildProcess, wait_until
-from tests.bench.gateways import cpu_seconds, pid_of
+from tests.bench.gateways import cpu_seconds, pid_of, run_h2load
 from tests.bench.test_bench_workers import PODS, SECONDS, decisions, serving
 from tests.ports import free_ports
 
@@ -105,19 +102,12 @@ def envoy(tmp: Path, name: str, config: dict[str, Any], threads: int) -> ChildPr
 
 def h2load(url: str, body: Path, seconds: float) -> tuple[int, float]:
     """h2load over HTTP/1.1 for `seconds`: requests answered 200, and h2load's CPU seconds."""
-    argv = ["h2load", "--h1", "-D", str(round(seconds)), "-c", str(CLIENTS), "-d", str(body),
+    argv = ["--h1", "-D", str(round(seconds)), "-c", str(CLIENTS), "-d", str(body),
             "-H", "content-type: application/json", url]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    with proc.stdout:
-        out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    assert proc.returncode == 0, out
-    found = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
-    assert found is not None, out
-    assert found[3] == found[4] == "0", out
-    return int(found[1]), usage.ru_utime + usage.ru_stime
+    pattern = r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx"
+    (ok, _, client_errors, server_errors), cpu = run_h2load(argv, pattern)
+    assert client_errors == server_errors == 0, (client_errors, server_errors)
+    return ok, cpu
 
 
 async def ready(url: str) -> bool:
