@@ -60,12 +60,49 @@ PROFILES: Mapping[str, GpuProfile] = _profiles()
 _ALIASES = {"h100-80g": "h100", "a100": "a100-80g", "1g.10gb": "mig-1g.10gb", "mig": "mig-1g.10gb"}
 
 
+SHARED = "-shared-"  # `H100-shared-4`: a time-sliced share of an H100 among 4 pods
+MAX_USERS = 64
+
+
+def time_sliced(gpu: GpuProfile, users: int) -> GpuProfile:
+    """One of `users` pods time-sharing `gpu` (the device plugin's time-slicing, DRA's
+    `maxUsers`), all of them busy: each gets the GPU one slice in `users`, so every step costs
+    `users` times as long, and its KV cache is its share of the memory left after the weights
+    (each engine is started with a share of the memory); the framebuffer the exporter shows is
+    the whole GPU's."""
+    if not 1 <= users <= MAX_USERS:
+        raise ValueError(f"a time-sliced GPU has 1 to {MAX_USERS} users, not {users}")
+    return GpuProfile(
+        f"{gpu.name}{SHARED}{users}",
+        gpu.base_step_s * users,
+        gpu.prefill_token_s * users,
+        gpu.decode_seq_s * users,
+        gpu.kv_token_s * users,
+        max(1, gpu.num_gpu_blocks // users),
+        gpu.max_num_batched_tokens,
+        gpu.lora_load_s * users,
+        gpu.memory_mib,
+        gpu.weights_mib,
+    )
+
+
 def get_profile(name: str) -> GpuProfile:
-    """The built-in profile called `name` (case-insensitive); ValueError lists the known ones."""
+    """The built-in profile called `name` (case-insensitive), or `<profile>-shared-<N>` for a
+    time-sliced share of it; ValueError lists the known ones."""
     key = name.strip().lower()
+    base, shared, users = key.partition(SHARED)
+    if shared:
+        if not users.isdigit():
+            raise ValueError(
+                f"GPU profile {name!r}: the share must be {SHARED}<users>, e.g. H100-shared-4"
+            )
+        return time_sliced(get_profile(base), int(users))
     key = _ALIASES.get(key, key)
     try:
         return PROFILES[key]
     except KeyError:
         known = ", ".join(p.name for p in PROFILES.values())
-        raise ValueError(f"unknown GPU profile {name!r}; known: {known}") from None
+        raise ValueError(
+            f"unknown GPU profile {name!r}; known: {known}, or any of them{SHARED}<users> "
+            "(time-sliced)"
+        ) from None
