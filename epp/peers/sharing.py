@@ -1,12 +1,13 @@
 """Sharing what each EPP replica learns from its own traffic with the others, off the request path.
 
 Each replica sends its own in-flight requests and tokens per endpoint, and the prompt blocks
-of its picks per prefix scorer (`epp.peers.wire`), to every peer over UDP: a few milliseconds
+of its picks per prefix scorer with the seconds of prefill each queued (`epp.peers.wire`), to
+every peer over UDP: a few milliseconds
 after they change (changes within that window travel together) and on a heartbeat. What the
 peers last said, summed, is added to this replica's own counts in the datastore
 (`Datastore.set_peer_in_flight`), so that the scorers and the admission of every replica see
-the requests the others sent; their picks go into this replica's prefix indexes, as if it had
-made them. A peer not heard from for `expiry` seconds
+the requests the others sent; their picks go into this replica's prefix indexes and queued
+prefill, as if it had made them. A peer not heard from for `expiry` seconds
 is forgotten: a replica cut off from its peers keeps serving on its own view, and a dead
 replica's requests (lost with it) stop counting. Peers come from `--peers` or from the EPP
 Service's EndpointSlices (`epp.peers.kube`). Neighbours: `epp.server` owns the loop.
@@ -19,8 +20,9 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from epp.datastore import Datastore
@@ -30,6 +32,7 @@ from epp.scheduling.scheduler import Profile
 
 log = logging.getLogger("epp.peers")
 MAX_PENDING_PICKS = 10_000  # picks waiting for a flush beyond this are not shared
+DELAY_SAMPLES = 4096  # the latest pick delays kept for /debug/peers
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +71,24 @@ class PeerStats:
     received_bytes: int = 0
     refused: int = 0  # datagrams that did not parse
     picks_sent: int = 0
-    picks_learned: int = 0
+    picks_learned: int = 0  # picks whose blocks went into a prefix index here
+    prefill_learned: float = 0.0  # seconds of peers' queued prefill added here
+    # seconds from the oldest pick in a datagram to its arrival here, by the two replicas' wall
+    # clocks (on one machine exact; across machines it includes their clocks' offset)
+    delays: deque[float] = field(default_factory=lambda: deque(maxlen=DELAY_SAMPLES))
+
+    def delay_percentiles(self) -> dict[str, float] | None:
+        """p50, p99 and max of the kept pick delays in milliseconds (None before any)."""
+        if not self.delays:
+            return None
+        ordered = sorted(self.delays)
+        n = len(ordered)
+        return {
+            "n": n,
+            "p50": round(ordered[(n - 1) // 2] * 1000.0, 3),
+            "p99": round(ordered[min(n - 1, int(n * 0.99))] * 1000.0, 3),
+            "max": round(ordered[-1] * 1000.0, 3),
+        }
 
 
 def parse_peers(text: str) -> tuple[str, ...]:
@@ -101,6 +121,7 @@ class PeerSharing(asyncio.DatagramProtocol):
         # peer name → (seq, flights, when heard)
         self._heard: dict[str, tuple[int, dict[str, tuple[int, int]], float]] = {}
         self._picks: list[Pick] = []  # made here since the last flush
+        self._first_pick_at: float | None = None  # wall-clock time of the oldest of them
         self._scorers: dict[str, PrefixCacheScorer] = {}  # "profile/plugin" → scorer
         store.add_in_flight_listener(self._own_changed)
 
@@ -149,20 +170,32 @@ class PeerSharing(asyncio.DatagramProtocol):
         self._pending = True
         asyncio.get_running_loop().call_later(self.settings.flush_delay, self._flush)
 
-    def _picked(self, key: str, scorer: PrefixCacheScorer, address: str, hashes: list[int]) -> None:
+    def _picked(
+        self,
+        key: str,
+        scorer: PrefixCacheScorer,
+        address: str,
+        hashes: list[int],
+        prefill: float,
+    ) -> None:
         if self._transport is None or not self._targets or len(self._picks) >= MAX_PENDING_PICKS:
             return
-        self._picks.append(Pick(key, scorer.block_size_tokens, address, tuple(hashes)))
+        if not self._picks:
+            self._first_pick_at = time.time()
+        self._picks.append(Pick(key, scorer.block_size_tokens, address, tuple(hashes), prefill))
         self._own_changed()
 
     def _flush(self) -> None:
         self._pending = False
         transport = self._transport
         picks, self._picks = self._picks, []
+        picked_at, self._first_pick_at = self._first_pick_at, None
         if transport is None or not self._targets:
             return
         try:
-            datagrams = encode_all(self.name, self._seq + 1, self.store.own_in_flight(), picks)
+            datagrams = encode_all(
+                self.name, self._seq + 1, self.store.own_in_flight(), picks, picked_at
+            )
         except ValueError as exc:
             log.warning("not sharing in-flight counts: %s", exc)
             return
@@ -193,11 +226,19 @@ class PeerSharing(asyncio.DatagramProtocol):
         self._heard[note.replica] = (note.seq, note.flights, now)
         if before is None or before[1] != note.flights:
             self._publish()
+        if note.picked_at is not None:
+            self.stats.delays.append(time.time() - note.picked_at)
         for pick in note.picks:
             scorer = self._scorers.get(pick.scorer)
-            if scorer is not None and scorer.block_size_tokens == pick.block_tokens:
+            if scorer is None:
+                continue
+            if scorer.block_size_tokens == pick.block_tokens:
                 scorer.index.add(pick.address, pick.hashes, now)
                 self.stats.picks_learned += 1
+            # the prefill the peer's pick queued there, whatever the block size
+            self.stats.prefill_learned += scorer.prefill.add_seconds(
+                pick.address, pick.prefill, now
+            )
 
     def error_received(self, exc: Exception) -> None:
         log.debug("peer datagram error: %s", exc)  # a peer not listening (yet): it will be
@@ -239,4 +280,6 @@ class PeerSharing(asyncio.DatagramProtocol):
             "refused": s.refused,
             "picks_sent": s.picks_sent,
             "picks_learned": s.picks_learned,
+            "prefill_learned_s": round(s.prefill_learned, 3),
+            "pick_delay_ms": s.delay_percentiles(),
         }

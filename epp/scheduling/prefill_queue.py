@@ -6,12 +6,14 @@ Each pick adds the prompt tokens the pod does not hold, times the pod's prefill 
 per computed token, `EndpointState.prefill_pace`, learned from the engine's own histogram), to
 that pod's queue; the queue drains in real time. So `seconds(address, now)` is how long a new
 prompt would wait there before its own prefill starts. It is an estimate kept from this EPP's
-own picks (other replicas' and other clients' prompts are not in it), and it forgets a pod as
-soon as its queue has drained. Pure data; the prefix-cache scorer feeds and reads it.
+own picks and its peer replicas' (`epp.peers` carries the seconds each pick added; other
+clients' prompts are not in it), and it forgets a pod as soon as its queue has drained. Pure
+data; the prefix-cache scorer feeds and reads it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 # seconds per computed prompt token of one unit of capacity (an H100-class GPU) until an
@@ -34,11 +36,20 @@ class PrefillQueue:
             return 0.0
         return left
 
-    def add(self, address: str, tokens: float, pace: float, now: float) -> None:
+    def add(self, address: str, tokens: float, pace: float, now: float) -> float:
         """`tokens` uncached prompt tokens were sent to `address`, which computes one per `pace`
-        seconds."""
+        seconds. Returns the seconds of prefill this added (what peers are told)."""
         if tokens > 0.0 and pace > 0.0:
-            self._queued[address] = (self.seconds(address, now) + tokens * pace, now)
+            return self.add_seconds(address, tokens * pace, now)
+        return 0.0
+
+    def add_seconds(self, address: str, seconds: float, now: float) -> float:
+        """`seconds` of prefill were queued on `address` (by a peer replica's pick, as it
+        measured them). Returns what was added: 0.0 for a non-positive or non-finite amount."""
+        if not 0.0 < seconds < math.inf:
+            return 0.0
+        self._queued[address] = (self.seconds(address, now) + seconds, now)
+        return seconds
 
     def forget(self, address: str) -> None:
         self._queued.pop(address, None)

@@ -4,12 +4,12 @@ The same simulated engines as test_bench_pick_quality (5 A100s and one at half s
 every 50 ms). Arrivals go round robin to the replicas, as Envoy spreads ext_proc streams. Each
 replica has its own scheduler (its own gpu-aware profile, so its own approximate prefix index,
 learned from its own picks) and its own in-flight counts. Sharing replicas see the others'
-counts, and learn the others' picks into their prefix index, as `epp.peers` delivers them: a
-change is sent `FLUSH_S` after it happens (the changes within that window together) and
-arrives `NETWORK_S` later; "3 counts only" shares in-flight counts but not picks. Printed side
-by side: TTFT p50/p90, e2e p90, prefix-cache hit rate, and the pile-on: the share of picks whose
-replica did not know of a request already on the pod it chose (how often replicas fight over a
-pod with different views), with the requests missed per pick.
+counts, and learn the others' picks into their prefix index and queued prefill, as `epp.peers`
+delivers them: a change is sent `FLUSH_S` after it happens (the changes within that window
+together) and arrives `NETWORK_S` later; "3 counts only" shares in-flight counts but not
+picks. Printed side by side: TTFT p50/p90, e2e p90, prefix-cache hit rate, and the pile-on: the
+share of picks whose replica did not know of a request already on the pod it chose (how often
+replicas fight over a pod with different views), with the requests missed per pick.
 Run: pytest -m bench -s -k replicas
 """
 
@@ -64,10 +64,13 @@ def simulate(
         next(ws.scorer for ws in p.scorers if isinstance(ws.scorer, PrefixCacheScorer))
         for p in profiles
     ]
-    picks: list[list[tuple[str, list[int]]]] = [[] for _ in range(replicas)]  # not yet told
+    # (address, hashes, prefill seconds) not yet told
+    picks: list[list[tuple[str, list[int], float]]] = [[] for _ in range(replicas)]
     if share and share_picks:
         for j, scorer in enumerate(scorers):
-            scorer.on_add = lambda address, hashes, j=j: picks[j].append((address, hashes))
+            scorer.on_add = lambda address, hashes, prefill, j=j: picks[j].append(
+                (address, hashes, prefill)
+            )
     gpu = get_profile("A100-80G")
     engines = [Engine(EngineConfig(gpu, speed=s, max_model_len=8192)) for s in SPEEDS]
     n = len(engines)
@@ -108,10 +111,11 @@ def simulate(
                 if deliver[j] == told_at:
                     deliver[j] = None
                     told[j] = (list(own[j]), list(own_tokens[j]))
-                    for address, hashes in picks[j]:
+                    for address, hashes, prefill in picks[j]:
                         for other, scorer in enumerate(scorers):
                             if other != j:
                                 scorer.index.add(address, hashes, now[0])
+                                scorer.prefill.add_seconds(address, prefill, now[0])
                     picks[j].clear()
         elif now[0] == steps:
             for k, engine in enumerate(engines):

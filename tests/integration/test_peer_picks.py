@@ -1,8 +1,10 @@
-"""Two EPP servers given each other as `--peers` learn each other's prefix picks over UDP."""
+"""Two EPP servers given each other as `--peers` learn each other's prefix picks, and the
+prefill they queued, over UDP."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -51,6 +53,11 @@ async def test_a_replicas_pick_reaches_the_others_prefix_index() -> None:
             await asyncio.sleep(0.02)
         assert second.score(asked(), [pod])[0] > 0.9
         assert servers[1].peers is not None and servers[1].peers.stats.picks_learned == 1
+        # and the prefill that cold prompt queued there, with how long the pick took to arrive
+        assert second.prefill.seconds(PODS[1], time.monotonic()) > 0.0
+        assert second.prefill.seconds(PODS[0], time.monotonic()) == 0.0
+        delay = servers[1].peers.snapshot()["pick_delay_ms"]
+        assert isinstance(delay, dict) and delay["n"] == 1 and delay["max"] < 2000.0
     finally:
         for server in servers:
             await server.stop()

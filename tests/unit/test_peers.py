@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 
 from epp.api.model import ResourceSet
@@ -141,13 +143,15 @@ async def test_garbage_datagrams_are_counted_and_ignored() -> None:
             asyncio.DatagramProtocol, remote_addr=("127.0.0.1", port)
         )
         transport.sendto(b"garbage")
+        transport.sendto(b'{"v": 1, "r": "x", "s": 1, "f": [], "p": [], "q": [0.5]}')
+        transport.sendto(b'{"v": 1, "r": "x", "s": 1, "f": [], "t": "now"}')
         transport.sendto(encode(Announcement("epp-9", 1, {A: (4, 4)})))
         await until(lambda: flights(s)[A] == 4)
         transport.sendto(encode(Announcement("epp-9", 1, {A: (9, 9)})))  # not newer: dropped
         transport.sendto(encode(Announcement("epp-9", 2, {A: (1, 1)})))
         await until(lambda: flights(s)[A] == 1)
         transport.close()
-        assert peers.stats.refused == 1
+        assert peers.stats.refused == 3
 
 
 def test_picks_travel_in_datagrams_that_fit() -> None:
@@ -194,3 +198,68 @@ def prefix_scorer(profile: Profile) -> PrefixCacheScorer:
 def hashes_of(scorer: PrefixCacheScorer, request: SchedulingRequest) -> list[int]:
     chars = scorer.block_size_tokens * CHARS_PER_TOKEN
     return block_hashes(request.target_model, request.prompt, chars, scorer.max_blocks)
+
+
+def test_picks_carry_the_prefill_they_queued_and_old_datagrams_still_decode() -> None:
+    key = "gpu-aware/prefix-cache-scorer"
+    picks = [Pick(key, 16, A, (1, 2), 0.25), Pick(key, 16, B, (3,), 0.0)]
+    note = Announcement("epp-0", 3, {A: (1, 2)}, tuple(picks), 1_700_000_000.5)
+    data = encode(note)
+    assert decode(data) == note
+    doc = orjson.loads(data)
+    # an older replica reads only v, r, s, f, p: those are as they were (4-item picks)
+    assert doc["v"] == 1 and all(len(p) == 4 for p in doc["p"])
+    assert doc["q"] == [0.25, 0.0] and doc["t"] == 1_700_000_000.5
+    # from an older replica: no prefill, no time
+    old = b'{"v": 1, "r": "x", "s": 1, "f": [], "p": [["k", 16, "a", [1]]]}'
+    assert decode(old) == Announcement("x", 1, {}, (Pick("k", 16, "a", (1,), 0.0),), None)
+    # nothing queued: no "q" key at all; a split announcement carries each pick's own seconds
+    assert b'"q"' not in encode(Announcement("epp-0", 1, {}, (Pick(key, 16, A, (1,)),)))
+    many = [Pick(key, 16, A, tuple(range(i, i + 2000)), i / 10) for i in range(40)]
+    notes = [decode(d) for d in encode_all("epp-0", 5, {}, many, 12.0)]
+    assert len(notes) > 1 and [p for n in notes for p in n.picks] == many
+    assert all(n.picked_at == 12.0 for n in notes)
+    for bad, problem in [
+        (b'"p": [["k", 16, "a", [1]]], "q": [0.1, 0.2]', "prefill"),
+        (b'"p": [["k", 16, "a", [1]]], "q": [-1]', "prefill"),
+        (b'"p": [["k", 16, "a", [1]]], "q": [true]', "prefill"),
+        (b'"p": [["k", 16, "a", [1]]], "q": 0.5', "prefill"),
+        (b'"p": [], "t": -3', "pick time"),
+    ]:
+        with pytest.raises(ValueError, match=problem):
+            decode(b'{"v": 1, "r": "x", "s": 1, "f": [], ' + bad + b"}")
+
+
+async def test_replicas_learn_the_prefill_each_others_picks_queued() -> None:
+    """A cold prompt one replica sends to a pod is prefill the others must count there too:
+    without it each would send its next cold prompt to the same idle-looking pod."""
+    from tests.ports import free_ports
+
+    port_a, port_b = free_ports(2)
+    one, two = store(), store()
+    profiles_one = build_default_profiles(random.Random(1))
+    profiles_two = build_default_profiles(random.Random(2))
+    request = SchedulingRequest("r1", "m", 0, 3000, b"a cold prompt seen once " * 600)
+    async with (
+        sharing(one, "epp-0", port_a, port_b) as a,
+        sharing(two, "epp-1", port_b, port_a) as b,
+    ):
+        a.share_prefixes(profiles_one)
+        b.share_prefixes(profiles_two)
+        await asyncio.sleep(0.1)  # both listen
+        (chosen,) = profiles_one["gpu-aware"].schedule(request, one.candidates(POOL), 1)
+        mine = prefix_scorer(profiles_one["gpu-aware"]).prefill
+        theirs = prefix_scorer(profiles_two["gpu-aware"]).prefill
+        queued = mine.seconds(chosen.address, time.monotonic())
+        assert queued > 0.2  # 3,000 uncached tokens at the prior pace: ~0.37 s
+        await until(lambda: theirs.seconds(chosen.address, time.monotonic()) > 0.0)
+        now = time.monotonic()
+        # the same queue, less the few ms the datagram took (it drains from its arrival)
+        assert theirs.seconds(chosen.address, now) == pytest.approx(
+            mine.seconds(chosen.address, now), abs=0.05
+        )
+        other = B if chosen.address == A else A
+        assert theirs.seconds(other, now) == 0.0
+        assert b.stats.prefill_learned == pytest.approx(queued, rel=1e-3)
+        delay = b.snapshot()["pick_delay_ms"]
+        assert isinstance(delay, dict) and delay["n"] >= 1 and 0.0 <= delay["p50"] < 1000.0

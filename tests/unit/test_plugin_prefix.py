@@ -299,6 +299,13 @@ def test_prefill_queue_drains_and_forgets() -> None:
     q.add("b", 0, 0.001, now=1.0)
     q.add("b", 10, 0.0, now=1.0)
     assert len(q) == 0  # nothing to compute, or no pace: nothing queued
+    # a peer replica's pick: seconds as it measured them; nothing for none, NaN or infinity
+    assert q.add_seconds("c", 0.4, now=2.0) == 0.4
+    assert q.add("c", 100, 0.001, now=2.2) == pytest.approx(0.1)
+    assert q.seconds("c", 2.2) == pytest.approx(0.3)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        assert q.add_seconds("d", bad, now=2.0) == 0.0
+    assert q.seconds("d", 2.0) == 0.0
     # unmeasured paces: the measured mean per unit of capacity, else the prior
     assert filled_paces([0.002, 0.0, 0.0], [1.0, 0.5, 1.0]) == [0.002, 0.004, 0.002]
     assert filled_paces([0.0], [2.0]) == [PRIOR_PACE / 2]

@@ -14,8 +14,8 @@ soon as queueing costs more than recomputing it. Until prefill paces are measure
 overloaded when its load (EPP in-flight requests, or scraped waiting + running when fresh and
 higher) exceeds the pool's least-loaded candidate by more than `loadGateRatio` x that minimum +
 `loadGateSlack`. Affinity without a gate collapses a hot prefix onto one pod; a gated holder
-scores 0 and the request seeds a second holder. Each pick's blocks also go to `on_add` when
-set: other EPP replicas learn them (`epp.peers`).
+scores 0 and the request seeds a second holder. Each pick's blocks and the prefill it queued
+also go to `on_add` when set: other EPP replicas learn them (`epp.peers`).
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ class PrefixCacheScorer:
         self._block_tuned = False
         # hashes and matches of the request being scheduled, reused by `picked`
         self._last: tuple[SchedulingRequest, int, list[int], dict[str, int]] | None = None
-        self.on_add: Callable[[str, list[int]], None] | None = None  # (address, block hashes)
+        # (address, block hashes, seconds of prefill queued there)
+        self.on_add: Callable[[str, list[int], float], None] | None = None
 
     @classmethod
     def from_parameters(cls, params: Params, ctx: BuildContext) -> PrefixCacheScorer:
@@ -232,12 +233,13 @@ class PrefixCacheScorer:
         stats.hit_blocks += held
         tokens = max(request.prompt_tokens, len(hashes) * self.block_size_tokens)
         uncached = tokens - held * self.block_size_tokens
+        queued = 0.0
         if uncached > 0:
             pace = endpoint.prefill_pace or filled_paces([0.0], [endpoint.endpoint.capacity])[0]
-            self.prefill.add(endpoint.address, uncached, pace, now)
+            queued = self.prefill.add(endpoint.address, uncached, pace, now)
         self.index.add(endpoint.address, hashes, now)
         if self.on_add is not None:
-            self.on_add(endpoint.address, hashes)
+            self.on_add(endpoint.address, hashes, queued)
         if stats.picks % PURGE_EVERY == 0:
             self.index.purge_idle(now - self.idle_seconds)
 
