@@ -295,6 +295,7 @@ class Bench:
                 )
             cpu = (*self.children.cpu_shares(), ("client", _cpu_share(own, began)))
             streams = await self.children.epp_requests()
+            delays = await self.children.epp_pick_delays()
         finally:
             await self.children.stop_all()
         if a.samples:
@@ -309,7 +310,7 @@ class Bench:
             e2e_batched_floor=self.batched_floor(samples),
             e2e_in_order=self.in_order_reference(samples),
         )
-        return report.Point(spec.name, rate, fraction, summary, by_priority, cpu, streams)
+        return report.Point(spec.name, rate, fraction, summary, by_priority, cpu, streams, delays)
 
     def _references_hold(self) -> bool:
         """The floors and the in-order reference model the pods as `--profile` at `--speed`

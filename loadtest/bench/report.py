@@ -29,6 +29,8 @@ class Point:
     by_priority: tuple[tuple[str, RunStats], ...] = ()  # ("critical", ...), ("sheddable", ...)
     cpu: tuple[tuple[str, float], ...] = ()  # ("sim", 0.42): share of one core per process
     streams: tuple[tuple[str, int], ...] = ()  # ("epp-1", 120): requests each EPP picked for
+    # ("epp-1", 2.1, 4.8, 160): its peers' picks reached it in p50 / p99 ms; picks it learned
+    pick_delays: tuple[tuple[str, float, float, int], ...] = ()
 
     def cpu_text(self) -> str:
         return " ".join(f"{name} {share:.0%}" for name, share in self.cpu) or "-"
@@ -38,6 +40,10 @@ class Point:
         if len(self.streams) < 2:
             return ""
         return prefix + " / ".join(f"{name} {n}" for name, n in self.streams)
+
+    def pick_delays_text(self) -> str:
+        """The peers' pick delay per replica ("2.1 / 4.8 ms (160)"), p50 / p99 and picks."""
+        return " · ".join(f"{p50:.1f} / {p99:.1f} ({n})" for _, p50, p99, n in self.pick_delays)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,12 +119,13 @@ def priority_table(points: Sequence[Point]) -> list[str]:
 def replicas_table(points: Sequence[Point]) -> list[str]:
     """Every multi-replica point against one EPP of the same profile at the same fraction:
     p90 TTFT and e2e as ratios of its, prefix hit in points of difference, and the requests
-    each replica picked for (how evenly Envoy spread the ext_proc streams)."""
+    each replica picked for (how evenly Envoy spread the ext_proc streams), and, where they
+    share, how long each replica's peers' picks took to reach it."""
     singles = {(p.router.partition(":")[2], p.fraction): p for p in points if is_ours(p.router)}
     lines = [
         "| router | x cap | p90 TTFT ms (x one) | p90 e2e s (x one) | prefix hit (points vs one) "
-        "| requests per EPP replica |",
-        "|---|---|---|---|---|---|",
+        "| requests per EPP replica | peers' picks reached each in p50 / p99 ms (picks) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for p in points:
         kind, _, option = p.router.partition(":")
@@ -137,7 +144,7 @@ def replicas_table(points: Sequence[Point]) -> list[str]:
             hit = f"{s.hit_rate:.1%} ({(s.hit_rate - o.hit_rate) * 100:+.1f})"
         lines.append(
             f"| {p.router} | {p.fraction:.2f} | {ttft} | {e2e} | {hit} "
-            f"| {p.streams_text() or '-'} |"
+            f"| {p.streams_text() or '-'} | {p.pick_delays_text() or '-'} |"
         )
     return lines if len(lines) > 2 else []
 

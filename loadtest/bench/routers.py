@@ -8,7 +8,8 @@ learns over `--peers`, `epp-replicas-alone:gpu-aware:3` sharing nothing), Envoy 
 each runs in its own process group (epp.local.processes) and is stopped on the way out, and
 `kill_now()` is the synchronous last resort for an interrupted interpreter; `cpu_shares()` says
 how much of one core each used since it started (from /proc), and `epp_requests()` how many
-requests (ext_proc streams) each EPP picked for, from its /metrics.
+requests (ext_proc streams) each EPP picked for, from its /metrics, and `epp_pick_delays()`
+how long its peers' picks took to reach each (from /debug/peers).
 All addresses are on 127.0.0.0/8.
 """
 
@@ -169,6 +170,20 @@ class Children:
             url = f"http://127.0.0.1:{port}/metrics"
             async with aiohttp.ClientSession(timeout=timeout) as s, s.get(url) as r:
                 out.append((name, counter_total(await r.text(), REQUESTS_METRIC)))
+        return tuple(out)
+
+    async def epp_pick_delays(self) -> tuple[tuple[str, float, float, int], ...]:
+        """Per running EPP that shares with peers: how long its peers' picks took to reach it
+        (p50 and p99 ms, from its /debug/peers) and how many it learned."""
+        out = []
+        for name, port in sorted(self.epp_metrics.items()):
+            timeout = aiohttp.ClientTimeout(total=2.0)
+            url = f"http://127.0.0.1:{port}/debug/peers"
+            async with aiohttp.ClientSession(timeout=timeout) as s, s.get(url) as r:
+                doc = await r.json()
+            delay = doc.get("pick_delay_ms") if doc.get("sharing") else None
+            if isinstance(delay, dict):
+                out.append((name, delay["p50"], delay["p99"], int(doc.get("picks_learned", 0))))
         return tuple(out)
 
     async def stop(self, child: ChildProcess) -> None:

@@ -81,16 +81,19 @@ async def test_envoy_lists_every_epp_replica_in_its_ext_proc_cluster(tmp_path: P
     assert ports == [19101, 19102, 19103]
 
 
-def _point(router: str, ttft: float, e2e: float, cached: int, streams: int = 0) -> Point:
+def _point(
+    router: str, ttft: float, e2e: float, cached: int, streams: int = 0, delays: int = 0
+) -> Point:
     samples = [Sample(i * 0.1, 200, "", ttft, e2e, 100, cached, 11, "pod-0") for i in range(10)]
     per = tuple((f"epp-{i + 1}", 10 + i) for i in range(streams))
-    return Point(router, 5.5, 0.9, summarize(samples), (), (), per)
+    late = tuple((f"epp-{i + 1}", 2.0 + i, 5.25, 20 * (i + 1)) for i in range(delays))
+    return Point(router, 5.5, 0.9, summarize(samples), (), (), per, late)
 
 
 def test_replicas_table_compares_each_replica_point_with_one_epp() -> None:
     points = [
         _point("epp:gpu-aware", 0.2, 2.0, 50),
-        _point("epp-replicas:gpu-aware:3", 0.21, 2.4, 48, 3),
+        _point("epp-replicas:gpu-aware:3", 0.21, 2.4, 48, 3, 2),
         _point("epp-replicas-alone:gpu-aware:3", 0.4, 3.0, 30, 3),
         _point("envoy:LEAST_REQUEST", 0.1, 1.0, 0),
     ]
@@ -98,9 +101,10 @@ def test_replicas_table_compares_each_replica_point_with_one_epp() -> None:
     assert len(rows) == 4  # header, rule, the two replica points
     assert rows[2] == (
         "| epp-replicas:gpu-aware:3 | 0.90 | 210 (1.05x) | 2.40 (1.20x) | 48.0% (-2.0) "
-        "| epp-1 10 / epp-2 11 / epp-3 12 |"
+        "| epp-1 10 / epp-2 11 / epp-3 12 | 2.0 / 5.2 (20) · 3.0 / 5.2 (40) |"
     )
     assert "| 400 (2.00x) | 3.00 (1.50x) | 30.0% (-20.0) |" in rows[3]
+    assert rows[3].endswith("| epp-1 10 / epp-2 11 / epp-3 12 | - |")  # alone: no delays
     assert replicas_table(points[:1] + points[3:]) == []
 
 
