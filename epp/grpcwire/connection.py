@@ -21,6 +21,7 @@ import hpack
 
 from epp.grpcwire import frames as f
 from epp.grpcwire.call import INTERNAL, RESOURCE_EXHAUSTED, UNIMPLEMENTED, Call, GrpcError, Handler
+from epp.grpcwire.headers import PathDecoder
 
 log = logging.getLogger("epp.grpcwire")
 RECEIVE_WINDOW = 16 << 20  # per stream and for the connection: given back once half is read
@@ -55,7 +56,7 @@ class Connection(asyncio.Protocol):
         self._buf = bytearray()
         self._need = len(f.PREFACE)
         self._preface = False
-        self._decoder = hpack.Decoder()
+        self._decoder = PathDecoder()
         self.calls: dict[int, Call] = {}
         self._last_stream = 0
         self._send_window = f.DEFAULT_WINDOW
@@ -198,11 +199,10 @@ class Connection(asyncio.Protocol):
             start, end = 1, end - payload[0]
         if flags & f.PRIORITY_FLAG:
             start += 5
-        block = bytearray(payload[start:end])
         if flags & f.END_HEADERS:
-            self._header_block(flags, stream, bytes(block))
+            self._header_block(flags, stream, bytes(payload[start:end]))
         else:
-            self._pending_headers = (stream, flags, block)
+            self._pending_headers = (stream, flags, bytearray(payload[start:end]))
 
     def _continuation(self, flags: int, stream: int, payload: memoryview) -> None:
         pending = self._pending_headers
@@ -214,8 +214,8 @@ class Connection(asyncio.Protocol):
             self._header_block(pending[1], stream, bytes(pending[2]))
 
     def _header_block(self, flags: int, stream: int, block: bytes) -> None:
-        try:  # always decoded: the block changes the decoder's table even if refused
-            headers = self._decoder.decode(block, raw=True)
+        try:  # always decoded: the block may change the decoder's table even if refused
+            path = self._decoder.path(block)
         except hpack.HPACKError as exc:
             raise ProtocolViolation(f.COMPRESSION_ERROR, f"bad header block: {exc}") from None
         call = self.calls.get(stream)
@@ -234,7 +234,6 @@ class Connection(asyncio.Protocol):
         if flags & f.END_STREAM:
             call.remote_closed = True
         self.calls[stream] = call
-        path = next((bytes(v).decode("latin-1") for k, v in headers if k == b":path"), "")
         handler = self._routes.get(path)
         if handler is None:
             self._finish(call, UNIMPLEMENTED, f"unknown method {path}")
