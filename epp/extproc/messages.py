@@ -9,7 +9,6 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mode_pb
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
-from google.protobuf import struct_pb2
 
 from epp.errors import EppError
 
@@ -51,22 +50,39 @@ def headers_reply(
     clear_route_cache: bool = False,
     destination: str | None = None,
 ) -> pb.ProcessingResponse:
-    common = pb.CommonResponse(
-        header_mutation=pb.HeaderMutation(
-            set_headers=[header(k, v) for k, v in set_headers], remove_headers=list(remove)
-        ),
-        clear_route_cache=clear_route_cache,
-    )
-    reply = pb.ProcessingResponse(**{phase: pb.HeadersResponse(response=common)})
+    reply = pb.ProcessingResponse()
+    _mutate(getattr(reply, phase).response, set_headers, remove, clear_route_cache)
     if destination is not None:
-        reply.dynamic_metadata.CopyFrom(lb_metadata(destination))
+        _lb_destination(reply, destination)
     return reply
 
 
-def lb_metadata(destination: str) -> struct_pb2.Struct:
-    meta = struct_pb2.Struct()
-    meta.fields[LB_NAMESPACE].struct_value.fields[DESTINATION_HEADER].string_value = destination
-    return meta
+def _mutate(
+    common: pb.CommonResponse,
+    set_headers: Sequence[tuple[str, str]],
+    remove: Iterable[str],
+    clear_route_cache: bool,
+) -> None:
+    """A header mutation (present even when empty) in `common`. Fields are set in place:
+    building each message from keyword arguments and copying it in costs about three times as
+    much in the protobuf runtime."""
+    mutation = common.header_mutation
+    mutation.SetInParent()
+    if set_headers:
+        add = mutation.set_headers.add
+        for key, value in set_headers:
+            field = add(append_action=_OVERWRITE).header
+            field.key = key
+            field.raw_value = value.encode()
+    if remove:
+        mutation.remove_headers.extend(remove)
+    if clear_route_cache:
+        common.clear_route_cache = True
+
+
+def _lb_destination(reply: pb.ProcessingResponse, destination: str) -> None:
+    fields = reply.dynamic_metadata.fields[LB_NAMESPACE].struct_value.fields
+    fields[DESTINATION_HEADER].string_value = destination
 
 
 def body_replies(
@@ -75,22 +91,16 @@ def body_replies(
     """`body` as streamed body mutations of at most `chunk` bytes; end_of_stream on the last."""
     pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)] or [b""]
     last = len(pieces) - 1
-    return [
-        pb.ProcessingResponse(
-            **{
-                phase: pb.BodyResponse(
-                    response=pb.CommonResponse(
-                        body_mutation=pb.BodyMutation(
-                            streamed_response=pb.StreamedBodyResponse(
-                                body=piece, end_of_stream=end and i == last
-                            )
-                        )
-                    )
-                )
-            }
-        )
-        for i, piece in enumerate(pieces)
-    ]
+    replies = []
+    for i, piece in enumerate(pieces):
+        reply = pb.ProcessingResponse()
+        streamed = getattr(reply, phase).response.body_mutation.streamed_response
+        streamed.SetInParent()
+        streamed.body = piece
+        if end and i == last:
+            streamed.end_of_stream = True
+        replies.append(reply)
+    return replies
 
 
 def buffered_body_reply(
@@ -102,33 +112,28 @@ def buffered_body_reply(
 ) -> pb.ProcessingResponse:
     """BUFFERED mode: one body reply carrying the header mutation; it replaces the body only
     when there is a new one (`body` None: Envoy sends the buffered body on unchanged)."""
-    common = pb.CommonResponse(
-        header_mutation=pb.HeaderMutation(
-            set_headers=[header(k, v) for k, v in set_headers], remove_headers=list(remove)
-        ),
-        clear_route_cache=destination is not None,
-    )
+    reply = pb.ProcessingResponse()
+    common = getattr(reply, phase).response
+    _mutate(common, set_headers, remove, destination is not None)
     if body is not None:
         common.status = pb.CommonResponse.CONTINUE_AND_REPLACE
         common.body_mutation.body = body
-    reply = pb.ProcessingResponse(**{phase: pb.BodyResponse(response=common)})
     if destination is not None:
-        reply.dynamic_metadata.CopyFrom(lb_metadata(destination))
+        _lb_destination(reply, destination)
     return reply
 
 
-def response_body_mode(request_mode: int, body_mode: int) -> mode_pb.ProcessingMode:
-    """A `mode_override` for the reply to the response headers: the response body in
+def override_response_body(reply: pb.ProcessingResponse, request_mode: int, body_mode: int) -> None:
+    """A `mode_override` in the reply to the response headers: the response body in
     `body_mode` (NONE: not sent at all), response trailers asked for, so that Envoy keeps the
     stream open until the HTTP stream ends and its end tells that the request ended. Envoy
     takes both body modes from an override, so the request's is repeated as it is; it honours
     an override only with `allow_mode_override` and neither body mode FULL_DUPLEX_STREAMED in
     the filter's configuration."""
-    return _MODE(
-        request_body_mode=request_mode,
-        response_body_mode=body_mode,
-        response_trailer_mode=_MODE.SEND,
-    )
+    mode = reply.mode_override
+    mode.request_body_mode = request_mode
+    mode.response_body_mode = body_mode
+    mode.response_trailer_mode = _MODE.SEND
 
 
 def trailers_reply(phase: str) -> pb.ProcessingResponse:
@@ -180,7 +185,8 @@ def header_map(headers: pb.HttpHeaders) -> dict[str, str]:
     """Envoy headers as a dict with lower-case keys (raw_value preferred over value)."""
     out: dict[str, str] = {}
     for h in headers.headers.headers:
-        out[h.key.lower()] = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+        raw = h.raw_value  # each read of a bytes field is a new copy: read once
+        out[h.key.lower()] = raw.decode("utf-8", "replace") if raw else h.value
     return out
 
 

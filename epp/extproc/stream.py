@@ -210,7 +210,7 @@ class RequestStream:
                 tracker.complete()
         reply = m.headers_reply("response_headers", sets, remove=remove)
         if self._response_mode != _FULL_DUPLEX and not request.response_headers.end_of_stream:
-            reply.mode_override.CopyFrom(m.response_body_mode(self._mode, _BODY_MODES[body]))
+            m.override_response_body(reply, self._mode, _BODY_MODES[body])
         return [reply]
 
     def _on_response_body(self, body: pb.HttpBody) -> Replies:
@@ -218,10 +218,12 @@ class RequestStream:
         inline = self._response_mode != _FULL_DUPLEX
         out = tracker.response_body(chunk, end, inline) if tracker is not None else chunk
         if inline:  # STREAMED/BUFFERED: one reply per chunk, replacing it if rewritten
-            common = pb.CommonResponse()
+            reply = pb.ProcessingResponse()
+            common = reply.response_body.response
+            common.SetInParent()
             if out != chunk:
                 common.body_mutation.body = out
-            return [pb.ProcessingResponse(response_body=pb.BodyResponse(response=common))]
+            return [reply]
         if not out and not end and tracker is not None and tracker.following:
             return []  # held back: a non-streaming body is rewritten whole at its end
         return m.body_replies("response_body", out, self._protocol.chunk_bytes, end)
