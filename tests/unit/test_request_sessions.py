@@ -134,3 +134,19 @@ async def test_the_answer_carries_the_token_and_why_it_moved() -> None:
         MOVED_UNAVAILABLE
     )  # it names a pod; among no candidates it is unavailable
     stream.close()
+
+
+def test_a_pods_token_is_signed_once_and_stays_the_same_token() -> None:
+    """Tokens are kept per (pool, pod), bounded: each is what a fresh signer with the same key
+    gives, and every one of them holds its session, past the bound too."""
+    sessions, signer = Sessions(b"k" * 32), Sessions(b"k" * 32)
+    pool = "default/llama2-gpu-pool"
+    state = seed_store().candidates(pool)[0]
+    first = sessions.token({}, pool, state.address)
+    assert sessions.token({}, pool, state.address) == first
+    for i in range(5000):  # more pods than are kept: older tokens are signed again
+        address = f"10.1.{i // 256}.{i % 256}:8000"
+        assert sessions.token({}, pool, address) == signer.token({}, pool, address)
+    again = sessions.token({}, pool, state.address)
+    assert again == first
+    assert signer.held({TOKEN_HEADER: again}, pool, [state]).endpoint == state
