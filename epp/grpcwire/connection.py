@@ -328,7 +328,7 @@ class Connection(asyncio.Protocol):
         if call.reset or call.done or self.closed:
             return
         call.done = True
-        block = f.literal(b"grpc-status", str(code).encode())
+        block = f.STATUS_OK if code == 0 else f.literal(b"grpc-status", str(code).encode())
         if message:
             block += f.literal(b"grpc-message", quote(message, safe=_MESSAGE_SAFE).encode())
         if not call.headers_sent:  # trailers-only
@@ -340,6 +340,12 @@ class Connection(asyncio.Protocol):
     def _pump(self, call: Call) -> None:
         """Send what the windows allow of the call's replies, then its trailers."""
         out = call.out
+        size = len(out)
+        if size and size <= self._frame_size and size <= self._send_window and size <= call.window:
+            self._emit(f.frame(f.DATA, 0, call.stream, bytes(out)))  # all of it, one frame
+            out.clear()
+            self._send_window -= size
+            call.window -= size
         while out:
             n = min(len(out), self._send_window, call.window, self._frame_size)
             if n <= 0:

@@ -94,3 +94,4 @@ def literal_indexed_name(index: int, value: bytes) -> bytes:
 STATUS_200 = b"\x88"  # static table entry 8
 CONTENT_TYPE_GRPC = literal_indexed_name(31, b"application/grpc")  # 31: content-type
 RESPONSE_HEADERS = STATUS_200 + CONTENT_TYPE_GRPC
+STATUS_OK = literal(b"grpc-status", b"0")
