@@ -117,6 +117,7 @@ class Datastore:
         self._by_pod: dict[str, list[str]] = {}  # "ns/pod" and bare "pod" → addresses
         self._cached: dict[str, tuple[EndpointState, ...]] = {}
         self._metrics: dict[str, EndpointMetrics] = {}
+        self._at_scrape: dict[str, int] = {}  # in-flight total when each was last scraped
         self._gpu: dict[str, GpuMetrics] = {}  # pod key → gpu
         self._in_flight: dict[str, tuple[int, int]] = {}  # this replica's own leases
         self._peer_flights: dict[str, tuple[int, int]] = {}  # the other replicas' together
@@ -164,6 +165,7 @@ class Datastore:
             states[key] = per_pool
         for gone in set(self._pools_of) - set(pools_of):
             self._metrics.pop(gone, None)
+            self._at_scrape.pop(gone, None)
             self._health.pop(gone, None)
             self._limits.pop(gone, None)
             if self._learner is not None:
@@ -194,6 +196,7 @@ class Datastore:
             self._limits.get(ep.address) or ep.max_num_seqs,
             self._tpot.get(ep.address, 0.0),
             self._prefill.get(ep.address),
+            flights - self._at_scrape.get(ep.address, 0),
         )
 
     # ---- reads (hot path) ------------------------------------------------------------------
@@ -248,7 +251,8 @@ class Datastore:
 
     def set_metrics(self, address: str, metrics: EndpointMetrics) -> None:
         self._metrics[address] = metrics
-        changes: dict[str, object] = {"metrics": metrics}
+        self._at_scrape[address] = self._in_flight_total(address)[0]
+        changes: dict[str, object] = {"metrics": metrics, "in_flight_since_scrape": 0}
         keys = self._pools_of.get(address)
         state = self._states[keys[0]].get(address) if keys else None
         if self._learner is not None and state is not None:
@@ -327,7 +331,10 @@ class Datastore:
         else:
             self._in_flight[address] = (flights, toks)
         flights, toks = self._in_flight_total(address)
-        self._update(address, in_flight=flights, in_flight_tokens=toks)
+        since = flights - self._at_scrape.get(address, 0)
+        self._update(
+            address, in_flight=flights, in_flight_tokens=toks, in_flight_since_scrape=since
+        )
         for listener in self._in_flight_listeners:
             listener()
         # a finished request frees room; a new one may leave room for the next waiter too
@@ -356,7 +363,10 @@ class Datastore:
             if before == after or address not in self._pools_of:
                 continue
             total, toks = self._in_flight_total(address)
-            self._update(address, in_flight=total, in_flight_tokens=toks)
+            since = total - self._at_scrape.get(address, 0)
+            self._update(
+                address, in_flight=total, in_flight_tokens=toks, in_flight_since_scrape=since
+            )
             if after is None or (before is not None and after[0] < before[0]):
                 self._changed(address)  # a peer's request ended: room for a waiter here
 

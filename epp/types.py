@@ -100,12 +100,17 @@ class EndpointState:
     # seconds per prompt token the endpoint must compute (not cached), from its engine's prefill
     # histogram and token counters (epp.prefill_pace); 0 = not measured yet
     prefill_pace: float = 0.0
+    # how much `in_flight` moved since the metrics were scraped: what the EPP started (+) or
+    # ended (-) since then moves the server's scraped total at once, so a freed slot shows
+    # before the next scrape
+    in_flight_since_scrape: int = 0
 
     @property
     def load(self) -> int:
-        """Requests on the endpoint: the EPP's own count, or the server's if it says more."""
+        """Requests on the endpoint: the EPP's own count, or the server's last total moved by
+        what the EPP started and ended since that scrape, if that says more."""
         m = self.metrics
-        return max(self.in_flight, m.running + m.waiting)
+        return max(self.in_flight, m.running + m.waiting + self.in_flight_since_scrape)
 
     @property
     def address(self) -> str:

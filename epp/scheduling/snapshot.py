@@ -68,10 +68,15 @@ class Snapshot(tuple[EndpointState, ...]):
         return [c.in_flight_tokens for c in self]
 
     @cached_property
+    def scraped_load(self) -> list[int]:
+        """The server's last running + waiting, moved by the requests the EPP started (+) and
+        ended (-) since that scrape."""
+        return [c.metrics.running + c.metrics.waiting + c.in_flight_since_scrape for c in self]
+
+    @cached_property
     def load(self) -> list[int]:
         """`EndpointState.load` per endpoint: the EPP's in-flight count or the server's total."""
-        columns = zip(self.in_flight, self.running, self.waiting, strict=True)
-        return [f if f > r + w else r + w for f, r, w in columns]
+        return [f if f > s else s for f, s in zip(self.in_flight, self.scraped_load, strict=True)]
 
     @cached_property
     def limit(self) -> list[int]:

@@ -120,7 +120,9 @@ async def test_a_request_waits_while_no_endpoint_meets_it_then_gives_up_at_its_o
     flow = FlowControl(store, 5.0)
     admission = AdmissionController(store, SaturationSettings(), flow, objectives_after=0)
     leases = [store.lease(address, 10) for address in (A, A, B, B)]  # both batches full
-    idle = admission.latency.predict(replace(store.candidates(POOL)[0], in_flight=0), 100).ttft
+    idle = admission.latency.predict(
+        replace(store.candidates(POOL)[0], in_flight=0, in_flight_since_scrape=0), 100
+    ).ttft
     ticket = Ticket(ttft_ms=(idle + 0.3) * 1000)
     waiting = asyncio.create_task(admission.admit(BODY, POOL, 0, ticket=ticket))
     await asyncio.sleep(0.02)

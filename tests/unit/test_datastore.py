@@ -115,3 +115,30 @@ def test_peer_in_flight_adds_to_own_and_is_replaced_whole() -> None:
     assert store.candidates("default/llama2-gpu-pool")[0].in_flight == 1  # the peer's remains
     store.set_peer_in_flight({"10.9.9.9:8000": (5, 5)})  # not an endpoint here: ignored
     assert [s.in_flight for s in store.candidates("default/llama2-gpu-pool")] == [0, 0]
+
+
+def test_a_lease_that_ends_frees_its_slot_before_the_next_scrape() -> None:
+    """The scraped total counts requests the EPP has since ended (or not yet counted ones it
+    started): load is that total moved by the EPP's own changes since the scrape."""
+    store = store_with(pod("a", "10.0.0.1"))
+    address = "10.0.0.1:8000"
+    leases = [store.lease(address, 10) for _ in range(3)]
+    store.set_metrics(address, fresh(running=5))  # two from another gateway, say
+    (state,) = store.candidates("default/llama2-gpu-pool")
+    assert state.load == 5
+    leases[0].release()
+    (state,) = store.candidates("default/llama2-gpu-pool")
+    assert (state.in_flight, state.load) == (2, 4)
+    more = store.lease(address, 10)
+    (state,) = store.candidates("default/llama2-gpu-pool")
+    assert state.load == 5
+    more.release()
+    leases[1].release()
+    leases[2].release()
+    store.set_metrics(address, fresh(running=0))  # and a scrape that already missed ours
+    (state,) = store.candidates("default/llama2-gpu-pool")
+    assert state.load == 0
+    again = store.lease(address, 10)
+    (state,) = store.candidates("default/llama2-gpu-pool")
+    assert state.load == 1
+    again.release()

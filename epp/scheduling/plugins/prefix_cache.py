@@ -115,8 +115,7 @@ class PrefixCacheScorer:
             loads = snap.load  # shared with the other scorers
         else:  # a stale scrape counts for nothing: the EPP's own count stands
             scraped = [
-                w + r if ok else 0
-                for w, r, ok in zip(snap.waiting, snap.running, snap.fresh(cutoff), strict=True)
+                s if ok else 0 for s, ok in zip(snap.scraped_load, snap.fresh(cutoff), strict=True)
             ]
             loads = [f if f > s else s for f, s in zip(snap.in_flight, scraped, strict=True)]
         total = float(len(hashes))
