@@ -309,3 +309,36 @@ def test_prefill_queue_drains_and_forgets() -> None:
     # unmeasured paces: the measured mean per unit of capacity, else the prior
     assert filled_paces([0.002, 0.0, 0.0], [1.0, 0.5, 1.0]) == [0.002, 0.004, 0.002]
     assert filled_paces([0.0], [2.0]) == [PRIOR_PACE / 2]
+
+
+def test_a_holder_with_a_free_slot_on_a_slow_gpu_yields_to_a_faster_holder() -> None:
+    """The gate compares first tokens, free slot or not: a MIG slice that holds a conversation
+    computes its new turn seven times slower than an idle fast pod that holds the shared
+    prefix, so a long enough new turn goes there; a short one stays. A holder's rivals are the
+    endpoints that hold no more of the prompt: the fast pod keeps its share of a short turn
+    although the slice would be sooner."""
+    scorer = PrefixCacheScorer(clock=clock, cold_spread=0.0)
+    conversation = SYSTEM + b"T" * (BLOCK * 8)  # 8 more blocks, held by the slice only
+    scorer.picked(req(conversation), ep("slice"))
+    scorer.picked(req(SYSTEM, rid="s"), ep("fast"))
+    slice_ = replace(ep("slice", 1), limit=8, tpot=0.04, prefill_pace=0.007)
+    fast = replace(ep("fast", 1), limit=8, tpot=0.01, prefill_pace=0.001)
+    turn = conversation + b"N" * (BLOCK * 8)  # a new turn: 8 blocks nobody holds
+    # slice: 128 tokens x 7 ms = 0.90 s; fast: 256 x 1 ms = 0.26 s
+    assert scorer.score(req(turn, rid="2"), [slice_, fast]) == [0.0, 8 / 24]
+    short = conversation + b"N" * BLOCK  # slice: 16 x 7 ms = 0.11 s; fast: 144 x 1 ms = 0.14 s
+    assert scorer.score(req(short, rid="3"), [slice_, fast]) == [16 / 17, 8 / 17]
+
+
+def test_a_holder_with_a_free_slot_yields_while_its_queued_prefill_outlasts_a_recompute() -> None:
+    t = Clock()
+    scorer = PrefixCacheScorer(clock=t, cold_spread=0.0)
+    scorer.picked(req(SYSTEM), ep("a"))
+    holder = replace(ep("a", 1), limit=8, tpot=0.01, prefill_pace=0.001)
+    idle = replace(ep("b", 0), limit=8, tpot=0.01, prefill_pace=0.001)
+    assert scorer.score(req(SYSTEM, rid="2"), [holder, idle]) == [1.0, 0.0]
+    scorer.picked(req(b"X" * 64 * 20, rid="3"), holder)  # 320 tokens queued on a: 0.32 s
+    # b would compute the 128 tokens a holds in 0.13 s: a's queue is the longer wait
+    assert scorer.score(req(SYSTEM, rid="4"), [holder, idle]) == [0.0, 0.0]
+    t.now += 0.25  # a has computed most of it: 0.07 s left
+    assert scorer.score(req(SYSTEM, rid="5"), [holder, idle]) == [1.0, 0.0]

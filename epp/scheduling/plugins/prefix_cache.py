@@ -3,17 +3,19 @@
 Score = matched blocks / prompt blocks, from the approximate index in `prefix_index.py`, which
 this plugin updates after each pick (it is a PickObserver). Block size and per-endpoint index
 capacity auto-tune from `vllm:cache_config_info` (block_size tokens x 4 chars; num_gpu_blocks).
-A load gate breaks affinity when the warm cache is not worth its wait. A holder with a free slot in
-its batch (`EndpointState.limit`, learned or declared) keeps it: it runs the request at once.
-A holder whose batch is full keeps it while the wait there (the excess over its batch, drained at
-its decode pace, as the service-time model counts it) is no longer than what the best other pod
-would take: its own wait plus computing the blocks it lacks at its measured prefill pace
-(`EndpointState.prefill_pace`, from the engine's prefill histogram, see `epp.prefill_pace`). So a
-long shared prompt stays where it is cached through a short queue, and a short one moves as
-soon as queueing costs more than recomputing it. Until prefill paces are measured, a holder is
-overloaded when its load (EPP in-flight requests, or scraped waiting + running when fresh and
-higher) exceeds the pool's least-loaded candidate by more than `loadGateRatio` x that minimum +
-`loadGateSlack`. Affinity without a gate collapses a hot prefix onto one pod; a gated holder
+A load gate breaks affinity when the warm cache is not worth its wait: a holder keeps it while
+its first token would come no later there than on any endpoint holding no more of the prompt.
+Each endpoint's first token is the wait behind its full batch (the excess over its batch limit,
+`EndpointState.limit`, drained at its decode pace, as the service-time model counts it; none
+with a free slot), the prefill recent picks queued there (`prefill_queue`), and its own prefill
+of the prompt tokens it lacks at its measured prefill pace (`EndpointState.prefill_pace`, from
+the engine's prefill histogram, see `epp.prefill_pace`). So a long shared prompt stays where it
+is cached through a short queue, a short one moves as soon as queueing costs more than
+recomputing it, and a conversation on a slow GPU (a MIG slice) moves to a fast pod that holds
+its shared prefix once its new turn would take longer to compute there than the rest elsewhere.
+Until prefill paces are measured, a holder is overloaded when its load (`EndpointState.load`;
+the EPP's own count alone when a scrape is stale) exceeds the pool's least-loaded candidate by
+more than `loadGateRatio` x that minimum + `loadGateSlack`. Affinity without a gate collapses a hot prefix onto one pod; a gated holder
 scores 0 and the request seeds a second holder. Each pick's blocks and the prefill it queued
 also go to `on_add` when set: other EPP replicas learn them (`epp.peers`).
 """
@@ -21,6 +23,7 @@ also go to `on_add` when set: other EPP replicas learn them (`epp.peers`).
 from __future__ import annotations
 
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -47,6 +50,36 @@ class PrefixStats:
     @property
     def hit_ratio(self) -> float:
         return self.hit_blocks / self.prompt_blocks if self.prompt_blocks else 0.0
+
+
+class _Rivals:
+    """Every endpoint's first-token time for one prompt, ranked by how much of it they hold:
+    answers whether a holder's first token comes no later than on any endpoint that holds no
+    more of the prompt (a deeper holder is the prefix score's business, not the gate's)."""
+
+    __slots__ = ("_best", "_held", "_runner_up", "costs")
+
+    def __init__(self, held: list[int], costs: list[float]) -> None:
+        self.costs = costs
+        order = sorted(range(len(held)), key=held.__getitem__)
+        self._held = [held[j] for j in order]
+        # over order[:k + 1]: the soonest endpoint and the runner-up's time
+        self._best: list[int] = []
+        self._runner_up: list[float] = []
+        best, runner_up = -1, float("inf")
+        for j in order:
+            if best < 0 or costs[j] < costs[best]:
+                best, runner_up = j, (costs[best] if best >= 0 else float("inf"))
+            elif costs[j] < runner_up:
+                runner_up = costs[j]
+            self._best.append(best)
+            self._runner_up.append(runner_up)
+
+    def soonest_with_less(self, i: int, matched: int) -> bool:
+        k = bisect_right(self._held, matched) - 1  # the last of those holding <= matched
+        best = self._best[k]
+        other = self._runner_up[k] if best == i else self.costs[best]
+        return self.costs[i] <= other
 
 
 class PrefixCacheScorer:
@@ -181,12 +214,13 @@ class PrefixCacheScorer:
         loads: Sequence[int],
         counts: dict[str, int],
     ) -> Callable[[int, int], bool]:
-        """Whether holder i, holding `matched` blocks of the prompt, keeps its affinity."""
+        """Whether holder i, holding `matched` blocks of the prompt, keeps its affinity: while
+        its first token would come no later there than on any other endpoint."""
         batches = snap.limit
         queued = snap.queued_share
-        paces = snap.prefill_pace
+        measured = snap.prefill_pace
         limit = min(loads) * (1.0 + self.gate_ratio) + self.gate_slack
-        if queued is None or not any(paces):
+        if queued is None or not any(measured):
             # no batch limit or no prefill pace known: the load-count rule
             return lambda i, matched: loads[i] <= limit or loads[i] < batches[i]
         typical = request.typical_output_tokens or TYPICAL_OUTPUT_TOKENS
@@ -194,26 +228,24 @@ class PrefixCacheScorer:
         block = self.block_size_tokens
         now = self._clock()
         prefill = self.prefill
+        paces = filled_paces(measured, snap.capacity)
+        tokens = max(request.prompt_tokens, self._blocks_of(request) * block)
+        rivals: list[_Rivals] = []  # built for the first holder asked
 
-        def wait(j: int) -> float:
-            """The wait behind endpoint j's full batch (the service-time model's), and behind
-            the prefill recent picks queued there."""
+        def first_token(j: int, held: int) -> float:
+            """Seconds to endpoint j's first token holding `held` blocks: the wait behind its
+            full batch (the service-time model's), behind the prefill recent picks queued
+            there, and its own prefill of what it lacks, at its pace."""
             q = queued[j]
-            return (q * snap.filled_tpot[j] * typical if q else 0.0) + prefill.seconds(
-                addresses[j], now
-            )
+            wait = q * snap.filled_tpot[j] * typical if q else 0.0
+            lacks = tokens - held * block
+            return wait + prefill.seconds(addresses[j], now) + max(lacks, 0) * paces[j]
 
         def keeps(i: int, matched: int) -> bool:
-            if loads[i] < batches[i] or not queued[i]:
-                return True  # a free slot: the warm cache costs no wait
-            # only now, for a full holder: its wait against the best other pod's wait plus the
-            # prefill it would add
-            others = [
-                wait(j) + max(0, matched - counts.get(addresses[j], 0)) * block * paces[j]
-                for j in range(len(addresses))
-                if j != i and paces[j] > 0.0
-            ]
-            return wait(i) <= min(others) if others else loads[i] <= limit
+            if not rivals:
+                held = [counts.get(a, 0) for a in addresses]
+                rivals.append(_Rivals(held, [first_token(j, h) for j, h in enumerate(held)]))
+            return rivals[0].soonest_with_less(i, matched)
 
         return keeps
 
