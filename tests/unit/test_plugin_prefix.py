@@ -315,7 +315,7 @@ def test_a_holder_with_a_free_slot_on_a_slow_gpu_yields_to_a_faster_holder() -> 
     """The gate compares first tokens, free slot or not: a MIG slice that holds a conversation
     computes its new turn seven times slower than an idle fast pod that holds the shared
     prefix, so a long enough new turn goes there; a short one stays. A holder's rivals are the
-    endpoints that hold no more of the prompt: the fast pod keeps its share of a short turn
+    endpoints that hold less of the prompt: the fast pod keeps its share of a short turn
     although the slice would be sooner."""
     scorer = PrefixCacheScorer(clock=clock, cold_spread=0.0)
     conversation = SYSTEM + b"T" * (BLOCK * 8)  # 8 more blocks, held by the slice only
@@ -342,3 +342,19 @@ def test_a_holder_with_a_free_slot_yields_while_its_queued_prefill_outlasts_a_re
     assert scorer.score(req(SYSTEM, rid="4"), [holder, idle]) == [0.0, 0.0]
     t.now += 0.25  # a has computed most of it: 0.07 s left
     assert scorer.score(req(SYSTEM, rid="5"), [holder, idle]) == [1.0, 0.0]
+
+
+def test_holders_as_deep_are_not_each_others_rivals() -> None:
+    """Two pods hold the whole prompt; one has more prefill queued. Both keep their score (the
+    other scorers spread load over them); an idle pod that holds nothing is the rival of each."""
+    t = Clock()
+    scorer = PrefixCacheScorer(clock=t, cold_spread=0.0)
+    scorer.picked(req(SYSTEM), ep("a"))
+    scorer.picked(req(SYSTEM, rid="1"), ep("b"))
+    a = replace(ep("a", 1), limit=8, tpot=0.01, prefill_pace=0.001)
+    b = replace(ep("b", 1), limit=8, tpot=0.01, prefill_pace=0.001)
+    idle = replace(ep("c", 0), limit=8, tpot=0.01, prefill_pace=0.001)
+    scorer.picked(req(b"X" * 64 * 5, rid="2"), a)  # 80 tokens queued on a: 0.08 s
+    assert scorer.score(req(SYSTEM, rid="3"), [a, b, idle]) == [1.0, 1.0, 0.0]
+    scorer.picked(req(b"Y" * 64 * 10, rid="4"), a)  # 0.24 s on a, more than 0.13 s on c
+    assert scorer.score(req(SYSTEM, rid="5"), [a, b, idle]) == [0.0, 1.0, 0.0]

@@ -4,7 +4,7 @@ Score = matched blocks / prompt blocks, from the approximate index in `prefix_in
 this plugin updates after each pick (it is a PickObserver). Block size and per-endpoint index
 capacity auto-tune from `vllm:cache_config_info` (block_size tokens x 4 chars; num_gpu_blocks).
 A load gate breaks affinity when the warm cache is not worth its wait: a holder keeps it while
-its first token would come no later there than on any endpoint holding no more of the prompt.
+its first token would come no later there than on any endpoint holding less of the prompt.
 Each endpoint's first token is the wait behind its full batch (the excess over its batch limit,
 `EndpointState.limit`, drained at its decode pace, as the service-time model counts it; none
 with a free slot), the prefill recent picks queued there (`prefill_queue`), and its own prefill
@@ -15,15 +15,16 @@ recomputing it, and a conversation on a slow GPU (a MIG slice) moves to a fast p
 its shared prefix once its new turn would take longer to compute there than the rest elsewhere.
 Until prefill paces are measured, a holder is overloaded when its load (`EndpointState.load`;
 the EPP's own count alone when a scrape is stale) exceeds the pool's least-loaded candidate by
-more than `loadGateRatio` x that minimum + `loadGateSlack`. Affinity without a gate collapses a hot prefix onto one pod; a gated holder
-scores 0 and the request seeds a second holder. Each pick's blocks and the prefill it queued
-also go to `on_add` when set: other EPP replicas learn them (`epp.peers`).
+more than `loadGateRatio` x that minimum + `loadGateSlack`. Affinity without a gate collapses a
+hot prefix onto one pod; a gated holder scores 0 and the request seeds a second holder. Each
+pick's blocks and the prefill it queued also go to `on_add` when set: other EPP replicas learn
+them (`epp.peers`).
 """
 
 from __future__ import annotations
 
 import time
-from bisect import bisect_right
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -54,32 +55,25 @@ class PrefixStats:
 
 class _Rivals:
     """Every endpoint's first-token time for one prompt, ranked by how much of it they hold:
-    answers whether a holder's first token comes no later than on any endpoint that holds no
-    more of the prompt (a deeper holder is the prefix score's business, not the gate's)."""
+    answers whether a holder's first token comes no later than on any endpoint that holds less
+    of the prompt. Holders as deep as it or deeper are not its rivals: among them the prefix
+    score and the other scorers decide, as they spread load over a prefix's holders."""
 
-    __slots__ = ("_best", "_held", "_runner_up", "costs")
+    __slots__ = ("_held", "_soonest", "costs")
 
     def __init__(self, held: list[int], costs: list[float]) -> None:
         self.costs = costs
         order = sorted(range(len(held)), key=held.__getitem__)
         self._held = [held[j] for j in order]
-        # over order[:k + 1]: the soonest endpoint and the runner-up's time
-        self._best: list[int] = []
-        self._runner_up: list[float] = []
-        best, runner_up = -1, float("inf")
+        self._soonest: list[float] = []  # over order[:k + 1]: the soonest first token
+        soonest = float("inf")
         for j in order:
-            if best < 0 or costs[j] < costs[best]:
-                best, runner_up = j, (costs[best] if best >= 0 else float("inf"))
-            elif costs[j] < runner_up:
-                runner_up = costs[j]
-            self._best.append(best)
-            self._runner_up.append(runner_up)
+            soonest = min(soonest, costs[j])
+            self._soonest.append(soonest)
 
     def soonest_with_less(self, i: int, matched: int) -> bool:
-        k = bisect_right(self._held, matched) - 1  # the last of those holding <= matched
-        best = self._best[k]
-        other = self._runner_up[k] if best == i else self.costs[best]
-        return self.costs[i] <= other
+        k = bisect_left(self._held, matched) - 1  # the last of those holding less
+        return k < 0 or self.costs[i] <= self._soonest[k]
 
 
 class PrefixCacheScorer:
