@@ -6,7 +6,8 @@ replica has its own scheduler (its own gpu-aware profile, so its own approximate
 learned from its own picks) and its own in-flight counts. Sharing replicas see the others'
 counts, and learn the others' picks into their prefix index and queued prefill, as `epp.peers`
 delivers them: a change is sent `FLUSH_S` after it happens (the changes within that window
-together) and arrives `NETWORK_S` later; "3 counts only" shares in-flight counts but not
+together) and arrives `NETWORK_S` later; "3 no prefill" shares counts and picks' blocks but not the
+prefill they queued (as before commit 5204fb6), "3 counts only" shares in-flight counts but not
 picks. Printed side by side: TTFT p50/p90, e2e p90, prefix-cache hit rate, and the pile-on: the
 share of picks whose replica did not know of a request already on the pod it chose (how often
 replicas fight over a pod with different views), with the requests missed per pick.
@@ -53,7 +54,11 @@ class Quality:
 
 
 def simulate(
-    replicas: int, share: bool, arrivals: list[Arrival], share_picks: bool = True
+    replicas: int,
+    share: bool,
+    arrivals: list[Arrival],
+    share_picks: bool = True,
+    share_prefill: bool = True,
 ) -> Quality:
     now = [0.0]
     profiles = [
@@ -115,7 +120,8 @@ def simulate(
                         for other, scorer in enumerate(scorers):
                             if other != j:
                                 scorer.index.add(address, hashes, now[0])
-                                scorer.prefill.add_seconds(address, prefill, now[0])
+                                if share_prefill:
+                                    scorer.prefill.add_seconds(address, prefill, now[0])
                     picks[j].clear()
         elif now[0] == steps:
             for k, engine in enumerate(engines):
@@ -174,6 +180,7 @@ def test_bench_replicas(workload: str, rate: float) -> None:
     runs = {
         "1 replica": simulate(1, True, arrivals),
         "3 sharing": simulate(3, True, arrivals),
+        "3 no prefill": simulate(3, True, arrivals, share_prefill=False),
         "3 counts only": simulate(3, True, arrivals, share_picks=False),
         "3 alone": simulate(3, False, arrivals),
     }
