@@ -249,6 +249,27 @@ class Datastore:
             per_pool[address] = replace(per_pool[address], **changes)  # type: ignore[arg-type]
             self._cached.pop(pool_key, None)
 
+    def _set_in_flight(self, address: str, flights: int, tokens: int, since: int) -> None:
+        """`_update` of the three in-flight fields, twice per request (lease and release): the
+        state is built with its constructor, positionally (in `EndpointState`'s field order),
+        at half the cost of `dataclasses.replace`."""
+        for pool_key in self._pools_of.get(address, ()):
+            per_pool = self._states[pool_key]
+            s = per_pool[address]
+            per_pool[address] = EndpointState(
+                s.endpoint,
+                s.metrics,
+                s.gpu,
+                flights,
+                tokens,
+                s.healthy,
+                s.limit,
+                s.tpot,
+                s.prefill_pace,
+                since,
+            )
+            self._cached.pop(pool_key, None)
+
     def set_metrics(self, address: str, metrics: EndpointMetrics) -> None:
         self._metrics[address] = metrics
         self._at_scrape[address] = self._in_flight_total(address)[0]
@@ -331,10 +352,7 @@ class Datastore:
         else:
             self._in_flight[address] = (flights, toks)
         flights, toks = self._in_flight_total(address)
-        since = flights - self._at_scrape.get(address, 0)
-        self._update(
-            address, in_flight=flights, in_flight_tokens=toks, in_flight_since_scrape=since
-        )
+        self._set_in_flight(address, flights, toks, flights - self._at_scrape.get(address, 0))
         for listener in self._in_flight_listeners:
             listener()
         # a finished request frees room; a new one may leave room for the next waiter too
@@ -363,10 +381,7 @@ class Datastore:
             if before == after or address not in self._pools_of:
                 continue
             total, toks = self._in_flight_total(address)
-            since = total - self._at_scrape.get(address, 0)
-            self._update(
-                address, in_flight=total, in_flight_tokens=toks, in_flight_since_scrape=since
-            )
+            self._set_in_flight(address, total, toks, total - self._at_scrape.get(address, 0))
             if after is None or (before is not None and after[0] < before[0]):
                 self._changed(address)  # a peer's request ended: room for a waiter here
 

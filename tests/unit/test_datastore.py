@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 
 from epp.api.model import PodInfo, ResourceSet
 from epp.datastore import Datastore, endpoints_of
-from epp.types import GpuMetrics
+from epp.types import EndpointState, GpuMetrics
 from tests.factories import fresh, model, pod, pool
 
 
@@ -142,3 +142,39 @@ def test_a_lease_that_ends_frees_its_slot_before_the_next_scrape() -> None:
     (state,) = store.candidates("default/llama2-gpu-pool")
     assert state.load == 1
     again.release()
+
+
+IN_FLIGHT_FIELDS = {"in_flight", "in_flight_tokens", "in_flight_since_scrape"}
+
+
+def test_a_lease_and_its_release_keep_every_other_field_of_the_state() -> None:
+    """Leases rebuild the state positionally (cheaper than `replace`): a field added to
+    `EndpointState` must be added there too, or each lease would reset it."""
+    assert [f.name for f in fields(EndpointState)] == [
+        "endpoint",
+        "metrics",
+        "gpu",
+        "in_flight",
+        "in_flight_tokens",
+        "healthy",
+        "limit",
+        "tpot",
+        "prefill_pace",
+        "in_flight_since_scrape",
+    ], "a new EndpointState field: copy it in Datastore._set_in_flight"
+    store = store_with(pod("a", "10.0.0.1"))
+    address, pool_key = "10.0.0.1:8000", "default/llama2-gpu-pool"
+    store.set_metrics(address, fresh(running=3, waiting=1))
+    store.set_gpu("default/a", GpuMetrics(utilization=60.0))
+    store.set_health(address, False)
+    store.record_tokens(address, 1.0, 101)
+    (before,) = store.candidates(pool_key)
+    lease = store.lease(address, 40)
+    (leased,) = store.candidates(pool_key)
+    assert (leased.in_flight, leased.in_flight_tokens, leased.in_flight_since_scrape) == (1, 40, 1)
+    lease.release()
+    (after,) = store.candidates(pool_key)
+    assert after == before and after is not before
+    for f in fields(EndpointState):
+        if f.name not in IN_FLIGHT_FIELDS:
+            assert getattr(leased, f.name) is getattr(before, f.name), f.name
