@@ -10,20 +10,15 @@ from __future__ import annotations
 import math
 import time
 
-from prometheus_client import (
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    PlatformCollector,
-    ProcessCollector,
-)
+from prometheus_client import REGISTRY, CollectorRegistry, PlatformCollector, ProcessCollector
 
 from epp.admission.flow_control import FlowControl
 from epp.admission.flows import DEFAULT_FLOW
 from epp.api.model import PRIORITY_STANDARD
 from epp.datastore import Datastore
+from epp.loop_metrics import LoopCounter as Counter
+from epp.loop_metrics import LoopGauge as Gauge
+from epp.loop_metrics import LoopHistogram as Histogram
 
 MAX_FLOW_LABELS = 100  # flows (tenants) with histogram series of their own
 OTHER_FLOWS = "other"
