@@ -249,6 +249,7 @@ class Engine:
         """Commit the planned step at `now`; the sequences that got a token (some finished)."""
         st, kv, bs = self.stats, self.kv, self.block_size
         st.steps += 1
+        st.last_step_at = now
         st.busy_s += now - self._step_start
         self._busy.append((self._step_start, now))
         out: list[Seq] = []

@@ -75,7 +75,8 @@ class _Page:
 
 
 def render_vllm(pod: SimPod, now: float, wall: float) -> bytes:
-    """The pod's /metrics page; `now` is the loop clock, `wall` the epoch time for LoRA info."""
+    """The pod's /metrics page; `now` is the loop clock, `wall` the epoch time (LoRA info is
+    stamped with the wall time of the engine's last step, as vLLM does)."""
     eng, spec, fake, st = pod.engine, pod.spec, pod.fake, pod.engine.stats
     base = (("engine", "0"), ("model_name", spec.model))
     lb = _labels(base)
@@ -98,7 +99,8 @@ def render_vllm(pod: SimPod, now: float, wall: float) -> bytes:
         ("running_lora_adapters", ",".join(eng.running_adapters())),
         ("waiting_lora_adapters", ",".join(eng.waiting_adapters())),
     )
-    p.gauge("vllm:lora_requests_info", "Running stats on lora requests.", _labels(lora), wall)
+    p.gauge("vllm:lora_requests_info", "Running stats on lora requests.", _labels(lora),
+            pod.lora_info_time(now, wall))  # fmt: skip
     cache = (
         ("block_size", str(eng.block_size)),
         ("cache_dtype", "auto"),

@@ -79,6 +79,7 @@ class SimPod:
         self.tokenizer = SimTokenizer(spec.tokenizer) if spec.tokenizer else None
         self.publisher: Publisher | None = None
         self._lora_ids: dict[str, int] = {}  # as vLLM numbers adapters: 1, 2, ... in use order
+        self._lora_info: tuple[float | None, float] | None = None  # (last step, its wall time)
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -125,6 +126,16 @@ class SimPod:
         engine.active_loras.clear()
         if self.publisher is not None:
             self.publisher.restart()
+
+    def lora_info_time(self, now: float, wall: float) -> float:
+        """`vllm:lora_requests_info`'s value at loop time `now` (epoch time `wall`): vLLM sets it
+        to the current time when it records an engine step's stats, so it is the wall time of
+        the last step and an idle pod's page stays byte-identical between scrapes. Before the
+        first step: the time of the first page."""
+        step = self.engine.stats.last_step_at
+        if self._lora_info is None or self._lora_info[0] != step:
+            self._lora_info = (step, wall if step is None else wall - (now - step))
+        return self._lora_info[1]
 
     # -- requests ---------------------------------------------------------------------------
     def resolve_model(self, model: str) -> str | None:

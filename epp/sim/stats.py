@@ -61,6 +61,7 @@ class EngineStats:
     prefix_hits: int = 0
     lora_loads: int = 0
     steps: int = 0
+    last_step_at: float | None = None  # the clock when the last step ended
     busy_s: float = 0.0
     finished: Counter[str] = field(default_factory=Counter)  # by finish reason
     ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))

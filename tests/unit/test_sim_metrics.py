@@ -52,7 +52,9 @@ def test_vllm_page_parses_with_names_and_labels() -> None:
     assert 0 < fams["vllm:gpu_cache_usage_perc"][0].value < 1
     assert "vllm:kv_cache_usage_perc" not in fams  # older vLLM had only the old name
     lora = fams["vllm:lora_requests_info"][0]
-    assert lora.value == 1700000000.5
+    step = pod.engine.stats.last_step_at
+    assert step is not None and 0 < now - step < 0.1
+    assert lora.value == 1700000000.5 - (now - step)  # the wall time of the engine's last step
     assert lora.labels["max_lora"] == "1"
     assert lora.labels["running_lora_adapters"] in ("a", "b")
     assert "waiting_lora_adapters" in lora.labels
@@ -121,3 +123,21 @@ def test_a_page_restricted_to_named_samples_as_prometheus_client_serves_it() -> 
     assert found == {"vllm:num_requests_running", "vllm:inter_token_latency_seconds_count"}
     assert page.count(b"# TYPE") == 2  # each kept family keeps its HELP and TYPE lines
     assert restrict(render_vllm(pod, now, 0.0), ["nothing"]) == b""
+
+
+def test_an_idle_pods_page_is_the_same_from_one_scrape_to_the_next() -> None:
+    """vLLM stamps `vllm:lora_requests_info` only when its engine steps: an idle pod's page
+    stays byte-identical (the EPP's scraper skips parsing a page it has seen)."""
+    pod = SimPod(SimPodSpec("127.0.0.2", 8000, "pod-0", model=MODEL, loras=("a",), max_loras=1))
+    driver = ManualDriver(pod.engine)
+    before_any_step = render_vllm(pod, 0.5, 1700000000.5)
+    assert render_vllm(pod, 3.0, 1700000003.0) == before_any_step
+    driver.submit_at(1.0, Seq("r0", 4, 40, block_hashes(b"y" * 40, 40, 16, "a"), "a"))
+    end = driver.run(until=5.0)
+    step = pod.engine.stats.last_step_at
+    assert step is not None and 1.0 < step <= end
+    page = render_vllm(pod, 6.0, 1700000006.0)
+    assert page != before_any_step
+    lora = families(page)["vllm:lora_requests_info"][0]
+    assert lora.value == 1700000006.0 - (6.0 - step)
+    assert render_vllm(pod, 9.0, 1700000009.0) == page  # idle again: nothing moves
