@@ -168,14 +168,18 @@ def test_picks_travel_in_datagrams_that_fit() -> None:
         decode(b'{"v": 1, "r": "x", "s": 1, "f": [], "p": [["s", 16, "a", ["h"]]]}')
 
 
-async def test_replicas_learn_each_others_picks_into_their_prefix_index() -> None:
+@contextlib.asynccontextmanager
+async def two_sharing_replicas() -> AsyncIterator[
+    tuple[Datastore, dict[str, Profile], dict[str, Profile], PeerSharing, PeerSharing]
+]:
+    """Two replicas over real UDP, each sharing its default profiles' prefix picks: yields the
+    first one's store and profiles, the second one's profiles, and both sharings."""
     from tests.ports import free_ports
 
     port_a, port_b = free_ports(2)
     one, two = store(), store()
     profiles_one = build_default_profiles(random.Random(1))
     profiles_two = build_default_profiles(random.Random(2))
-    request = SchedulingRequest("r1", "m", 0, 3000, b"a shared system prompt " * 600)
     async with (
         sharing(one, "epp-0", port_a, port_b) as a,
         sharing(two, "epp-1", port_b, port_a) as b,
@@ -183,6 +187,12 @@ async def test_replicas_learn_each_others_picks_into_their_prefix_index() -> Non
         a.share_prefixes(profiles_one)
         b.share_prefixes(profiles_two)
         await asyncio.sleep(0.1)  # both listen
+        yield one, profiles_one, profiles_two, a, b
+
+
+async def test_replicas_learn_each_others_picks_into_their_prefix_index() -> None:
+    request = SchedulingRequest("r1", "m", 0, 3000, b"a shared system prompt " * 600)
+    async with two_sharing_replicas() as (one, profiles_one, profiles_two, a, b):
         candidates = one.candidates(POOL)
         (chosen,) = profiles_one["gpu-aware"].schedule(request, candidates, 1)
         scorer = prefix_scorer(profiles_two["gpu-aware"])
@@ -233,20 +243,8 @@ def test_picks_carry_the_prefill_they_queued_and_old_datagrams_still_decode() ->
 async def test_replicas_learn_the_prefill_each_others_picks_queued() -> None:
     """A cold prompt one replica sends to a pod is prefill the others must count there too:
     without it each would send its next cold prompt to the same idle-looking pod."""
-    from tests.ports import free_ports
-
-    port_a, port_b = free_ports(2)
-    one, two = store(), store()
-    profiles_one = build_default_profiles(random.Random(1))
-    profiles_two = build_default_profiles(random.Random(2))
     request = SchedulingRequest("r1", "m", 0, 3000, b"a cold prompt seen once " * 600)
-    async with (
-        sharing(one, "epp-0", port_a, port_b) as a,
-        sharing(two, "epp-1", port_b, port_a) as b,
-    ):
-        a.share_prefixes(profiles_one)
-        b.share_prefixes(profiles_two)
-        await asyncio.sleep(0.1)  # both listen
+    async with two_sharing_replicas() as (one, profiles_one, profiles_two, _, b):
         (chosen,) = profiles_one["gpu-aware"].schedule(request, one.candidates(POOL), 1)
         mine = prefix_scorer(profiles_one["gpu-aware"]).prefill
         theirs = prefix_scorer(profiles_two["gpu-aware"]).prefill
