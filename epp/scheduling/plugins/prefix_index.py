@@ -121,10 +121,25 @@ class PrefixIndex:
         lru = self._lru.get(address)
         if lru is None:
             return
-        limit = self._capacity.get(address, self.default_capacity)
-        while len(lru) > limit:
-            h, _ = lru.popitem(last=False)
-            self._unlink(h, address)
+        excess = len(lru) - self._capacity.get(address, self.default_capacity)
+        if excess <= 0:
+            return
+        # `_unlink` inlined: with a full index every pick evicts about as many blocks as it
+        # adds, and this loop was the largest single cost left on the decision path
+        holders_of = self._holders
+        oldest = lru.popitem
+        for _ in range(excess):
+            h = oldest(last=False)[0]
+            holders = holders_of.get(h)
+            if holders is None:
+                continue
+            if isinstance(holders, str):
+                if holders == address:
+                    del holders_of[h]
+                continue
+            holders.discard(address)
+            if len(holders) == 1:
+                holders_of[h] = next(iter(holders))
 
     def _unlink(self, h: int, address: str) -> None:
         holders = self._holders.get(h)
