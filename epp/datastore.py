@@ -249,10 +249,13 @@ class Datastore:
             per_pool[address] = replace(per_pool[address], **changes)  # type: ignore[arg-type]
             self._cached.pop(pool_key, None)
 
-    def _set_in_flight(self, address: str, flights: int, tokens: int, since: int) -> None:
-        """`_update` of the three in-flight fields, twice per request (lease and release): the
-        state is built with its constructor, positionally (in `EndpointState`'s field order),
-        at half the cost of `dataclasses.replace`."""
+    def _set_in_flight(self, address: str) -> None:
+        """`_update` of the three in-flight fields from this replica's and its peers' counts,
+        twice per request (lease and release): the state is built with its constructor,
+        positionally (in `EndpointState`'s field order), at half the cost of
+        `dataclasses.replace`."""
+        flights, tokens = self._in_flight_total(address)
+        since = flights - self._at_scrape.get(address, 0)
         for pool_key in self._pools_of.get(address, ()):
             per_pool = self._states[pool_key]
             s = per_pool[address]
@@ -351,8 +354,7 @@ class Datastore:
             self._in_flight.pop(address, None)
         else:
             self._in_flight[address] = (flights, toks)
-        flights, toks = self._in_flight_total(address)
-        self._set_in_flight(address, flights, toks, flights - self._at_scrape.get(address, 0))
+        self._set_in_flight(address)
         for listener in self._in_flight_listeners:
             listener()
         # a finished request frees room; a new one may leave room for the next waiter too
@@ -380,8 +382,7 @@ class Datastore:
             before, after = old.get(address), flights.get(address)
             if before == after or address not in self._pools_of:
                 continue
-            total, toks = self._in_flight_total(address)
-            self._set_in_flight(address, total, toks, total - self._at_scrape.get(address, 0))
+            self._set_in_flight(address)
             if after is None or (before is not None and after[0] < before[0]):
                 self._changed(address)  # a peer's request ended: room for a waiter here
 
