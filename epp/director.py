@@ -26,7 +26,7 @@ from epp.scheduling.latency import Prediction
 from epp.scheduling.output_length import OutputLengths
 from epp.scheduling.registry import select_profile
 from epp.scheduling.scheduler import Profile
-from epp.sessions import MOVED_UNAVAILABLE, NO_HOLD, Sessions
+from epp.sessions import NO_HOLD, Sessions
 from epp.settings import ProtocolSettings
 
 
@@ -127,10 +127,12 @@ class Director:
         )
         profile = select_profile(self._profiles, route.strategy, route.priority)
         inference = request.runs_inference
-        hold = self.sessions.held(headers, route.pool.key, candidates) if inference else NO_HOLD
-        if hold.moved == MOVED_UNAVAILABLE:  # not offered: the session's own room test decides
-            ready = self._store.ready(route.pool.key, subset)
-            hold = self.sessions.held(headers, route.pool.key, ready)
+        pool_key = route.pool.key
+        hold = (
+            self.sessions.held(headers, pool_key, lambda: self._store.ready(pool_key, subset))
+            if inference
+            else NO_HOLD
+        )
         offered = candidates if hold.endpoint is None else (hold.endpoint,)
         picked = profile.schedule(scheduling, offered, 1 + self._protocol.fallback_endpoints)
         # 5. lease: the pick counts on its endpoint at once (the waiting room hears of it); its

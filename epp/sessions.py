@@ -21,7 +21,7 @@ import hashlib
 import hmac
 import os
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from epp.admission.rooms import has_room
@@ -66,13 +66,19 @@ class Sessions:
         self._tokens: dict[tuple[str, str], str] = {}
 
     def held(
-        self, headers: Mapping[str, str], pool: str, candidates: Sequence[EndpointState]
+        self,
+        headers: Mapping[str, str],
+        pool: str,
+        ready: Callable[[], Sequence[EndpointState]],
     ) -> Hold:
-        """The endpoint this request's session holds, if it may still take it."""
+        """The endpoint this request's session holds, if it may still take it. `ready` gives
+        the pool's ready endpoints, asked only when the request names a pod: the session's own
+        room test judges its pod, not admission's offer (a request of unknown length may be
+        offered no pod with a free slot while its pod still has room)."""
         address = self._pod_of(headers, pool)
         if address is None:
             return NO_HOLD
-        for state in candidates:
+        for state in ready():
             if state.address == address:
                 if not state.healthy:
                     return Hold(None, MOVED_UNAVAILABLE)

@@ -130,7 +130,7 @@ async def test_the_answer_carries_the_token_and_why_it_moved() -> None:
     assert sets["x-session-moved"] == MOVED_SATURATED
     token = sets[TOKEN_HEADER]
     assert token != first.session_token
-    assert d.sessions.held({TOKEN_HEADER: token}, "default/llama2-gpu-pool", []).moved == (
+    assert d.sessions.held({TOKEN_HEADER: token}, "default/llama2-gpu-pool", lambda: []).moved == (
         MOVED_UNAVAILABLE
     )  # it names a pod; among no candidates it is unavailable
     stream.close()
@@ -149,4 +149,4 @@ def test_a_pods_token_is_signed_once_and_stays_the_same_token() -> None:
         assert sessions.token({}, pool, address) == signer.token({}, pool, address)
     again = sessions.token({}, pool, state.address)
     assert again == first
-    assert signer.held({TOKEN_HEADER: again}, pool, [state]).endpoint == state
+    assert signer.held({TOKEN_HEADER: again}, pool, lambda: [state]).endpoint == state
