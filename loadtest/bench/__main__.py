@@ -35,6 +35,7 @@ from loadtest.bench import client, report, stats
 from loadtest.bench.routers import (
     Children,
     RouterSpec,
+    run_labels,
     settle,
     sim_pods,
     start_router,
@@ -224,7 +225,8 @@ class Bench:
         a = self.a
         epp_args = shlex.split(a.epp_args)
         priorities = a.sheddable_share > 0
-        profiles = [(r, router_profile_text(r, epp_args, priorities)) for r in a.routers.split(",")]
+        routers = dict.fromkeys(a.routers.split(","))  # a router listed twice: one profile
+        profiles = [(r, router_profile_text(r, epp_args, priorities)) for r in routers]
         return Record.now(self.tool, self.command, profiles, subject, self.started)
 
     async def _with_router(self, spec: RouterSpec) -> str:
@@ -269,9 +271,11 @@ class Bench:
         return stats.completion_rate(samples, a.capacity_seconds / 3, a.capacity_seconds)
 
     async def point(
-        self, spec: RouterSpec, name: str, rate: float, fraction: float
+        self, spec: RouterSpec, name: str, rate: float, fraction: float, label: str = ""
     ) -> report.Point:
+        """`spec` at `rate`; `label` (default its name) names the point, `NAME#2` a repeat."""
         a = self.a
+        label = label or spec.name
         try:
             url = await self._with_router(spec)
             arrivals = poisson_arrivals(a.seed, rate, a.duration)
@@ -299,7 +303,8 @@ class Bench:
         finally:
             await self.children.stop_all()
         if a.samples:
-            self.write_samples(f"{name}-{spec.name.replace(':', '-')}-{fraction:g}", samples)
+            stem = label.replace(":", "-").replace("#", "-run")
+            self.write_samples(f"{name}-{stem}-{fraction:g}", samples)
         by_priority = tuple(
             (p, stats.summarize([x for x in samples if x.priority == p]))
             for p in sorted({x.priority for x in samples} - {""})
@@ -310,7 +315,7 @@ class Bench:
             e2e_batched_floor=self.batched_floor(samples),
             e2e_in_order=self.in_order_reference(samples),
         )
-        return report.Point(spec.name, rate, fraction, summary, by_priority, cpu, streams, delays)
+        return report.Point(label, rate, fraction, summary, by_priority, cpu, streams, delays)
 
     def _references_hold(self) -> bool:
         """The floors and the in-order reference model the pods as `--profile` at `--speed`
@@ -407,30 +412,33 @@ class Bench:
         self, name: str, capacity: float, fractions: list[float], label: str
     ) -> tuple[list[report.Point], list[tuple[str, str]]]:
         """Every router of --routers at every fraction of `capacity`: the points measured, and
-        the routers (or points) that did not run, with why. `label` prefixes progress lines."""
+        the routers (or points) that did not run, with why. `label` prefixes progress lines.
+        A router listed twice runs twice, the second time as `NAME#2` (a control)."""
         points: list[report.Point] = []
         unavailable: list[tuple[str, str]] = []
-        for spec in (RouterSpec.parse(r) for r in self.a.routers.split(",")):
+        names = self.a.routers.split(",")
+        for spec, run_label in zip(map(RouterSpec.parse, names), run_labels(names), strict=True):
             why = spec.unavailable()
             if why:
-                unavailable.append((spec.name, why))
+                unavailable.append((run_label, why))
                 continue
             for fraction in fractions:
                 if time.monotonic() > self.deadline:
-                    unavailable.append((spec.name, f"{fraction}x skipped: time budget spent"))
+                    unavailable.append((run_label, f"{fraction}x skipped: time budget spent"))
                     continue
                 rate = capacity * fraction
                 try:
-                    point = await self.point(spec, name, rate, fraction)
+                    point = await self.point(spec, name, rate, fraction, run_label)
                 except (RuntimeError, TimeoutError, OSError) as e:
                     first = str(e).splitlines()[0] if str(e) else type(e).__name__
-                    unavailable.append((spec.name, f"failed to start or run: {first}"))
-                    print(f"[{label}] {spec.name}: FAILED {first}", flush=True)
+                    unavailable.append((run_label, f"failed to start or run: {first}"))
+                    print(f"[{label}] {run_label}: FAILED {first}", flush=True)
                     break
                 s = point.stats
                 print(
-                    f"[{label}] {spec.name:28s} {rate:5.2f} req/s ok {s.ok}/{s.sent} "
-                    f"ttft p90 {s.ttft.p90:.3f}s e2e p90 {s.e2e.p90:.2f}s "
+                    f"[{label}] {run_label:28s} {rate:5.2f} req/s ok {s.ok}/{s.sent} "
+                    f"ttft p90 {s.ttft.p90:.3f}s (warm {s.ttft_warm_p90:.3f}s, cold {s.cold}) "
+                    f"e2e p90 {s.e2e.p90:.2f}s "
                     f"hit {s.hit_rate:.0%} pods {s.pods_text()} errors {s.errors_text()} "
                     f"cpu {point.cpu_text()}{point.streams_text(' streams per EPP ')}",
                     flush=True,

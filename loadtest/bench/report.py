@@ -116,37 +116,60 @@ def priority_table(points: Sequence[Point]) -> list[str]:
     return lines
 
 
+def one_epp_of(router: str) -> str | None:
+    """The single-EPP router a point is compared with: `epp:P` for `epp-replicas[-alone]:P:N`
+    and for a repeat `epp:P#k` of one EPP (the control); None for any other point."""
+    name, _, repeat = router.partition("#")
+    kind, _, option = name.partition(":")
+    if kind.startswith("epp-replicas"):
+        return f"epp:{option.rpartition(':')[0]}"
+    if kind == "epp" and repeat:
+        return name
+    return None
+
+
 def replicas_table(points: Sequence[Point]) -> list[str]:
-    """Every multi-replica point against one EPP of the same profile at the same fraction:
-    p90 TTFT and e2e as ratios of its, prefix hit in points of difference, and the requests
-    each replica picked for (how evenly Envoy spread the ext_proc streams), and, where they
-    share, how long each replica's peers' picks took to reach it."""
-    singles = {(p.router.partition(":")[2], p.fraction): p for p in points if is_ours(p.router)}
+    """Every multi-replica point, and every repeat of one EPP (`epp:P#2`, the control: what
+    running the same code again moves), against one EPP of the same profile at the same
+    fraction (its first run): p90 TTFT and e2e as ratios of its, p90 TTFT of the warm requests
+    (an extra statistic, with the cold requests counted), prefix hit in points of difference,
+    and the requests each replica picked for (how evenly Envoy spread the ext_proc streams),
+    and, where they share, how long each replica's peers' picks took to reach it."""
+    singles = {(p.router, p.fraction): p for p in points if is_ours(p.router)}
     lines = [
         "| router | x cap | p90 TTFT ms (x one) | p90 e2e s (x one) | prefix hit (points vs one) "
+        "| warm p90 TTFT ms (x one); cold requests "
         "| requests per EPP replica | peers' picks reached each in p50 / p99 ms (picks) |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for p in points:
-        kind, _, option = p.router.partition(":")
-        if not kind.startswith("epp-replicas"):
+        reference = one_epp_of(p.router)
+        if reference is None:
             continue
-        one = singles.get((option.rpartition(":")[0], p.fraction))
+        one = singles.get((reference, p.fraction))
         s = p.stats
         if one is None or not one.stats.ok:
             ttft = f"{_ms(s.ttft.p90)} (-)"
             e2e = f"{_s(s.e2e.p90)} (-)"
             hit = f"{s.hit_rate:.0%} (-)"
+            warm = f"{_ms(s.ttft_warm_p90)}; {s.cold} cold"
         else:
             o = one.stats
             ttft = f"{_ms(s.ttft.p90)} ({s.ttft.p90 / o.ttft.p90:.2f}x)"
             e2e = f"{_s(s.e2e.p90)} ({s.e2e.p90 / o.e2e.p90:.2f}x)"
             hit = f"{s.hit_rate:.1%} ({(s.hit_rate - o.hit_rate) * 100:+.1f})"
+            ratio = _ratio(s.ttft_warm_p90, o.ttft_warm_p90)
+            warm = _ms(s.ttft_warm_p90) + (f" ({ratio})" if ratio else "")
+            warm += f"; {s.cold} cold against {o.cold}"
         lines.append(
-            f"| {p.router} | {p.fraction:.2f} | {ttft} | {e2e} | {hit} "
+            f"| {p.router} | {p.fraction:.2f} | {ttft} | {e2e} | {hit} | {warm} "
             f"| {p.streams_text() or '-'} | {p.pick_delays_text() or '-'} |"
         )
     return lines if len(lines) > 2 else []
+
+
+def _ratio(a: float, b: float) -> str:
+    return "" if math.isnan(a) or math.isnan(b) or b <= 0 else f"{a / b:.2f}x"
 
 
 BATCHED_FLOOR = (

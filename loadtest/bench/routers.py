@@ -99,6 +99,22 @@ class RouterSpec:
         return None
 
 
+def run_labels(names: Sequence[str]) -> list[str]:
+    """Each router's label in a run: its name, and `NAME#k` for its k-th repeat, so that one
+    router listed twice runs twice as a control (what a rerun of the same code moves)."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return out
+
+
+def repeat_of(label: str) -> str:
+    """The router a label names (`epp:gpu-aware#2` -> `epp:gpu-aware`)."""
+    return label.partition("#")[0]
+
+
 @dataclass(frozen=True, slots=True)
 class SimPod:
     host: str

@@ -90,22 +90,28 @@ def _point(
     return Point(router, 5.5, 0.9, summarize(samples), (), (), per, late)
 
 
-def test_replicas_table_compares_each_replica_point_with_one_epp() -> None:
+def test_replicas_table_compares_each_replica_point_and_the_control_with_one_epp() -> None:
     points = [
         _point("epp:gpu-aware", 0.2, 2.0, 50),
         _point("epp-replicas:gpu-aware:3", 0.21, 2.4, 48, 3, 2),
         _point("epp-replicas-alone:gpu-aware:3", 0.4, 3.0, 30, 3),
         _point("envoy:LEAST_REQUEST", 0.1, 1.0, 0),
+        _point("epp:gpu-aware#2", 0.3, 2.0, 60),
     ]
     rows = replicas_table(points)
-    assert len(rows) == 4  # header, rule, the two replica points
+    assert len(rows) == 5  # header, rule, the two replica points, the control
     assert rows[2] == (
         "| epp-replicas:gpu-aware:3 | 0.90 | 210 (1.05x) | 2.40 (1.20x) | 48.0% (-2.0) "
+        "| -; 10 cold against 0 "  # under half of every prompt cached: no warm request
         "| epp-1 10 / epp-2 11 / epp-3 12 | 2.0 / 5.2 (20) · 3.0 / 5.2 (40) |"
     )
     assert "| 400 (2.00x) | 3.00 (1.50x) | 30.0% (-20.0) |" in rows[3]
     assert rows[3].endswith("| epp-1 10 / epp-2 11 / epp-3 12 | - |")  # alone: no delays
-    assert replicas_table(points[:1] + points[3:]) == []
+    assert rows[4] == (
+        "| epp:gpu-aware#2 | 0.90 | 300 (1.50x) | 2.00 (1.00x) | 60.0% (+10.0) "
+        "| 300 (1.50x); 0 cold against 0 | - | - |"
+    )
+    assert replicas_table(points[:1] + points[3:4]) == []
 
 
 def test_markdown_has_the_replicas_section_only_with_replica_points() -> None:
