@@ -47,7 +47,7 @@ def test_the_parser_reads_the_generation_histogram_and_the_cap_finishes() -> Non
 
 def test_a_common_cap_is_planned_with_the_learned_length_not_as_the_answer() -> None:
     lengths = OutputLengths(prior=200, min_samples=20)
-    assert lengths.plan(M, 1024).expected == 1024  # nothing learned yet: the cap
+    assert lengths.plan(M, 1024).expected == 200  # nothing learned yet: the prior, under the cap
     lengths.observe_batch(AnswerBatch(M, 30, 150.0, 0))
     plan = lengths.plan(M, 1024)
     assert (plan.expected, plan.typical, plan.told) == (150, 150, False)

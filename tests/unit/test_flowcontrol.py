@@ -20,10 +20,11 @@ from epp.datastore import Datastore
 from epp.director import Decision, Director
 from epp.errors import QueueFull, Shed, TTLExpired
 from epp.observability import EppMetrics
+from epp.scheduling.output_length import MIN_SAMPLES
 from epp.settings import ProtocolSettings, SaturationSettings
 from epp.types import EndpointMetrics
+from tests.factories import SERVED, fresh, pod, pool
 from tests.factories import director as make_director
-from tests.factories import fresh, pod, pool
 
 A, B = "127.0.0.2:8000", "127.0.0.3:8000"
 
@@ -52,6 +53,8 @@ def setup(
     flow = FlowControl(store, timeout, max_requests, max_bytes)
     saturation = SaturationSettings(queue_depth=100, kv_cache_util=0.99)  # only the limit counts
     director = make_director(store, 3, saturation=saturation, flow=flow, clock=clock)
+    for _ in range(MIN_SAMPLES):  # these clients announce lengths: answers run into their
+        director.lengths.observe(SERVED, 200, 200)  # caps, so a cap tells the length
     return store, director, flow
 
 
