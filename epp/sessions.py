@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from epp.admission.rooms import has_room
+from epp.admission.rooms import has_queue_room
 from epp.settings import SaturationSettings
 from epp.types import EndpointState
 
@@ -133,7 +133,7 @@ class Sessions:
         """Room for the session's next turn: a batch slot (or a short queue) and KV cache to
         spare, by the same marks that call a pool saturated."""
         m, s = state.metrics, self._saturation
-        return has_room(state) and m.waiting <= s.queue_depth and m.kv_usage < s.kv_cache_util
+        return has_queue_room(state) and m.waiting <= s.queue_depth and m.kv_usage < s.kv_cache_util
 
 
 def _b64(data: bytes) -> str:

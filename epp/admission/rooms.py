@@ -1,6 +1,9 @@
 """The room rules: whether a waiting request may go now, and which endpoints it is offered.
 
-An endpoint has room while its load is under its batch limit plus a small queue (`has_room`).
+An endpoint has room while its load is under its batch limit plus a small queue
+(`queue_slack`): none where the limit is the batch size its pod spec declares, since a request
+queued inside one server waits for that server's next finished request while here it gets the
+first slot that frees anywhere.
 A critical request wants a free batch slot (`free`): queued inside a server it would wait for
 that server's next finished request, while waiting here it gets the first slot anywhere;
 after `CRITICAL_QUEUE_AFTER` it also takes a full batch with nothing queued (`probe`), so
@@ -41,17 +44,29 @@ ROOM, FREE, PROBE, FULL = "room", "free", "probe", "full"
 DECLINE_AFTER = 0.5
 
 
-def queue_slack(limit: int) -> int:
-    """Requests an endpoint may hold queued beyond its batch limit: a quarter of the limit, at
-    least one. The slack keeps the server able to show it can run more than was learned: the
-    limit grows whenever it reports more running requests, so a low first guess corrects
-    itself instead of capping the server where it was first seen full."""
-    return (limit >> 2) or 1
+def queue_slack(limit: int, declared: int = 0) -> int:
+    """Requests an endpoint may hold queued beyond its batch limit `limit`: a quarter of the
+    limit, at least one. The slack keeps the server able to show it can run more than was
+    learned: the limit grows whenever it reports more running requests, so a low first guess
+    corrects itself instead of capping the server where it was first seen full. A limit that is
+    the batch size the pod spec `declared` (vLLM's `--max-num-seqs`, a hard cap) has nothing
+    to show: no slack. A request that finds those batches full waits in the waiting room,
+    where the first slot that frees on any server is its, rather than in one server's queue
+    for that server's next finished request."""
+    return 0 if limit == declared else (limit >> 2) or 1
 
 
 def has_room(state: EndpointState) -> bool:
     """Room for one more request: under the batch limit plus its queue slack (no limit known:
     always, while healthy)."""
+    limit = state.limit
+    slack = queue_slack(limit, state.endpoint.max_num_seqs)
+    return state.healthy and (not limit or state.load < limit + slack)
+
+
+def has_queue_room(state: EndpointState) -> bool:
+    """Room for one more request counting a short queue behind any batch limit, declared or
+    learned (a session's next turn would rather queue on the pod that holds its context)."""
     limit = state.limit
     return state.healthy and (not limit or state.load < limit + queue_slack(limit))
 
@@ -94,7 +109,10 @@ class RoomView:
         # runs once per wake-up over the whole pool)
         snap = self.candidates = snapshot_of(candidates)
         columns = list(zip(snap.load, snap.limit, strict=True))
-        self.room = [not lim or ld < lim + ((lim >> 2) or 1) for ld, lim in columns]
+        self.room = [
+            not lim or ld < lim + (0 if lim == c.endpoint.max_num_seqs else (lim >> 2) or 1)
+            for (ld, lim), c in zip(columns, snap, strict=True)
+        ]
         self.any_room = any(self.room)
         self.any_free = any(not lim or ld < lim for ld, lim in columns)
         self.any_probe = self.any_free or any(ld <= lim for ld, lim in columns)

@@ -19,8 +19,10 @@ from epp.admission.rooms import (
     RoomView,
     StandardRoom,
     free,
+    has_queue_room,
     has_room,
     probe,
+    queue_slack,
     worth_taking,
 )
 from epp.admission.shedding import Shedder
@@ -175,23 +177,39 @@ async def test_the_view_is_built_once_per_snapshot() -> None:
 
 
 async def test_admit_waits_for_room_and_offers_only_endpoints_with_room() -> None:
-    store = store_of_two(max_num_seqs=1)  # room: 1 running + 1 queued per pod
+    store = store_of_two(max_num_seqs=1)  # room: the declared batch of 1 per pod, no queue
     admission = AdmissionController(store, SaturationSettings(), FlowControl(store, timeout=5))
     leases = []
-    for _ in range(4):
+    for _ in range(2):
         offered = await admission.admit(BODY, POOL, 0)
+        assert len(offered) == 2 - len(leases)
         leases.append(store.lease(offered[0].address, 1))
     waiting = asyncio.create_task(admission.admit(BODY, POOL, 0))
     await asyncio.sleep(0.01)
-    assert not waiting.done()
-    leases[0].release()  # a queue place on one pod: a held request waits for a batch slot
-    await asyncio.sleep(0.01)
-    assert not waiting.done()
-    next(lease for lease in leases[1:] if lease.address == leases[0].address).release()
+    assert not waiting.done()  # both batches full: it waits here, not in a server's queue
+    leases[1].release()  # the first slot that frees anywhere is its
     offered = await asyncio.wait_for(waiting, 1)
-    assert [c.address for c in offered] == [leases[0].address]
+    assert [c.address for c in offered] == [leases[1].address]
     # a request no model runs never waits, and is offered every ready endpoint
     assert len(await admission.admit(NO_INFERENCE, POOL, 0)) == 2
+
+
+async def test_a_learned_limit_keeps_a_queue_place_a_declared_one_does_not() -> None:
+    """A learned limit may be a low first guess: a quarter of it (at least one) may queue so the
+    server can show it runs more. The declared `--max-num-seqs` is the engine's hard cap."""
+    declared = Endpoint(FAST, FAST, "default/pool", max_num_seqs=4)
+    undeclared = Endpoint(SLOW, SLOW, "default/pool")
+    learned_below = Endpoint(FAST, FAST, "default/pool", max_num_seqs=8)
+
+    def at(ep: Endpoint, load: int, limit: int) -> EndpointState:
+        return EndpointState(ep, EndpointMetrics(scraped_at=100.0), in_flight=load, limit=limit)
+
+    assert (queue_slack(4, 4), queue_slack(4), queue_slack(6, 8), queue_slack(16)) == (0, 1, 1, 4)
+    states = [at(declared, 4, 4), at(undeclared, 4, 4), at(learned_below, 6, 6)]
+    assert [has_room(s) for s in states] == [False, True, True]
+    assert RoomView(states).room == [False, True, True]
+    assert [has_queue_room(s) for s in states] == [True, True, True]  # a session's next turn
+    assert not has_room(at(undeclared, 5, 4)) and not has_queue_room(at(declared, 5, 4))
 
 
 async def test_without_flow_control_nothing_waits() -> None:

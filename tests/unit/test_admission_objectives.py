@@ -93,8 +93,7 @@ async def test_only_endpoints_predicted_to_meet_the_objective_are_offered() -> N
     admission = AdmissionController(
         store, SaturationSettings(), FlowControl(store, 5.0), objectives_after=0
     )
-    for _ in range(2):
-        store.lease(A, 10)  # A: a full batch, B idle
+    store.lease(A, 10)  # A: half its batch busy, B idle
     idle = admission.latency.predict(store.candidates(POOL)[1], BODY.prompt_tokens).ttft
     busy = admission.latency.predict(store.candidates(POOL)[0], BODY.prompt_tokens).ttft
     assert busy > idle
