@@ -122,6 +122,9 @@ class Datastore:
         self._in_flight: dict[str, tuple[int, int]] = {}  # this replica's own leases
         self._peer_flights: dict[str, tuple[int, int]] = {}  # the other replicas' together
         self._in_flight_listeners: list[Callable[[], None]] = []
+        # address → how many times its in-flight count (own or peers') changed: the scraper
+        # knows a pod's load moved since a scrape when this did (`load_changes`)
+        self._load_changes: dict[str, int] = {}
         self._health: dict[str, bool] = {}
         self._limits: dict[str, int] = {}  # learned concurrency limit per address
         self._tpot: dict[str, float] = {}  # moving average of seconds per output token
@@ -166,6 +169,7 @@ class Datastore:
         for gone in set(self._pools_of) - set(pools_of):
             self._metrics.pop(gone, None)
             self._at_scrape.pop(gone, None)
+            self._load_changes.pop(gone, None)
             self._health.pop(gone, None)
             self._limits.pop(gone, None)
             if self._learner is not None:
@@ -256,7 +260,10 @@ class Datastore:
         `dataclasses.replace`."""
         flights, tokens = self._in_flight_total(address)
         since = flights - self._at_scrape.get(address, 0)
-        for pool_key in self._pools_of.get(address, ()):
+        keys = self._pools_of.get(address, ())
+        if keys:
+            self._load_changes[address] = self._load_changes.get(address, 0) + 1
+        for pool_key in keys:
             per_pool = self._states[pool_key]
             s = per_pool[address]
             per_pool[address] = EndpointState(
@@ -296,6 +303,11 @@ class Datastore:
             self.on_answers(batch)
         self._update(address, **changes)
         self._changed(address)
+
+    def load_changes(self, address: str) -> int:
+        """A count that grows whenever a request of this replica or of a peer starts or ends on
+        the endpoint: equal counts at two instants mean the EPP changed nothing there between."""
+        return self._load_changes.get(address, 0)
 
     def set_health(self, address: str, healthy: bool) -> None:
         if self._health.get(address, True) != healthy:

@@ -178,3 +178,20 @@ def test_a_lease_and_its_release_keep_every_other_field_of_the_state() -> None:
     for f in fields(EndpointState):
         if f.name not in IN_FLIGHT_FIELDS:
             assert getattr(leased, f.name) is getattr(before, f.name), f.name
+
+
+def test_load_changes_count_every_start_and_end_of_own_and_peer_requests() -> None:
+    store = store_with(pod("a", "10.0.0.1"), pod("b", "10.0.0.2"))
+    a, b = "10.0.0.1:8000", "10.0.0.2:8000"
+    assert (store.load_changes(a), store.load_changes(b)) == (0, 0)
+    lease = store.lease(a, 10)
+    store.set_metrics(a, fresh(running=1))  # a scrape is not a change the EPP made
+    assert (store.load_changes(a), store.load_changes(b)) == (1, 0)
+    lease.release()
+    lease.release()  # released once: counted once
+    assert store.load_changes(a) == 2
+    store.set_peer_in_flight({b: (1, 5)})
+    store.set_peer_in_flight({b: (1, 5)})  # the same figures: no change
+    assert (store.load_changes(a), store.load_changes(b)) == (2, 1)
+    store.lease("10.9.9.9:8000", 1).release()  # not an endpoint here: nothing kept
+    assert store.load_changes("10.9.9.9:8000") == 0
