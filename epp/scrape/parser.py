@@ -153,10 +153,14 @@ _labels = functools.lru_cache(maxsize=1024)(parse_labels)
 
 @dataclass(frozen=True, slots=True)
 class _Scanner:
-    """One regex pass finds every line of the wanted families (literal-prefix search in C)."""
+    """Regex passes over the page for the wanted families' lines (literal-prefix search in C)."""
 
     head: re.Pattern[str]  # a family on the very first line
     body: re.Pattern[str]  # a family at the start of any other line
+    # every well-formed sample line of the wanted families, as (name, labels, value) tuples
+    samples: re.Pattern[str]
+    # every line that starts with a wanted family's name (well-formed or not)
+    lines: re.Pattern[str]
 
 
 def _scanner(spec: EngineSpec) -> _Scanner:
@@ -168,15 +172,47 @@ def _scanner(spec: EngineSpec) -> _Scanner:
     prefix = first[:size]
     # longest first, so a family whose name extends another's is not shadowed by it
     tails = sorted((re.escape(n[len(prefix) :]) for n in names), key=len, reverse=True)
-    core = f"({re.escape(prefix)}(?:{'|'.join(tails)}))([^\\n]*)"
-    return _Scanner(re.compile(core), re.compile("\\n" + core))
+    name = f"({re.escape(prefix)}(?:{'|'.join(tails)}))"
+    core = f"{name}([^\\n]*)"
+    # labels up to the line's last brace (as `_sample`), the value, an optional timestamp
+    value = r"[ \t]+([^\s]+)(?:[ \t]+[^\s]+)?[ \t]*(?=\r?\n|\r?$)"
+    sample = f"\\n{name}(?:\\{{([^\\n]*)\\}})?{value}"
+    return _Scanner(
+        re.compile(core),
+        re.compile("\\n" + core),
+        re.compile(sample),
+        re.compile(f"\\n{name}(?=[{{ \\t\\r\\n]|$)"),
+    )
 
 
 Samples = dict[str, list[tuple[str, float]]]
 
 
 def _scan(text: str, scanner: _Scanner) -> Samples:
-    """Samples of the wanted families by name, as (raw label text, value)."""
+    """Samples of the wanted families by name, as (raw label text, value).
+
+    The page's lines come out of one C pass as (name, labels, value) tuples; a second pass counts
+    the lines of the wanted families, and when some line was not a well-formed sample the page
+    goes through `_scan_lines`, which says which line is wrong."""
+    page = "\n" + text
+    found = scanner.samples.findall(page)
+    if len(found) != len(scanner.lines.findall(page)):
+        return _scan_lines(text, scanner)
+    out: Samples = {}
+    try:
+        for name, raw, value in found:
+            samples = out.get(name)
+            if samples is None:
+                out[name] = [(raw, float(value))]
+            else:
+                samples.append((raw, float(value)))
+    except ValueError:
+        return _scan_lines(text, scanner)  # names the bad value
+    return out
+
+
+def _scan_lines(text: str, scanner: _Scanner) -> Samples:
+    """`_scan` line by line, raising MetricsParseError at the first malformed line."""
     out: Samples = {}
     first = scanner.head.match(text)
     for m in itertools.chain((first,) if first else (), scanner.body.finditer(text)):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from epp.scrape import parser
 from epp.scrape.parser import MetricsParseError, parse_labels, parse_metrics
 from epp.types import ENGINE_SGLANG, ENGINE_TRITON, ENGINE_TRTLLM, ENGINE_VLLM
 
@@ -214,3 +215,21 @@ def test_huge_page_parses_and_stays_fast() -> None:
     elapsed = time.perf_counter() - started
     assert (m.waiting, m.running, m.kv_usage) == (1, 2, 0.5)
     assert elapsed < 2.0, elapsed  # linear scans only; a full parse of 20 MB takes tens of seconds
+
+
+@pytest.mark.parametrize(
+    "name", ["vllm_v0.txt", "vllm_v1_2engines.txt", "sglang.txt", "trtllm_serve.txt"]
+)
+def test_the_one_pass_scan_reads_what_the_line_by_line_scan_reads(name: str) -> None:
+    engine = {"sglang.txt": ENGINE_SGLANG, "trtllm_serve.txt": ENGINE_TRTLLM}.get(name, "vllm")
+    text = page(name).decode()
+    scanner = parser._SCANNERS[engine]
+    assert parser._scan(text, scanner) == parser._scan_lines(text, scanner)
+    crlf = text.replace("\n", "\r\n")  # and with CRLF line ends and a timestamp on a line
+    stamped = crlf.replace(" 1.0\r\n", " 1.0 1700000000000\r\n", 1)
+    assert parser._scan(stamped, scanner) == parser._scan_lines(stamped, scanner)
+
+
+def test_a_longer_family_name_that_starts_like_a_wanted_one_is_not_read() -> None:
+    text = MINIMAL + 'vllm:num_requests_waiting_total{model_name="m"} 7\n'
+    assert parse_metrics(text, ENGINE_VLLM, 0.0).waiting == 1
