@@ -131,6 +131,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds between scrapes",
     )
     p.add_argument(
+        "--scrape-quiet-interval",
+        type=float,
+        default=_default(ScrapeSettings, "quiet_interval"),
+        help="longest seconds a quiet pod's figures (no queue, load unmoved, no request started "
+        "or ended there by the EPP) are vouched for without a fetch; 0: fetch at every tick due",
+    )
+    p.add_argument(
         "--max-body-bytes", type=int, default=_default(ProtocolSettings, "max_body_bytes")
     )
     p.add_argument(
@@ -341,7 +348,11 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, ScrapeSettings, G
     )
     # the failure back-off is capped at no less than the interval (ScrapeSettings insists)
     backoff_max = max(_default(ScrapeSettings, "backoff_max"), args.scrape_interval)
-    scrape = ScrapeSettings(interval=args.scrape_interval, backoff_max=backoff_max)
+    scrape = ScrapeSettings(
+        interval=args.scrape_interval,
+        backoff_max=backoff_max,
+        quiet_interval=args.scrape_quiet_interval,
+    )
     return settings, scrape, gpu
 
 

@@ -151,7 +151,9 @@ class EppServer:
         await site.start()
         self.metrics_port = self._http.addresses[0][1]
         await self._load_resources()
-        scraper = Scraper(self.store, self.store.endpoints, self.config.scrape)
+        scraper = Scraper(
+            self.store, self.store.endpoints, self.config.scrape, changes=self.store.load_changes
+        )
         self.tasks.spawn("scraper", scraper.run)
         if self.config.gpu.prometheus_url:
             self.tasks.spawn("gpu", GpuPoller(self.store, self.config.gpu).run)

@@ -6,7 +6,13 @@ endpoints. Every loop wakes on the same grid of `interval` ticks, so the scrapes
 share the event loop's wake-ups (a lone scrape pays them all: measured ~25 % more CPU with
 jittered timers); a loop scrapes every tick while the pod's load moves, every other tick (up to
 `steady_interval`, still fresh for the saturation detector's staleness bound) while it does not,
-and backs off while the pod fails. It asks only for the families the parser reads (`name[]`, as
+and backs off while the pod fails. A quiet pod is not even fetched that often: when its last
+page showed no queue and the same load as the page before, and the EPP (this replica or a peer,
+`changes`) started or ended no request there since, nothing can have moved its running and
+waiting figures but traffic from outside the EPP, so at its steady ticks the loop vouches for the
+last figures (the sink gets them again, `scraped_at` the vouching instant) instead of fetching,
+until `quiet_interval` after the last fetch or the EPP's first change there. It asks only for the
+families the parser reads (`name[]`, as
 prometheus_client serves it: vLLM, SGLang and trtllm-serve pages shrink to a few lines; servers
 that ignore the query send the whole page). Pages go through the pure `epp.scrape.parser`;
 results and health transitions go to a `MetricsSink` (the datastore). HTTP is one kept
@@ -49,6 +55,9 @@ class ScrapeSettings:
     # longest wait while its pages show the same load, in whole intervals (two at the defaults):
     # well inside the saturation detector's 200 ms staleness bound
     steady_interval: float = 0.1
+    # longest time the figures of a quiet pod (no queue, load unmoved, no request started or
+    # ended there by the EPP) are vouched for without a fetch; <= steady_interval: never
+    quiet_interval: float = 0.5
     timeout: float = 0.5  # per request, connect included
     max_concurrency: int = 64  # requests in flight over all endpoints
     unhealthy_after: int = 3  # consecutive failures before set_health(address, False)
@@ -62,6 +71,8 @@ class ScrapeSettings:
     def __post_init__(self) -> None:
         if self.interval <= 0 or self.timeout <= 0 or self.backoff_max < self.interval:
             raise ValueError("scrape interval/timeout must be > 0 and backoff_max >= interval")
+        if self.quiet_interval < 0:
+            raise ValueError("quiet_interval must be >= 0")
         if self.max_concurrency < 1 or self.unhealthy_after < 1 or self.max_body < 1:
             raise ValueError("max_concurrency, unhealthy_after and max_body must be >= 1")
 
@@ -93,12 +104,16 @@ class Scraper:
         *,
         fetch: Fetch | None = None,
         clock: Callable[[], float] = time.monotonic,
+        changes: Callable[[str], int] | None = None,
     ) -> None:
+        """`changes(address)`: a count that grows whenever the EPP starts or ends a request on
+        the endpoint (`Datastore.load_changes`); None: every steady tick fetches."""
         self._sink = sink
         self._targets = targets
         self._settings = settings
         self._fetch = fetch
         self._clock = clock
+        self._changes = changes
         self._tasks: dict[str, tuple[Endpoint, asyncio.Task[None]]] = {}
         self._health: dict[str, _Health] = {}  # outlives a loop restarted for a changed endpoint
 
@@ -150,8 +165,25 @@ class Scraper:
         last: EndpointMetrics | None = None
         last_page = b""
         ticks = 1
+        quiet_until = 0.0  # while the figures are vouched for without a fetch (0: not quiet)
+        changes = self._changes
+        seen = 0  # the EPP's change count when the last fetch began
         while True:
             started = self._clock()
+            # quiet, and the EPP changed nothing there: the last figures still hold
+            if (
+                started < quiet_until
+                and last is not None
+                and changes is not None
+                and changes(ep.address) == seen
+            ):
+                self._sink.set_metrics(ep.address, replace(last, scraped_at=started))
+                due = self._next(due, ticks)
+                await asyncio.sleep(max(0.0, due - self._clock()))
+                continue
+            quiet_until = 0.0
+            if changes is not None:
+                seen = changes(ep.address)
             try:
                 async with semaphore:
                     body = await fetch(url)
@@ -170,17 +202,25 @@ class Scraper:
                 self._sink.set_metrics(ep.address, metrics)
                 moved = last is None or _moved(last, metrics) or health.failures > 0
                 ticks = 1 if moved else min(steady, ticks + 1)
+                if changes is not None and not moved and not metrics.waiting and ticks == steady:
+                    quiet_until = started + s.quiet_interval
                 last = metrics
                 if not health.healthy:
                     log.info("endpoint %s answers again after %d failures", url, health.failures)
                     health.healthy = True
                     self._sink.set_health(ep.address, True)
                 health.failures = 0
-            due += ticks * s.interval
-            now = self._clock()
-            if due < now - s.interval:  # fell more than a tick behind: rejoin the grid
-                due = self._tick_after(now)
-            await asyncio.sleep(max(0.0, due - now))
+            due = self._next(due, ticks)
+            await asyncio.sleep(max(0.0, due - self._clock()))
+
+    def _next(self, due: float, ticks: int) -> float:
+        """The tick `ticks` after `due`, or the grid's next one when the loop fell behind."""
+        interval = self._settings.interval
+        due += ticks * interval
+        now = self._clock()
+        if due < now - interval:  # fell more than a tick behind: rejoin the grid
+            due = self._tick_after(now)
+        return due
 
     def _tick_after(self, now: float) -> float:
         """The next tick of the grid all loops share."""

@@ -57,6 +57,7 @@ FROM_SETTINGS: dict[tuple[str, str], tuple[type[Any], str]] = {
     ("serve", "--sd-kv-cache-util"): (SaturationSettings, "kv_cache_util"),
     ("serve", "--sd-staleness"): (SaturationSettings, "staleness_seconds"),
     ("serve", "--scrape-interval"): (ScrapeSettings, "interval"),
+    ("serve", "--scrape-quiet-interval"): (ScrapeSettings, "quiet_interval"),
     ("serve", "--prometheus-url"): (GpuSettings, "prometheus_url"),
     ("serve", "--gpu-query"): (GpuSettings, "query"),
     ("serve", "--gpu-interval"): (GpuSettings, "interval"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -182,6 +183,7 @@ def test_settings_validation() -> None:
         {"max_concurrency": 0},
         {"backoff_max": 0.01},
         {"unhealthy_after": 0},
+        {"quiet_interval": -1},
     ):
         with pytest.raises(ValueError):
             ScrapeSettings(**bad)
@@ -195,3 +197,52 @@ async def test_logs_once_per_outage(caplog: pytest.LogCaptureFixture) -> None:
     await stop(task)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "HTTP 503" in warnings[0].getMessage()
+
+
+async def test_a_quiet_pod_is_vouched_for_until_the_epp_changes_its_load() -> None:
+    """No queue, the same load twice, and no request started or ended there by the EPP: at
+    its steady ticks the last figures are vouched for (fresh `scraped_at`) without a fetch,
+    up to the quiet interval; the EPP's first change there brings the fetches back."""
+    idle = PAGE.replace(b"waiting 2", b"waiting 0")
+    fetches, changes, seen_at = 0, 0, []
+
+    async def fetch(url: str) -> bytes:
+        nonlocal fetches
+        fetches += 1
+        return idle
+
+    class Seen(Sink):
+        def set_metrics(self, address: str, metrics: EndpointMetrics) -> None:
+            super().set_metrics(address, metrics)
+            seen_at.append(metrics.scraped_at)
+
+    settings = ScrapeSettings(interval=0.01, steady_interval=0.02, quiet_interval=0.2)
+    scraper = Scraper(Seen(), lambda: [ep("a:1")], settings, fetch=fetch, changes=lambda a: changes)
+    task = asyncio.create_task(scraper.run())
+    await asyncio.sleep(0.6)
+    quiet_fetches = fetches
+    assert 3 <= quiet_fetches <= 9  # 2 to be steady, then one per 200 ms (30 at every 20 ms)
+    gaps = [b - a for a, b in itertools.pairwise(seen_at)]
+    assert len(seen_at) >= 20 and max(gaps) < 0.1  # never as old as the quiet interval
+    for _ in range(20):  # the EPP sends there: a fetch at every steady tick again
+        changes += 1
+        await asyncio.sleep(0.02)
+    await stop(task)
+    assert fetches - quiet_fetches >= 12
+
+
+async def test_a_queued_pod_is_never_vouched_for() -> None:
+    calls = 0
+
+    async def fetch(url: str) -> bytes:
+        nonlocal calls
+        calls += 1
+        return PAGE  # waiting 2: the engine moves its queue without the EPP
+
+    settings = ScrapeSettings(interval=0.01, steady_interval=0.02, quiet_interval=0.2)
+    task = asyncio.create_task(
+        Scraper(Sink(), lambda: [ep("a:1")], settings, fetch=fetch, changes=lambda a: 0).run()
+    )
+    await asyncio.sleep(0.4)
+    await stop(task)
+    assert calls >= 15  # every steady tick (20 ms)
