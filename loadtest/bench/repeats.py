@@ -226,7 +226,12 @@ def _ms(v: float) -> str:
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m loadtest.bench.repeats", description=__doc__)
     p.add_argument("runs", type=Path, nargs="+", help="bench run folders, one per repeat")
-    p.add_argument("--workload", required=True, help="the report compared, <run>/<workload>.json")
+    p.add_argument(
+        "--workload",
+        required=True,
+        help="the report compared, <run>/<workload>.json; comma-separated for several (each "
+        "from the runs that have it), written together under one record",
+    )
     p.add_argument("--limit", type=float, default=1.1, help="the ratio goal counted per run")
     p.add_argument("--out", type=Path, help="write repeats-<workload>.md|.json into this folder")
     p.add_argument("--tag", default="", help="or into loadtest/results/<now>-bench-<tag>/")
@@ -236,36 +241,40 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     a = parser.parse_args(argv)
-    reports = []
-    for folder in a.runs:
-        path = folder / f"{a.workload}.json"
-        try:
-            reports.append(json.loads(path.read_text()))
-        except (OSError, ValueError) as e:
-            parser.error(f"{path}: not a bench report ({e})")
-    runs = [readings_of(r) for r in reports]
-    names = [folder.resolve().name for folder in a.runs]
-    table = render(a.workload, names, runs, a.limit)
-    print("\n".join(table))
-    out: Path | None = a.out or (run_folder("bench", a.tag) if a.tag else None)
-    if out is None:
-        return 0
     started = datetime.now(UTC)
     command = command_text(".venv/bin/python -m loadtest.bench.repeats", sys.argv[1:])
-    first = Record.from_json(reports[0]["record"])
-    record = Record.now("bench", command, first.profiles, f"repeats of {a.workload}", started)
+    out: Path | None = a.out or (run_folder("bench", a.tag, started) if a.tag else None)
+    written: list[tuple[str, list[str], Record, list[Any]]] = []
+    for workload in a.workload.split(","):
+        folders = [f for f in a.runs if (f / f"{workload}.json").exists()]
+        if not folders:
+            parser.error(f"no run folder given has {workload}.json")
+        reports = []
+        for folder in folders:
+            path = folder / f"{workload}.json"
+            try:
+                reports.append(json.loads(path.read_text()))
+            except ValueError as e:
+                parser.error(f"{path}: not a bench report ({e})")
+        runs = [readings_of(r) for r in reports]
+        names = [folder.resolve().name for folder in folders]
+        table = render(workload, names, runs, a.limit)
+        print("\n".join(table))
+        first = Record.from_json(reports[0]["record"])
+        # taken before anything is written: every report names the commit the run started from
+        record = Record.now("bench", command, first.profiles, f"repeats of {workload}", started)
+        written.append((workload, table, record, [names, summarize_repeats(runs)]))
+    if out is None:
+        return 0
     out.mkdir(parents=True, exist_ok=True)
-    title = f"# Repeats: {a.workload}, {len(runs)} runs, ratios to one EPP"
-    text = [title, "", *record.markdown(), "", *table]
-    (out / f"repeats-{a.workload}.md").write_text("\n".join(text) + "\n")
-    data = {
-        "record": record.to_json(),
-        "runs": names,
-        "rows": [asdict(r) for r in summarize_repeats(runs)],
-    }
-    (out / f"repeats-{a.workload}.json").write_text(json.dumps(data, indent=1, default=str))
+    for workload, table, record, (names, rows) in written:
+        title = f"# Repeats: {workload}, {len(names)} runs, ratios to one EPP"
+        text = [title, "", *record.markdown(), "", *table]
+        (out / f"repeats-{workload}.md").write_text("\n".join(text) + "\n")
+        data = {"record": record.to_json(), "runs": names, "rows": [asdict(r) for r in rows]}
+        (out / f"repeats-{workload}.json").write_text(json.dumps(data, indent=1, default=str))
+        print(f"wrote {out / f'repeats-{workload}.md'}")
     refresh_if_inside(out)
-    print(f"wrote {out / f'repeats-{a.workload}.md'}")
     return 0
 
 

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 
 from loadtest.bench.client import Sample
-from loadtest.bench.repeats import Reading, Spread, compare, readings_of, render, summarize_repeats
+from loadtest.bench.repeats import (
+    Reading,
+    Spread,
+    compare,
+    main,
+    readings_of,
+    render,
+    summarize_repeats,
+)
 from loadtest.bench.routers import repeat_of, run_labels
 from loadtest.bench.stats import summarize
+from loadtest.record import Record
 
 
 def ok(start: float, ttft: float, e2e: float, prompt: int, cached: int) -> Sample:
@@ -108,3 +119,29 @@ def test_warm_p90_and_cold_count_split_requests_at_half_the_prompt_cached() -> N
     assert s.ttft_warm_p90 == pytest.approx(0.091)  # of 0.01 .. 0.10 only
     assert s.ttft.p90 == pytest.approx(0.5)  # the statistic still counts them all
     assert math.isnan(summarize([ok(0, 0.1, 1.0, 100, 0)]).ttft_warm_p90)  # nothing cached: no warm
+
+
+def test_main_writes_every_workloads_summary_under_one_record(tmp_path: Path) -> None:
+    record = Record("bench", "abc", "python -m loadtest.bench", "vm", "2026-01-01 00:00 UTC")
+    for seed, workload in ((1, "sharegpt"), (1, "shared-prefix"), (2, "shared-prefix")):
+        folder = tmp_path / f"run-s{seed}"
+        folder.mkdir(exist_ok=True)
+        points = [
+            {"router": r.router, "fraction": r.fraction, "stats": {
+                "ttft": {"p90": r.ttft_p90}, "e2e": {"p90": r.e2e_p90}, "hit_rate": r.hit_rate}}
+            for r in run(0.2 * seed, 0.2, 0.3, (0.9, 0.9, 0.9))
+        ]  # fmt: skip
+        report = {"record": record.to_json(), "points": points}
+        (folder / f"{workload}.json").write_text(json.dumps(report))
+    out = tmp_path / "out"
+    runs = [str(tmp_path / "run-s1"), str(tmp_path / "run-s2")]
+    assert main(["--workload", "shared-prefix,sharegpt", "--out", str(out), *runs]) == 0
+    both = [
+        json.loads((out / f"repeats-{w}.json").read_text()) for w in ("shared-prefix", "sharegpt")
+    ]
+    assert both[0]["record"]["commit"] == both[1]["record"]["commit"]
+    assert both[0]["runs"] == ["run-s1", "run-s2"] and both[1]["runs"] == ["run-s1"]
+    text = (out / "repeats-shared-prefix.md").read_text()
+    assert "| epp-replicas:gpu-aware:3 | 0.90 | 1.50 / 0.75; **1.12** (0.75 to 1.50) " in text
+    with pytest.raises(SystemExit):
+        main(["--workload", "multi-turn", *runs])
