@@ -105,12 +105,12 @@ class RoomView:
 
     def __init__(self, candidates: Sequence[EndpointState]) -> None:
         # ready endpoints (healthy, within the subset hint), as a snapshot whose columns the
-        # service-time model reads too; `has_room`, `free` and `probe` by column (inlined: this
-        # runs once per wake-up over the whole pool)
+        # service-time model reads too; `has_room` (its slack from `queue_slack`), `free` and
+        # `probe` by column (inlined: this runs once per wake-up over the whole pool)
         snap = self.candidates = snapshot_of(candidates)
         columns = list(zip(snap.load, snap.limit, strict=True))
         self.room = [
-            not lim or ld < lim + (0 if lim == c.endpoint.max_num_seqs else (lim >> 2) or 1)
+            not lim or ld < lim + queue_slack(lim, c.endpoint.max_num_seqs)
             for (ld, lim), c in zip(columns, snap, strict=True)
         ]
         self.any_room = any(self.room)
