@@ -44,6 +44,9 @@ class Thresholds:
     max_error_rate: float | None = 0.05  # share of the canary's finished requests that failed
     max_ttft_ratio: float | None = 1.5  # canary p-th TTFT / stable p-th TTFT
     max_tpot_ratio: float | None = 1.5  # canary p-th time per output token / stable's
+    # a TTFT ratio over its limit fails only when the canary's TTFT is also more than this many
+    # seconds above stable's: a 15 ms p90 doubling to 30 ms is queueing noise, not a regression
+    min_ttft_increase: float = 0.0
     percentile: float = 90.0
     min_samples: int = 10  # finished canary (and stable) requests a window needs to judge
     queries: tuple[MetricQuery, ...] = ()
@@ -149,12 +152,19 @@ def _read_steps(block: Obj) -> tuple[int, ...] | None:
 
 def _read_thresholds(analysis: Obj) -> Thresholds:
     analysis.only(
-        "maxErrorRate", "maxTTFTRatio", "maxTPOTRatio", "percentile", "minSamples", "queries"
+        "maxErrorRate",
+        "maxTTFTRatio",
+        "maxTPOTRatio",
+        "minTTFTIncrease",
+        "percentile",
+        "minSamples",
+        "queries",
     )
     base = Thresholds()
     error_rate = analysis.number("maxErrorRate", lo=0, hi=1)
     ttft = analysis.number("maxTTFTRatio", lo=1, hi=1000)
     tpot = analysis.number("maxTPOTRatio", lo=1, hi=1000)
+    increase = read_duration(analysis, "minTTFTIncrease", lo=0, hi=3600)
     percentile = analysis.number("percentile", lo=1, hi=99.9)
     samples = analysis.integer("minSamples", lo=1, hi=1_000_000)
     queries: list[MetricQuery] = []
@@ -176,6 +186,7 @@ def _read_thresholds(analysis: Obj) -> Thresholds:
         max_error_rate=error_rate if analysis.has("maxErrorRate") else base.max_error_rate,
         max_ttft_ratio=ttft if analysis.has("maxTTFTRatio") else base.max_ttft_ratio,
         max_tpot_ratio=tpot if analysis.has("maxTPOTRatio") else base.max_tpot_ratio,
+        min_ttft_increase=increase if increase is not None else base.min_ttft_increase,
         percentile=percentile or base.percentile,
         min_samples=samples or base.min_samples,
         queries=tuple(queries),

@@ -91,17 +91,18 @@ def analyze(
             f"({int(canary.errors)} of {c.requests}; stable {s.error_rate:.1%})"
         )
     p = f"p{thresholds.percentile:g}"
-    for name, limit_ratio, mine, theirs in (
-        ("TTFT", thresholds.max_ttft_ratio, c.ttft, s.ttft),
-        ("TPOT", thresholds.max_tpot_ratio, c.tpot, s.tpot),
+    for name, limit_ratio, mine, theirs, margin in (
+        ("TTFT", thresholds.max_ttft_ratio, c.ttft, s.ttft, thresholds.min_ttft_increase),
+        ("TPOT", thresholds.max_tpot_ratio, c.tpot, s.tpot, 0.0),
     ):
         if limit_ratio is None or mine is None or not theirs:
             continue
         ratio = mine / theirs
-        if ratio > limit_ratio:
+        if ratio > limit_ratio and mine - theirs > margin:
+            more = f", and more than {margin * 1000:g} ms slower" if margin else ""
             failures.append(
                 f"{p} {name} {mine * 1000:.1f} ms is {ratio:.2f}x stable's "
-                f"{theirs * 1000:.1f} ms (limit {limit_ratio:g}x)"
+                f"{theirs * 1000:.1f} ms (limit {limit_ratio:g}x{more})"
             )
     for query in thresholds.queries:
         value = (queries or {}).get(query.name)

@@ -94,6 +94,20 @@ def test_analysis_fails_a_slow_canary_and_passes_a_like_one() -> None:
     assert result.verdict == "Fail" and "error rate 10.0% over 5.0%" in result.reason
 
 
+def test_a_ttft_ratio_fails_only_beyond_the_absolute_margin() -> None:
+    fast, slow = Traffic(), Traffic()
+    fast.serve("v", 40, 0.015, 0.010)  # a 15 ms TTFT ...
+    slow.serve("v", 40, 0.075, 0.010)  # ... five times over: 60 ms slower
+    f = parse_exposition(generate_latest(fast.metrics.registry).decode())[(MODEL, "v")]
+    s = parse_exposition(generate_latest(slow.metrics.registry).decode())[(MODEL, "v")]
+    strict = analyze(Thresholds(max_ttft_ratio=4.0), s, f)
+    assert strict.verdict == "Fail" and "TTFT" in strict.reason
+    lenient = Thresholds(max_ttft_ratio=4.0, min_ttft_increase=0.2)
+    assert analyze(lenient, s, f).verdict == "Pass"  # 5x, but within 200 ms of stable
+    tight = analyze(Thresholds(max_ttft_ratio=4.0, min_ttft_increase=0.01), s, f)
+    assert tight.verdict == "Fail" and "more than 10 ms slower" in tight.reason
+
+
 def test_split_weights_share_the_rest_among_stables() -> None:
     assert split_weights("c", [("a", 90), ("c", 10)], 25) == {"a": 75, "c": 25}
     assert split_weights("c", [("a", 2), ("b", 1), ("c", 0)], 10) == {"a": 60, "b": 30, "c": 10}

@@ -80,6 +80,14 @@ def test_seed_policy_is_read_with_defaults_for_what_is_not_given() -> None:
     assert policy.failure_limit == 1
 
 
+def test_the_ttft_margin_reads_as_a_duration() -> None:
+    doc = copy.deepcopy(SEED)
+    doc["spec"]["routing"]["trafficSplit"][1]["rollout"]["analysis"]["minTTFTIncrease"] = "50ms"
+    policy = _model(doc).rollout
+    assert policy is not None and policy.thresholds.min_ttft_increase == pytest.approx(0.05)
+    assert _model(SEED).rollout.thresholds.min_ttft_increase == 0.0  # type: ignore[union-attr]
+
+
 def test_upstream_policy_names_the_canary_by_its_target_model() -> None:
     model = _model(UPSTREAM)
     assert model.rollout is not None and model.rollout.canary == "chat-v2"
@@ -126,6 +134,11 @@ CANARY = "spec.routing.trafficSplit[1]"
             {"analysis": {"maxTTFTRatio": 0.5}},
             f"{CANARY}.rollout.analysis.maxTTFTRatio",
             "must be 1..1000",
+        ),
+        (
+            {"analysis": {"minTTFTIncrease": "soon"}},
+            f"{CANARY}.rollout.analysis.minTTFTIncrease",
+            "must be a duration",
         ),
         (
             {"analysis": {"queries": [{"name": "q", "query": "up"}]}},
