@@ -1,8 +1,8 @@
 """Model-server signals: a targeted /metrics parser and the async loop that scrapes every endpoint.
 
 `parser` is pure (page text → `EndpointMetrics`); `client` keeps one HTTP/1.1 connection per
-endpoint; `scraper` owns the per-endpoint loops (adaptive interval, only the parsed families) and
-hands results to a sink (the datastore). GPU utilization is `epp.gpu`.
+endpoint; `scraper` owns the ticker that scrapes every endpoint (adaptive interval, only the
+parsed families) and hands results to a sink (the datastore). GPU utilization is `epp.gpu`.
 """
 
 from epp.scrape.parser import ENGINE_SPECS, EngineSpec, MetricRef, MetricsParseError, parse_metrics

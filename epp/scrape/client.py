@@ -90,12 +90,22 @@ class _Connection(asyncio.Protocol):
         self._fail(exc or ConnectionResetError("connection closed by the endpoint"))
 
     # -- requests --------------------------------------------------------------------------
-    async def request(self, data: bytes) -> bytes:
+    def send(self, data: bytes) -> asyncio.Future[bytes]:
+        """Write one request; the future gets the body (or the failure). Cancelling it leaves
+        the connection unusable: the answer still on its way cannot be told from the next."""
         assert self.transport is not None and self.waiter is None
-        self.waiter = asyncio.get_running_loop().create_future()
+        waiter = self.waiter = asyncio.get_running_loop().create_future()
         self.used = True
         self.transport.write(data)
-        return await self.waiter
+        return waiter
+
+    async def request(self, data: bytes) -> bytes:
+        return await self.send(data)
+
+    @property
+    def idle(self) -> bool:
+        """Open, and no answer awaited (nor abandoned half-read)."""
+        return self.open and self.waiter is None
 
     def close(self) -> None:
         self.open = False
@@ -205,6 +215,19 @@ class KeepAliveFetch:
         self._requests: dict[str, tuple[str, int, bytes]] = {}
         self._connections: dict[tuple[str, int], _Connection] = {}
 
+    def begin(self, url: str) -> asyncio.Future[bytes] | None:
+        """The fetch on a kept idle connection, without a task or a timer: the future gets the
+        page (or the failure; a connection the endpoint had closed fails with ConnectionError,
+        and `await fetch(url)` then retries on a fresh one). None when there is no such
+        connection. The caller enforces its own deadline, by cancelling the future."""
+        target = self._requests.get(url)
+        if target is None:
+            target = self._requests[url] = self._target(url)
+        conn = self._connections.get((target[0], target[1]))
+        if conn is None or not conn.idle:
+            return None
+        return conn.send(target[2])
+
     async def __call__(self, url: str) -> bytes:
         target = self._requests.get(url)
         if target is None:
@@ -213,7 +236,9 @@ class KeepAliveFetch:
         async with asyncio.timeout(self._timeout):
             for attempt in (0, 1):
                 conn = self._connections.get((host, port))
-                if conn is None or not conn.open:
+                if conn is not None and conn.open and not conn.idle:
+                    conn.close()  # an answer abandoned half-read: the stream is unusable
+                if conn is None or not conn.idle:
                     conn = await self._connect(host, port)
                 reused = conn.used
                 try:

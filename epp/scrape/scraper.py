@@ -1,30 +1,36 @@
 """The scrape loop: every endpoint's /metrics, on a short interval, into a sink.
 
-One task per endpoint, supervised by `Scraper.run`, which follows the target set (`targets()` is
-re-read every interval), restarts a loop that crashed and cancels the loops of removed
-endpoints. Every loop wakes on the same grid of `interval` ticks, so the scrapes of one tick
-share the event loop's wake-ups (a lone scrape pays them all: measured ~25 % more CPU with
-jittered timers); a loop scrapes every tick while the pod's load moves, every other tick (up to
-`steady_interval`, still fresh for the saturation detector's staleness bound) while it does not,
-and backs off while the pod fails. A quiet pod is not even fetched that often: when its last
-page showed no queue and the same load as the page before, and the EPP (this replica or a peer,
-`changes`) started or ended no request there since, nothing can have moved its running and
-waiting figures but traffic from outside the EPP, so at its steady ticks the loop vouches for the
-last figures (the sink gets them again, `scraped_at` the vouching instant) instead of fetching,
-until `quiet_interval` after the last fetch or the EPP's first change there. It asks only for the
-families the parser reads (`name[]`, as
-prometheus_client serves it: vLLM, SGLang and trtllm-serve pages shrink to a few lines; servers
-that ignore the query send the whole page). Pages go through the pure `epp.scrape.parser`;
-results and health transitions go to a `MetricsSink` (the datastore). HTTP is one kept
-connection per endpoint (`epp.scrape.client`); tests can pass a `Fetch` twin and need no sockets.
+One ticker, `Scraper.run`, wakes on a grid of `interval` ticks. At each tick it re-reads the
+target set (`targets()`), starts the scrapes that are due and times out those past their
+deadline. A scrape is a request written on the endpoint's kept connection
+(`KeepAliveFetch.begin`) whose answer is handled in its completion callback: no task, timer or
+semaphore per scrape (a task only for a fresh connection or a `Fetch` twin), which cost about a
+sixth of each scrape's CPU when every endpoint had its own loop. At most `max_concurrency`
+scrapes are in flight; the rest queue and start as answers come back. An endpoint is scraped
+every tick while its load moves, every other tick (up to `steady_interval`, still fresh for the
+saturation detector's staleness bound) while it does not, and backs off while it fails; a bug
+in the sink or the parser is logged and the endpoint is tried again at its next tick. A quiet
+pod is not even fetched that often: when its last page showed no queue and the same load as the
+page before, and the EPP (this replica or a peer, `changes`) started or ended no request there
+since, nothing can have moved its running and waiting figures but traffic from outside the EPP,
+so at its steady ticks the loop vouches for the last figures (the sink gets them again,
+`scraped_at` the vouching instant) instead of fetching, until `quiet_interval` after the last
+fetch or the EPP's first change there. It asks only for the families the parser reads (`name[]`,
+as prometheus_client serves it: vLLM, SGLang and trtllm-serve pages shrink to a few lines;
+servers that ignore the query send the whole page). Pages go through the pure
+`epp.scrape.parser`; results and health transitions go to a `MetricsSink` (the datastore). HTTP
+is one kept connection per endpoint (`epp.scrape.client`); tests can pass a `Fetch` twin and
+need no sockets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -94,6 +100,25 @@ class _Health:
     healthy: bool = True
 
 
+@dataclass(slots=True, eq=False)
+class _Target:
+    """One endpoint's scrape state between ticks."""
+
+    ep: Endpoint
+    url: str
+    health: _Health
+    due: float  # the grid tick of its next scrape
+    ticks: int = 1  # ticks from one scrape to the next
+    last: EndpointMetrics | None = None
+    last_page: bytes = b""
+    quiet_until: float = 0.0  # while its figures are vouched for without a fetch (0: not quiet)
+    seen: int = 0  # the EPP's change count there when the last fetch began
+    started: float = 0.0  # when the fetch in flight began
+    pending: asyncio.Future[bytes] | None = None  # the fetch in flight
+    kept: bool = False  # that fetch went out on a kept connection (KeepAliveFetch.begin)
+    queued: bool = False  # due, waiting for a free place under max_concurrency
+
+
 class Scraper:
     """Scrapes every endpoint `targets()` returns until cancelled."""
 
@@ -115,104 +140,185 @@ class Scraper:
         self._fetch = fetch
         self._clock = clock
         self._changes = changes
-        self._tasks: dict[str, tuple[Endpoint, asyncio.Task[None]]] = {}
-        self._health: dict[str, _Health] = {}  # outlives a loop restarted for a changed endpoint
+        self._by_address: dict[str, _Target] = {}
+        self._health: dict[str, _Health] = {}  # outlives a target replaced for a changed endpoint
+        self._http: KeepAliveFetch | None = None
+        self._in_flight = 0
+        self._waiting: deque[_Target] = deque()  # due, over max_concurrency
 
     async def run(self) -> None:
-        http: KeepAliveFetch | None = None
-        fetch = self._fetch
-        if fetch is None:
-            s = self._settings
-            fetch = http = KeepAliveFetch(s.timeout, s.max_body, s.gzip)
-        semaphore = asyncio.Semaphore(self._settings.max_concurrency)
-        try:
-            while True:
-                self._sync(fetch, semaphore)
-                await asyncio.sleep(self._settings.interval)
-        finally:
-            tasks = [task for _, task in self._tasks.values()]
-            self._tasks.clear()
-            self._health.clear()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if http is not None:
-                await http.close()
-
-    def _sync(self, fetch: Fetch, semaphore: asyncio.Semaphore) -> None:
-        wanted = {ep.address: ep for ep in self._targets()}
-        for address in [a for a in self._tasks if a not in wanted]:
-            self._tasks.pop(address)[1].cancel()
-            self._health.pop(address, None)
-        for address, ep in wanted.items():
-            current = self._tasks.get(address)
-            if current is not None and current[0] == ep and not current[1].done():
-                continue
-            if current is not None:
-                old = current[1]
-                old.cancel()
-                if old.done() and not old.cancelled():
-                    log.error("scrape loop of %s died (%r); restarting", address, old.exception())
-            task = asyncio.create_task(self._loop(ep, fetch, semaphore), name=f"scrape {address}")
-            self._tasks[address] = (ep, task)
-
-    async def _loop(self, ep: Endpoint, fetch: Fetch, semaphore: asyncio.Semaphore) -> None:
         s = self._settings
-        url = s.url_for(ep.address, ep.engine)
-        steady = max(1, int(s.steady_interval / s.interval + 1e-9))  # in ticks
-        health = self._health.setdefault(ep.address, _Health())
-        due = self._tick_after(self._clock())
-        await asyncio.sleep(due - self._clock())
-        last: EndpointMetrics | None = None
-        last_page = b""
-        ticks = 1
-        quiet_until = 0.0  # while the figures are vouched for without a fetch (0: not quiet)
+        owned = self._fetch is None
+        if self._fetch is None:
+            self._fetch = KeepAliveFetch(s.timeout, s.max_body, s.gzip)
+        if isinstance(self._fetch, KeepAliveFetch):
+            self._http = self._fetch
+        try:
+            tick = self._tick_after(self._clock())
+            while True:
+                await asyncio.sleep(max(0.0, tick - self._clock()))
+                self._sync(tick)
+                self._tick(tick)
+                tick = max(tick + s.interval, self._tick_after(self._clock() - s.interval))
+        finally:
+            for target in self._by_address.values():
+                if target.pending is not None:
+                    target.pending.cancel()
+            self._by_address.clear()
+            self._health.clear()
+            self._waiting.clear()
+            if owned and self._http is not None:
+                await self._http.close()
+                self._fetch = self._http = None
+
+    # -- the target set --------------------------------------------------------------------
+    def _sync(self, tick: float) -> None:
+        wanted = {ep.address: ep for ep in self._targets()}
+        for address in [a for a in self._by_address if a not in wanted]:
+            self._drop(self._by_address.pop(address))
+            self._health.pop(address, None)
+        s = self._settings
+        for address, ep in wanted.items():
+            current = self._by_address.get(address)
+            if current is not None and current.ep == ep:
+                continue
+            if current is not None:  # relabelled (engine, ...): start over, health kept
+                self._drop(current)
+            health = self._health.setdefault(address, _Health())
+            url = s.url_for(ep.address, ep.engine)
+            self._by_address[address] = _Target(ep, url, health, due=tick)
+
+    def _drop(self, target: _Target) -> None:
+        target.queued = False
+        if target.pending is not None:
+            target.pending.cancel()  # its callback sees it gone and does nothing
+
+    # -- one tick --------------------------------------------------------------------------
+    def _tick(self, tick: float) -> None:
+        """Start the scrapes due at this grid tick; time out the ones past their deadline."""
+        s = self._settings
+        soon = tick + s.interval / 2
         changes = self._changes
-        seen = 0  # the EPP's change count when the last fetch began
-        while True:
-            started = self._clock()
+        for target in list(self._by_address.values()):
+            if target.pending is not None:
+                if self._clock() - target.started > s.timeout:
+                    target.pending.cancel()  # `_landed` counts it as a timeout
+                continue
+            if target.queued or target.due > soon:
+                continue
             # quiet, and the EPP changed nothing there: the last figures still hold
             if (
-                started < quiet_until
-                and last is not None
+                target.quiet_until > tick
+                and target.last is not None
                 and changes is not None
-                and changes(ep.address) == seen
+                and changes(target.ep.address) == target.seen
             ):
-                self._sink.set_metrics(ep.address, replace(last, scraped_at=started))
-                due = self._next(due, ticks)
-                await asyncio.sleep(max(0.0, due - self._clock()))
+                self._safely(target, self._vouch)
                 continue
-            quiet_until = 0.0
-            if changes is not None:
-                seen = changes(ep.address)
-            try:
-                async with semaphore:
-                    body = await fetch(url)
-                if body == last_page and last is not None:  # a steady pod: the same figures
-                    metrics = replace(last, scraped_at=started)
-                else:
-                    metrics = parse_metrics(body, ep.engine, started)
-                    last_page = body
-            except (OSError, TimeoutError, ScrapeError, MetricsParseError) as exc:
-                ticks = self._failed(ep, health, exc)
-            except Exception as exc:  # a bug in a fetch or the parser must not stop the loop
-                if health.failures == 0:
-                    log.exception("unexpected error scraping %s", url)
-                ticks = self._failed(ep, health, exc)
+            if self._in_flight >= s.max_concurrency:
+                target.queued = True
+                self._waiting.append(target)
+                continue
+            self._launch(target, kept=True)
+
+    def _vouch(self, target: _Target) -> None:
+        assert target.last is not None
+        now = self._clock()
+        self._sink.set_metrics(target.ep.address, replace(target.last, scraped_at=now))
+        target.due = self._next(target.due, target.ticks)
+
+    def _launch(self, target: _Target, kept: bool) -> None:
+        """Send the fetch: on a kept idle connection without a task where the client can, else
+        as a task (a fresh connection, or a `Fetch` twin)."""
+        assert self._fetch is not None
+        target.quiet_until = 0.0
+        target.started = self._clock()
+        if self._changes is not None:
+            target.seen = self._changes(target.ep.address)
+        pending = self._http.begin(target.url) if kept and self._http is not None else None
+        target.kept = pending is not None
+        if pending is None:
+            pending = asyncio.ensure_future(self._fetch(target.url))
+            if isinstance(pending, asyncio.Task):
+                pending.set_name(f"scrape {target.ep.address}")
+        target.pending = pending
+        self._in_flight += 1
+        pending.add_done_callback(functools.partial(self._landed, target))
+
+    def _landed(self, target: _Target, done: asyncio.Future[bytes]) -> None:
+        if target.pending is not done:  # dropped (endpoint removed or changed, or shut down)
+            self._in_flight -= 1
+            if not done.cancelled():
+                done.exception()  # retrieved: nobody waits for it
+            return
+        target.pending = None
+        self._in_flight -= 1
+        self._safely(target, lambda t: self._take(t, done))
+        while self._waiting and self._in_flight < self._settings.max_concurrency:
+            queued = self._waiting.popleft()
+            if queued.queued and self._by_address.get(queued.ep.address) is queued:
+                queued.queued = False
+                self._launch(queued, kept=True)
+
+    def _take(self, target: _Target, done: asyncio.Future[bytes]) -> None:
+        """One fetch's outcome: the sink's figures and health, and when the next scrape is."""
+        s, started = self._settings, target.started
+        health = target.health
+        if done.cancelled():
+            error: BaseException | None = TimeoutError(f"no answer in {s.timeout:g}s")
+        else:
+            error = done.exception()
+        if target.kept and isinstance(error, ConnectionError):
+            self._launch(target, kept=False)  # the endpoint had closed the kept connection
+            return
+        try:
+            if error is not None:
+                raise error
+            body = done.result()
+            if body == target.last_page and target.last is not None:  # steady: same figures
+                metrics = replace(target.last, scraped_at=started)
             else:
-                self._sink.set_metrics(ep.address, metrics)
-                moved = last is None or _moved(last, metrics) or health.failures > 0
-                ticks = 1 if moved else min(steady, ticks + 1)
-                if changes is not None and not moved and not metrics.waiting and ticks == steady:
-                    quiet_until = started + s.quiet_interval
-                last = metrics
-                if not health.healthy:
-                    log.info("endpoint %s answers again after %d failures", url, health.failures)
-                    health.healthy = True
-                    self._sink.set_health(ep.address, True)
-                health.failures = 0
-            due = self._next(due, ticks)
-            await asyncio.sleep(max(0.0, due - self._clock()))
+                metrics = parse_metrics(body, target.ep.engine, started)
+                target.last_page = body
+        except (OSError, TimeoutError, ScrapeError, MetricsParseError) as exc:
+            target.ticks = self._failed(target.ep, health, exc)
+        except Exception as exc:  # a bug in a fetch or the parser must not stop the scraping
+            if health.failures == 0:
+                log.error("unexpected error scraping %s", target.url, exc_info=exc)
+            target.ticks = self._failed(target.ep, health, exc)
+        else:
+            self._sink.set_metrics(target.ep.address, metrics)
+            last = target.last
+            moved = last is None or _moved(last, metrics) or health.failures > 0
+            target.ticks = 1 if moved else min(self._steady_ticks, target.ticks + 1)
+            if (
+                self._changes is not None
+                and not moved
+                and not metrics.waiting
+                and target.ticks == self._steady_ticks
+            ):
+                target.quiet_until = started + s.quiet_interval
+            target.last = metrics
+            if not health.healthy:
+                log.info("endpoint %s answers again after %d failures", target.url, health.failures)
+                health.healthy = True
+                self._sink.set_health(target.ep.address, True)
+            health.failures = 0
+        target.due = self._next(target.due, target.ticks)
+
+    def _safely(self, target: _Target, step: Callable[[_Target], None]) -> None:
+        """Run one target's step; a bug there (the sink's, say) is logged, and the target is
+        scraped again at its next tick rather than left behind."""
+        try:
+            step(target)
+        except Exception:
+            log.exception("scrape of %s failed unexpectedly; trying again", target.ep.address)
+            target.due = self._next(target.due, 1)
+
+    @property
+    def _steady_ticks(self) -> int:
+        s = self._settings
+        return max(1, int(s.steady_interval / s.interval + 1e-9))
 
     def _next(self, due: float, ticks: int) -> float:
         """The tick `ticks` after `due`, or the grid's next one when the loop fell behind."""
@@ -224,7 +330,7 @@ class Scraper:
         return due
 
     def _tick_after(self, now: float) -> float:
-        """The next tick of the grid all loops share."""
+        """The next tick of the grid."""
         interval = self._settings.interval
         return (math.floor(now / interval) + 1) * interval
 

@@ -10,6 +10,8 @@ import pytest
 import pytest_asyncio
 
 from epp.scrape.client import KeepAliveFetch, ScrapeError
+from epp.scrape.scraper import Scraper, ScrapeSettings
+from epp.types import Endpoint, EndpointMetrics
 
 pytestmark = pytest.mark.integration
 
@@ -147,3 +149,57 @@ async def test_silent_endpoint_times_out_and_dead_one_refuses(
     with pytest.raises(OSError):
         await fetch("http://127.0.0.1:1/metrics")
     await fetch.close()
+
+
+async def test_begin_sends_on_a_kept_idle_connection_only(serve: Callable[..., object]) -> None:
+    raw = await serve(lambda _: sized(PAGE))  # type: ignore[misc]
+    fetch = KeepAliveFetch(timeout=1.0, max_body=1 << 20)
+    assert fetch.begin(raw.url) is None  # no connection yet
+    assert await fetch(raw.url) == PAGE
+    pending = fetch.begin(raw.url)
+    assert pending is not None and await pending == PAGE
+    assert raw.connections == 1 and len(raw.requests) == 2
+    await fetch.close()
+
+
+async def test_an_abandoned_answer_is_never_read_as_the_next(serve: Callable[..., object]) -> None:
+    slow = await serve(lambda _: sized(b"x"))  # type: ignore[misc]
+    fetch = KeepAliveFetch(timeout=1.0, max_body=1 << 20)
+    await fetch(slow.url)
+    pending = fetch.begin(slow.url)
+    assert pending is not None
+    pending.cancel()  # its answer ("x") may still arrive on that connection
+    assert fetch.begin(slow.url) is None  # so it carries nothing more
+    assert await fetch(slow.url) == b"x"  # a fresh connection
+    assert slow.connections == 2
+    await fetch.close()
+
+
+async def test_the_scraper_rides_kept_connections_through_server_closes(
+    serve: Callable[..., object],
+) -> None:
+    page = (
+        b"vllm:num_requests_waiting 0\nvllm:num_requests_running 3\nvllm:kv_cache_usage_perc 0.25\n"
+    )
+    raw = await serve(lambda _: sized(page), close_after=3)  # type: ignore[misc]
+    address = raw.url.split("/")[2]
+    seen: list[EndpointMetrics] = []
+    health: list[bool] = []
+
+    class Sink:
+        def set_metrics(self, addr: str, metrics: EndpointMetrics) -> None:
+            seen.append(metrics)
+
+        def set_health(self, addr: str, healthy: bool) -> None:
+            health.append(healthy)
+
+    settings = ScrapeSettings(interval=0.01, steady_interval=0.01, unhealthy_after=1)
+    endpoint = Endpoint(address=address, pod="p", pool="ns/pool", engine="vllm")
+    task = asyncio.create_task(Scraper(Sink(), lambda: [endpoint], settings).run())
+    await asyncio.sleep(0.4)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    # every third answer closes the connection; the next scrape finds it closed and goes on a
+    # fresh one without counting a failure (one failure would mark it unhealthy here)
+    assert health == [] and len(seen) >= 20 and seen[-1].running == 3
+    assert raw.connections >= len(raw.requests) // 3 >= 6

@@ -94,12 +94,15 @@ async def test_failing_pod_is_backed_off() -> None:
     assert pods.calls["a:1"] < 15
 
 
-async def test_crashed_loop_is_restarted(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_bug_in_the_sink_is_logged_and_scraping_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     pods, sink = FakePods(), Sink(explode_once=True)
     task = asyncio.create_task(Scraper(sink, lambda: [ep("a:1")], FAST, fetch=pods).run())
     await wait_for(lambda: "a:1" in sink.metrics)
     await stop(task)
-    assert any("died" in r.getMessage() for r in caplog.records)
+    assert pods.calls["a:1"] >= 2  # the page the sink choked on, then the next one
+    assert any("failed unexpectedly" in r.getMessage() for r in caplog.records)
 
 
 async def test_health_survives_endpoint_change() -> None:
@@ -246,3 +249,51 @@ async def test_a_queued_pod_is_never_vouched_for() -> None:
     await asyncio.sleep(0.4)
     await stop(task)
     assert calls >= 15  # every steady tick (20 ms)
+
+
+async def test_a_silent_endpoint_times_out_one_fetch_at_a_time() -> None:
+    started, open_now, most = 0, 0, 0
+
+    async def silent(url: str) -> bytes:
+        nonlocal started, open_now, most
+        started += 1
+        open_now += 1
+        most = max(most, open_now)
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            open_now -= 1
+        raise AssertionError("unreachable")
+
+    settings = ScrapeSettings(interval=0.01, timeout=0.03, unhealthy_after=2, backoff_max=0.02)
+    sink = Sink()
+    task = asyncio.create_task(Scraper(sink, lambda: [ep("a:1")], settings, fetch=silent).run())
+    await wait_for(lambda: ("a:1", False) in sink.health)
+    await stop(task)
+    assert started >= 2 and most == 1  # each fetch cancelled at its deadline before the next
+    assert open_now == 0  # and none left behind by the stop
+
+
+async def test_concurrency_is_capped_and_every_endpoint_still_scraped() -> None:
+    open_now, most = 0, 0
+    per_pod: dict[str, int] = {}
+
+    async def slow(url: str) -> bytes:
+        nonlocal open_now, most
+        open_now += 1
+        most = max(most, open_now)
+        await asyncio.sleep(0.002)
+        open_now -= 1
+        address = url.split("/")[2]
+        per_pod[address] = per_pod.get(address, 0) + 1
+        return PAGE
+
+    settings = ScrapeSettings(interval=0.05, steady_interval=0.05, max_concurrency=3)
+    sink = Sink()
+    pods = [ep(f"p{i}:1") for i in range(20)]
+    task = asyncio.create_task(Scraper(sink, lambda: pods, settings, fetch=slow).run())
+    await asyncio.sleep(0.33)
+    await stop(task)
+    assert most == 3
+    # queued scrapes start as places free, within the tick: every pod about every 50 ms
+    assert len(per_pod) == 20 and min(per_pod.values()) >= 4
