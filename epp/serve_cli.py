@@ -134,8 +134,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--scrape-quiet-interval",
         type=float,
         default=_default(ScrapeSettings, "quiet_interval"),
-        help="longest seconds a quiet pod's figures (no queue, load unmoved, no request started "
-        "or ended there by the EPP) are vouched for without a fetch; 0: fetch at every tick due",
+        help="longest seconds a quiet pod's figures (idle, unchanged, no request started or "
+        "ended there by the EPP since) are vouched for without a fetch; 0: fetch at every tick due",
     )
     p.add_argument(
         "--max-body-bytes", type=int, default=_default(ProtocolSettings, "max_body_bytes")

@@ -10,14 +10,15 @@ scrapes are in flight; the rest queue and start as answers come back. An endpoin
 every tick while its load moves, every other tick (up to `steady_interval`, still fresh for the
 saturation detector's staleness bound) while it does not, and backs off while it fails; a bug
 in the sink or the parser is logged and the endpoint is tried again at its next tick. A quiet
-pod is not even fetched that often: when its last page showed no queue and the same load as the
-page before, and the EPP (this replica or a peer, `changes`) started or ended no request there
-since, nothing can have moved its running and waiting figures but traffic from outside the EPP,
-so at its steady ticks the loop vouches for the last figures (the sink gets them again,
-`scraped_at` the vouching instant) instead of fetching, until `quiet_interval` after the last
-fetch or the EPP's first change there. It asks only for the families the parser reads (`name[]`,
-as prometheus_client serves it: vLLM, SGLang and trtllm-serve pages shrink to a few lines;
-servers that ignore the query send the whole page). Pages go through the pure
+pod is not even fetched that often: when its last two pages showed it idle (nothing running or
+queued) with the same figures, and the EPP (this replica or a peer, `changes`) started or ended
+no request there since, nothing but traffic from outside the EPP can have changed it, so at its
+steady ticks the scraper vouches for the last figures (the sink gets them again, `scraped_at`
+the vouching instant) instead of fetching, until `quiet_interval` after the last fetch or the
+EPP's first change there. A pod with requests running is never quiet: its KV grows as they
+decode, and figures vouched for while it grew misled picks. It asks only for the families the
+parser reads (`name[]`, as prometheus_client serves it: vLLM, SGLang and trtllm-serve pages
+shrink to a few lines; servers that ignore the query send the whole page). Pages go through the pure
 `epp.scrape.parser`; results and health transitions go to a `MetricsSink` (the datastore). HTTP
 is one kept connection per endpoint (`epp.scrape.client`); tests can pass a `Fetch` twin and
 need no sockets.
@@ -61,10 +62,11 @@ class ScrapeSettings:
     # longest wait while its pages show the same load, in whole intervals (two at the defaults):
     # well inside the saturation detector's 200 ms staleness bound
     steady_interval: float = 0.1
-    # longest time the figures of a quiet pod (no queue, load unmoved, no request started or
-    # ended there by the EPP) are vouched for without a fetch; <= steady_interval: never (the
-    # default: at 0.5 s it cost prefix8-b32-kv4 twice its p99 TTFT, docs/scheduling.md)
-    quiet_interval: float = 0.0
+    # longest time the figures of a quiet pod (idle: nothing running or queued, the same figures
+    # twice, no request started or ended there by the EPP) are vouched for without a fetch;
+    # <= steady_interval: never. Busy pods are never quiet: their KV grows as they decode (when
+    # they could be, at 0.5 s, prefix8-b32-kv4's p99 TTFT doubled, docs/scheduling.md)
+    quiet_interval: float = 0.5
     timeout: float = 0.5  # per request, connect included
     max_concurrency: int = 64  # requests in flight over all endpoints
     unhealthy_after: int = 3  # consecutive failures before set_health(address, False)
@@ -295,6 +297,7 @@ class Scraper:
                 self._changes is not None
                 and not moved
                 and not metrics.waiting
+                and not metrics.running
                 and target.ticks == self._steady_ticks
             ):
                 target.quiet_until = started + s.quiet_interval

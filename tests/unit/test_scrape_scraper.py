@@ -203,10 +203,10 @@ async def test_logs_once_per_outage(caplog: pytest.LogCaptureFixture) -> None:
 
 
 async def test_a_quiet_pod_is_vouched_for_until_the_epp_changes_its_load() -> None:
-    """No queue, the same load twice, and no request started or ended there by the EPP: at
+    """Idle, the same figures twice, and no request started or ended there by the EPP: at
     its steady ticks the last figures are vouched for (fresh `scraped_at`) without a fetch,
     up to the quiet interval; the EPP's first change there brings the fetches back."""
-    idle = PAGE.replace(b"waiting 2", b"waiting 0")
+    idle = PAGE.replace(b"waiting 2", b"waiting 0").replace(b"running 1", b"running 0")
     fetches, changes, seen_at = 0, 0, []
 
     async def fetch(url: str) -> bytes:
@@ -234,13 +234,21 @@ async def test_a_quiet_pod_is_vouched_for_until_the_epp_changes_its_load() -> No
     assert fetches - quiet_fetches >= 12
 
 
-async def test_a_queued_pod_is_never_vouched_for() -> None:
+@pytest.mark.parametrize(
+    "page",
+    [
+        PAGE.replace(b"running 1", b"running 0"),  # waiting 2: the engine moves its queue
+        PAGE.replace(b"waiting 2", b"waiting 0"),  # running 1: its KV grows as it decodes
+    ],
+    ids=["queued", "running"],
+)
+async def test_a_busy_pod_is_never_vouched_for(page: bytes) -> None:
     calls = 0
 
     async def fetch(url: str) -> bytes:
         nonlocal calls
         calls += 1
-        return PAGE  # waiting 2: the engine moves its queue without the EPP
+        return page
 
     settings = ScrapeSettings(interval=0.01, steady_interval=0.02, quiet_interval=0.2)
     task = asyncio.create_task(
