@@ -128,6 +128,7 @@ class Datastore:
         self._health: dict[str, bool] = {}
         self._limits: dict[str, int] = {}  # learned concurrency limit per address
         self._tpot: dict[str, float] = {}  # moving average of seconds per output token
+        self._tpot_spread: dict[str, float] = {}  # moving mean deviation of its samples
         self._pace_from: dict[str, tuple[float, float]] = {}  # engine ITL sum, count at last sample
         self._prefill = PrefillPaces()  # seconds per computed prompt token, from engine counters
         self._answers = EngineAnswers()
@@ -175,6 +176,7 @@ class Datastore:
             if self._learner is not None:
                 self._learner.forget(gone)
             self._tpot.pop(gone, None)
+            self._tpot_spread.pop(gone, None)
             self._pace_from.pop(gone, None)
             self._prefill.forget(gone)
             self._answers.forget(gone)
@@ -201,6 +203,7 @@ class Datastore:
             self._tpot.get(ep.address, 0.0),
             self._prefill.get(ep.address),
             flights - self._at_scrape.get(ep.address, 0),
+            self._tpot_spread.get(ep.address, 0.0),
         )
 
     # ---- reads (hot path) ------------------------------------------------------------------
@@ -277,6 +280,7 @@ class Datastore:
                 s.tpot,
                 s.prefill_pace,
                 since,
+                s.tpot_spread,
             )
             self._cached.pop(pool_key, None)
 
@@ -295,6 +299,7 @@ class Datastore:
             tpot = self._engine_pace(address, metrics.itl_seconds, metrics.itl_count)
             if tpot is not None:
                 changes["tpot"] = tpot
+                changes["tpot_spread"] = self._tpot_spread.get(address, 0.0)
         prefill = self._prefill.observe(address, metrics, self._tpot.get(address, 0.0))
         if prefill is not None:
             changes["prefill_pace"] = prefill
@@ -329,7 +334,8 @@ class Datastore:
             return
         if first_only and address in self._tpot:
             return
-        self._update(address, tpot=self._pace(address, seconds / (tokens - 1)))
+        tpot = self._pace(address, seconds / (tokens - 1))
+        self._update(address, tpot=tpot, tpot_spread=self._tpot_spread.get(address, 0.0))
 
     def engine_paced(self, address: str) -> bool:
         """Whether the endpoint's engine reports its own pace (an inter-token latency histogram),
@@ -350,7 +356,16 @@ class Datastore:
 
     def _pace(self, address: str, sample: float) -> float:
         old = self._tpot.get(address)
-        tpot = sample if old is None else old + TPOT_SMOOTHING * (sample - old)
+        if old is None:
+            tpot = sample
+        else:
+            tpot = old + TPOT_SMOOTHING * (sample - old)
+            # the pace's noise: how far samples stray from the average they update
+            off = abs(sample - old)
+            spread = self._tpot_spread.get(address)
+            self._tpot_spread[address] = (
+                off if spread is None else spread + TPOT_SMOOTHING * (off - spread)
+            )
         self._tpot[address] = tpot
         return tpot
 

@@ -104,6 +104,10 @@ class EndpointState:
     # ended (-) since then moves the server's scraped total at once, so a freed slot shows
     # before the next scrape
     in_flight_since_scrape: int = 0
+    # how far the samples behind `tpot` stray from it (a moving mean of their absolute
+    # deviation): the pace's own noise, so that a difference within it is not read as a slower
+    # GPU; 0 = fewer than two samples
+    tpot_spread: float = 0.0
 
     @property
     def load(self) -> int:

@@ -87,6 +87,10 @@ class Snapshot(tuple[EndpointState, ...]):
         return [c.tpot for c in self]
 
     @cached_property
+    def tpot_spread(self) -> list[float]:
+        return [c.tpot_spread for c in self]
+
+    @cached_property
     def prefill_pace(self) -> list[float]:
         return [c.prefill_pace for c in self]
 

@@ -161,6 +161,7 @@ def test_a_lease_and_its_release_keep_every_other_field_of_the_state() -> None:
         "tpot",
         "prefill_pace",
         "in_flight_since_scrape",
+        "tpot_spread",
     ], "a new EndpointState field: copy it in Datastore._set_in_flight"
     store = store_with(pod("a", "10.0.0.1"))
     address, pool_key = "10.0.0.1:8000", "default/llama2-gpu-pool"

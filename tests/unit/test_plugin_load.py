@@ -145,6 +145,11 @@ def test_datastore_learns_each_endpoint_pace_from_streamed_responses() -> None:
     store.record_tokens("10.0.0.1:8000", 0.0, 50)  # ignored: nothing measured
     (state,) = store.candidates("default/llama2-gpu-pool")
     assert state.tpot == pytest.approx(0.01 + 0.2 * (0.03 - 0.01))
+    # the pace's noise: the second sample strayed 20 ms from the first
+    assert state.tpot_spread == pytest.approx(0.02)
     store.record_tokens("10.0.0.1:8000", 9.0, 101, first_only=True)  # ignored: already known
     (after,) = store.candidates("default/llama2-gpu-pool")
     assert after.tpot == state.tpot
+    store.record_tokens("10.0.0.1:8000", 1.4, 101)  # 14 ms: the average itself
+    (third,) = store.candidates("default/llama2-gpu-pool")
+    assert third.tpot_spread == pytest.approx(0.02 + 0.2 * (0.0 - 0.02))

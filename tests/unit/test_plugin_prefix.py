@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import replace
 
@@ -314,7 +315,8 @@ def test_prefill_queue_drains_and_forgets() -> None:
 def test_a_holder_with_a_free_slot_on_a_slow_gpu_yields_to_a_faster_holder() -> None:
     """The gate compares first tokens, free slot or not: a MIG slice that holds a conversation
     computes its new turn seven times slower than an idle fast pod that holds the shared
-    prefix, so a long enough new turn goes there; a short one stays. A holder's rivals are the
+    prefix, so a long enough new turn goes there; a short one stays (the slice's pace has no
+    measured noise yet, so its answer's end does not count, below). A holder's rivals are the
     endpoints that hold less of the prompt: the fast pod keeps its share of a short turn
     although the slice would be sooner."""
     scorer = PrefixCacheScorer(clock=clock, cold_spread=0.0)
@@ -330,18 +332,68 @@ def test_a_holder_with_a_free_slot_on_a_slow_gpu_yields_to_a_faster_holder() -> 
     assert scorer.score(req(short, rid="3"), [slice_, fast]) == [16 / 17, 8 / 17]
 
 
-def test_a_holder_with_a_free_slot_yields_while_its_queued_prefill_outlasts_a_recompute() -> None:
-    t = Clock()
-    scorer = PrefixCacheScorer(clock=t, cold_spread=0.0)
+def answer_of(tokens: int, rid: str) -> SchedulingRequest:
+    return SchedulingRequest(rid, "m", prompt=SYSTEM, expected_output_tokens=tokens)
+
+
+def test_a_warm_holder_at_half_speed_yields_while_the_answer_ends_sooner_on_a_fast_pod() -> None:
+    """The first token comes sooner on the warm half-speed pod (nothing to compute), but its
+    64-token answer streams for 3.5 s there against 2.1 s on an idle fast pod that must first
+    compute the 128 prompt tokens (0.13 s), each pace give or take its measured noise: the
+    holder yields, the request seeds a fast holder. Kept, every request of that prefix would
+    stream at half speed for the whole run (the shared-prefix cell's p90 e2e was the size of
+    the group the slow pod took first). While the fast pod's batch is full, its queue outlasts
+    the slower answer and the holder keeps the request; so does a short answer."""
+    scorer = PrefixCacheScorer(clock=clock, cold_spread=0.0)
+    scorer.picked(req(SYSTEM), ep("slow"))
+    slow = replace(ep("slow", 2), limit=8, tpot=0.056, tpot_spread=0.002, prefill_pace=0.002)
+    fast = replace(ep("fast", 2), limit=8, tpot=0.03, tpot_spread=0.003, prefill_pace=0.001)
+    # slow: 0.016 s of queued prefill + 64 x 54 ms = 3.47 s; fast: 0.128 + 64 x 33 ms = 2.24 s
+    assert scorer.score(answer_of(64, "2"), [slow, fast]) == [0.0, 0.0]
+    # full: (12 - 8 + 1) / 8 of a typical (200-token) request at 30 ms, 3.75 s, before its turn
+    busy = replace(fast, in_flight=12)
+    assert scorer.score(answer_of(64, "3"), [slow, busy]) == [1.0, 0.0]
+    # a 4-token answer ends at 0.23 s on the slow pod, at 0.26 s on the fast one: it stays
+    assert scorer.score(answer_of(4, "4"), [slow, fast]) == [1.0, 0.0]
+
+
+def test_the_debug_log_names_each_holder_that_yields_and_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two holders yield to an idle pod in one pick: the explain log shows each, with every
+    endpoint's first token and answer's end."""
+    scorer = PrefixCacheScorer(clock=clock, cold_spread=0.0)
+    scorer.picked(req(SYSTEM), ep("slow"))
+    scorer.picked(req(SYSTEM, rid="1"), ep("slower"))
+    slow = replace(ep("slow", 2), limit=8, tpot=0.056, tpot_spread=0.002, prefill_pace=0.002)
+    slower = replace(slow, endpoint=Endpoint("slower", "slower", "ns/pool"), tpot=0.07)
+    fast = replace(ep("fast", 2), limit=8, tpot=0.03, tpot_spread=0.003, prefill_pace=0.001)
+    with caplog.at_level(logging.DEBUG, logger="epp.scheduling.plugins.prefix_cache"):
+        assert scorer.score(answer_of(64, "2"), [slow, slower, fast]) == [0.0, 0.0, 0.0]
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(" (")[0] for line in lines] == [
+        "request 2: holder slow",
+        "request 2: holder slower",
+    ]
+    assert "first tokens [0.016, 0.016, 0.128] s, answers' ends [3.472, 4.368, 1.856] s" in lines[1]
+
+
+def test_paces_that_differ_within_their_noise_keep_the_holder() -> None:
+    """Two equal GPUs: the holder's pace reads 4 ms slower, because a cold prompt it computed
+    stalled a sample; each pace strays 4 ms from its samples. The difference is noise: moving
+    would cost a cold prefill for nothing. A pace with a single sample (no spread yet) is all
+    noise: its holder keeps the request, however slow it reads."""
+    scorer = PrefixCacheScorer(clock=clock, cold_spread=0.0)
     scorer.picked(req(SYSTEM), ep("a"))
-    holder = replace(ep("a", 1), limit=8, tpot=0.01, prefill_pace=0.001)
-    idle = replace(ep("b", 0), limit=8, tpot=0.01, prefill_pace=0.001)
-    assert scorer.score(req(SYSTEM, rid="2"), [holder, idle]) == [1.0, 0.0]
-    scorer.picked(req(b"X" * 64 * 20, rid="3"), holder)  # 320 tokens queued on a: 0.32 s
-    # b would compute the 128 tokens a holds in 0.13 s: a's queue is the longer wait
-    assert scorer.score(req(SYSTEM, rid="4"), [holder, idle]) == [0.0, 0.0]
-    t.now += 0.25  # a has computed most of it: 0.07 s left
-    assert scorer.score(req(SYSTEM, rid="5"), [holder, idle]) == [1.0, 0.0]
+    holder = replace(ep("a", 2), limit=8, tpot=0.032, tpot_spread=0.004, prefill_pace=0.001)
+    other = replace(ep("b", 2), limit=8, tpot=0.028, tpot_spread=0.004, prefill_pace=0.001)
+    # holder: 0.016 + 64 x 28 ms = 1.81 s at best; other: 0.128 + 64 x 32 ms = 2.18 s at worst
+    assert scorer.score(answer_of(64, "2"), [holder, other]) == [1.0, 0.0]
+    # a noiseless reading of the same paces: 2.06 s against 1.92 s, the holder would yield
+    exact = replace(holder, tpot_spread=1e-9), replace(other, tpot_spread=1e-9)
+    assert scorer.score(answer_of(64, "3"), list(exact)) == [0.0, 0.0]
+    once = replace(holder, tpot=0.056, tpot_spread=0.0)  # one sample: not trusted yet
+    assert scorer.score(answer_of(64, "4"), [once, other]) == [1.0, 0.0]
 
 
 def test_holders_as_deep_are_not_each_others_rivals() -> None:

@@ -13,16 +13,21 @@ the engine's prefill histogram, see `epp.prefill_pace`). So a long shared prompt
 is cached through a short queue, a short one moves as soon as queueing costs more than
 recomputing it, and a conversation on a slow GPU (a MIG slice) moves to a fast pod that holds
 its shared prefix once its new turn would take longer to compute there than the rest elsewhere.
-Until prefill paces are measured, a holder is overloaded when its load (`EndpointState.load`;
-the EPP's own count alone when a scrape is stale) exceeds the pool's least-loaded candidate by
-more than `loadGateRatio` x that minimum + `loadGateSlack`. Affinity without a gate collapses a
-hot prefix onto one pod; a gated holder scores 0 and the request seeds a second holder. Each
-pick's blocks and the prefill it queued also go to `on_add` when set: other EPP replicas learn
-them (`epp.peers`).
+The answer's end counts as well: the first token plus the expected output tokens at the
+endpoint's decode pace, give or take the pace's measured noise (`EndpointState.tpot_spread`),
+so a group leaves a warm half-speed GPU whose sooner first token is followed by a much later
+end, and does not leave an equal GPU whose pace only reads slower by noise. Until prefill
+paces are measured, a holder is overloaded when its load (`EndpointState.load`; the EPP's own
+count alone when a scrape is stale) exceeds the pool's least-loaded candidate by more than
+`loadGateRatio` x that minimum + `loadGateSlack`. Affinity without a gate collapses a hot prefix
+onto one pod; a gated holder scores 0 and the request seeds a second holder. Each pick's blocks
+and the prefill it queued also go to `on_add` when set: other EPP replicas learn them
+(`epp.peers`).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
@@ -36,6 +41,8 @@ from epp.scheduling.prefill_queue import PrefillQueue, filled_paces
 from epp.scheduling.service_time import TYPICAL_OUTPUT_TOKENS
 from epp.scheduling.snapshot import Snapshot, snapshot_of
 from epp.types import CHARS_PER_TOKEN, EndpointState
+
+log = logging.getLogger(__name__)
 
 PURGE_EVERY = 4096  # picks between sweeps for endpoints that stopped receiving traffic
 
@@ -53,27 +60,46 @@ class PrefixStats:
         return self.hit_blocks / self.prompt_blocks if self.prompt_blocks else 0.0
 
 
+def _seconds(values: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:.3f}" for v in values) + "]"
+
+
+def answer_tokens(request: SchedulingRequest) -> int:
+    """The answer's expected output tokens (the length model's plan; max_tokens is a cap)."""
+    return request.expected_output_tokens or request.typical_output_tokens or TYPICAL_OUTPUT_TOKENS
+
+
 class _Rivals:
-    """Every endpoint's first-token time for one prompt, ranked by how much of it they hold:
-    answers whether a holder's first token comes no later than on any endpoint that holds less
-    of the prompt. Holders as deep as it or deeper are not its rivals: among them the prefix
-    score and the other scorers decide, as they spread load over a prefix's holders."""
+    """Every endpoint's first token and answer's end for one prompt, ranked by how much of it
+    they hold: answers whether a holder's first token comes no later than on any endpoint that
+    holds less of the prompt, and its answer's end too, within the noise of the paces: the
+    holder's end at its pace less its spread (`soon`) against each rival's at its pace plus
+    its spread (`late`). Holders as deep as it or deeper are not its rivals: among them the
+    prefix score and the other scorers decide, as they spread load over a prefix's holders."""
 
-    __slots__ = ("_held", "_soonest", "costs")
+    __slots__ = ("_held", "_soonest", "costs", "late", "soon")
 
-    def __init__(self, held: list[int], costs: list[float]) -> None:
+    def __init__(
+        self, held: list[int], costs: list[float], soon: list[float], late: list[float]
+    ) -> None:
         self.costs = costs
+        self.soon = soon
+        self.late = late
         order = sorted(range(len(held)), key=held.__getitem__)
         self._held = [held[j] for j in order]
-        self._soonest: list[float] = []  # over order[:k + 1]: the soonest first token
-        soonest = float("inf")
+        # over order[:k + 1]: the soonest first token and the soonest end, rivals' noise counted
+        self._soonest: list[tuple[float, float]] = []
+        first, end = float("inf"), float("inf")
         for j in order:
-            soonest = min(soonest, costs[j])
-            self._soonest.append(soonest)
+            first, end = min(first, costs[j]), min(end, late[j])
+            self._soonest.append((first, end))
 
     def soonest_with_less(self, i: int, matched: int) -> bool:
         k = bisect_left(self._held, matched) - 1  # the last of those holding less
-        return k < 0 or self.costs[i] <= self._soonest[k]
+        if k < 0:
+            return True
+        first, end = self._soonest[k]
+        return self.costs[i] <= first and self.soon[i] <= end
 
 
 class PrefixCacheScorer:
@@ -185,9 +211,7 @@ class PrefixCacheScorer:
         waits = [queue.seconds(a, now) for a in snap.addresses]
         fastest = min(paces)
         own = tokens * fastest  # this prompt's prefill at the fastest pace
-        answer = (
-            request.expected_output_tokens or request.typical_output_tokens or TYPICAL_OUTPUT_TOKENS
-        ) * snap.fastest_tpot
+        answer = answer_tokens(request) * snap.fastest_tpot
         inv_queue, inv_whole = 1.0 / own, 1.0 / (own + answer)
         soonest = min(waits)
         late = [
@@ -218,6 +242,7 @@ class PrefixCacheScorer:
             # no batch limit or no prefill pace known: the load-count rule
             return lambda i, matched: loads[i] <= limit or loads[i] < batches[i]
         typical = request.typical_output_tokens or TYPICAL_OUTPUT_TOKENS
+        answer = answer_tokens(request)
         addresses = snap.addresses
         block = self.block_size_tokens
         now = self._clock()
@@ -238,8 +263,31 @@ class PrefixCacheScorer:
         def keeps(i: int, matched: int) -> bool:
             if not rivals:
                 held = [counts.get(a, 0) for a in addresses]
-                rivals.append(_Rivals(held, [first_token(j, h) for j, h in enumerate(held)]))
-            return rivals[0].soonest_with_less(i, matched)
+                firsts = [first_token(j, h) for j, h in enumerate(held)]
+                # the answer streams at each endpoint's pace, give or take the pace's noise;
+                # a pace with no spread measured yet (fewer than two samples, or filled in)
+                # is all noise: nothing yields to it, and nothing yields on it
+                soon, late = [], []
+                columns = zip(firsts, snap.filled_tpot, snap.tpot, snap.tpot_spread, strict=True)
+                for f, pace, measured, spread in columns:
+                    noise = spread if measured > 0.0 and spread > 0.0 else pace
+                    soon.append(f + answer * max(0.0, pace - noise))
+                    late.append(f + answer * (pace + noise))
+                rivals.append(_Rivals(held, firsts, soon, late))
+            ranked = rivals[0]
+            kept = ranked.soonest_with_less(i, matched)
+            if not kept and log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "request %s: holder %s (%d blocks) yields: first tokens %s s, answers' ends "
+                    "%s s (soonest; latest within the paces' noise %s s)",
+                    request.request_id,
+                    addresses[i],
+                    matched,
+                    _seconds(ranked.costs),
+                    _seconds(ranked.soon),
+                    _seconds(ranked.late),
+                )
+            return kept
 
         return keeps
 
