@@ -296,10 +296,9 @@ class Datastore:
                 self._limits[address] = limit
                 changes["limit"] = limit
         if metrics.itl_count is not None and metrics.itl_seconds is not None:
-            tpot = self._engine_pace(address, metrics.itl_seconds, metrics.itl_count)
-            if tpot is not None:
-                changes["tpot"] = tpot
-                changes["tpot_spread"] = self._tpot_spread.get(address, 0.0)
+            paced = self._engine_pace(address, metrics.itl_seconds, metrics.itl_count)
+            if paced is not None:
+                changes["tpot"], changes["tpot_spread"] = paced
         prefill = self._prefill.observe(address, metrics, self._tpot.get(address, 0.0))
         if prefill is not None:
             changes["prefill_pace"] = prefill
@@ -334,15 +333,17 @@ class Datastore:
             return
         if first_only and address in self._tpot:
             return
-        tpot = self._pace(address, seconds / (tokens - 1))
-        self._update(address, tpot=tpot, tpot_spread=self._tpot_spread.get(address, 0.0))
+        tpot, spread = self._pace(address, seconds / (tokens - 1))
+        self._update(address, tpot=tpot, tpot_spread=spread)
 
     def engine_paced(self, address: str) -> bool:
         """Whether the endpoint's engine reports its own pace (an inter-token latency histogram),
         so that responses need not be read to measure it."""
         return address in self._pace_from
 
-    def _engine_pace(self, address: str, seconds: float, count: float) -> float | None:
+    def _engine_pace(
+        self, address: str, seconds: float, count: float
+    ) -> tuple[float, float] | None:
         """A new pace when the engine's histogram grew by enough tokens since the last sample."""
         since = self._pace_from.get(address)
         if since is None or count < since[1] or seconds < since[0]:  # first page, or a restart
@@ -354,7 +355,8 @@ class Datastore:
         self._pace_from[address] = (seconds, count)
         return self._pace(address, (seconds - since[0]) / tokens)
 
-    def _pace(self, address: str, sample: float) -> float:
+    def _pace(self, address: str, sample: float) -> tuple[float, float]:
+        """Take one pace sample: the moving average and its spread (0 before a second one)."""
         old = self._tpot.get(address)
         if old is None:
             tpot = sample
@@ -367,7 +369,7 @@ class Datastore:
                 off if spread is None else spread + TPOT_SMOOTHING * (off - spread)
             )
         self._tpot[address] = tpot
-        return tpot
+        return tpot, self._tpot_spread.get(address, 0.0)
 
     # ---- in-flight accounting --------------------------------------------------------------
     def lease(self, address: str, tokens: int) -> Lease:

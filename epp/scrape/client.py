@@ -220,19 +220,14 @@ class KeepAliveFetch:
         page (or the failure; a connection the endpoint had closed fails with ConnectionError,
         and `await fetch(url)` then retries on a fresh one). None when there is no such
         connection. The caller enforces its own deadline, by cancelling the future."""
-        target = self._requests.get(url)
-        if target is None:
-            target = self._requests[url] = self._target(url)
-        conn = self._connections.get((target[0], target[1]))
+        host, port, data = self._target_of(url)
+        conn = self._connections.get((host, port))
         if conn is None or not conn.idle:
             return None
-        return conn.send(target[2])
+        return conn.send(data)
 
     async def __call__(self, url: str) -> bytes:
-        target = self._requests.get(url)
-        if target is None:
-            target = self._requests[url] = self._target(url)
-        host, port, data = target
+        host, port, data = self._target_of(url)
         async with asyncio.timeout(self._timeout):
             for attempt in (0, 1):
                 conn = self._connections.get((host, port))
@@ -258,6 +253,13 @@ class KeepAliveFetch:
         _, conn = await loop.create_connection(lambda: _Connection(self._max_body), host, port)
         self._connections[(host, port)] = conn
         return conn
+
+    def _target_of(self, url: str) -> tuple[str, int, bytes]:
+        """Host, port and the request bytes for a URL, built once."""
+        target = self._requests.get(url)
+        if target is None:
+            target = self._requests[url] = self._target(url)
+        return target
 
     def _target(self, url: str) -> tuple[str, int, bytes]:
         parts = urlsplit(url)

@@ -147,6 +147,8 @@ class Scraper:
         self._http: KeepAliveFetch | None = None
         self._in_flight = 0
         self._waiting: deque[_Target] = deque()  # due, over max_concurrency
+        # the longest wait between fetches of a pod whose figures stand still, in ticks
+        self._steady_ticks = max(1, int(settings.steady_interval / settings.interval + 1e-9))
 
     async def run(self) -> None:
         s = self._settings
@@ -201,7 +203,7 @@ class Scraper:
         s = self._settings
         soon = tick + s.interval / 2
         changes = self._changes
-        for target in list(self._by_address.values()):
+        for target in self._by_address.values():  # only `_sync` changes the set
             if target.pending is not None:
                 if self._clock() - target.started > s.timeout:
                     target.pending.cancel()  # `_landed` counts it as a timeout
@@ -215,7 +217,7 @@ class Scraper:
                 and changes is not None
                 and changes(target.ep.address) == target.seen
             ):
-                self._safely(target, self._vouch)
+                self._safely(self._vouch, target)
                 continue
             if self._in_flight >= s.max_concurrency:
                 target.queued = True
@@ -255,7 +257,7 @@ class Scraper:
             return
         target.pending = None
         self._in_flight -= 1
-        self._safely(target, lambda t: self._take(t, done))
+        self._safely(self._take, target, done)
         while self._waiting and self._in_flight < self._settings.max_concurrency:
             queued = self._waiting.popleft()
             if queued.queued and self._by_address.get(queued.ep.address) is queued:
@@ -309,19 +311,14 @@ class Scraper:
             health.failures = 0
         target.due = self._next(target.due, target.ticks)
 
-    def _safely(self, target: _Target, step: Callable[[_Target], None]) -> None:
+    def _safely(self, step: Callable[..., None], target: _Target, *args: object) -> None:
         """Run one target's step; a bug there (the sink's, say) is logged, and the target is
         scraped again at its next tick rather than left behind."""
         try:
-            step(target)
+            step(target, *args)
         except Exception:
             log.exception("scrape of %s failed unexpectedly; trying again", target.ep.address)
             target.due = self._next(target.due, 1)
-
-    @property
-    def _steady_ticks(self) -> int:
-        s = self._settings
-        return max(1, int(s.steady_interval / s.interval + 1e-9))
 
     def _next(self, due: float, ticks: int) -> float:
         """The tick `ticks` after `due`, or the grid's next one when the loop fell behind."""
