@@ -302,6 +302,9 @@ class Datastore:
         prefill = self._prefill.observe(address, metrics, self._tpot.get(address, 0.0))
         if prefill is not None:
             changes["prefill_pace"] = prefill
+            log.debug(
+                "endpoint %s: prefill pace %.1f us per computed token", address, prefill * 1e6
+            )
         batch = self._answers.observe(address, metrics)
         if batch is not None and self.on_answers is not None:
             self.on_answers(batch)

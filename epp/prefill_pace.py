@@ -5,8 +5,14 @@ prefill time, and how much differs far more between GPUs than the decode pace do
 computes a prompt ~7x slower than a full H100, but decodes only ~3x slower). The pace is learned
 from what the engine itself reports, vLLM's names:
 - `vllm:request_prefill_time_seconds` (histogram: `_sum`, `_count`): time in the PREFILL phase,
-- `vllm:prompt_tokens_total` and `vllm:prefix_cache_hits_total`: prompt tokens, and those of them
-  found cached; their difference is what was computed.
+- `vllm:request_prefill_kv_computed_tokens` (histogram, `_sum`): the prompt tokens each request
+  computed, those found cached left out. vLLM observes both when a request finishes, so a window
+  between two scrapes holds the same requests' seconds and tokens.
+- Where that histogram is not exported (older vLLM), `vllm:prompt_tokens_total` less
+  `vllm:prefix_cache_hits_total`. These move at other moments than the prefill histogram (a
+  prompt counts at its first token, its cache hits when it is scheduled, its prefill time when
+  it finishes), so a window's tokens and seconds belong to different requests: a window closes
+  only once some prefill time came with its tokens, and the smoothing evens the rest out.
 Between two scrapes, pace = (prefill seconds - requests x one engine step) / computed tokens: a
 prefill lasts at least the step it runs in, whatever its length, and that step's share is the
 endpoint's decode pace (`EndpointState.tpot`), subtracted so that a pod serving only cache hits
@@ -29,13 +35,16 @@ SMOOTHING = 0.3  # weight of a new sample in the moving average
 class _Mark:
     seconds: float
     requests: float
-    prompt: float
-    cached: float
+    prompt: float  # computed tokens where the engine counts them per request, else prompt tokens
+    cached: float  # 0 where `prompt` counts computed tokens
+    aligned: bool  # tokens and seconds observed together, per finished request
 
     def after(self, older: _Mark) -> bool:
-        """Every counter grew or stayed (not a restarted engine)."""
+        """Every counter grew or stayed (not a restarted engine) and comes from the same
+        source."""
         return (
-            self.seconds >= older.seconds
+            self.aligned == older.aligned
+            and self.seconds >= older.seconds
             and self.requests >= older.requests
             and self.prompt >= older.prompt
             and self.cached >= older.cached
@@ -60,21 +69,23 @@ class PrefillPaces:
     def observe(self, address: str, metrics: EndpointMetrics, step_seconds: float) -> float | None:
         """Take one scrape; the new pace when it completed a sample, else None."""
         m = metrics
-        if (
-            m.prefill_seconds is None
-            or m.prefill_count is None
-            or m.prompt_tokens is None
-            or m.cached_tokens is None
-        ):
+        if m.prefill_seconds is None or m.prefill_count is None:
             return None
-        mark = _Mark(m.prefill_seconds, m.prefill_count, m.prompt_tokens, m.cached_tokens)
+        if m.computed_tokens is not None:
+            mark = _Mark(m.prefill_seconds, m.prefill_count, m.computed_tokens, 0.0, True)
+        elif m.prompt_tokens is not None and m.cached_tokens is not None:
+            mark = _Mark(
+                m.prefill_seconds, m.prefill_count, m.prompt_tokens, m.cached_tokens, False
+            )
+        else:
+            return None
         since = self._marks.get(address)
         if since is None or not mark.after(since):  # first page, or the engine restarted
             self._marks[address] = mark
             return None
         computed = (mark.prompt - since.prompt) - (mark.cached - since.cached)
-        if computed < self.min_tokens:
-            return None
+        if computed < self.min_tokens or mark.requests == since.requests:
+            return None  # too few tokens, or none of their prefill time has come yet
         self._marks[address] = mark
         seconds = (mark.seconds - since.seconds) - (mark.requests - since.requests) * step_seconds
         sample = max(0.0, seconds) / computed

@@ -42,6 +42,10 @@ class EndpointMetrics:
     prefill_count: float | None = None
     prompt_tokens: float | None = None
     cached_tokens: float | None = None
+    # the engine's histogram of prompt tokens each request computed (not found cached), `_sum`:
+    # observed when a request finishes, as its prefill time is (vLLM's
+    # `vllm:request_prefill_kv_computed_tokens`), so the two count the same requests
+    computed_tokens: float | None = None
     # the engine's per-request output-token histogram (`_sum`, `_count`), the requests that ended
     # on their max_tokens, and the model name it counts them under (epp.answer_lengths)
     answer_tokens: float | None = None

@@ -60,6 +60,7 @@ class EngineSpec:
     prefill: str | None = None  # the prefill-time histogram
     prompt_tokens: str | None = None  # counters: prompt tokens, and those found in the cache
     cached_tokens: str | None = None
+    computed: str | None = None  # histogram of computed prompt tokens, per finished request
     answers: str | None = None  # histogram of output tokens per finished request
     at_cap: MetricRef | None = None  # counter of requests that ended on their max_tokens
 
@@ -71,6 +72,8 @@ class EngineSpec:
         if self.prefill is not None:
             names += [f"{self.prefill}_sum", f"{self.prefill}_count"]
         names += [n for n in (self.prompt_tokens, self.cached_tokens) if n]
+        if self.computed is not None:
+            names.append(f"{self.computed}_sum")
         if self.answers is not None:
             names += [f"{self.answers}_sum", f"{self.answers}_count"]
         if self.at_cap is not None:
@@ -98,6 +101,7 @@ ENGINE_SPECS: Mapping[str, EngineSpec] = MappingProxyType(
             prefill="vllm:request_prefill_time_seconds",
             prompt_tokens="vllm:prompt_tokens_total",
             cached_tokens="vllm:prefix_cache_hits_total",
+            computed="vllm:request_prefill_kv_computed_tokens",  # where this vLLM exports it
             answers="vllm:request_generation_tokens",
             at_cap=_ref("vllm:request_success_total", finished_reason="length"),
         ),
@@ -407,6 +411,7 @@ def parse_metrics(text: str | bytes, engine: str, now: float) -> EndpointMetrics
         prefill_count=_total(found, prefill and f"{prefill}_count"),
         prompt_tokens=_total(found, spec.prompt_tokens),
         cached_tokens=_total(found, spec.cached_tokens),
+        computed_tokens=_total(found, spec.computed and f"{spec.computed}_sum"),
         answer_tokens=answers[0] if answers else None,
         answers=answers[1] if answers else None,
         answers_at_cap=answers[2] if answers else None,

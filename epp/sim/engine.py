@@ -206,7 +206,6 @@ class Engine:
                 seq.scheduled_at = now
                 seq.cached_tokens = computed
                 st.queue.observe(max(0.0, now - seq.arrival))
-                st.prompt_tokens += seq.prompt_tokens
             self.waiting.popleft()
             seq.status = RUNNING
             self.running.append(seq)
@@ -268,7 +267,7 @@ class Engine:
             if seq.first_token_at is None:
                 seq.first_token_at = now
                 st.ttft.observe(max(0.0, now - seq.arrival))
-                st.prefill.observe(max(0.0, now - (seq.scheduled_at or seq.arrival)))
+                st.prompt_tokens += seq.prompt_tokens  # vLLM v1 counts a prompt at its first token
             else:
                 st.itl.observe(now - seq.last_token_at)
             seq.last_token_at = now
@@ -280,6 +279,10 @@ class Engine:
                 seq.blocks = []
                 st.finished[seq.stop_reason] += 1
                 st.generation.observe(seq.generated)
+                # per-request figures vLLM v1 observes when a request finishes, together
+                first = seq.first_token_at or now
+                st.prefill.observe(max(0.0, first - (seq.scheduled_at or seq.arrival)))
+                st.prefill_computed.observe(max(0, seq.prompt_tokens - seq.cached_tokens))
                 st.e2e.observe(now - seq.arrival)
                 finished = True
             out.append(seq)

@@ -132,6 +132,8 @@ def render_vllm(pod: SimPod, now: float, wall: float) -> bytes:
                 "for request.", base, st.queue)  # fmt: skip
     p.histogram("vllm:request_prefill_time_seconds", "Histogram of time spent in PREFILL phase "
                 "for request.", base, st.prefill)  # fmt: skip
+    p.histogram("vllm:request_prefill_kv_computed_tokens", "Histogram of new KV tokens computed "
+                "during prefill (excluding cached tokens).", base, st.prefill_computed)  # fmt: skip
     p.histogram("vllm:request_generation_tokens", "Number of generation tokens processed.", base,
                 st.generation)  # fmt: skip
     p.histogram("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in "

@@ -68,5 +68,7 @@ class EngineStats:
     e2e: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
     queue: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
     prefill: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
+    # prompt tokens each finished request computed (not found cached), observed with `prefill`
+    prefill_computed: Histogram = field(default_factory=lambda: Histogram(TOKEN_BUCKETS))
     itl: Histogram = field(default_factory=lambda: Histogram(ITL_BUCKETS))
     generation: Histogram = field(default_factory=lambda: Histogram(TOKEN_BUCKETS))

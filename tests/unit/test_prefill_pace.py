@@ -88,3 +88,48 @@ def vars_of(m: EndpointMetrics) -> dict[str, float | None]:
         "prompt_tokens": m.prompt_tokens,
         "cached_tokens": m.cached_tokens,
     }
+
+
+def aligned(seconds: float, requests: float, computed: float) -> EndpointMetrics:
+    """A page with vLLM's per-request computed-token histogram (observed with prefill time)."""
+    return EndpointMetrics(
+        prefill_seconds=seconds,
+        prefill_count=requests,
+        prompt_tokens=99_999.0,  # moves at other moments: not read where the histogram is
+        cached_tokens=0.0,
+        computed_tokens=computed,
+    )
+
+
+def test_the_per_request_computed_tokens_are_read_before_the_token_counters() -> None:
+    paces = PrefillPaces(min_tokens=1000, smoothing=1.0)
+    paces.observe(A, aligned(1.0, 10, 5_000), 0.01)
+    # 4 requests finished: 0.7 s of prefill, 2000 computed tokens; the counters say nothing
+    assert paces.observe(A, aligned(1.7, 14, 7_000), 0.01) == pytest.approx((0.7 - 0.04) / 2000)
+
+
+def test_a_window_closes_only_once_prefill_time_came_with_its_tokens() -> None:
+    """Older vLLM counts a prompt at its first token and its prefill time when it finishes:
+    tokens with no finished request yet are not a pace of zero."""
+    paces = PrefillPaces(min_tokens=1000, smoothing=1.0)
+    paces.observe(A, page(1.0, 10, 5_000, 0), 0.0)
+    assert paces.observe(A, page(1.0, 10, 7_000, 0), 0.0) is None  # 2000 tokens, no time yet
+    assert paces.observe(A, page(1.4, 11, 7_000, 0), 0.0) == pytest.approx(0.4 / 2000)
+
+
+def test_switching_between_the_two_sources_starts_counting_again() -> None:
+    paces = PrefillPaces(min_tokens=1000, smoothing=1.0)
+    paces.observe(A, page(1.0, 10, 5_000, 0), 0.0)
+    assert paces.observe(A, aligned(2.0, 20, 9_000), 0.0) is None
+
+
+def test_the_parser_reads_vllm_computed_prompt_tokens_histogram() -> None:
+    text = (
+        'vllm:num_requests_running{model_name="m"} 1\n'
+        'vllm:num_requests_waiting{model_name="m"} 0\n'
+        'vllm:kv_cache_usage_perc{model_name="m"} 0.5\n'
+        'vllm:request_prefill_kv_computed_tokens_bucket{le="+Inf",model_name="m"} 3.0\n'
+        'vllm:request_prefill_kv_computed_tokens_sum{model_name="m"} 2500.0\n'
+        'vllm:request_prefill_kv_computed_tokens_count{model_name="m"} 3.0\n'
+    )
+    assert parse_metrics(text, ENGINE_VLLM, 0.0).computed_tokens == 2500.0

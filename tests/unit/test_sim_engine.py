@@ -216,3 +216,27 @@ def test_step_floor_applies_after_speed() -> None:
     engine.submit(seq("a", unique(8, 1), 1), 0.0)
     d = engine.plan_step(0.0)
     assert d is not None and math.isclose(d, 0.001)
+
+
+def test_prompt_and_prefill_figures_are_counted_when_vllm_counts_them() -> None:
+    """vLLM v1 counts a prompt's tokens at its first token, and observes its prefill time and
+    the tokens it computed when it finishes; cache hits when it is scheduled."""
+    engine = Engine(EngineConfig(profile=H100))
+    driver = ManualDriver(engine)
+    shared = unique(2000, 1)
+    first = seq("a", shared + unique(48, 2), 200)
+    second = seq("b", shared + unique(48, 3), 200)
+    driver.submit_at(0.0, first)
+    driver.submit_at(1.0, second)
+    st = engine.stats
+    driver.run(until=0.5)  # the first has its first token, and is still decoding
+    assert first.first_token_at is not None and first.status != FINISHED
+    assert st.prompt_tokens == 2048
+    assert st.prefill.count == 0 and st.prefill_computed.count == 0
+    driver.run()
+    assert st.prompt_tokens == 2 * 2048
+    assert st.prefill.count == 2 and st.prefill_computed.count == 2
+    # the first computed its whole prompt, the second only what its cached prefix left
+    assert st.prefill_computed.sum == 2048 + 48
+    prefills = [s.first_token_at - s.scheduled_at for s in (first, second)]  # type: ignore[operator]
+    assert st.prefill.sum == pytest.approx(sum(prefills))
