@@ -375,7 +375,25 @@ def test_the_debug_log_names_each_holder_that_yields_and_why(
         "request 2: holder slow",
         "request 2: holder slower",
     ]
-    assert "first tokens [0.016, 0.016, 0.128] s, answers' ends [3.472, 4.368, 1.856] s" in lines[1]
+    # the fast pod's 0.128 s cold prefill stalls its 2 requests: 0.256 s more to weigh there
+    assert (
+        "first tokens [0.016, 0.016, 0.128] s, delays to the requests there [0.000, 0.000, "
+        "0.256] s, answers' ends with both [3.472, 4.368, 2.112] s"
+    ) in lines[1]
+
+
+def test_a_cold_prefill_that_would_stall_a_busy_pod_keeps_the_request_on_its_holder() -> None:
+    """The fast pod would end the answer sooner (above), but computing the prompt there stalls
+    every request it runs for the prefill's step: with 12 of them (in a batch of 16), 1.5 s of
+    their time against the 1.2 s the request itself gains. Which placement costs everyone less
+    counts: the warm holder keeps the request; with 2 requests on the fast pod it yields."""
+    scorer = PrefixCacheScorer(clock=clock, cold_spread=0.0)
+    scorer.picked(req(SYSTEM), ep("slow"))
+    slow = replace(ep("slow", 2), limit=8, tpot=0.056, tpot_spread=0.002, prefill_pace=0.002)
+    fast = replace(ep("fast", 2), limit=8, tpot=0.03, tpot_spread=0.003, prefill_pace=0.001)
+    assert scorer.score(answer_of(64, "2"), [slow, fast]) == [0.0, 0.0]
+    busy = replace(fast, limit=16, in_flight=12)  # free slots: no queue; 12 x 0.128 s of stall
+    assert scorer.score(answer_of(64, "3"), [slow, busy]) == [1.0, 0.0]
 
 
 def test_paces_that_differ_within_their_noise_keep_the_holder() -> None:
@@ -386,7 +404,8 @@ def test_paces_that_differ_within_their_noise_keep_the_holder() -> None:
     scorer = PrefixCacheScorer(clock=clock, cold_spread=0.0)
     scorer.picked(req(SYSTEM), ep("a"))
     holder = replace(ep("a", 2), limit=8, tpot=0.032, tpot_spread=0.004, prefill_pace=0.001)
-    other = replace(ep("b", 2), limit=8, tpot=0.028, tpot_spread=0.004, prefill_pace=0.001)
+    # idle: its cold prefill stalls nothing there
+    other = replace(ep("b", 0), limit=8, tpot=0.028, tpot_spread=0.004, prefill_pace=0.001)
     # holder: 0.016 + 64 x 28 ms = 1.81 s at best; other: 0.128 + 64 x 32 ms = 2.18 s at worst
     assert scorer.score(answer_of(64, "2"), [holder, other]) == [1.0, 0.0]
     # a noiseless reading of the same paces: 2.06 s against 1.92 s, the holder would yield

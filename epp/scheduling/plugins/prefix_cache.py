@@ -260,30 +260,40 @@ class PrefixCacheScorer:
             lacks = tokens - held * block
             return wait + prefill.seconds(addresses[j], now) + max(lacks, 0) * paces[j]
 
+        def delays_others(j: int, held: int) -> float:
+            """Seconds this prompt's prefill at endpoint j adds to the requests already there
+            together: each of them waits out the step that computes it."""
+            return max(tokens - held * block, 0) * paces[j] * loads[j]
+
         def keeps(i: int, matched: int) -> bool:
             if not rivals:
                 held = [counts.get(a, 0) for a in addresses]
-                firsts = [first_token(j, h) for j, h in enumerate(held)]
+                # what a placement costs: this request's first token there, and the delay its
+                # prefill there adds to the requests already there
+                costs = [first_token(j, h) + delays_others(j, h) for j, h in enumerate(held)]
                 # the answer streams at each endpoint's pace, give or take the pace's noise;
                 # a pace with no spread measured yet (fewer than two samples, or filled in)
                 # is all noise: nothing yields to it, and nothing yields on it
                 soon, late = [], []
-                columns = zip(firsts, snap.filled_tpot, snap.tpot, snap.tpot_spread, strict=True)
+                columns = zip(costs, snap.filled_tpot, snap.tpot, snap.tpot_spread, strict=True)
                 for f, pace, measured, spread in columns:
                     noise = spread if measured > 0.0 and spread > 0.0 else pace
                     soon.append(f + answer * max(0.0, pace - noise))
                     late.append(f + answer * (pace + noise))
-                rivals.append(_Rivals(held, firsts, soon, late))
+                rivals.append(_Rivals(held, costs, soon, late))
             ranked = rivals[0]
             kept = ranked.soonest_with_less(i, matched)
             if not kept and log.isEnabledFor(logging.DEBUG):
+                held = [counts.get(a, 0) for a in addresses]
                 log.debug(
-                    "request %s: holder %s (%d blocks) yields: first tokens %s s, answers' ends "
-                    "%s s (soonest; latest within the paces' noise %s s)",
+                    "request %s: holder %s (%d blocks) yields: first tokens %s s, delays to the "
+                    "requests there %s s, answers' ends with both %s s (soonest; latest within "
+                    "the paces' noise %s s)",
                     request.request_id,
                     addresses[i],
                     matched,
-                    _seconds(ranked.costs),
+                    _seconds([first_token(j, h) for j, h in enumerate(held)]),
+                    _seconds([delays_others(j, h) for j, h in enumerate(held)]),
                     _seconds(ranked.soon),
                     _seconds(ranked.late),
                 )
