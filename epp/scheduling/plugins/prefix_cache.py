@@ -260,10 +260,17 @@ class PrefixCacheScorer:
             lacks = tokens - held * block
             return wait + prefill.seconds(addresses[j], now) + max(lacks, 0) * paces[j]
 
+        reuse = self.stats.hit_ratio
+        index = self.index
+
         def delays_others(j: int, held: int) -> float:
-            """Seconds this prompt's prefill at endpoint j adds to the requests already there
-            together: each of them waits out the step that computes it."""
-            return max(tokens - held * block, 0) * paces[j] * loads[j]
+            """Seconds this prompt's prefill at endpoint j adds to other requests: each request
+            already there waits out the step that computes it, and the blocks it evicts from
+            a full cache are computed again by the requests that would have found them (as
+            likely as a routed prompt block is found cached: the scorer's hit ratio)."""
+            lacks = max(tokens - held * block, 0)
+            evicts = max(lacks - max(index.room(addresses[j]), 0) * block, 0)
+            return (lacks * loads[j] + evicts * reuse) * paces[j]
 
         def keeps(i: int, matched: int) -> bool:
             if not rivals:

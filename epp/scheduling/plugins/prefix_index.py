@@ -52,6 +52,11 @@ class PrefixIndex:
         self._capacity[address] = max(1, capacity)
         self._trim(address)
 
+    def room(self, address: str) -> int:
+        """Blocks the endpoint can still take before its cache evicts (as the index counts)."""
+        lru = self._lru.get(address)
+        return self._capacity.get(address, self.default_capacity) - (len(lru) if lru else 0)
+
     def match(self, hashes: Sequence[int]) -> dict[str, int]:
         """Blocks held per endpoint, walking from block 0 until no endpoint holds one."""
         counts: dict[str, int] = {}
