@@ -35,14 +35,20 @@ def ttft(s: Seq) -> float:
     return s.first_token_at - s.arrival
 
 
-def test_repeated_long_prefix_skips_its_prefill() -> None:
+def two_sharing_a_prefix(max_tokens: int) -> tuple[Engine, ManualDriver, Seq, Seq]:
+    """Two 2,048-token prompts sharing their first 2,000 tokens, arriving at 0 s and 1 s."""
     engine = Engine(EngineConfig(profile=H100))
     driver = ManualDriver(engine)
     shared = unique(2000, 1)
-    first = seq("a", shared + unique(48, 2), 1)
-    second = seq("b", shared + unique(48, 3), 1)
+    first = seq("a", shared + unique(48, 2), max_tokens)
+    second = seq("b", shared + unique(48, 3), max_tokens)
     driver.submit_at(0.0, first)
     driver.submit_at(1.0, second)
+    return engine, driver, first, second
+
+
+def test_repeated_long_prefix_skips_its_prefill() -> None:
+    engine, driver, first, second = two_sharing_a_prefix(1)
     driver.run()
     assert ttft(first) == pytest.approx(H100.step_time(2048, 0, 0))
     # 125 full blocks (2000 tokens) are cached: only 48 tokens are computed, over 2000 of context
@@ -221,13 +227,7 @@ def test_step_floor_applies_after_speed() -> None:
 def test_prompt_and_prefill_figures_are_counted_when_vllm_counts_them() -> None:
     """vLLM v1 counts a prompt's tokens at its first token, and observes its prefill time and
     the tokens it computed when it finishes; cache hits when it is scheduled."""
-    engine = Engine(EngineConfig(profile=H100))
-    driver = ManualDriver(engine)
-    shared = unique(2000, 1)
-    first = seq("a", shared + unique(48, 2), 200)
-    second = seq("b", shared + unique(48, 3), 200)
-    driver.submit_at(0.0, first)
-    driver.submit_at(1.0, second)
+    engine, driver, first, second = two_sharing_a_prefix(200)
     st = engine.stats
     driver.run(until=0.5)  # the first has its first token, and is still decoding
     assert first.first_token_at is not None and first.status != FINISHED
