@@ -77,12 +77,18 @@ class _Rivals:
     its spread (`late`). Holders as deep as it or deeper are not its rivals: among them the
     prefix score and the other scorers decide, as they spread load over a prefix's holders."""
 
-    __slots__ = ("_held", "_soonest", "costs", "late", "soon")
+    __slots__ = ("_held", "_soonest", "costs", "late", "parts", "soon")
 
     def __init__(
-        self, held: list[int], costs: list[float], soon: list[float], late: list[float]
+        self,
+        held: list[int],
+        costs: list[float],
+        soon: list[float],
+        late: list[float],
+        parts: list[tuple[float, float]],
     ) -> None:
         self.costs = costs
+        self.parts = parts  # (first token, delay to others) per endpoint, for the explain log
         self.soon = soon
         self.late = late
         order = sorted(range(len(held)), key=held.__getitem__)
@@ -250,34 +256,31 @@ class PrefixCacheScorer:
         paces = filled_paces(measured, snap.capacity)
         tokens = max(request.prompt_tokens, self._blocks_of(request) * block)
         rivals: list[_Rivals] = []  # built for the first holder asked
-
-        def first_token(j: int, held: int) -> float:
-            """Seconds to endpoint j's first token holding `held` blocks: the wait behind its
-            full batch (the service-time model's), behind the prefill recent picks queued
-            there, and its own prefill of what it lacks, at its pace."""
-            q = queued[j]
-            wait = q * snap.filled_tpot[j] * typical if q else 0.0
-            lacks = tokens - held * block
-            return wait + prefill.seconds(addresses[j], now) + max(lacks, 0) * paces[j]
-
         reuse = self.stats.hit_ratio
         index = self.index
 
-        def delays_others(j: int, held: int) -> float:
-            """Seconds this prompt's prefill at endpoint j adds to other requests: each request
-            already there waits out the step that computes it, and the blocks it evicts from
-            a full cache are computed again by the requests that would have found them (as
-            likely as a routed prompt block is found cached: the scorer's hit ratio)."""
+        def first_and_delay(j: int, held: int) -> tuple[float, float]:
+            """Seconds to endpoint j's first token holding `held` blocks: the wait behind its
+            full batch (the service-time model's), behind the prefill recent picks queued
+            there, and its own prefill of what it lacks, at its pace. And the seconds that
+            prefill adds to other requests: each request already there waits out the step
+            that computes it, and the blocks it evicts from a full cache are computed again by
+            the requests that would have found them (as likely as a routed prompt block is
+            found cached: the scorer's hit ratio)."""
+            q = queued[j]
+            wait = q * snap.filled_tpot[j] * typical if q else 0.0
             lacks = max(tokens - held * block, 0)
-            evicts = max(lacks - max(index.room(addresses[j]), 0) * block, 0)
-            return (lacks * loads[j] + evicts * reuse) * paces[j]
+            evicts = max(lacks - index.room(addresses[j]) * block, 0)
+            first = wait + prefill.seconds(addresses[j], now) + lacks * paces[j]
+            return first, (lacks * loads[j] + evicts * reuse) * paces[j]
 
         def keeps(i: int, matched: int) -> bool:
             if not rivals:
                 held = [counts.get(a, 0) for a in addresses]
                 # what a placement costs: this request's first token there, and the delay its
                 # prefill there adds to the requests already there
-                costs = [first_token(j, h) + delays_others(j, h) for j, h in enumerate(held)]
+                parts = [first_and_delay(j, h) for j, h in enumerate(held)]
+                costs = [first + delay for first, delay in parts]
                 # the answer streams at each endpoint's pace, give or take the pace's noise;
                 # a pace with no spread measured yet (fewer than two samples, or filled in)
                 # is all noise: nothing yields to it, and nothing yields on it
@@ -287,11 +290,10 @@ class PrefixCacheScorer:
                     noise = spread if measured > 0.0 and spread > 0.0 else pace
                     soon.append(f + answer * max(0.0, pace - noise))
                     late.append(f + answer * (pace + noise))
-                rivals.append(_Rivals(held, costs, soon, late))
+                rivals.append(_Rivals(held, costs, soon, late, parts))
             ranked = rivals[0]
             kept = ranked.soonest_with_less(i, matched)
             if not kept and log.isEnabledFor(logging.DEBUG):
-                held = [counts.get(a, 0) for a in addresses]
                 log.debug(
                     "request %s: holder %s (%d blocks) yields: first tokens %s s, delays to the "
                     "requests there %s s, answers' ends with both %s s (soonest; latest within "
@@ -299,8 +301,8 @@ class PrefixCacheScorer:
                     request.request_id,
                     addresses[i],
                     matched,
-                    _seconds([first_token(j, h) for j, h in enumerate(held)]),
-                    _seconds([delays_others(j, h) for j, h in enumerate(held)]),
+                    _seconds([first for first, _ in ranked.parts]),
+                    _seconds([delay for _, delay in ranked.parts]),
                     _seconds(ranked.soon),
                     _seconds(ranked.late),
                 )

@@ -53,7 +53,8 @@ class PrefixIndex:
         self._trim(address)
 
     def room(self, address: str) -> int:
-        """Blocks the endpoint can still take before its cache evicts (as the index counts)."""
+        """Blocks the endpoint can still take before its cache evicts (as the index counts;
+        never negative: every add and capacity change trims to the capacity)."""
         lru = self._lru.get(address)
         return self._capacity.get(address, self.default_capacity) - (len(lru) if lru else 0)
 
