@@ -26,8 +26,9 @@ from epp.types import EndpointState
 Clock = Callable[[], float]
 # until the latency model has learned from this many answers, its first guess decides nothing:
 # measured, it refused a third of the requests of a 10 %-loaded pool, half of which an idle
-# pod would have answered in time (docs/fairness.md)
-LEARNED_AFTER = 100
+# pod would have answered in time; after 50 answers it no longer does, and at 90 % load the
+# answers routed unjudged before then missed more than any later stretch (docs/fairness.md)
+LEARNED_AFTER = 50
 
 
 def has_objectives(ticket: Ticket) -> bool:

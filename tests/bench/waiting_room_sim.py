@@ -300,6 +300,15 @@ def idle_ttft(prompt_tokens: int) -> float:
     return get_profile("A100-80G").step_time(prompt_tokens, 0, 0)
 
 
+def loaded_ttft(prompt_tokens: int) -> float:
+    """The least time to first token a prompt can expect on a busy simulated pod: half a step
+    of a full batch (the mean wait for the step in progress), then its prefill in a step beside
+    that batch's decodes (each sequence ~300 tokens into its context)."""
+    gpu = get_profile("A100-80G")
+    full = gpu.step_time(0, BATCH, BATCH * 300)
+    return full / 2 + gpu.step_time(prompt_tokens, BATCH, BATCH * 300)
+
+
 def throughput(outcomes: dict[str, Outcome], start: float, end: float) -> float:
     done = [t for o in outcomes.values() for t in o.completed_at if start <= t < end]
     return len(done) / (end - start)
