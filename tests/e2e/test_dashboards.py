@@ -71,6 +71,9 @@ REQUIRED_METRICS = {
     "inference_objective_request_duration_seconds_bucket",
     "inference_extension_scheduler_e2e_duration_seconds_bucket",
     "inference_extension_plugin_duration_seconds_bucket", "process_cpu_seconds_total",
+    "inference_extension_flow_control_request_queue_duration_seconds_bucket",
+    "inference_extension_flow_control_request_queue_duration_seconds_count",
+    "epp_objective_attainment_total", "epp_latency_prediction_error_ratio_bucket",
 }  # fmt: skip
 
 VARIABLE = re.compile(r"\$(?:\{(\w+)(?::\w+)?\}|(\w+))")
@@ -456,8 +459,9 @@ def chat(model: str) -> dict[str, Any]:
 
 async def traffic(stack: LocalStack, gateway: httpx.AsyncClient) -> dict[str, list[int]]:
     """One round of load through Envoy: 24 critical and 16 sheddable requests (4 at a time),
-    two bad bodies, sheddable requests while every pod reports saturation, and critical ones
-    while every pod answers 500. Returns the status codes per kind."""
+    6 streamed critical ones of two tenants with a TTFT objective, two bad bodies, sheddable
+    requests while every pod reports saturation, and critical ones while every pod answers
+    500. Returns the status codes per kind."""
     assert stack.sim is not None
     codes: dict[str, list[int]] = {"ok": [], "bad": [], "shed": [], "failed": []}
     gate = asyncio.Semaphore(4)
@@ -468,12 +472,27 @@ async def traffic(stack: LocalStack, gateway: httpx.AsyncClient) -> dict[str, li
 
     models = [CRITICAL, SHEDDABLE] * 16 + [CRITICAL] * 8
     await asyncio.gather(*(send("ok", json=chat(m)) for m in models))
+    # streamed answers of two tenants' flows with a TTFT objective: the flow, objective and
+    # prediction panels
+    tenant = {"x-slo-ttft-ms": "5000"}
+    await asyncio.gather(
+        *(
+            send(
+                "ok",
+                json=chat(CRITICAL) | {"stream": True, "max_tokens": 4},
+                headers=tenant | {"x-gateway-inference-fairness-id": f"tenant-{i % 2}"},
+            )
+            for i in range(6)
+        )
+    )
     for _ in range(2):
         await send("bad", content=b"{not json", headers={"content-type": "application/json"})
     pods = [stack.sim.pod(spec.name) for spec in stack.pods]
     for pod in pods:
         pod.set_fake_metrics(waiting=40, kv_usage=0.97)
-    await asyncio.sleep(0.5)  # the EPP scrapes every 50 ms
+    # the EPP scrapes every 50 ms, but vouches for an idle pod's last figures for up to 0.5 s
+    # (--scrape-quiet-interval) without fetching
+    await asyncio.sleep(1.0)
     for _ in range(2):
         await send("shed", json=chat(SHEDDABLE))
     for pod in pods:
