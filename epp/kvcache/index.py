@@ -10,7 +10,7 @@ hashes are kept too, so a restarted or departed pod is forgotten without a scan.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from epp.kvcache.wire import MEDIUM_GPU
 
@@ -47,6 +47,8 @@ class KvBlockIndex:
         self._fast: dict[int, Holders] = {}  # GPU
         self._slow: dict[int, Holders] = {}  # any other medium
         self._held: dict[str, tuple[set[int], set[int]]] = {}  # pod → (GPU, other) hashes
+        # told of every `clear` (the pod cleared its cache, restarted or left)
+        self.on_clear: Callable[[str], None] | None = None
 
     def __len__(self) -> int:
         return len(self._fast) + len(self._slow)
@@ -80,6 +82,8 @@ class KvBlockIndex:
 
     def clear(self, pod: str) -> None:
         """Forget everything `pod` holds (it cleared its cache, restarted or left)."""
+        if self.on_clear is not None:
+            self.on_clear(pod)
         held = self._held.pop(pod, None)
         if held is None:
             return

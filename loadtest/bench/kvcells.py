@@ -15,8 +15,10 @@ arrivals of the shared-prefix workload for a fixed time. Cells:
 
 Routers: `approximate` (profile prefix-cache-aware: prefix-cache-scorer 3, queue 2, KV use 2),
 `precise` (the same profile with precise-prefix-cache-scorer in place of prefix-cache-scorer;
-`precise-no-gate`, `precise-gate-500ms` and `precise-no-home`: without its token-aware gate, with
-a 500 ms budget instead of 2 s, without its cold-prompt homes),
+`precise-no-gate`, `precise-gate-500ms`, `precise-no-home`, `precise-no-memory` and
+`precise-no-home-no-memory`: without its token-aware gate, with a 500 ms budget instead of 2 s,
+without its cold-prompt homes, without the memory of its own picks (the events alone), without
+both),
 `approximate-peers` (in `c` only: the replicas share their picks over `--peers`),
 `envoy:LEAST_REQUEST`, and the peers' cache-aware policies (not in `c`: one process each).
 The rate is `--fraction` of each shape's capacity (a closed loop through Envoy least-request).
@@ -61,12 +63,15 @@ HASH_SEED = "0"
 CELLS = ("a", "b", "c", "d", "e")
 ROUTERS = ("approximate", "precise", "envoy:LEAST_REQUEST", "vllm-router:cache_aware",
            "sglang-router:cache_aware")  # fmt: skip
-# the precise router, and variants without its token-aware gate or without homes for cold prompts
+# the precise router, and variants without its token-aware gate, its homes for cold prompts or
+# its memory of its own picks
 PRECISE: dict[str, dict[str, object]] = {
     "precise": {},
     "precise-no-gate": {"ttftBudget": 0},
     "precise-gate-500ms": {"ttftBudget": "500ms"},
     "precise-no-home": {"coldPromptHome": 0},
+    "precise-no-memory": {"rememberPicks": False},
+    "precise-no-home-no-memory": {"coldPromptHome": 0, "rememberPicks": False},
 }
 # the approximate router with its replicas sharing their picks and in-flight counts (epp.peers);
 # only in `c`, elsewhere it is `approximate`

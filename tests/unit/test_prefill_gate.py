@@ -12,7 +12,7 @@ from epp.kvcache.prefill import PrefillTracker
 from epp.scheduling.base import SchedulingRequest
 from epp.scheduling.plugins.precise_prefix import PreciseCacheScorer
 from epp.tokenization import Tokenizer
-from epp.types import Endpoint, EndpointState
+from epp.types import Endpoint, EndpointMetrics, EndpointState
 
 TOKENIZER = Path(__file__).resolve().parents[2] / "epp" / "assets" / "tiny-tokenizer"
 
@@ -170,7 +170,10 @@ def test_a_prefix_whose_tail_was_evicted_is_rebuilt_where_its_head_is() -> None:
 def test_a_prompt_evicted_everywhere_is_rebuilt_where_it_was_built_last() -> None:
     tok = Tokenizer.from_dir(TOKENIZER)
     hasher = BlockHasher(16, "sha256", "0")
-    scorer = PreciseCacheScorer(tok, hasher, KvBlockIndex(), clock=lambda: 0.0)
+    # the events alone: with remembered picks the pod it was sent to would still hold it
+    scorer = PreciseCacheScorer(
+        tok, hasher, KvBlockIndex(), clock=lambda: 0.0, remember_picks=False
+    )
     pods = [EndpointState(Endpoint(f"10.0.0.{i}:8000", f"p{i}", "pool")) for i in range(4)]
     body = {"messages": [{"role": "user", "content": "built somewhere else " * 60}]}
 
@@ -187,3 +190,59 @@ def test_a_prompt_evicted_everywhere_is_rebuilt_where_it_was_built_last() -> Non
     assert home(3) == elsewhere  # nothing held anywhere: where it was built last
     busy = tuple(9 if i == elsewhere else 0 for i in range(4))
     assert home(4, busy) == hashed  # that pod over the load bound: the hashed order again
+
+
+def _scorer_and_pods(remember: bool) -> tuple[PreciseCacheScorer, list[EndpointState]]:
+    tok = Tokenizer.from_dir(TOKENIZER)
+    scorer = PreciseCacheScorer(
+        tok, BlockHasher(16, "sha256", "0"), KvBlockIndex(), clock=lambda: 0.0,
+        cold_home=0.0, remember_picks=remember,
+    )  # fmt: skip
+    pods = [EndpointState(Endpoint(f"10.0.0.{i}:8000", f"p{i}", "pool")) for i in range(4)]
+    return scorer, pods
+
+
+def test_a_pod_sent_a_prompt_keeps_it_while_its_events_say_the_tail_is_evicted() -> None:
+    body = {"messages": [{"role": "user", "content": "a system prompt under eviction " * 60}]}
+    for remember in (True, False):
+        scorer, pods = _scorer_and_pods(remember)
+        first = SchedulingRequest("r1", "m", payload=body)
+        keys = scorer.block_hashes(first)
+        scorer.score(first, pods)
+        scorer.picked(first, pods[2])
+        scorer.index.store("10.0.0.2:8000", keys)  # built: its events report every block
+        scorer.index.remove("10.0.0.2:8000", keys[len(keys) // 3 :])  # tail first, as vLLM
+        scores = scorer.score(SchedulingRequest("r2", "m", payload=body), pods)
+        if remember:  # rebuilt where it was sent, as the approximate index would
+            assert scores[2] == 1.0
+        else:  # the events alone: a third of it
+            assert scores[2] == pytest.approx(len(keys) // 3 / len(keys))
+
+
+def test_a_restarted_pod_forgets_what_it_was_sent() -> None:
+    scorer, pods = _scorer_and_pods(remember=True)
+    body = {"messages": [{"role": "user", "content": "sent before the restart " * 60}]}
+    first = SchedulingRequest("r1", "m", payload=body)
+    scorer.score(first, pods)
+    scorer.picked(first, pods[1])
+    assert scorer.score(SchedulingRequest("r2", "m", payload=body), pods)[1] == 1.0
+    scorer.index.clear("10.0.0.1:8000")  # what the subscriber does on a restart or a gap
+    assert scorer.score(SchedulingRequest("r3", "m", payload=body), pods) == [0.0] * 4
+
+
+def test_remembered_picks_are_bounded_by_the_pods_kv_cache() -> None:
+    scorer, pods = _scorer_and_pods(remember=True)
+    small = EndpointState(
+        pods[0].endpoint, metrics=EndpointMetrics(0, 0, 0.0, block_size=16, num_gpu_blocks=20)
+    )
+    prompts = [
+        {"messages": [{"role": "user", "content": f"prompt number {n} " * 40}]} for n in range(5)
+    ]
+    for n, body in enumerate(prompts):
+        request = SchedulingRequest(f"r{n}", "m", payload=body)
+        scorer.score(request, [small])
+        scorer.picked(request, small)
+    assert scorer.memory is not None and len(scorer.memory) <= 20  # its LRU holds 20 blocks
+    newest = scorer.score(SchedulingRequest("again", "m", payload=prompts[-1]), [small])
+    oldest = scorer.score(SchedulingRequest("first", "m", payload=prompts[0]), [small])
+    assert newest[0] > 0.0 and oldest == [0.0]

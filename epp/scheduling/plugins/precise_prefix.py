@@ -4,8 +4,14 @@ The prompt is tokenized with the model's own tokenizer (`epp.tokenization`, chat
 applied), cut into vLLM's blocks and hashed as vLLM hashes them (`epp.kvcache.hashing`, with
 the adapter's name for a LoRA request); the score is the share of leading blocks an endpoint
 holds, as its own KV events reported them (`epp.kvcache.index`, fed by `epp.kvevents`, which
-the server starts for each such plugin). Unlike `prefix-cache-scorer` nothing is guessed from
-past picks, so evictions, restarts and other EPP replicas' traffic are seen as they happen.
+the server starts for each such plugin), so restarts, other EPP replicas' picks and other
+clients' traffic are seen as they happen. The events are joined with what this replica sent
+where (`rememberPicks`, on by default: an LRU of block hashes per pod sized like its KV cache,
+as `prefix-cache-scorer` keeps one): a pod counts as holding the larger of what its events say
+and what it was sent and would still keep. A prompt under eviction loses its tail first, and
+following the events alone moved such prompts between pods and rebuilt them twice (issue 18's
+cell a, seed 2: 29-30 % of prompt tokens cached against 33-34 % with the memory); a restart or a
+gap the replay cannot fill clears the pod's memory with its events (`KvBlockIndex.on_clear`).
 Tokens of recent prompts are cached, and block hashes by prefix chain (`epp.kvcache.chain`): a
 block already seen costs one lookup, and hashing stops at the first block no pod holds.
 Token-aware affinity gate: each pick adds the prompt tokens its pod did not hold to that pod's
@@ -40,6 +46,7 @@ from epp.kvcache.prefill import PrefillTracker
 from epp.kvcache.wire import KvEventsSettings
 from epp.scheduling.base import BuildContext, Clock, SchedulingRequest
 from epp.scheduling.params import Params
+from epp.scheduling.plugins.prefix_index import PrefixIndex
 from epp.scheduling.snapshot import snapshot_of
 from epp.tokenization import Tokenizer, TokenizerError
 from epp.types import EndpointState
@@ -60,6 +67,7 @@ class PreciseCacheScorer:
     type = "precise-prefix-cache-scorer"
     name = type
     bounded = True
+    MEMORY_DEFAULT_BLOCKS = 31_250  # a pod's remembered blocks until its KV size is scraped
 
     def __init__(
         self,
@@ -73,6 +81,7 @@ class PreciseCacheScorer:
         clock: Clock = time.monotonic,
         cold_home: float = 0.5,
         home_load_bound: float = 1.25,
+        remember_picks: bool = True,
     ) -> None:
         self.tokenizer = tokenizer
         self.hasher = hasher
@@ -89,9 +98,18 @@ class PreciseCacheScorer:
         self._built: dict[int, str] = {}
         self.stats = PreciseStats()
         self.chain = PrefixChain(hasher)
-        # the request being scheduled: its blocks, matches, prompt tokens and the key of its
-        # first unheld block, reused by `score` and `picked`
-        self._last: tuple[SchedulingRequest, int, dict[str, float], int, int | None] | None = None
+        # what this replica sent where, as `prefix-cache-scorer` keeps it (an LRU per pod sized
+        # like its KV cache); None: the events alone decide
+        self.memory: PrefixIndex | None = None
+        if remember_picks:
+            self.memory = PrefixIndex(self.MEMORY_DEFAULT_BLOCKS)
+            self.index.on_clear = self.memory.forget  # a restarted pod remembers nothing
+        # the request being scheduled: its blocks, matches, prompt tokens, the key of its
+        # first unheld block and its block keys (remembered picks only), reused by `score` and
+        # `picked`
+        self._last: (
+            tuple[SchedulingRequest, int, dict[str, float], int, int | None, list[int]] | None
+        ) = None
 
     @classmethod
     def from_parameters(cls, params: Params, ctx: BuildContext) -> PreciseCacheScorer:
@@ -119,9 +137,10 @@ class PreciseCacheScorer:
         bound = params.number("homeLoadBound", 1.25, low=0.0)
         if 0.0 < bound < 1.0:
             raise params.error("homeLoadBound", "must be 0 (no bound) or at least 1")
+        remember = params.boolean("rememberPicks", True)
         return cls(
             tokenizer, hasher, index, events, blocks, budget, PrefillTracker(prior), ctx.clock,
-            home, bound,
+            home, bound, remember,
         )  # fmt: skip
 
     def block_hashes(self, request: SchedulingRequest) -> list[int]:
@@ -143,11 +162,28 @@ class PreciseCacheScorer:
             return last[1], last[2], last[3], last[4]
         ids = self._ids(request)
         blocks = self.chain.blocks(ids, self.max_blocks)
-        # the walk hashes lazily: the match stops it at the first block no pod holds
-        walk = self.chain.walk(ids, request.lora_adapter, self.max_blocks)
-        counts = self.index.match(walk) if blocks else {}
-        frontier = self.chain.last if blocks else None
-        self._last = (request, blocks, counts, len(ids), frontier)
+        memory, keys = self.memory, []
+        if not blocks:
+            counts: dict[str, float] = {}
+            frontier = None
+        elif memory is None:
+            # the walk hashes lazily: the match stops it at the first block no pod holds
+            walk = self.chain.walk(ids, request.lora_adapter, self.max_blocks)
+            counts = self.index.match(walk)
+            frontier = self.chain.last
+        else:
+            keys = list(self.chain.walk(ids, request.lora_adapter, self.max_blocks))
+            counts = self.index.match(keys)
+            # the first block no pod holds, as the events say: the same key in every replica
+            held = int(max(counts.values(), default=0.0))
+            frontier = keys[min(held, len(keys) - 1)] if keys else None
+            # a pod this replica sent the prompt to counts as holding what it was sent, as long
+            # as its LRU would keep it, whatever its events say it evicted since: a prompt
+            # being evicted tail first is rebuilt where it was rather than moved
+            for address, held in memory.match(keys).items():
+                if held > counts.get(address, 0.0):
+                    counts[address] = float(held)
+        self._last = (request, blocks, counts, len(ids), frontier, keys)
         return blocks, counts, len(ids), frontier
 
     def score(self, request: SchedulingRequest, candidates: Sequence[EndpointState]) -> list[float]:
@@ -234,9 +270,15 @@ class PreciseCacheScorer:
         """The pick's uncached prompt tokens join its pod's queued prefill; a prompt nobody held
         remembers where it is being built."""
         blocks, counts, tokens, frontier = self.matches(request)
-        self._last = None
+        last, self._last = self._last, None
         if not blocks:
             return
+        memory = self.memory
+        if memory is not None and last is not None:
+            m = endpoint.metrics
+            if m.num_gpu_blocks:  # its LRU is as large as its KV cache
+                memory.set_capacity(endpoint.address, m.num_gpu_blocks)
+            memory.add(endpoint.address, last[5], self._clock())
         if frontier is not None and not any(counts.values()) and self.cold_home > 0:
             if len(self._built) > 65_536:
                 self._built.clear()
