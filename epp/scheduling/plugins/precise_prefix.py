@@ -13,7 +13,8 @@ following the events alone moved such prompts between pods and rebuilt them twic
 cell a, seed 2: 29-30 % of prompt tokens cached against 33-34 % with the memory); a restart or a
 gap the replay cannot fill clears the pod's memory with its events (`KvBlockIndex.on_clear`).
 Tokens of recent prompts are cached, and block hashes by prefix chain (`epp.kvcache.chain`): a
-block already seen costs one lookup, and hashing stops at the first block no pod holds.
+block already seen costs one lookup, and without the memory hashing stops at the first block
+no pod holds (with it, every block is hashed: the memory is matched on all of them).
 Token-aware affinity gate: each pick adds the prompt tokens its pod did not hold to that pod's
 queued prefill (`epp.kvcache.prefill`, drained at the pod's learned prefill rate); a holder
 whose queued prefill plus this prompt's would take longer than `ttftBudget` scores 0, so a hot
