@@ -37,6 +37,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import xxhash
 
@@ -62,6 +63,17 @@ class PreciseStats:
     gated: int = 0  # holders passed over because their queued prefill exceeded the budget
     homed: int = 0  # cold prompts given their rendezvous home
     homed_past: int = 0  # of which the first in rendezvous order was over the load bound
+
+
+class _Matched(NamedTuple):
+    """One request's match, kept for `score` and `picked` of the same request."""
+
+    request: SchedulingRequest
+    blocks: int  # full prompt blocks
+    counts: dict[str, float]  # leading blocks held per pod
+    tokens: int  # prompt tokens
+    frontier: int | None  # the key of the first block no pod holds, as the events say
+    keys: list[int]  # every block's key (with remembered picks; else empty)
 
 
 class PreciseCacheScorer:
@@ -105,12 +117,7 @@ class PreciseCacheScorer:
         if remember_picks:
             self.memory = PrefixIndex(self.MEMORY_DEFAULT_BLOCKS)
             self.index.on_clear = self.memory.forget  # a restarted pod remembers nothing
-        # the request being scheduled: its blocks, matches, prompt tokens, the key of its
-        # first unheld block and its block keys (remembered picks only), reused by `score` and
-        # `picked`
-        self._last: (
-            tuple[SchedulingRequest, int, dict[str, float], int, int | None, list[int]] | None
-        ) = None
+        self._last: _Matched | None = None  # the request being scheduled
 
     @classmethod
     def from_parameters(cls, params: Params, ctx: BuildContext) -> PreciseCacheScorer:
@@ -159,8 +166,8 @@ class PreciseCacheScorer:
         """The request's prompt blocks, leading blocks held per pod, prompt tokens, and the key
         of the block where the match stopped (None for a prompt shorter than a block)."""
         last = self._last
-        if last is not None and last[0] is request:
-            return last[1], last[2], last[3], last[4]
+        if last is not None and last.request is request:
+            return last.blocks, last.counts, last.tokens, last.frontier
         ids = self._ids(request)
         blocks = self.chain.blocks(ids, self.max_blocks)
         memory, keys = self.memory, []
@@ -176,15 +183,15 @@ class PreciseCacheScorer:
             keys = list(self.chain.walk(ids, request.lora_adapter, self.max_blocks))
             counts = self.index.match(keys)
             # the first block no pod holds, as the events say: the same key in every replica
-            held = int(max(counts.values(), default=0.0))
-            frontier = keys[min(held, len(keys) - 1)] if keys else None
+            reported = int(max(counts.values(), default=0.0))
+            frontier = keys[min(reported, len(keys) - 1)] if keys else None
             # a pod this replica sent the prompt to counts as holding what it was sent, as long
             # as its LRU would keep it, whatever its events say it evicted since: a prompt
             # being evicted tail first is rebuilt where it was rather than moved
-            for address, held in memory.match(keys).items():
-                if held > counts.get(address, 0.0):
-                    counts[address] = float(held)
-        self._last = (request, blocks, counts, len(ids), frontier, keys)
+            for address, sent in memory.match(keys).items():
+                if sent > counts.get(address, 0.0):
+                    counts[address] = float(sent)
+        self._last = _Matched(request, blocks, counts, len(ids), frontier, keys)
         return blocks, counts, len(ids), frontier
 
     def score(self, request: SchedulingRequest, candidates: Sequence[EndpointState]) -> list[float]:
@@ -279,7 +286,7 @@ class PreciseCacheScorer:
             m = endpoint.metrics
             if m.num_gpu_blocks:  # its LRU is as large as its KV cache
                 memory.set_capacity(endpoint.address, m.num_gpu_blocks)
-            memory.add(endpoint.address, last[5], self._clock())
+            memory.add(endpoint.address, last.keys, self._clock())
         if frontier is not None and not any(counts.values()) and self.cold_home > 0:
             if len(self._built) > 65_536:
                 self._built.clear()
