@@ -24,6 +24,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 
 from epp.admission.flow_control import FlowControl, Place
 from epp.admission.flows import cost_of
@@ -193,7 +194,14 @@ class AdmissionController:
                     return self._may_take_free(pool_key, ticket.flow, view)
 
             room = StandardRoom(
-                current, self._service_time, tokens, self._clock, typical, free_first, fair_share
+                current,
+                self._service_time,
+                tokens,
+                self._clock,
+                typical,
+                free_first,
+                fair_share,
+                partial(flow.busy_for, pool_key, priority),
             )
         deadline = None
         if priority >= 0 and self._objectives.apply(ticket):

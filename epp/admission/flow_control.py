@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -100,12 +101,14 @@ class FlowControl:
         fair: bool = True,
         fair_reserve: float = 0.0,
         on_outcome: Outcome | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`timeout`: the default TTL. `max_requests` and `max_bytes` bound what waits per pool
         and priority, `max_flow_requests` per flow of a band, `max_pool_requests` per pool (0: no
         bound). `fair`: flows take turns inside a band (else first come, first served), and
         `fair_reserve` of a pool's batch slots are kept free for flows under their fair share
-        while flows contend (`shares`)."""
+        while flows contend (`shares`). `clock`: the admission's (how long the room has held
+        requests without a break, `busy_for`)."""
         self.timeout = timeout
         self.max_requests = max_requests
         self.max_bytes = max_bytes
@@ -113,6 +116,7 @@ class FlowControl:
         self.max_pool_requests = max_pool_requests
         self.fair = fair
         self.on_outcome = on_outcome
+        self._clock = clock
         self.shares = Shares(fair_reserve if fair else 0.0)
         self._store = store
         self._queues: dict[str, list[_Waiter]] = {}
@@ -123,6 +127,14 @@ class FlowControl:
 
     def queued(self, pool_key: str) -> int:
         return sum(n for n, _ in self.waiting(pool_key).values())
+
+    def busy_for(self, pool_key: str, priority: int) -> float:
+        """How long requests of `priority` have waited for the pool without a break: seconds
+        since its band of the room last held none (0 while it holds none)."""
+        band = self._bands.get((pool_key, priority))
+        if band is None or not band.count:
+            return 0.0
+        return self._clock() - band.busy_since
 
     async def wait_for_room(
         self, pool_key: str, priority: int, has_room: RoomTest, place: Place = Place()
@@ -169,7 +181,7 @@ class FlowControl:
         band: Band,
     ) -> None:
         loop = asyncio.get_running_loop()
-        tag = band.enter(place.flow, place.size, place.cost, self.fair)
+        tag = band.enter(place.flow, place.size, place.cost, self.fair, self._clock())
         waiter = _Waiter(
             -priority, tag, next(self._seq), loop.create_future(), has_room, place, band
         )

@@ -39,15 +39,20 @@ class FlowQueue:
 
 @dataclass(slots=True)
 class Band:
-    """One priority of one pool: its waiters' totals, its virtual time and its flows."""
+    """One priority of one pool: its waiters' totals, its virtual time and its flows, and since
+    when it has held waiters without a break (`busy_since`, meaningful while `count` > 0)."""
 
     count: int = 0
     held: int = 0
     vtime: float = 0.0
+    busy_since: float = 0.0
     flows: dict[str, FlowQueue] = field(default_factory=dict)
 
-    def enter(self, flow: str, size: int, cost: float, fair: bool) -> float:
-        """Count a request in and return its start tag (0 for all: first come, first served)."""
+    def enter(self, flow: str, size: int, cost: float, fair: bool, now: float = 0.0) -> float:
+        """Count a request in at time `now` and return its start tag (0 for all: first come,
+        first served)."""
+        if not self.count:
+            self.busy_since = now
         queue = self.flows.get(flow)
         if queue is None:
             queue = self.flows[flow] = FlowQueue()

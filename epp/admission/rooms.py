@@ -10,7 +10,8 @@ after `CRITICAL_QUEUE_AFTER` it also takes a full batch with nothing queued (`pr
 learned limits can still grow under critical-only traffic. A standard request
 takes room where it would not finish much later than on the best endpoint (`StandardRoom`): a
 long one declines a free slot on a slow GPU while a fast one frees up soon enough, and the time
-it has held out since it first declined, first in line, counts against the gain (`Patience`).
+its priority's waiting room has held requests without a break counts against the gain: a pool
+past capacity for that long loses, to every slot left idle, time all its waiters wait.
 A request that is *held* (it had to wait: others contend for the pool) takes only a free batch
 slot, never a place in a server's own queue: there it would wait first come, first served behind
 whatever was sent before, and the waiting room's order (priorities, the flows' fair turns) would
@@ -25,7 +26,6 @@ them; `epp.scheduling.service_time` predicts the times.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from epp.admission.envelope import LowerEnvelope
 from epp.errors import NoEndpoints
@@ -199,9 +199,9 @@ def worth_taking(
     kind: str = ROOM,
 ) -> bool:
     """Room for a standard request: an endpoint with room of `kind` where it would not finish
-    much later than on the best endpoint, full ones included (their queue counted). The time it
-    has `waited` since it first declined counts against the gain, so it never holds out for
-    longer than it would lose."""
+    much later than on the best endpoint, full ones included (their queue counted). The time
+    `waited` (how long the room has held requests without a break) counts against the gain, so
+    nothing holds out for longer than the room loses by it."""
     mask, any_room = view.mask(kind)
     if not any_room:
         return False
@@ -219,18 +219,12 @@ def worth_taking(
     return best_with_room.min_at(tokens) - best.min_at(tokens) <= slack
 
 
-@dataclass(slots=True)
-class Patience:
-    """When a waiting request, first in line, first declined room (None: not yet). Only that
-    wait counts against what a better endpoint would save: time spent with no room at all, or
-    behind other waiters, was not its choice."""
-
-    declined_since: float | None = None
-
-
 ViewOf = Callable[[], RoomView]  # the current view of the request's pool (raises NoEndpoints)
 # whether the request's flow may take one of the free slots a view shows (`shares.Shares`)
 FairShare = Callable[[RoomView], bool]
+
+
+RoomBusy = Callable[[], float]  # seconds the request's band of the room has held requests
 
 
 class StandardRoom:
@@ -239,7 +233,13 @@ class StandardRoom:
     far say what to expect), so nothing is gained by holding it for a faster pod over a free
     batch slot: it takes the first free slot anywhere, as a critical request does.
     `fair_share`: whether its flow may take the free slots of a view (`shares`); where it may
-    not (the free slots are the fair reserve), the batches count as full to it."""
+    not (the free slots are the fair reserve), the batches count as full to it.
+    `room_busy`: how long its priority's waiting room has held requests without a break (None:
+    no time counts). Held, the request declines room only where a faster pod saves more than
+    that: in a pool past capacity for so long, a declined slot stays idle while every waiter
+    behind falls further back. Counting only the request's own time since it declined, first in
+    line, left the half-speed pod's batch a quarter idle on an overloaded multi-turn draw and
+    cost every waiter its first token (docs/scheduling.md, "Size-aware room")."""
 
     __slots__ = (
         "_clock",
@@ -248,7 +248,7 @@ class StandardRoom:
         "_head_since",
         "_model",
         "_output_tokens",
-        "_patience",
+        "_room_busy",
         "_typical",
         "_view",
     )
@@ -262,15 +262,16 @@ class StandardRoom:
         typical: int | None = None,
         free_first: bool = False,
         fair_share: FairShare | None = None,
+        room_busy: RoomBusy | None = None,
     ) -> None:
         self._view = view
         self._fair_share = fair_share
+        self._room_busy = room_busy
         self._model = model
         self._output_tokens = output_tokens
         self._typical = typical
         self._free_first = free_first
         self._clock = clock
-        self._patience = Patience()
         self._head_since: float | None = None  # when it first came first in line, held
 
     def __call__(self, first: bool, held: bool) -> bool:
@@ -301,13 +302,9 @@ class StandardRoom:
             return False
         if self._free_first and any_free:
             return True
-        declined = self._patience.declined_since
-        waited = 0.0 if declined is None else now - declined
-        if worth_taking(view, self._model, waited, self._output_tokens, self._typical, kind):
-            return True
-        if first and declined is None:
-            self._patience.declined_since = now  # its own choice to wait starts now
-        return False
+        # how long the room has held requests without a break counts against the gain
+        waited = self._room_busy() if held and self._room_busy is not None else 0.0
+        return worth_taking(view, self._model, waited, self._output_tokens, self._typical, kind)
 
 
 class CriticalRoom:

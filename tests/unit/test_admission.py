@@ -100,18 +100,20 @@ def test_unmeasured_paces_never_hold_a_request_back() -> None:
     assert worth_taking(view, ServiceTime(200), 0.0, 100_000)
 
 
-def test_patience_counts_only_from_declining_while_first_in_line() -> None:
+def test_the_time_the_room_has_been_busy_counts_against_what_a_faster_pod_saves() -> None:
     clock = Clock()
     views = [two_pods(5, 3)]
-    room = StandardRoom(lambda: views[0], ServiceTime(200), 1000, clock)
-    clock.now += 60  # waiting behind others does not count
-    assert not room(False, True)
-    clock.now += 60
-    assert not room(True, True)  # first in line: declines, its clock starts now
-    clock.now += 10
-    assert not room(True, True)  # 10 s held out: the 18 s it would lose still exceed 2 s + 10 s
-    clock.now += 6
-    assert room(True, True)
+    busy = [0.0]
+    room = StandardRoom(lambda: views[0], ServiceTime(200), 1000, clock, room_busy=lambda: busy[0])
+    busy[0] = 60.0
+    assert not room(True, False)  # arriving (not held): no room's time counts, it declines
+    busy[0] = 15.9
+    # held: the 18 s it would lose on the slow pod exceed the 2 s slack + 15.9 s of a busy room
+    assert not room(True, True) and not room(False, True)
+    busy[0] = 16.0
+    assert room(True, True) and room(False, True)  # first in line or behind, the same room
+    # without a room to ask, no time counts
+    assert not StandardRoom(lambda: views[0], ServiceTime(200), 1000, clock)(True, True)
 
 
 def test_a_pool_that_lost_its_endpoints_lets_the_waiter_through_to_its_503() -> None:

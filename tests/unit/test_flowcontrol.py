@@ -50,7 +50,7 @@ def setup(
         for name, ip in (("a", "127.0.0.2"), ("b", "127.0.0.3"))
     )
     store.apply_resources(ResourceSet((pool(),), models, pods))
-    flow = FlowControl(store, timeout, max_requests, max_bytes)
+    flow = FlowControl(store, timeout, max_requests, max_bytes, clock=clock)
     saturation = SaturationSettings(queue_depth=100, kv_cache_util=0.99)  # only the limit counts
     director = make_director(store, 3, saturation=saturation, flow=flow, clock=clock)
     for _ in range(MIN_SAMPLES):  # these clients announce lengths: answers run into their
@@ -303,51 +303,48 @@ async def test_a_declined_slot_is_taken_once_waiting_cost_more_than_it_saves() -
     assert flow.queued("default/llama2-gpu-pool") == 0
 
 
-async def test_time_spent_with_no_room_at_all_does_not_make_a_long_request_take_a_slow_slot() -> (
-    None
-):
+async def test_a_short_stretch_with_no_room_does_not_make_a_long_request_take_a_slow_slot() -> None:
     now = [100.0]
     store, director, flow = setup(clock=lambda: now[0])
     admitted = await fill_fast_and_slow(store, director)
     waiting = asyncio.create_task(director.handle({}, body("std", 400)))
     await asyncio.sleep(0.01)
-    now[0] += 20.0  # a long overload: no room anywhere for 20 s
+    now[0] += 5.0  # no room anywhere for 5 s
+    assert flow.busy_for("default/llama2-gpu-pool", 0) == 5.0
     next(d for d in admitted if d.endpoints[0] == B).lease.release()
     await asyncio.sleep(0.01)
-    # first in line, it still declines: those 20 s were not its choice, and the slow pod would
-    # cost it 10 s more than the next fast slot
+    # first in line, it still declines: the room's 5 s and the 2.5 s slack are less than the
+    # 10 s the slow pod would cost it over the next fast slot
     assert not waiting.done()
     next(d for d in admitted if d.endpoints[0] == A).lease.release()
     decision = await asyncio.wait_for(waiting, 1)
     assert decision.endpoints[0] == A
     assert flow.queued("default/llama2-gpu-pool") == 0
+    assert flow.busy_for("default/llama2-gpu-pool", 0) == 0.0
 
 
-async def test_a_request_behind_others_does_not_start_its_patience_clock() -> None:
+async def test_a_pool_past_capacity_for_longer_than_the_gain_fills_a_slow_slot() -> None:
     now = [100.0]
     store, director, flow = setup(clock=lambda: now[0])
     admitted = await fill_fast_and_slow(store, director)
-    on_slow = [d for d in admitted if d.endpoints[0] == B]
     first = asyncio.create_task(director.handle({}, body("std", 400)))
     await asyncio.sleep(0.01)
-    second = asyncio.create_task(director.handle({}, body("std", 400)))
+    now[0] += 6.0
+    second = asyncio.create_task(director.handle({}, body("std", 400)))  # joins a busy room
     await asyncio.sleep(0.01)
-    on_fast = [d for d in admitted if d.endpoints[0] == A]
-    on_fast[0].lease.release()  # A: a full batch with nothing queued (no place for a held one)
-    for decision in on_slow:
-        decision.lease.release()  # a batch slot on the slow pod: both decline it
-    await asyncio.sleep(0.01)
-    assert not first.done() and not second.done()
-    now[0] += 8.0  # the first in line has now held out long enough; the second has not
-    store.set_metrics(B, fresh())
+    now[0] += 2.0  # the room has held requests for 8 s without a break
+    next(d for d in admitted if d.endpoints[0] == B).lease.release()
+    # 8 s of a busy room + 2.5 s slack >= the 10 s the slow pod costs: the first in line takes
+    # the slow slot rather than leave it idle while the room waits
     taken = await asyncio.wait_for(first, 1)
     assert taken.endpoints[0] == B
-    taken.lease.release()  # a batch slot on the slow pod again
     await asyncio.sleep(0.01)
-    assert not second.done()  # its own clock started only when it came first in line
+    assert not second.done()  # nothing free is left for it
+    on_fast = [d for d in admitted if d.endpoints[0] == A]
+    on_fast[0].lease.release()
     on_fast[1].lease.release()
     assert (await asyncio.wait_for(second, 1)).endpoints[0] == A
-    assert flow.queued("default/llama2-gpu-pool") == 0
+    assert flow.busy_for("default/llama2-gpu-pool", 0) == 0.0
 
 
 async def test_a_critical_request_takes_the_first_free_slot_even_on_a_slow_pod() -> None:
