@@ -143,7 +143,7 @@ class Cluster:
         self.store.apply_resources(ResourceSet((pool(),), MODELS, pods))
         self.addresses = [s.address for s in self.store.candidates(POOL)]
         clock = self.clock
-        self.flow = FlowControl(self.store, 30.0, fair=fair, fair_reserve=reserve)
+        self.flow = FlowControl(self.store, 30.0, fair=fair, fair_reserve=reserve, clock=clock)
         profiles = build_default_profiles(random.Random(1), clock)
         service_time = service_time_of(profiles)
         admission = AdmissionController(
