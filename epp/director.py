@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from epp.admission.controller import AdmissionController
+from epp.admission.controller import AdmissionController, Offer
 from epp.datastore import Datastore, Lease
 from epp.request import API_NONE, Body, read
 from epp.routing import Route, Router
@@ -124,6 +124,7 @@ class Director:
             expected_output_tokens=plan.expected,
             typical_output_tokens=plan.typical,
             payload=request.payload,
+            warm_only=candidates.warm_only if isinstance(candidates, Offer) else frozenset(),
         )
         profile = select_profile(self._profiles, route.strategy, route.priority)
         inference = request.runs_inference

@@ -45,6 +45,20 @@ from epp.types import EndpointState
 MAX_VIEWS = 256  # cached views (pool, subset hint) before the cache starts over
 
 
+class Offer(list[EndpointState]):
+    """The endpoints a request is offered, best-effort ones included: `warm_only` names those
+    offered only for the request's cached prefix (a held request's full batches with nothing
+    queued; the scheduler takes one only where its prefix gate keeps the hold)."""
+
+    def __init__(self, endpoints: Sequence[EndpointState], warm_only: frozenset[str]) -> None:
+        super().__init__(endpoints)
+        self.warm_only = warm_only
+
+
+def _addresses(states: Sequence[EndpointState]) -> frozenset[str]:
+    return frozenset(c.endpoint.address for c in states) if states else frozenset()
+
+
 class AdmissionController:
     def __init__(
         self,
@@ -79,7 +93,8 @@ class AdmissionController:
         plan: LengthPlan | None = None,
         ticket: Ticket = NO_TICKET,
     ) -> list[EndpointState]:
-        """Wait for room (or refuse the request), then return the endpoints it is offered.
+        """Wait for room (or refuse the request), then return the endpoints it is offered (an
+        `Offer`, with its warm-only ones, where it was held).
         `plan`: the answer length to plan with (default: the request's cap, else typical);
         `ticket`: its flow, TTL and objectives (`ticket`)."""
         if not request.runs_inference:
@@ -106,14 +121,24 @@ class AdmissionController:
         # a held request goes to a free batch slot, not behind a server's own queue; one whose
         # flow holds its share already leaves the fair reserve free (it was let through to
         # probe a full batch)
+        warm: list[EndpointState] = []
         if held and priority == 0 and not self._may_take_free(pool_key, ticket.flow, view):
             offered = view.full() or list(view.candidates)
         else:
-            offered = view.with_room(priority, free_first or held) or list(view.candidates)
+            with_room = view.with_room(priority, free_first or held)
+            offered = with_room or list(view.candidates)
+            if held and priority == 0 and with_room:
+                # a full batch with nothing queued may hold the request's prompt: on offer too,
+                # for the scheduler's prefix gate to weigh its next slot against a cold prefill
+                # where there is room (taken only where the gate keeps the hold)
+                warm = [c for c in view.full() if c not in with_room]
         if self._objectives.apply(ticket):
-            meeting = self._objectives.meeting(offered, request.prompt_tokens, ticket, started)
-            return meeting or offered
-        return offered
+            meeting = self._objectives.meeting(
+                offered + warm, request.prompt_tokens, ticket, started
+            )
+            if meeting:
+                return Offer(meeting, _addresses(warm))
+        return Offer(offered + warm, _addresses(warm))
 
     def started(self, pool_key: str, ticket: Ticket, lease: Lease) -> None:
         """Count a request sent to the pool against its flow's share until its lease ends."""

@@ -35,6 +35,9 @@ class SchedulingRequest:
     # typical answer's tokens for this model; None: the scorer's own configuration decides
     expected_output_tokens: int | None = None
     typical_output_tokens: int | None = None
+    # endpoints offered only for the request's cached prefix (admission: a held request's prefix
+    # holder whose batch is full): picked only where an affinity scorer keeps the hold
+    warm_only: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,9 @@ from epp.types import EndpointState
 
 log = logging.getLogger(__name__)
 
+# the score from which an affinity scorer (`affinity = True`: the prefix scorers) holds an
+# endpoint for the request: at least half of the prompt cached there, and kept by its gate
+WARM_HOLD = 0.5
 # (extension point, plugin type, plugin name, seconds): the plugin-duration metric's feed
 TimingSink = Callable[[str, str, str, float], None]
 
@@ -46,6 +49,21 @@ def weighted_sum(weights: Sequence[float]) -> Callable[[Sequence[list[float]]], 
     source = f"def combine(cols):\n    return [{body} for {names}, in zip(*cols, strict=True)]\n"
     exec(source, namespace)
     return namespace["combine"]  # type: ignore[return-value]
+
+
+def _without_cold_holds(
+    request: SchedulingRequest,
+    candidates: Sequence[EndpointState],
+    totals: list[float],
+    holds: list[bool],
+) -> tuple[Sequence[EndpointState], list[float]]:
+    """The candidates less the warm-only offers no affinity scorer holds (a full batch is worth
+    joining only for the prompt it caches); all of them if that would leave none."""
+    warm_only = request.warm_only
+    keep = [i for i, c in enumerate(candidates) if holds[i] or c.endpoint.address not in warm_only]
+    if not keep or len(keep) == len(candidates):
+        return candidates, totals
+    return snapshot_of([candidates[i] for i in keep]), [totals[i] for i in keep]
 
 
 class Profile:
@@ -101,7 +119,9 @@ class Profile:
         if len(candidates) == 1:
             picked = [candidates[0]]
         else:
-            totals, details = self._score(request, candidates, explain, timed)
+            totals, details, holds = self._score(request, candidates, explain, timed)
+            if holds is not None:
+                candidates, totals = _without_cold_holds(request, candidates, totals, holds)
             start = time.perf_counter() if timed else 0.0
             picked = self.picker.pick(candidates, totals, count)
             if timed:
@@ -125,8 +145,11 @@ class Profile:
         candidates: Sequence[EndpointState],
         explain: bool,
         timed: bool = False,
-    ) -> tuple[list[float], list[tuple[str, list[float]]]]:
+    ) -> tuple[list[float], list[tuple[str, list[float]]], list[bool] | None]:
+        """The weighted totals, the columns by scorer (when explaining) and, where the request
+        has warm-only offers, which candidates an affinity scorer holds (`WARM_HOLD`)."""
         columns: list[list[float]] = []
+        holds = [False] * len(candidates) if request.warm_only else None
         for ws in self.scorers:
             start = time.perf_counter() if timed else 0.0
             scores = ws.scorer.score(request, candidates)
@@ -139,13 +162,17 @@ class Profile:
             ):
                 scores = [s if 0.0 <= s <= 1.0 else 1.0 if s > 1.0 else 0.0 for s in scores]
             columns.append(scores)
+            if holds is not None and getattr(ws.scorer, "affinity", False):
+                for i, score in enumerate(scores):
+                    if score >= WARM_HOLD:
+                        holds[i] = True
         totals = self._combine(columns) if columns else [0.0] * len(candidates)
         details = (
             [(ws.scorer.name, col) for ws, col in zip(self.scorers, columns, strict=True)]
             if explain
             else []
         )
-        return totals, details
+        return totals, details, holds
 
     def _explain(
         self,

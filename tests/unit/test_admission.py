@@ -9,7 +9,7 @@ from dataclasses import replace
 import orjson
 import pytest
 
-from epp.admission.controller import AdmissionController
+from epp.admission.controller import AdmissionController, Offer
 from epp.admission.envelope import LowerEnvelope
 from epp.admission.flow_control import FlowControl
 from epp.admission.limits import BatchLimitLearner
@@ -191,7 +191,11 @@ async def test_admit_waits_for_room_and_offers_only_endpoints_with_room() -> Non
     assert not waiting.done()  # both batches full: it waits here, not in a server's queue
     leases[1].release()  # the first slot that frees anywhere is its
     offered = await asyncio.wait_for(waiting, 1)
-    assert [c.address for c in offered] == [leases[1].address]
+    # the full batch is on offer only for a prompt it may cache (warm-only: the scheduler
+    # takes it only where its prefix gate keeps the hold)
+    assert isinstance(offered, Offer)
+    assert offered.warm_only == {leases[0].address}
+    assert [c.address for c in offered if c.address not in offered.warm_only] == [leases[1].address]
     # a request no model runs never waits, and is offered every ready endpoint
     assert len(await admission.admit(NO_INFERENCE, POOL, 0)) == 2
 

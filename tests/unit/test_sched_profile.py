@@ -94,7 +94,7 @@ def test_scores_are_clamped_including_nan() -> None:
         (WeightedScorer(Fixed("x", [7.0, float("nan"), -3.0]), 1.0),),
         MaxScorePicker(random.Random(1)),
     )
-    totals, _ = profile._score(REQ, PODS, False)
+    totals, _, _ = profile._score(REQ, PODS, False)
     assert totals == [1.0, 0.0, 0.0]
 
 
@@ -236,3 +236,32 @@ def test_prefix_scorers_are_listed_once() -> None:
     assert len(scorers) == 1  # gpu-aware, critical and prefix-cache-aware share one index
     profiles[DEFAULT_PROFILE].schedule(REQ, PODS)
     assert scorers[0].stats.picks == 1 and len(scorers[0].index) > 0
+
+
+class Holding(Fixed):
+    affinity = True  # scores are holds on a cached prefix (as the prefix scorers')
+
+
+def test_a_warm_only_offer_is_taken_only_where_an_affinity_scorer_holds_it() -> None:
+    """Admission offers a held request's full batches as warm-only: worth joining for the
+    prompt they cache, and only then. Load-like scores alone never pick one."""
+    pods = [ep("10.0.0.1:8000"), ep("10.0.0.2:8000"), ep("10.0.0.3:8000")]
+    loads = Fixed("load", [0.2, 1.0, 0.9])  # the full ones look best to a load-like scorer
+
+    def pick(holds: list[float], warm: frozenset[str]) -> str:
+        profile = Profile(
+            "p",
+            [],
+            [WeightedScorer(Holding("prefix", holds), 3.0), WeightedScorer(loads, 1.0)],
+            MaxScorePicker(random.Random(0)),
+        )
+        request = replace(REQ, warm_only=warm)
+        return profile.schedule(request, pods)[0].endpoint.address
+
+    warm = frozenset({"10.0.0.2:8000", "10.0.0.3:8000"})
+    assert pick([0.0, 0.0, 0.0], warm) == "10.0.0.1:8000"  # no hold: the room's offer only
+    assert pick([0.0, 0.4, 0.0], warm) == "10.0.0.1:8000"  # under half the prompt: no hold
+    assert pick([0.0, 0.0, 0.8], warm) == "10.0.0.3:8000"  # a hold: joining the batch pays
+    assert pick([0.0, 0.0, 0.0], frozenset()) == "10.0.0.2:8000"  # not warm-only: as before
+    # all offers warm-only and none held: nothing would be left, so nothing is dropped
+    assert pick([0.0, 0.0, 0.0], frozenset(p.endpoint.address for p in pods)) == "10.0.0.2:8000"

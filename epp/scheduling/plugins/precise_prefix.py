@@ -80,6 +80,7 @@ class PreciseCacheScorer:
     type = "precise-prefix-cache-scorer"
     name = type
     bounded = True
+    affinity = True  # a score of WARM_HOLD or more is a hold on a cached prefix (`Profile`)
     MEMORY_DEFAULT_BLOCKS = 31_250  # a pod's remembered blocks until its KV size is scraped
 
     def __init__(

@@ -112,6 +112,7 @@ class PrefixCacheScorer:
     type = "prefix-cache-scorer"
     name = type
     bounded = True  # scores already in [0, 1]: the profile skips its clamp
+    affinity = True  # a score of WARM_HOLD or more is a hold on a cached prefix (`Profile`)
 
     def __init__(
         self,
