@@ -131,7 +131,8 @@ class AdmissionController:
                 # a full batch with nothing queued may hold the request's prompt: on offer too,
                 # for the scheduler's prefix gate to weigh its next slot against a cold prefill
                 # where there is room (taken only where the gate keeps the hold)
-                warm = [c for c in view.full() if c not in with_room]
+                offered_ids = {id(c) for c in with_room}
+                warm = [c for c in view.full() if id(c) not in offered_ids]
         if self._objectives.apply(ticket):
             meeting = self._objectives.meeting(
                 offered + warm, request.prompt_tokens, ticket, started
