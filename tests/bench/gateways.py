@@ -15,7 +15,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +170,16 @@ class GatewayPair:
 Send = Callable[[aiohttp.ClientSession, str], Awaitable[bool]]
 
 
+async def paced(rate: float, count: int) -> AsyncIterator[int]:
+    """0, 1, ... count - 1 at `rate` per second from now (open loop: a late tick goes at once)."""
+    start = time.perf_counter()
+    for i in range(count):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        yield i
+
+
 async def open_loop(
     session: aiohttp.ClientSession, url: str, send: Send, rate: float, seconds: float
 ) -> tuple[list[float], int]:
@@ -189,13 +199,7 @@ async def open_loop(
         else:
             errors += 1
 
-    tasks = []
-    start = time.perf_counter()
-    for i in range(int(rate * seconds)):
-        delay = start + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one()))
+    tasks = [asyncio.create_task(one()) async for _ in paced(rate, int(rate * seconds))]
     await asyncio.gather(*tasks)
     return latencies, errors
 

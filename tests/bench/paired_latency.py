@@ -25,7 +25,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.bench.gateways import EPP, LEAST_REQUEST, GatewayPair
+from tests.bench.gateways import EPP, LEAST_REQUEST, GatewayPair, paced
 from tests.bench.test_bench_extproc import BACKENDS, BODY, start_backends
 
 WARM_UP_SECONDS = 2.0
@@ -71,14 +71,10 @@ async def run(seconds: float, rate: float, b_tree: Path | None) -> dict[str, lis
                         latencies[name].append(time.perf_counter() - start)
 
                 for span, keep in ((WARM_UP_SECONDS, False), (seconds, True)):
-                    tasks = []
-                    start = time.perf_counter()
-                    for i in range(int(rate * span)):
-                        delay = start + i / rate - time.perf_counter()
-                        if delay > 0:
-                            await asyncio.sleep(delay)
-                        name, url = paths[i % len(paths)]
-                        tasks.append(asyncio.create_task(one(name, url, keep)))
+                    tasks = [
+                        asyncio.create_task(one(*paths[i % len(paths)], keep))
+                        async for i in paced(rate, int(rate * span))
+                    ]
                     await asyncio.gather(*tasks)
                 return latencies
     finally:
