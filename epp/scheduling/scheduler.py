@@ -51,19 +51,15 @@ def weighted_sum(weights: Sequence[float]) -> Callable[[Sequence[list[float]]], 
     return namespace["combine"]  # type: ignore[return-value]
 
 
-def _without_cold_holds(
-    request: SchedulingRequest,
-    candidates: Sequence[EndpointState],
-    totals: list[float],
-    holds: list[bool],
-) -> tuple[Sequence[EndpointState], list[float]]:
-    """The candidates less the warm-only offers no affinity scorer holds (a full batch is worth
-    joining only for the prompt it caches); all of them if that would leave none."""
+def _warm_kept(
+    request: SchedulingRequest, candidates: Sequence[EndpointState], holds: list[bool]
+) -> list[int] | None:
+    """The candidates to keep when warm-only offers no affinity scorer holds are dropped (a
+    full batch is worth joining only for the prompt it caches); None: keep them all (nothing
+    to drop, or nothing would be left)."""
     warm_only = request.warm_only
     keep = [i for i, c in enumerate(candidates) if holds[i] or c.endpoint.address not in warm_only]
-    if not keep or len(keep) == len(candidates):
-        return candidates, totals
-    return snapshot_of([candidates[i] for i in keep]), [totals[i] for i in keep]
+    return keep if keep and len(keep) < len(candidates) else None
 
 
 class Profile:
@@ -120,8 +116,11 @@ class Profile:
             picked = [candidates[0]]
         else:
             totals, details, holds = self._score(request, candidates, explain, timed)
-            if holds is not None:
-                candidates, totals = _without_cold_holds(request, candidates, totals, holds)
+            keep = _warm_kept(request, candidates, holds) if holds is not None else None
+            if keep is not None:
+                candidates = snapshot_of([candidates[i] for i in keep])
+                totals = [totals[i] for i in keep]
+                details = [(name, [column[i] for i in keep]) for name, column in details]
             start = time.perf_counter() if timed else 0.0
             picked = self.picker.pick(candidates, totals, count)
             if timed:

@@ -265,3 +265,20 @@ def test_a_warm_only_offer_is_taken_only_where_an_affinity_scorer_holds_it() -> 
     assert pick([0.0, 0.0, 0.0], frozenset()) == "10.0.0.2:8000"  # not warm-only: as before
     # all offers warm-only and none held: nothing would be left, so nothing is dropped
     assert pick([0.0, 0.0, 0.0], frozenset(p.endpoint.address for p in pods)) == "10.0.0.2:8000"
+
+
+def test_the_explain_log_shows_the_candidates_left_after_warm_only_drops(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each row of the explanation is a kept candidate with its own scores."""
+    pods = [ep("10.0.0.2:8000"), ep("10.0.0.1:8000")]  # the warm-only one first
+    scorers = [
+        WeightedScorer(Holding("prefix", [0.0, 0.0]), 3.0),
+        WeightedScorer(Fixed("load", [0.9, 0.2]), 1.0),
+    ]
+    profile = Profile("p", [], scorers, MaxScorePicker(random.Random(0)))
+    request = replace(REQ, warm_only=frozenset({"10.0.0.2:8000"}))
+    with caplog.at_level(logging.DEBUG, logger="epp.scheduling.scheduler"):
+        assert profile.schedule(request, pods)[0].endpoint.address == "10.0.0.1:8000"
+    rows = caplog.records[-1].getMessage().splitlines()[1:]
+    assert rows == ["  10.0.0.1:8000 total=0.200 prefix=0.000 load=0.200"]
