@@ -55,10 +55,6 @@ class Offer(list[EndpointState]):
         self.warm_only = warm_only
 
 
-def _addresses(states: Sequence[EndpointState]) -> frozenset[str]:
-    return frozenset(c.endpoint.address for c in states) if states else frozenset()
-
-
 class AdmissionController:
     def __init__(
         self,
@@ -133,13 +129,13 @@ class AdmissionController:
                 # where there is room (taken only where the gate keeps the hold)
                 offered_ids = {id(c) for c in with_room}
                 warm = [c for c in view.full() if id(c) not in offered_ids]
+        if warm:
+            offered = offered + warm
         if self._objectives.apply(ticket):
-            meeting = self._objectives.meeting(
-                offered + warm, request.prompt_tokens, ticket, started
-            )
-            if meeting:
-                return Offer(meeting, _addresses(warm))
-        return Offer(offered + warm, _addresses(warm))
+            meeting = self._objectives.meeting(offered, request.prompt_tokens, ticket, started)
+            offered = meeting or offered
+        # most requests were not held: their offer goes as it is, with nothing warm-only
+        return Offer(offered, frozenset(c.endpoint.address for c in warm)) if warm else offered
 
     def started(self, pool_key: str, ticket: Ticket, lease: Lease) -> None:
         """Count a request sent to the pool against its flow's share until its lease ends."""

@@ -77,6 +77,8 @@ class Profile:
         self.picker = picker
         self.observers = tuple(observers)
         self._combine = weighted_sum([ws.weight for ws in self.scorers])
+        # which scorers' scores are holds on a cached prefix (`WARM_HOLD`)
+        self._affinity = tuple(getattr(ws.scorer, "affinity", False) for ws in self.scorers)
         self.timing: TimingSink | None = None  # set by the server; sampled, not every request
         self.timing_every = 16
         self._runs = 0
@@ -149,7 +151,7 @@ class Profile:
         has warm-only offers, which candidates an affinity scorer holds (`WARM_HOLD`)."""
         columns: list[list[float]] = []
         holds = [False] * len(candidates) if request.warm_only else None
-        for ws in self.scorers:
+        for ws, affinity in zip(self.scorers, self._affinity, strict=True):
             start = time.perf_counter() if timed else 0.0
             scores = ws.scorer.score(request, candidates)
             if timed:
@@ -161,7 +163,7 @@ class Profile:
             ):
                 scores = [s if 0.0 <= s <= 1.0 else 1.0 if s > 1.0 else 0.0 for s in scores]
             columns.append(scores)
-            if holds is not None and getattr(ws.scorer, "affinity", False):
+            if holds is not None and affinity:
                 for i, score in enumerate(scores):
                     if score >= WARM_HOLD:
                         holds[i] = True
