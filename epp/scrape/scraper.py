@@ -166,8 +166,7 @@ class Scraper:
                 tick = max(tick + s.interval, self._tick_after(self._clock() - s.interval))
         finally:
             for target in self._by_address.values():
-                if target.pending is not None:
-                    target.pending.cancel()
+                self._drop(target)
             self._by_address.clear()
             self._health.clear()
             self._waiting.clear()
@@ -193,9 +192,12 @@ class Scraper:
             self._by_address[address] = _Target(ep, url, health, due=tick)
 
     def _drop(self, target: _Target) -> None:
+        """Stop a target's scrape: its callback sees it gone and counts no failure (a
+        timeout cancels with `pending` kept, and that one counts)."""
         target.queued = False
-        if target.pending is not None:
-            target.pending.cancel()  # its callback sees it gone and does nothing
+        pending, target.pending = target.pending, None
+        if pending is not None:
+            pending.cancel()
 
     # -- one tick --------------------------------------------------------------------------
     def _tick(self, tick: float) -> None:

@@ -118,6 +118,28 @@ async def test_health_survives_endpoint_change() -> None:
     await stop(task)
 
 
+async def test_a_scrape_stopped_by_the_scraper_counts_no_failure() -> None:
+    """A scrape in flight when its endpoint is relabelled, removed, or the scraper stops is not
+    the pod's fault: no failure is counted and no endpoint is marked unhealthy."""
+    started: list[str] = []
+
+    async def slow(url: str) -> bytes:
+        started.append(url.split("/")[2])
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    sink = Sink()
+    settings = ScrapeSettings(interval=0.01, steady_interval=0.01, unhealthy_after=1, timeout=5.0)
+    targets = [ep("a:1"), ep("b:1")]
+    task = asyncio.create_task(Scraper(sink, lambda: targets, settings, fetch=slow).run())
+    await wait_for(lambda: {"a:1", "b:1"} <= set(started))
+    targets[:] = [ep("a:1", ENGINE_SGLANG)]  # a relabelled, b removed, both mid-scrape
+    await wait_for(lambda: started.count("a:1") == 2)
+    await stop(task)  # the relabelled a's scrape is in flight
+    await asyncio.sleep(0.02)  # the cancelled scrapes' callbacks have run
+    assert sink.health == []
+
+
 async def test_unexpected_fetch_error_does_not_stop_loop() -> None:
     calls = 0
 
