@@ -68,6 +68,7 @@ ROUTERS = ("approximate", "precise", "envoy:LEAST_REQUEST", "vllm-router:cache_a
 PRECISE: dict[str, dict[str, object]] = {
     "precise": {},
     "precise-no-gate": {"ttftBudget": 0},
+    "precise-no-load-gate": {"loadGate": False},
     "precise-gate-500ms": {"ttftBudget": "500ms"},
     "precise-no-home": {"coldPromptHome": 0},
     "precise-no-memory": {"rememberPicks": False},

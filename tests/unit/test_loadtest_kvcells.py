@@ -44,6 +44,11 @@ def test_the_precise_router_runs_the_approximate_profile_with_the_precise_scorer
     profiles = build_profiles(kvcells.precise_config(a), ctx)
     profile = profiles[kvcells.APPROXIMATE]
     assert any(isinstance(w.scorer, PreciseCacheScorer) for w in profile.scorers)
+    # the variant without the load gate reaches the scorer's parameters
+    for variant, gated in (("precise", True), ("precise-no-load-gate", False)):
+        built = build_profiles(kvcells.precise_config(a, variant), ctx)[kvcells.APPROXIMATE]
+        (scorer,) = [w.scorer for w in built.scorers if isinstance(w.scorer, PreciseCacheScorer)]
+        assert scorer.load_gate is gated and scorer.gate_slack == 4.0
 
 
 def _stats(ttft_p90: float, hit: float) -> RunStats:

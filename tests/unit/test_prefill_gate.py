@@ -246,3 +246,39 @@ def test_remembered_picks_are_bounded_by_the_pods_kv_cache() -> None:
     newest = scorer.score(SchedulingRequest("again", "m", payload=prompts[-1]), [small])
     oldest = scorer.score(SchedulingRequest("first", "m", payload=prompts[0]), [small])
     assert newest[0] > 0.0 and oldest == [0.0]
+
+
+def test_a_warm_pod_behind_a_long_queue_yields_as_the_approximate_scorer_would() -> None:
+    """The load gate `prefix-cache-scorer` applies: the warm pod's batch of 8 is full with 6
+    more queued, so its first token waits ~0.9 s (7/8 of a typical 100-token answer at 10 ms a
+    token) where the idle pod computes the ~600-token prompt in 0.06 s: the holder yields. The
+    budget gate counts only queued prefill (none here) and keeps it; with a free slot on the
+    warm pod the load gate keeps it too."""
+    tok = Tokenizer.from_dir(TOKENIZER)
+    hasher = BlockHasher(16, "sha256", "0")
+    body = {"messages": [{"role": "user", "content": "a hot shared prefix " * 50}]}
+    ids = tok.prompt_ids(body)
+    assert ids is not None and 400 < len(ids) < 1000
+
+    def pods(queued: int) -> list[EndpointState]:
+        made = []
+        for address, load in (("warm:1", 8 + queued), ("idle:1", 0)):
+            waiting = max(queued, 0) if load else 0
+            metrics = EndpointMetrics(waiting=waiting, running=min(load, 8), scraped_at=0.0)
+            state = EndpointState(
+                Endpoint(address, address, "pool"), metrics, in_flight=load, limit=8, tpot=0.01,
+                prefill_pace=0.0001, tpot_spread=0.001,
+            )  # fmt: skip
+            made.append(state)
+        return made
+
+    for load_gate, kept in ((True, False), (False, True)):
+        scorer = PreciseCacheScorer(
+            tok, hasher, KvBlockIndex(), clock=lambda: 0.0, cold_home=0.0, load_gate=load_gate
+        )
+        scorer.index.store("warm:1", hasher.hashes(ids))
+        request = SchedulingRequest("r", "m", payload=body, typical_output_tokens=100)
+        assert (scorer.score(request, pods(queued=6))[0] == 1.0) is kept
+        assert scorer.stats.yielded == (0 if kept else 1)
+        free = SchedulingRequest("r2", "m", payload=body, typical_output_tokens=100)
+        assert scorer.score(free, pods(queued=-1))[0] == 1.0  # 7 running: a slot is free

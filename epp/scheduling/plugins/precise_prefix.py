@@ -18,7 +18,10 @@ no pod holds (with it, every block is hashed: the memory is matched on all of th
 Token-aware affinity gate: each pick adds the prompt tokens its pod did not hold to that pod's
 queued prefill (`epp.kvcache.prefill`, drained at the pod's learned prefill rate); a holder
 whose queued prefill plus this prompt's would take longer than `ttftBudget` scores 0, so a hot
-prefix spreads to a second pod instead of queueing behind itself.
+prefix spreads to a second pod instead of queueing behind itself. Load gate (`loadGate`): the
+rule `prefix-cache-scorer` applies (`prefix_gate.holder_gate`), with this scorer's counts, so a
+holder also yields while its full batch and queue would delay the first token or the answer's
+end past a pod holding less of the prompt.
 Cold prompts have a home: when no endpoint holds half of a prompt, one endpoint gets
 `coldPromptHome` x the unheld share (gated too): the one holding the prompt's longest part (a
 prefix whose tail was evicted is rebuilt where its head is, not copied to a second pod), else
@@ -48,7 +51,9 @@ from epp.kvcache.prefill import PrefillTracker
 from epp.kvcache.wire import KvEventsSettings
 from epp.scheduling.base import BuildContext, Clock, SchedulingRequest
 from epp.scheduling.params import Params
+from epp.scheduling.plugins.prefix_gate import gate_loads, holder_gate
 from epp.scheduling.plugins.prefix_index import PrefixIndex
+from epp.scheduling.plugins.signals import DEFAULT_STALENESS
 from epp.scheduling.snapshot import snapshot_of
 from epp.tokenization import Tokenizer, TokenizerError
 from epp.types import EndpointState
@@ -61,6 +66,7 @@ class PreciseStats:
     hit_blocks: float = 0.0  # best holder's blocks per request, summed
     untokenized: int = 0  # requests without a prompt the tokenizer could read
     gated: int = 0  # holders passed over because their queued prefill exceeded the budget
+    yielded: int = 0  # holders passed over because another pod would answer sooner (load gate)
     homed: int = 0  # cold prompts given their rendezvous home
     homed_past: int = 0  # of which the first in rendezvous order was over the load bound
 
@@ -96,6 +102,9 @@ class PreciseCacheScorer:
         cold_home: float = 0.5,
         home_load_bound: float = 1.25,
         remember_picks: bool = True,
+        load_gate: bool = True,
+        gate_slack: float = 4.0,
+        gate_ratio: float = 0.5,
     ) -> None:
         self.tokenizer = tokenizer
         self.hasher = hasher
@@ -103,6 +112,9 @@ class PreciseCacheScorer:
         self.events = events if events is not None else KvEventsSettings()
         self.max_blocks = max_blocks
         self.ttft_budget = ttft_budget  # 0: no gate
+        self.load_gate = load_gate  # False: the budget alone gates holders
+        self.gate_slack = gate_slack
+        self.gate_ratio = gate_ratio
         self.prefill = prefill if prefill is not None else PrefillTracker()
         self._clock = clock
         self.cold_home = cold_home  # 0: cold prompts go where the other scorers say
@@ -147,9 +159,12 @@ class PreciseCacheScorer:
         if 0.0 < bound < 1.0:
             raise params.error("homeLoadBound", "must be 0 (no bound) or at least 1")
         remember = params.boolean("rememberPicks", True)
+        load_gate = params.boolean("loadGate", True)
+        slack = params.number("loadGateSlack", 4.0, low=0.0)
+        ratio = params.number("loadGateRatio", 0.5, low=0.0)
         return cls(
             tokenizer, hasher, index, events, blocks, budget, PrefillTracker(prior), ctx.clock,
-            home, bound, remember,
+            home, bound, remember, load_gate, slack, ratio,
         )  # fmt: skip
 
     def block_hashes(self, request: SchedulingRequest) -> list[int]:
@@ -215,6 +230,8 @@ class PreciseCacheScorer:
             stats.homed += 1
         if self.ttft_budget > 0:
             self._gate(tokens, candidates, scores, counts)
+        if self.load_gate and counts:
+            self._yield(request, tokens, candidates, scores, counts)
         return scores
 
     def _home(
@@ -275,6 +292,39 @@ class PreciseCacheScorer:
                     scores[i] = 0.0
                     self.stats.gated += 1
 
+    def _yield(
+        self,
+        request: SchedulingRequest,
+        tokens: int,
+        candidates: Sequence[EndpointState],
+        scores: list[float],
+        counts: dict[str, float],
+    ) -> None:
+        """The load gate `prefix-cache-scorer` applies (`prefix_gate.holder_gate`): a holder
+        whose first token or answer's end would come later than on a pod holding less of the
+        prompt scores 0, so a hot prefix spreads before its queue costs more than its prefill."""
+        snap = snapshot_of(candidates)
+        now = self._clock()
+        prefill, memory, stats = self.prefill, self.memory, self.stats
+        keeps = holder_gate(
+            request,
+            snap,
+            gate_loads(snap, now, DEFAULT_STALENESS),
+            counts,
+            tokens=tokens,
+            block=self.hasher.block_size,
+            queued=lambda address: prefill.wait(address, now),
+            room=memory.room if memory is not None else _no_eviction,
+            reuse=stats.hit_blocks / stats.prompt_blocks if stats.prompt_blocks else 0.0,
+            ratio=self.gate_ratio,
+            slack=self.gate_slack,
+        )
+        for i, address in enumerate(snap.addresses):
+            held = counts.get(address, 0.0)
+            if held > 0.0 and scores[i] > 0.0 and not keeps(i, held):
+                scores[i] = 0.0
+                stats.yielded += 1
+
     def picked(self, request: SchedulingRequest, endpoint: EndpointState) -> None:
         """The pick's uncached prompt tokens join its pod's queued prefill; a prompt nobody held
         remembers where it is being built."""
@@ -295,3 +345,8 @@ class PreciseCacheScorer:
         held = counts.get(endpoint.address, 0.0) * self.hasher.block_size
         uncached = max(0.0, tokens - held)
         self.prefill.add(endpoint.address, uncached, self._clock())
+
+
+def _no_eviction(address: str) -> int:
+    """Room without a memory of picks: the events alone do not say how full a pod is."""
+    return 1 << 40

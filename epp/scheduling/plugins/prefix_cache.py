@@ -27,22 +27,18 @@ and the prefill it queued also go to `on_add` when set: other EPP replicas learn
 
 from __future__ import annotations
 
-import logging
 import time
-from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from epp.scheduling.base import BuildContext, Clock, SchedulingRequest
 from epp.scheduling.params import Params
+from epp.scheduling.plugins.prefix_gate import Keeps, answer_tokens, gate_loads, holder_gate
 from epp.scheduling.plugins.prefix_index import PrefixIndex, block_hashes
-from epp.scheduling.plugins.signals import DEFAULT_STALENESS, fresh_cutoff
+from epp.scheduling.plugins.signals import DEFAULT_STALENESS
 from epp.scheduling.prefill_queue import PrefillQueue, filled_paces
-from epp.scheduling.service_time import TYPICAL_OUTPUT_TOKENS
 from epp.scheduling.snapshot import Snapshot, snapshot_of
 from epp.types import CHARS_PER_TOKEN, EndpointState
-
-log = logging.getLogger(__name__)
 
 PURGE_EVERY = 4096  # picks between sweeps for endpoints that stopped receiving traffic
 
@@ -58,54 +54,6 @@ class PrefixStats:
     @property
     def hit_ratio(self) -> float:
         return self.hit_blocks / self.prompt_blocks if self.prompt_blocks else 0.0
-
-
-def _seconds(values: Sequence[float]) -> str:
-    return "[" + ", ".join(f"{v:.3f}" for v in values) + "]"
-
-
-def answer_tokens(request: SchedulingRequest) -> int:
-    """The answer's expected output tokens (the length model's plan; max_tokens is a cap)."""
-    return request.expected_output_tokens or request.typical_output_tokens or TYPICAL_OUTPUT_TOKENS
-
-
-class _Rivals:
-    """Every endpoint's first token and answer's end for one prompt, ranked by how much of it
-    they hold: answers whether a holder's first token comes no later than on any endpoint that
-    holds less of the prompt, and its answer's end too, within the noise of the paces: the
-    holder's end at its pace less its spread (`soon`) against each rival's at its pace plus
-    its spread (`late`). Holders as deep as it or deeper are not its rivals: among them the
-    prefix score and the other scorers decide, as they spread load over a prefix's holders."""
-
-    __slots__ = ("_held", "_soonest", "costs", "late", "parts", "soon")
-
-    def __init__(
-        self,
-        held: list[int],
-        costs: list[float],
-        soon: list[float],
-        late: list[float],
-        parts: list[tuple[float, float]],
-    ) -> None:
-        self.costs = costs
-        self.parts = parts  # (first token, delay to others) per endpoint, for the explain log
-        self.soon = soon
-        self.late = late
-        order = sorted(range(len(held)), key=held.__getitem__)
-        self._held = [held[j] for j in order]
-        # over order[:k + 1]: the soonest first token and the soonest end, rivals' noise counted
-        self._soonest: list[tuple[float, float]] = []
-        first, end = float("inf"), float("inf")
-        for j in order:
-            first, end = min(first, costs[j]), min(end, late[j])
-            self._soonest.append((first, end))
-
-    def soonest_with_less(self, i: int, matched: int) -> bool:
-        k = bisect_left(self._held, matched) - 1  # the last of those holding less
-        if k < 0:
-            return True
-        first, end = self._soonest[k]
-        return self.costs[i] <= first and self.soon[i] <= end
 
 
 class PrefixCacheScorer:
@@ -169,15 +117,8 @@ class PrefixCacheScorer:
             if hashes and self.cold_spread > 0.0:
                 self._spread(request, snapshot_of(candidates), scores, 0.0)
             return scores
-        cutoff = fresh_cutoff(self._clock(), self.staleness)
         snap = snapshot_of(candidates)
-        if snap.all_fresh(cutoff):
-            loads = snap.load  # shared with the other scorers
-        else:  # a stale scrape counts for nothing: the EPP's own count stands
-            scraped = [
-                s if ok else 0 for s, ok in zip(snap.scraped_load, snap.fresh(cutoff), strict=True)
-            ]
-            loads = [f if f > s else s for f, s in zip(snap.in_flight, scraped, strict=True)]
+        loads = gate_loads(snap, self._clock(), self.staleness)
         total = float(len(hashes))
         scores = [0.0] * len(candidates)
         addresses = snap.addresses
@@ -238,78 +179,25 @@ class PrefixCacheScorer:
         snap: Snapshot,
         loads: Sequence[int],
         counts: dict[str, int],
-    ) -> Callable[[int, int], bool]:
-        """Whether holder i, holding `matched` blocks of the prompt, keeps its affinity: while
-        its first token would come no later there than on any other endpoint."""
-        batches = snap.limit
-        queued = snap.queued_share
-        measured = snap.prefill_pace
-        limit = min(loads) * (1.0 + self.gate_ratio) + self.gate_slack
-        if queued is None or not any(measured):
-            # no batch limit or no prefill pace known: the load-count rule
-            return lambda i, matched: loads[i] <= limit or loads[i] < batches[i]
-        typical = request.typical_output_tokens or TYPICAL_OUTPUT_TOKENS
-        answer = answer_tokens(request)
-        addresses = snap.addresses
-        block = self.block_size_tokens
+    ) -> Keeps:
+        """Whether holder i, holding `matched` blocks of the prompt, keeps its affinity
+        (`prefix_gate.holder_gate`, with this index's room and this EPP's prefill queue)."""
         now = self._clock()
         prefill = self.prefill
-        paces = filled_paces(measured, snap.capacity)
-        tokens = max(request.prompt_tokens, self._blocks_of(request) * block)
-        rivals: list[_Rivals] = []  # built for the first holder asked
-        reuse = self.stats.hit_ratio
-        index = self.index
-
-        def first_and_delay(j: int, held: int) -> tuple[float, float]:
-            """Seconds to endpoint j's first token holding `held` blocks: the wait behind its
-            full batch (the service-time model's), behind the prefill recent picks queued
-            there, and its own prefill of what it lacks, at its pace. And the seconds that
-            prefill adds to other requests: each request already there waits out the step
-            that computes it, and the blocks it evicts from a full cache are computed again by
-            the requests that would have found them (as likely as a routed prompt block is
-            found cached: the scorer's hit ratio)."""
-            q = queued[j]
-            wait = q * snap.filled_tpot[j] * typical if q else 0.0
-            lacks = max(tokens - held * block, 0)
-            evicts = max(lacks - index.room(addresses[j]) * block, 0)
-            first = wait + prefill.seconds(addresses[j], now) + lacks * paces[j]
-            return first, (lacks * loads[j] + evicts * reuse) * paces[j]
-
-        def keeps(i: int, matched: int) -> bool:
-            if not rivals:
-                held = [counts.get(a, 0) for a in addresses]
-                # what a placement costs: this request's first token there, and the delay its
-                # prefill there adds to the requests already there
-                parts = [first_and_delay(j, h) for j, h in enumerate(held)]
-                costs = [first + delay for first, delay in parts]
-                # the answer streams at each endpoint's pace, give or take the pace's noise;
-                # a pace with no spread measured yet (fewer than two samples, or filled in)
-                # is all noise: nothing yields to it, and nothing yields on it
-                soon, late = [], []
-                columns = zip(costs, snap.filled_tpot, snap.tpot, snap.tpot_spread, strict=True)
-                for f, pace, measured, spread in columns:
-                    noise = spread if measured > 0.0 and spread > 0.0 else pace
-                    soon.append(f + answer * max(0.0, pace - noise))
-                    late.append(f + answer * (pace + noise))
-                rivals.append(_Rivals(held, costs, soon, late, parts))
-            ranked = rivals[0]
-            kept = ranked.soonest_with_less(i, matched)
-            if not kept and log.isEnabledFor(logging.DEBUG):
-                log.debug(
-                    "request %s: holder %s (%d blocks) yields: first tokens %s s, delays to the "
-                    "requests there %s s, answers' ends with both %s s (soonest; latest within "
-                    "the paces' noise %s s)",
-                    request.request_id,
-                    addresses[i],
-                    matched,
-                    _seconds([first for first, _ in ranked.parts]),
-                    _seconds([delay for _, delay in ranked.parts]),
-                    _seconds(ranked.soon),
-                    _seconds(ranked.late),
-                )
-            return kept
-
-        return keeps
+        block = self.block_size_tokens
+        return holder_gate(
+            request,
+            snap,
+            loads,
+            counts,
+            tokens=max(request.prompt_tokens, self._blocks_of(request) * block),
+            block=block,
+            queued=lambda address: prefill.seconds(address, now),
+            room=self.index.room,
+            reuse=self.stats.hit_ratio,
+            ratio=self.gate_ratio,
+            slack=self.gate_slack,
+        )
 
     def picked(self, request: SchedulingRequest, endpoint: EndpointState) -> None:
         now = self._clock()
