@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -248,7 +249,9 @@ def test_remembered_picks_are_bounded_by_the_pods_kv_cache() -> None:
     assert newest[0] > 0.0 and oldest == [0.0]
 
 
-def test_a_warm_pod_behind_a_long_queue_yields_as_the_approximate_scorer_would() -> None:
+def test_a_warm_pod_behind_a_long_queue_yields_as_the_approximate_scorer_would(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """The load gate `prefix-cache-scorer` applies: the warm pod's batch of 8 is full with 6
     more queued, so its first token waits ~0.9 s (7/8 of a typical 100-token answer at 10 ms a
     token) where the idle pod computes the ~600-token prompt in 0.06 s: the holder yields. The
@@ -278,7 +281,11 @@ def test_a_warm_pod_behind_a_long_queue_yields_as_the_approximate_scorer_would()
         )
         scorer.index.store("warm:1", hasher.hashes(ids))
         request = SchedulingRequest("r", "m", payload=body, typical_output_tokens=100)
-        assert (scorer.score(request, pods(queued=6))[0] == 1.0) is kept
+        with caplog.at_level(logging.DEBUG, logger="epp.scheduling.plugins.precise_prefix"):
+            assert (scorer.score(request, pods(queued=6))[0] == 1.0) is kept
+        explained = any(m.startswith("request r: holder warm:1") for m in caplog.messages)
+        assert explained is not kept  # the explain log names a holder that yields
+        caplog.clear()
         assert scorer.stats.yielded == (0 if kept else 1)
         free = SchedulingRequest("r2", "m", payload=body, typical_output_tokens=100)
         assert scorer.score(free, pods(queued=-1))[0] == 1.0  # 7 running: a slot is free

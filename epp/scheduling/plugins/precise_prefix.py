@@ -36,6 +36,7 @@ on the pod that hashing happens to favour (43 prompts over 4 pods hashed 15/12/1
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -57,6 +58,8 @@ from epp.scheduling.plugins.signals import DEFAULT_STALENESS
 from epp.scheduling.snapshot import snapshot_of
 from epp.tokenization import Tokenizer, TokenizerError
 from epp.types import EndpointState
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -318,6 +321,7 @@ class PreciseCacheScorer:
             reuse=stats.hit_blocks / stats.prompt_blocks if stats.prompt_blocks else 0.0,
             ratio=self.gate_ratio,
             slack=self.gate_slack,
+            log=log,
         )
         for i, address in enumerate(snap.addresses):
             held = counts.get(address, 0.0)

@@ -27,6 +27,7 @@ and the prefill it queued also go to `on_add` when set: other EPP replicas learn
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from epp.scheduling.plugins.signals import DEFAULT_STALENESS
 from epp.scheduling.prefill_queue import PrefillQueue, filled_paces
 from epp.scheduling.snapshot import Snapshot, snapshot_of
 from epp.types import CHARS_PER_TOKEN, EndpointState
+
+log = logging.getLogger(__name__)
 
 PURGE_EVERY = 4096  # picks between sweeps for endpoints that stopped receiving traffic
 
@@ -197,6 +200,7 @@ class PrefixCacheScorer:
             reuse=self.stats.hit_ratio,
             ratio=self.gate_ratio,
             slack=self.gate_slack,
+            log=log,
         )
 
     def picked(self, request: SchedulingRequest, endpoint: EndpointState) -> None:

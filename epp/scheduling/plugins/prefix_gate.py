@@ -26,8 +26,6 @@ from epp.scheduling.prefill_queue import filled_paces
 from epp.scheduling.service_time import TYPICAL_OUTPUT_TOKENS
 from epp.scheduling.snapshot import Snapshot
 
-log = logging.getLogger("epp.scheduling.plugins.prefix_cache")
-
 # holder i holding `matched` blocks of the prompt: whether it keeps its hold
 Keeps = Callable[[int, float], bool]
 
@@ -99,12 +97,13 @@ def holder_gate(
     reuse: float,
     ratio: float,
     slack: float,
+    log: logging.Logger,
 ) -> Keeps:
     """Whether holder i, holding `matched` blocks of the prompt, keeps its affinity.
     `counts`: blocks held per address; `tokens`: the prompt's; `block`: tokens a block;
     `queued(address)`: seconds of prefill recent picks queued there; `room(address)`: blocks
     it can take before its cache evicts; `reuse`: how likely an evicted block would have been
-    found again."""
+    found again. A holder that yields is explained on `log` at DEBUG."""
     batches = snap.limit
     waiting = snap.queued_share
     limit = min(loads) * (1.0 + ratio) + slack
