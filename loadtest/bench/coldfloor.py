@@ -173,9 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             print(render([found]).splitlines()[-1], flush=True)
     text = render(floors)
     (out / "cold-floor.md").write_text(text)
-    (out / "cold-floor.json").write_text(
-        json.dumps([asdict(f) for f in floors], indent=1) + "\n"
-    )
+    (out / "cold-floor.json").write_text(json.dumps([asdict(f) for f in floors], indent=1) + "\n")
     print(text)
     return 0
 

@@ -69,6 +69,8 @@ PRECISE: dict[str, dict[str, object]] = {
     "precise": {},
     "precise-no-gate": {"ttftBudget": 0},
     "precise-no-load-gate": {"loadGate": False},
+    "precise-spread": {"coldPromptHome": 0, "coldPromptSpread": 1.0},
+    "precise-home-spread": {"coldPromptSpread": 1.0},
     "precise-gate-500ms": {"ttftBudget": "500ms"},
     "precise-no-home": {"coldPromptHome": 0},
     "precise-no-memory": {"rememberPicks": False},

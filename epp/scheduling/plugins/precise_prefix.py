@@ -52,7 +52,7 @@ from epp.kvcache.prefill import PrefillTracker
 from epp.kvcache.wire import KvEventsSettings
 from epp.scheduling.base import BuildContext, Clock, SchedulingRequest
 from epp.scheduling.params import Params
-from epp.scheduling.plugins.prefix_gate import gate_loads, holder_gate
+from epp.scheduling.plugins.prefix_gate import gate_loads, holder_gate, spread_cold
 from epp.scheduling.plugins.prefix_index import PrefixIndex
 from epp.scheduling.plugins.signals import DEFAULT_STALENESS
 from epp.scheduling.snapshot import snapshot_of
@@ -108,6 +108,7 @@ class PreciseCacheScorer:
         load_gate: bool = True,
         gate_slack: float = 4.0,
         gate_ratio: float = 0.5,
+        cold_spread: float = 0.0,
     ) -> None:
         self.tokenizer = tokenizer
         self.hasher = hasher
@@ -118,6 +119,7 @@ class PreciseCacheScorer:
         self.load_gate = load_gate  # False: the budget alone gates holders
         self.gate_slack = gate_slack
         self.gate_ratio = gate_ratio
+        self.cold_spread = cold_spread  # 0: no spread of cold prompts by first token
         self.prefill = prefill if prefill is not None else PrefillTracker()
         self._clock = clock
         self.cold_home = cold_home  # 0: cold prompts go where the other scorers say
@@ -165,9 +167,10 @@ class PreciseCacheScorer:
         load_gate = params.boolean("loadGate", True)
         slack = params.number("loadGateSlack", 4.0, low=0.0)
         ratio = params.number("loadGateRatio", 0.5, low=0.0)
+        spread = params.number("coldPromptSpread", 0.0, low=0.0, high=1.0)
         return cls(
             tokenizer, hasher, index, events, blocks, budget, PrefillTracker(prior), ctx.clock,
-            home, bound, remember, load_gate, slack, ratio,
+            home, bound, remember, load_gate, slack, ratio, spread,
         )  # fmt: skip
 
     def block_hashes(self, request: SchedulingRequest) -> list[int]:
@@ -227,6 +230,17 @@ class PreciseCacheScorer:
         else:
             scores, best = [0.0] * len(candidates), 0.0
         stats.hit_blocks += best * total
+        if self.cold_spread > 0 and best < 0.5:
+            now, prefill = self._clock(), self.prefill
+            spread_cold(
+                request,
+                snapshot_of(candidates),
+                scores,
+                best,
+                tokens=float(tokens),
+                queued=lambda address: prefill.wait(address, now),
+                share=self.cold_spread,
+            )
         if self.cold_home > 0 and best < 0.5 and frontier is not None:
             holder = scores.index(best) if best > 0.0 else None
             scores[self._home(frontier, candidates, holder)] += self.cold_home * (1.0 - best)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from epp.scheduling.base import BuildContext, Clock, SchedulingRequest
 from epp.scheduling.params import Params
-from epp.scheduling.plugins.prefix_gate import Keeps, answer_tokens, gate_loads, holder_gate
+from epp.scheduling.plugins.prefix_gate import Keeps, gate_loads, holder_gate, spread_cold
 from epp.scheduling.plugins.prefix_index import PrefixIndex, block_hashes
 from epp.scheduling.plugins.signals import DEFAULT_STALENESS
 from epp.scheduling.prefill_queue import PrefillQueue, filled_paces
@@ -146,35 +146,22 @@ class PrefixCacheScorer:
     def _spread(
         self, request: SchedulingRequest, snap: Snapshot, scores: list[float], best: float
     ) -> None:
-        """A cold prompt (no usable holder has half of it) is computed wherever it goes. On the
-        share no holder covers, add to each endpoint's score how soon its first token would come
-        there against the soonest: the prefill recent picks queued there, in units of this
-        prompt's own prefill at the fastest pace (cold prompts that arrive together spread over
-        idle pods instead of queueing behind each other's prefill on the least-loaded one); and
-        its slower prefill, in units of the whole request (prefill and answer), so a MIG slice
-        is shunned for a long prompt and not for a short one whose answer dominates."""
+        """A cold prompt (no usable holder has half of it): `prefix_gate.spread_cold`, with
+        this EPP's prefill queue."""
         now = self._clock()
         queue = self.prefill
-        paces = filled_paces(snap.prefill_pace, snap.capacity)
         tokens = float(
             max(request.prompt_tokens, self._blocks_of(request) * self.block_size_tokens)
         )
-        waits = [queue.seconds(a, now) for a in snap.addresses]
-        fastest = min(paces)
-        own = tokens * fastest  # this prompt's prefill at the fastest pace
-        answer = answer_tokens(request) * snap.fastest_tpot
-        inv_queue, inv_whole = 1.0 / own, 1.0 / (own + answer)
-        soonest = min(waits)
-        late = [
-            (w - soonest) * inv_queue + tokens * (p - fastest) * inv_whole
-            for w, p in zip(waits, paces, strict=True)
-        ]
-        if max(late) < 1e-9:
-            return  # alike everywhere: the same amount added to every score changes nothing
-        room = (1.0 - best) * self.cold_spread
-        for i, d in enumerate(late):
-            if d < 1.0:
-                scores[i] += room * (1.0 - d)
+        spread_cold(
+            request,
+            snap,
+            scores,
+            best,
+            tokens=tokens,
+            queued=lambda address: queue.seconds(address, now),
+            share=self.cold_spread,
+        )
 
     def _gate(
         self,

@@ -7,6 +7,8 @@ first token is the wait behind its full batch (the excess over its batch limit,
 prefill recent picks queued there, and its own prefill of the prompt tokens it lacks at its
 prefill pace (the engine's, `EndpointState.prefill_pace`); a placement also costs the delay its
 prefill adds to the requests already there, and the recomputation of the blocks it evicts.
+A cold prompt (no holder has half of it) is spread by how soon its first token would come on
+each endpoint (`spread_cold`).
 Until prefill paces are measured, a holder is overloaded when its load exceeds the least-loaded
 candidate's by more than `ratio` x that minimum + `slack`. `prefix-cache-scorer` (what this EPP
 sent where) and `precise-prefix-cache-scorer` (what the pods' KV events say they hold) share
@@ -165,6 +167,43 @@ def holder_gate(
         return kept
 
     return keeps
+
+
+def spread_cold(
+    request: SchedulingRequest,
+    snap: Snapshot,
+    scores: list[float],
+    best: float,
+    *,
+    tokens: float,
+    queued: Callable[[str], float],
+    share: float,
+) -> None:
+    """A cold prompt (no usable holder has half of it) is computed wherever it goes. On the
+    share no holder covers (`1 - best`, times `share`), add to each endpoint's score how soon
+    its first token would come there against the soonest: the prefill recent picks queued
+    there (`queued(address)`, seconds), in units of this prompt's own prefill of `tokens` at the
+    fastest pace (cold prompts that arrive together spread over idle pods instead of queueing
+    behind each other's prefill on the least-loaded one); and its slower prefill, in units of
+    the whole request (prefill and answer), so a MIG slice is shunned for a long prompt and not
+    for a short one whose answer dominates."""
+    paces = filled_paces(snap.prefill_pace, snap.capacity)
+    waits = [queued(a) for a in snap.addresses]
+    fastest = min(paces)
+    own = tokens * fastest  # this prompt's prefill at the fastest pace
+    answer = answer_tokens(request) * snap.fastest_tpot
+    inv_queue, inv_whole = 1.0 / own, 1.0 / (own + answer)
+    soonest = min(waits)
+    late = [
+        (w - soonest) * inv_queue + tokens * (p - fastest) * inv_whole
+        for w, p in zip(waits, paces, strict=True)
+    ]
+    if max(late) < 1e-9:
+        return  # alike everywhere: the same amount added to every score changes nothing
+    room = (1.0 - best) * share
+    for i, d in enumerate(late):
+        if d < 1.0:
+            scores[i] += room * (1.0 - d)
 
 
 def _seconds(values: Sequence[float]) -> str:
