@@ -289,3 +289,41 @@ def test_a_warm_pod_behind_a_long_queue_yields_as_the_approximate_scorer_would(
         assert scorer.stats.yielded == (0 if kept else 1)
         free = SchedulingRequest("r2", "m", payload=body, typical_output_tokens=100)
         assert scorer.score(free, pods(queued=-1))[0] == 1.0  # 7 running: a slot is free
+
+
+def test_a_cold_prompt_spreads_away_from_queued_prefill_as_the_approximate_scorer_does() -> None:
+    """`coldPromptSpread`: a prompt nobody holds goes where its first token comes soonest. Two
+    idle pods, 3,000 uncached tokens queued on the first (0.3 s at 10,000 tokens/s): the second
+    scores the spread's bonus, the first none; off (the default) both score 0."""
+    tok = Tokenizer.from_dir(TOKENIZER)
+    hasher = BlockHasher(16, "sha256", "0")
+    body = {"messages": [{"role": "user", "content": "a prompt nobody holds yet " * 40}]}
+    pods = [EndpointState(Endpoint(a, a, "pool")) for a in ("busy:1", "idle:1")]
+    for spread, expected in ((1.0, [0.0, 1.0]), (0.0, [0.0, 0.0])):
+        prefill = PrefillTracker(prior=10_000.0)
+        scorer = PreciseCacheScorer(
+            tok, hasher, KvBlockIndex(), prefill=prefill, clock=lambda: 0.0, cold_home=0.0,
+            cold_spread=spread,
+        )  # fmt: skip
+        prefill.add("busy:1", 3_000, 0.0)
+        scores = scorer.score(SchedulingRequest("r", "m", payload=body), pods)
+        assert scores == pytest.approx(expected)
+
+
+def test_a_partly_held_cold_prompt_with_both_spread_and_home_goes_to_its_holder() -> None:
+    """Both cold-prompt rules on: the spread moves the scores first, and the home still goes to
+    the pod holding the prompt's longest part (found before the spread; finding it after raised
+    ValueError, a 500 for the request)."""
+    tok = Tokenizer.from_dir(TOKENIZER)
+    hasher = BlockHasher(16, "sha256", "0")
+    body = {"messages": [{"role": "user", "content": "a prompt evicted from its tail " * 40}]}
+    request = SchedulingRequest("r", "m", payload=body)
+    scorer = PreciseCacheScorer(
+        tok, hasher, KvBlockIndex(), clock=lambda: 0.0, cold_spread=1.0, remember_picks=False
+    )
+    keys = scorer.block_hashes(request)
+    scorer.index.store("head:1", keys[: len(keys) // 3])  # its tail evicted
+    scorer.prefill.add("other:1", 3_000, 0.0)  # the spread prefers the idle pods
+    pods = [EndpointState(Endpoint(a, a, "pool")) for a in ("other:1", "head:1", "idle:1")]
+    scores = scorer.score(request, pods)
+    assert max(scores) == scores[1] and scores[1] > scores[2] > scores[0] == 0.0

@@ -230,21 +230,23 @@ class PreciseCacheScorer:
         else:
             scores, best = [0.0] * len(candidates), 0.0
         stats.hit_blocks += best * total
-        if self.cold_spread > 0 and best < 0.5:
-            now, prefill = self._clock(), self.prefill
-            spread_cold(
-                request,
-                snapshot_of(candidates),
-                scores,
-                best,
-                tokens=float(tokens),
-                queued=lambda address: prefill.wait(address, now),
-                share=self.cold_spread,
-            )
-        if self.cold_home > 0 and best < 0.5 and frontier is not None:
+        if best < 0.5:  # a cold prompt: nobody holds half of it
+            # the holder of its longest part, read before any bonus moves the scores
             holder = scores.index(best) if best > 0.0 else None
-            scores[self._home(frontier, candidates, holder)] += self.cold_home * (1.0 - best)
-            stats.homed += 1
+            if self.cold_spread > 0:
+                now, prefill = self._clock(), self.prefill
+                spread_cold(
+                    request,
+                    snapshot_of(candidates),
+                    scores,
+                    best,
+                    tokens=float(tokens),
+                    queued=lambda address: prefill.wait(address, now),
+                    share=self.cold_spread,
+                )
+            if self.cold_home > 0 and frontier is not None:
+                scores[self._home(frontier, candidates, holder)] += self.cold_home * (1.0 - best)
+                stats.homed += 1
         if self.ttft_budget > 0:
             self._gate(tokens, candidates, scores, counts)
         if self.load_gate and counts:
