@@ -15,10 +15,11 @@ arrivals of the shared-prefix workload for a fixed time. Cells:
 
 Routers: `approximate` (profile prefix-cache-aware: prefix-cache-scorer 3, queue 2, KV use 2),
 `precise` (the same profile with precise-prefix-cache-scorer in place of prefix-cache-scorer;
-`precise-no-gate`, `precise-gate-500ms`, `precise-no-home`, `precise-no-memory` and
-`precise-no-home-no-memory`: without its token-aware gate, with a 500 ms budget instead of 2 s,
-without its cold-prompt homes, without the memory of its own picks (the events alone), without
-both),
+`precise-no-gate`, `precise-no-load-gate`, `precise-gate-500ms`, `precise-home`,
+`precise-home-spread`, `precise-no-spread` and `precise-no-memory`: without its token-aware
+gate, without its load gate, with a 500 ms budget instead of 2 s, with cold-prompt homes
+instead of the spread (the default until 2026-12-06), with both, with neither, without the
+memory of its own picks (the events alone)),
 `approximate-peers` (in `c` only: the replicas share their picks over `--peers`),
 `envoy:LEAST_REQUEST`, and the peers' cache-aware policies (not in `c`: one process each).
 The rate is `--fraction` of each shape's capacity (a closed loop through Envoy least-request).
@@ -69,12 +70,11 @@ PRECISE: dict[str, dict[str, object]] = {
     "precise": {},
     "precise-no-gate": {"ttftBudget": 0},
     "precise-no-load-gate": {"loadGate": False},
-    "precise-spread": {"coldPromptHome": 0, "coldPromptSpread": 1.0},
-    "precise-home-spread": {"coldPromptSpread": 1.0},
     "precise-gate-500ms": {"ttftBudget": "500ms"},
-    "precise-no-home": {"coldPromptHome": 0},
+    "precise-home": {"coldPromptHome": 0.5, "coldPromptSpread": 0},
+    "precise-home-spread": {"coldPromptHome": 0.5},
+    "precise-no-spread": {"coldPromptSpread": 0},
     "precise-no-memory": {"rememberPicks": False},
-    "precise-no-home-no-memory": {"coldPromptHome": 0, "rememberPicks": False},
 }
 # the approximate router with its replicas sharing their picks and in-flight counts (epp.peers);
 # only in `c`, elsewhere it is `approximate`

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
@@ -16,6 +17,15 @@ from epp.tokenization import Tokenizer
 from epp.types import Endpoint, EndpointMetrics, EndpointState
 
 TOKENIZER = Path(__file__).resolve().parents[2] / "epp" / "assets" / "tiny-tokenizer"
+
+
+class _Homes(TypedDict):
+    cold_home: float
+    cold_spread: float
+
+
+# cold prompts get homes (`coldPromptHome`) instead of the spread (the default)
+HOMES = _Homes(cold_home=0.5, cold_spread=0.0)
 
 
 def test_rate_is_learned_from_busy_runs_of_stored_tokens() -> None:
@@ -86,7 +96,7 @@ def test_a_cold_prompt_has_the_same_home_in_every_replica() -> None:
     pods = [EndpointState(Endpoint(f"10.0.0.{i}:8000", f"p{i}", "pool")) for i in range(8)]
 
     def replica() -> PreciseCacheScorer:
-        return PreciseCacheScorer(tok, hasher, KvBlockIndex(), clock=lambda: 0.0)
+        return PreciseCacheScorer(tok, hasher, KvBlockIndex(), clock=lambda: 0.0, **HOMES)
 
     homes = set()
     for n in range(6):
@@ -105,7 +115,7 @@ def test_a_holder_beats_the_home_and_a_saturated_home_is_passed_over() -> None:
     hasher = BlockHasher(16, "sha256", "0")
     prefill = PrefillTracker(prior=10_000.0)
     scorer = PreciseCacheScorer(
-        tok, hasher, KvBlockIndex(), ttft_budget=0.5, prefill=prefill, clock=lambda: 0.0
+        tok, hasher, KvBlockIndex(), ttft_budget=0.5, prefill=prefill, clock=lambda: 0.0, **HOMES
     )
     pods = [EndpointState(Endpoint(f"10.0.0.{i}:8000", f"p{i}", "pool")) for i in range(4)]
     body = {"messages": [{"role": "user", "content": "cold prompt words " * 60}]}
@@ -129,7 +139,7 @@ def test_a_cold_prompt_passes_over_a_home_loaded_past_the_bound() -> None:
 
     def home(loads: list[int], bound: float = 1.25) -> tuple[int, PreciseCacheScorer]:
         scorer = PreciseCacheScorer(
-            tok, hasher, KvBlockIndex(), clock=lambda: 0.0, home_load_bound=bound
+            tok, hasher, KvBlockIndex(), clock=lambda: 0.0, home_load_bound=bound, **HOMES
         )
         pods = [
             EndpointState(Endpoint(f"10.0.0.{i}:8000", f"p{i}", "pool"), in_flight=n)
@@ -154,7 +164,7 @@ def test_a_cold_prompt_passes_over_a_home_loaded_past_the_bound() -> None:
 def test_a_prefix_whose_tail_was_evicted_is_rebuilt_where_its_head_is() -> None:
     tok = Tokenizer.from_dir(TOKENIZER)
     hasher = BlockHasher(16, "sha256", "0")
-    scorer = PreciseCacheScorer(tok, hasher, KvBlockIndex(), clock=lambda: 0.0)
+    scorer = PreciseCacheScorer(tok, hasher, KvBlockIndex(), clock=lambda: 0.0, **HOMES)
     pods = [EndpointState(Endpoint(f"10.0.0.{i}:8000", f"p{i}", "pool")) for i in range(4)]
     body = {"messages": [{"role": "user", "content": "a long prefix partly evicted " * 60}]}
     ids = tok.prompt_ids(body)
@@ -173,7 +183,7 @@ def test_a_prompt_evicted_everywhere_is_rebuilt_where_it_was_built_last() -> Non
     hasher = BlockHasher(16, "sha256", "0")
     # the events alone: with remembered picks the pod it was sent to would still hold it
     scorer = PreciseCacheScorer(
-        tok, hasher, KvBlockIndex(), clock=lambda: 0.0, remember_picks=False
+        tok, hasher, KvBlockIndex(), clock=lambda: 0.0, remember_picks=False, **HOMES
     )
     pods = [EndpointState(Endpoint(f"10.0.0.{i}:8000", f"p{i}", "pool")) for i in range(4)]
     body = {"messages": [{"role": "user", "content": "built somewhere else " * 60}]}
@@ -197,7 +207,7 @@ def _scorer_and_pods(remember: bool) -> tuple[PreciseCacheScorer, list[EndpointS
     tok = Tokenizer.from_dir(TOKENIZER)
     scorer = PreciseCacheScorer(
         tok, BlockHasher(16, "sha256", "0"), KvBlockIndex(), clock=lambda: 0.0,
-        cold_home=0.0, remember_picks=remember,
+        cold_home=0.0, cold_spread=0.0, remember_picks=remember,
     )  # fmt: skip
     pods = [EndpointState(Endpoint(f"10.0.0.{i}:8000", f"p{i}", "pool")) for i in range(4)]
     return scorer, pods
