@@ -15,9 +15,9 @@ arrivals of the shared-prefix workload for a fixed time. Cells:
 
 Routers: `approximate` (profile prefix-cache-aware: prefix-cache-scorer 3, queue 2, KV use 2),
 `precise` (the same profile with precise-prefix-cache-scorer in place of prefix-cache-scorer;
-`precise-no-gate`, `precise-no-load-gate`, `precise-gate-500ms`, `precise-home`,
+`precise-no-gate`, `precise-load-gate`, `precise-gate-500ms`, `precise-home`,
 `precise-home-spread`, `precise-no-spread` and `precise-no-memory`: without its token-aware
-gate, without its load gate, with a 500 ms budget instead of 2 s, with cold-prompt homes
+gate, with the load gate, with a 500 ms budget instead of 2 s, with cold-prompt homes
 instead of the spread (the default until 2026-12-06), with both, with neither, without the
 memory of its own picks (the events alone)),
 `approximate-peers` (in `c` only: the replicas share their picks over `--peers`),
@@ -69,7 +69,7 @@ ROUTERS = ("approximate", "precise", "envoy:LEAST_REQUEST", "vllm-router:cache_a
 PRECISE: dict[str, dict[str, object]] = {
     "precise": {},
     "precise-no-gate": {"ttftBudget": 0},
-    "precise-no-load-gate": {"loadGate": False},
+    "precise-load-gate": {"loadGate": True},
     "precise-gate-500ms": {"ttftBudget": "500ms"},
     "precise-home": {"coldPromptHome": 0.5, "coldPromptSpread": 0},
     "precise-home-spread": {"coldPromptHome": 0.5},

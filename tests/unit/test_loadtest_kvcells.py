@@ -45,7 +45,7 @@ def test_the_precise_router_runs_the_approximate_profile_with_the_precise_scorer
     profile = profiles[kvcells.APPROXIMATE]
     assert any(isinstance(w.scorer, PreciseCacheScorer) for w in profile.scorers)
     # the variant without the load gate reaches the scorer's parameters
-    for variant, gated in (("precise", True), ("precise-no-load-gate", False)):
+    for variant, gated in (("precise", False), ("precise-load-gate", True)):
         built = build_profiles(kvcells.precise_config(a, variant), ctx)[kvcells.APPROXIMATE]
         (scorer,) = [w.scorer for w in built.scorers if isinstance(w.scorer, PreciseCacheScorer)]
         assert scorer.load_gate is gated and scorer.gate_slack == 4.0

@@ -18,10 +18,11 @@ no pod holds (with it, every block is hashed: the memory is matched on all of th
 Token-aware affinity gate: each pick adds the prompt tokens its pod did not hold to that pod's
 queued prefill (`epp.kvcache.prefill`, drained at the pod's learned prefill rate); a holder
 whose queued prefill plus this prompt's would take longer than `ttftBudget` scores 0, so a hot
-prefix spreads to a second pod instead of queueing behind itself. Load gate (`loadGate`): the
-rule `prefix-cache-scorer` applies (`prefix_gate.holder_gate`), with this scorer's counts, so a
-holder also yields while its full batch and queue would delay the first token or the answer's
-end past a pod holding less of the prompt.
+prefix spreads to a second pod instead of queueing behind itself. Load gate (`loadGate`, off by
+default): the rule `prefix-cache-scorer` applies (`prefix_gate.holder_gate`), with this
+scorer's counts, so a holder also yields while its full batch and queue would delay the first
+token or the answer's end past a pod holding less of the prompt. Off because it moved nothing
+measurable in issue 18's cells (2 yields in a run) and adds ~20 us a pick at 64 endpoints.
 Cold prompts (no endpoint holds half of the prompt) are spread as `prefix-cache-scorer`
 spreads them (`coldPromptSpread`, 1 by default; `prefix_gate.spread_cold`): on the unheld
 share, each endpoint scores how soon its first token would come there, from the prefill queued
@@ -111,7 +112,7 @@ class PreciseCacheScorer:
         cold_home: float = 0.0,
         home_load_bound: float = 1.25,
         remember_picks: bool = True,
-        load_gate: bool = True,
+        load_gate: bool = False,
         gate_slack: float = 4.0,
         gate_ratio: float = 0.5,
         cold_spread: float = 1.0,
@@ -122,7 +123,7 @@ class PreciseCacheScorer:
         self.events = events if events is not None else KvEventsSettings()
         self.max_blocks = max_blocks
         self.ttft_budget = ttft_budget  # 0: no gate
-        self.load_gate = load_gate  # False: the budget alone gates holders
+        self.load_gate = load_gate  # False (the default): the budget alone gates holders
         self.gate_slack = gate_slack
         self.gate_ratio = gate_ratio
         self.cold_spread = cold_spread  # 0: cold prompts go where the other scorers say
@@ -170,7 +171,7 @@ class PreciseCacheScorer:
         if 0.0 < bound < 1.0:
             raise params.error("homeLoadBound", "must be 0 (no bound) or at least 1")
         remember = params.boolean("rememberPicks", True)
-        load_gate = params.boolean("loadGate", True)
+        load_gate = params.boolean("loadGate", False)
         slack = params.number("loadGateSlack", 4.0, low=0.0)
         ratio = params.number("loadGateRatio", 0.5, low=0.0)
         spread = params.number("coldPromptSpread", 1.0, low=0.0, high=1.0)
@@ -329,6 +330,18 @@ class PreciseCacheScorer:
         whose first token or answer's end would come later than on a pod holding less of the
         prompt scores 0, so a hot prefix spreads before its queue costs more than its prefill."""
         snap = snapshot_of(candidates)
+        addresses = snap.addresses
+        holders = []  # (index, blocks held) of the candidates still scoring for their hold
+        for address, held in counts.items():  # few holders: list.index scans in C
+            if held > 0.0:
+                try:
+                    i = addresses.index(address)
+                except ValueError:
+                    continue  # a holder that is not a candidate this time
+                if scores[i] > 0.0:
+                    holders.append((i, held))
+        if not holders:
+            return
         now = self._clock()
         prefill, memory, stats = self.prefill, self.memory, self.stats
         keeps = holder_gate(
@@ -345,9 +358,8 @@ class PreciseCacheScorer:
             slack=self.gate_slack,
             log=log,
         )
-        for i, address in enumerate(snap.addresses):
-            held = counts.get(address, 0.0)
-            if held > 0.0 and scores[i] > 0.0 and not keeps(i, held):
+        for i, held in holders:
+            if not keeps(i, held):
                 scores[i] = 0.0
                 stats.yielded += 1
 

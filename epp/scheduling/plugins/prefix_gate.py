@@ -43,8 +43,8 @@ def gate_loads(snap: Snapshot, now: float, staleness: float) -> Sequence[int]:
     cutoff = fresh_cutoff(now, staleness)
     if snap.all_fresh(cutoff):
         return snap.load  # shared with the other scorers
-    scraped = [s if ok else 0 for s, ok in zip(snap.scraped_load, snap.fresh(cutoff), strict=True)]
-    return [f if f > s else s for f, s in zip(snap.in_flight, scraped, strict=True)]
+    columns = zip(snap.in_flight, snap.scraped_load, snap.fresh(cutoff), strict=True)
+    return [s if ok and s > f else f for f, s, ok in columns]
 
 
 class Rivals:
