@@ -59,7 +59,7 @@ from epp.kvcache.prefill import PrefillTracker
 from epp.kvcache.wire import KvEventsSettings
 from epp.scheduling.base import BuildContext, Clock, SchedulingRequest
 from epp.scheduling.params import Params
-from epp.scheduling.plugins.prefix_gate import gate_loads, holder_gate, spread_cold
+from epp.scheduling.plugins.prefix_gate import gate_loads, holder_gate, holders_at, spread_cold
 from epp.scheduling.plugins.prefix_index import PrefixIndex
 from epp.scheduling.plugins.signals import DEFAULT_STALENESS
 from epp.scheduling.snapshot import snapshot_of
@@ -330,16 +330,12 @@ class PreciseCacheScorer:
         whose first token or answer's end would come later than on a pod holding less of the
         prompt scores 0, so a hot prefix spreads before its queue costs more than its prefill."""
         snap = snapshot_of(candidates)
-        addresses = snap.addresses
-        holders = []  # (index, blocks held) of the candidates still scoring for their hold
-        for address, held in counts.items():  # few holders: list.index scans in C
-            if held > 0.0:
-                try:
-                    i = addresses.index(address)
-                except ValueError:
-                    continue  # a holder that is not a candidate this time
-                if scores[i] > 0.0:
-                    holders.append((i, held))
+        # the candidates still scoring for their hold
+        holders = [
+            (i, held)
+            for i, held in holders_at(snap.addresses, counts)
+            if held > 0.0 and scores[i] > 0.0
+        ]
         if not holders:
             return
         now = self._clock()

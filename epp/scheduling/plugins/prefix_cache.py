@@ -34,7 +34,13 @@ from dataclasses import dataclass
 
 from epp.scheduling.base import BuildContext, Clock, SchedulingRequest
 from epp.scheduling.params import Params
-from epp.scheduling.plugins.prefix_gate import Keeps, gate_loads, holder_gate, spread_cold
+from epp.scheduling.plugins.prefix_gate import (
+    Keeps,
+    gate_loads,
+    holder_gate,
+    holders_at,
+    spread_cold,
+)
 from epp.scheduling.plugins.prefix_index import PrefixIndex, block_hashes
 from epp.scheduling.plugins.signals import DEFAULT_STALENESS
 from epp.scheduling.prefill_queue import PrefillQueue, filled_paces
@@ -124,21 +130,10 @@ class PrefixCacheScorer:
         loads = gate_loads(snap, self._clock(), self.staleness)
         total = float(len(hashes))
         scores = [0.0] * len(candidates)
-        addresses = snap.addresses
         keeps = self._gate(request, snap, loads, counts)
-        if len(counts) * 16 < len(addresses):  # few holders: let list.index scan in C
-            for address, matched in counts.items():
-                try:
-                    i = addresses.index(address)
-                except ValueError:
-                    continue  # a holder that is not a candidate this time
-                if keeps(i, matched):
-                    scores[i] = matched / total
-        else:
-            for i, address in enumerate(addresses):
-                hit = counts.get(address)
-                if hit is not None and keeps(i, hit):
-                    scores[i] = hit / total
+        for i, matched in holders_at(snap.addresses, counts):
+            if keeps(i, matched):
+                scores[i] = matched / total
         if self.cold_spread > 0.0 and (best := max(scores)) < 0.5:
             self._spread(request, snap, scores, best)
         return scores

@@ -47,6 +47,19 @@ def gate_loads(snap: Snapshot, now: float, staleness: float) -> Sequence[int]:
     return [s if ok and s > f else f for f, s, ok in columns]
 
 
+def holders_at(addresses: list[str], counts: Mapping[str, float]) -> list[tuple[int, float]]:
+    """(candidate index, blocks held) of each holder in `counts` that is a candidate."""
+    if len(counts) * 16 < len(addresses):  # few holders: let list.index scan in C
+        found = []
+        for address, held in counts.items():
+            try:
+                found.append((addresses.index(address), held))
+            except ValueError:
+                continue  # a holder that is not a candidate this time
+        return found
+    return [(i, counts[a]) for i, a in enumerate(addresses) if a in counts]
+
+
 class Rivals:
     """Every endpoint's first token and answer's end for one prompt, ranked by how much of it
     they hold: answers whether a holder's first token comes no later than on any endpoint that
