@@ -218,6 +218,9 @@ class Bench:
         if args.out is None:
             args.out = run_folder("bench", args.tag, self.started)
         self.tool = "bench"  # the matrix drives a Bench per cell and says "matrix"
+        # what `--samples` files are named by (default the workload's name; the matrix, whose
+        # cells share a workload and a folder, names them by cell and seed)
+        self.samples_stem = ""
         self.command = command_text(".venv/bin/python -m loadtest.bench", sys.argv[1:])
 
     def record(self, subject: str) -> Record:
@@ -303,8 +306,7 @@ class Bench:
         finally:
             await self.children.stop_all()
         if a.samples:
-            stem = label.replace(":", "-").replace("#", "-run")
-            self.write_samples(f"{name}-{stem}-{fraction:g}", samples)
+            self.write_samples(self.samples_name(name, label, fraction), samples)
         by_priority = tuple(
             (p, stats.summarize([x for x in samples if x.priority == p]))
             for p in sorted({x.priority for x in samples} - {""})
@@ -445,6 +447,12 @@ class Bench:
                 )
                 points.append(point)
         return points, unavailable
+
+    def samples_name(self, workload: str, label: str, fraction: float) -> str:
+        """The stem of one point's samples file: `samples_stem` (else the workload), the
+        router's label and the load."""
+        router = label.replace(":", "-").replace("#", "-run")
+        return f"{self.samples_stem or workload}-{router}-{fraction:g}"
 
     def write_samples(self, stem: str, samples: list[client.Sample]) -> None:
         self.a.out.mkdir(parents=True, exist_ok=True)

@@ -69,6 +69,11 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--epp-args", default="", help="extra `epp serve` flags")
     p.add_argument(
+        "--samples",
+        action="store_true",
+        help="also write every request's sample beside each cell's report (JSON lines)",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         help="the run's folder (default loadtest/results/<YYYY-MM-DD>-<HHMM>-matrix[-<tag>])",
@@ -103,7 +108,15 @@ def bench_argv(cell: Cell, a: argparse.Namespace, seed: int) -> list[str]:
         *cell.bench_flags(), *duration, "--routers", a.routers, "--drain", f"{a.drain:g}",
         "--capacity-seconds", f"{a.capacity_seconds:g}", "--capacity-ramp",
         "--seed", str(seed), "--out", str(a.out), "--epp-args", a.epp_args,
+        *(["--samples"] if a.samples else []),
     ]  # fmt: skip
+
+
+def cell_stem(cell: Cell, seed: int, repeat: int, seeds: list[int]) -> str:
+    """What one cell and seed's files are named by: `<cell>-s<seed>`, and `-r<repeat>` where
+    the seed repeats."""
+    again = f"-r{repeat}" if seeds.count(seed) > 1 else ""
+    return f"{cell.name}-s{seed}{again}"
 
 
 class Matrix:
@@ -152,13 +165,12 @@ class Matrix:
         for repeat, seed in enumerate(self.seeds):
             b = self._bench(cell, seed)
             label = f"{cell.name} s{seed}"
+            stem = b.samples_stem = cell_stem(cell, seed, repeat, self.seeds)
             points, unavailable = await b.run_points(cell.mix, capacity, [cell.load], label)
             self.runs += [
                 summary.Run.of(cell.name, p.router, repeat, seed, p.stats) for p in points
             ]
             self.notes += [f"{cell.name} (seed {seed}): {r}: {why}" for r, why in unavailable]
-            again = f"-r{repeat}" if self.seeds.count(seed) > 1 else ""
-            stem = f"{cell.name}-s{seed}{again}"
             text = f"Matrix cell **{cell.name}** ({cell.varies}): {cell.describe()}."
             path = b.write(cell.mix, capacity, note, load_before, points, unavailable, stem,
                            plot=False, remark=text)  # fmt: skip

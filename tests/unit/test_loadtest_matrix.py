@@ -19,7 +19,14 @@ from loadtest.bench.client import encode
 from loadtest.bench.report import Point
 from loadtest.bench.routers import Children, cpu_seconds
 from loadtest.bench.stats import summarize
-from loadtest.matrix.__main__ import Matrix, bench_argv, capacities, make_parser, rerender
+from loadtest.matrix.__main__ import (
+    Matrix,
+    bench_argv,
+    capacities,
+    cell_stem,
+    make_parser,
+    rerender,
+)
 from loadtest.matrix.cells import CELLS, TOKENS_PER_S_CEILING, Cell, select
 from loadtest.matrix.summary import TIES, Run, counts, judge, parse_ties, render, verdicts
 from loadtest.workloads import (
@@ -130,6 +137,28 @@ def test_bench_argv_carries_the_runs_settings_and_the_seed() -> None:
     args = bench.make_parser().parse_args(bench_argv(select("prefix8")[0], a, 4))
     assert (args.duration, args.seed, args.capacity_seconds) == (20.0, 4, 20.0)
     assert args.capacity_ramp and args.routers.split(",")[0] == "epp:gpu-aware"
+    assert not args.samples
+    kept = make_parser().parse_args(["--samples"])
+    assert bench.make_parser().parse_args(bench_argv(select("prefix8")[0], kept, 1)).samples
+
+
+def test_each_cell_and_seed_names_its_own_files() -> None:
+    """Cells of one workload share the run's folder: their reports and samples are named by
+    cell and seed, and by repeat where a seed repeats."""
+    cell = select("prefix8")[0]
+    assert cell_stem(cell, 2, 1, [1, 2]) == "prefix8-s2"
+    assert [cell_stem(cell, 1, r, [1, 1]) for r in (0, 1)] == ["prefix8-s1-r0", "prefix8-s1-r1"]
+
+
+def test_a_cells_samples_are_named_by_the_cell(tmp_path: Path) -> None:
+    a = make_parser().parse_args(["--cells", "prefix8", "--samples", "--out", str(tmp_path)])
+    matrix = Matrix(a, Children(tmp_path))
+    b = matrix._bench(select("prefix8")[0], 1)
+    assert b.a.samples and b.samples_name("shared-prefix", "epp:gpu-aware", 0.9) == (
+        "shared-prefix-epp-gpu-aware-0.9"
+    )
+    b.samples_stem = cell_stem(select("prefix8")[0], 1, 0, [1])
+    assert b.samples_name("shared-prefix", "epp:gpu-aware", 0.9) == "prefix8-s1-epp-gpu-aware-0.9"
     own = make_parser().parse_args([])  # each cell's own duration: 16 pods have 3x the rate
     durations = {
         c.pods: bench.make_parser().parse_args(bench_argv(c, own, 1)).duration for c in CELLS
