@@ -51,6 +51,7 @@ from epp.sim.profiles import get_profile
 from loadtest.bench.__main__ import requests_of
 from loadtest.bench.coldfloor import cell_args
 from loadtest.bench.stats import percentile
+from loadtest.record import describe_commit
 from loadtest.workloads import poisson_arrivals
 
 BLIND_PEERS = ("least-request", "power-of-two")
@@ -304,6 +305,7 @@ class CellBound:
     measured: dict[str, float]  # router -> p90 e2e the bench measured
     draws: list[Draw]
     draw_seconds: float
+    commit: str  # the cell run's (its record's)
 
 
 def bound_of(path: Path, draws: int, seconds: float | None) -> CellBound:
@@ -320,7 +322,8 @@ def bound_of(path: Path, draws: int, seconds: float | None) -> CellBound:
         extra.append(draw_of(replay(specs, trace(a, seed, rate, duration), seed)))
     measured = {p["router"]: p["stats"]["e2e"]["p90"] for p in data["points"]}
     cell = path.stem.rsplit("-s", 1)[0]
-    return CellBound(cell, a.seed, len(requests), results, measured, extra, duration)
+    commit = data["record"]["commit"]
+    return CellBound(cell, a.seed, len(requests), results, measured, extra, duration, commit)
 
 
 def _spread(values: Sequence[float]) -> str:
@@ -340,14 +343,18 @@ def _spread(values: Sequence[float]) -> str:
     )
 
 
-def render(bounds: Sequence[CellBound]) -> str:
+def render(bounds: Sequence[CellBound], tool_commit: str = "") -> str:
     lines = ["# What hidden answer lengths allow (`python -m loadtest.bench.lengthbound`)", ""]
+    if tool_commit:
+        lines += [f"Replayed at `{tool_commit}`.", ""]
     for b in bounds:
         peer = blind_peer(b.results)
         best = best_threshold(b.results)
         ok = best_admissible(b.results)
         lines += [
             f"## {b.cell}, seed {b.seed} ({b.requests} requests)",
+            "",
+            f"- commit: `{b.commit}` (the cell's run; its requests and rate)",
             "",
             "| policy | p90 e2e s | / best peer model | p90 TTFT s | p99 TTFT s "
             "| slow pods' share |",
@@ -404,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not paths:
         print(f"no cell of {a.cells!r} in {a.matrix}", file=sys.stderr)
         return 2
-    text = render([bound_of(path, a.draws, a.seconds) for path in paths])
+    text = render([bound_of(path, a.draws, a.seconds) for path in paths], describe_commit())
     print(text)
     out = a.out or a.matrix
     out.mkdir(parents=True, exist_ok=True)

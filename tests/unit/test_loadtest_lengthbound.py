@@ -80,7 +80,7 @@ def test_the_admissible_policy_keeps_p99_ttft_under_the_peers() -> None:
 
 
 def test_main_replays_a_matrix_cell_and_writes_its_report(tmp_path: Path) -> None:
-    record = {"command": COMMAND.format(duration=4)}
+    record = {"command": COMMAND.format(duration=4), "commit": "abc1234"}
     points = [
         {"router": "epp:gpu-aware", "rate": 3.0, "stats": {"e2e": {"p90": 9.0}}},
         {"router": "envoy:LEAST_REQUEST", "rate": 3.0, "stats": {"e2e": {"p90": 10.0}}},
@@ -90,6 +90,7 @@ def test_main_replays_a_matrix_cell_and_writes_its_report(tmp_path: Path) -> Non
     assert lb.main(["--matrix", str(tmp_path), "--draws", "2", "--seconds", "3"]) == 0
     text = (tmp_path / "lengthbound.md").read_text()
     assert "## sharegpt-cap, seed 1 (" in text
+    assert "- commit: `abc1234` (the cell's run" in text  # what the index of runs checks
     assert "| free-slot |" in text and "| threshold-16" in text
     assert "- epp:gpu-aware: 9.00 (0.90x)" in text
     assert "Over 2 more draws of this cell (other seeds, same rate, 3 s of arrivals)" in text
