@@ -16,18 +16,20 @@ their speeds, requests in flight, the order of arrival) and never a length:
 - `power-of-two`: two pods drawn at random, the one with fewer in flight (Envoy's
   least-request, vllm-router's power_of_two);
 - `free-slot`: one queue in the router, first come first served; the head goes to a free batch
-  slot as soon as one exists, the fastest pod's first (what our EPP does when lengths are
-  hidden: admission's free-slot-first room, the fastest predicted pod);
+  slot as soon as one exists, the fastest pod's first (what our admission intends when lengths
+  are hidden, done perfectly: the EPP's load scorers sometimes prefer a slower free slot);
 - `threshold-K`: the same, but a pod slower than the fastest takes the head only while K or more
   requests wait (the policy family known to be optimal for two server speeds and a mean
   response time; K from 2 to 16 is searched, the best p90 reported).
 
 Per cell and seed it prints each policy's p90 e2e, p90 and p99 TTFT and the slow pods' share,
-each p90 e2e as a ratio to the best length-blind peer model (least-request, power-of-two), and
-the p90 e2e the bench measured for each router in that run. `--draws N` adds N more draws of
-the same cell (other seeds, same rate and duration) and prints the spread of the ratios: what a
-single run of the bench can show. TTFT here is the first token's engine time (no stream flush
-interval), so absolute numbers run below the bench's; the ratios are the point.
+each p90 e2e as a ratio to the better peer model (least-request, power-of-two), the best policy
+whose p99 TTFT is no worse than that peer model's (the issue's second condition), and the p90
+e2e the bench measured for each router in that run. `--draws N` adds N more draws of the same
+cell (other seeds, same rate; `--seconds` of arrivals, default the cell's) and prints the spread
+of the ratios: what a single run of the bench can show. Times here are the engines' own (no
+network, no event loop), so absolute numbers run a few percent below the bench's; the ratios
+are the point.
 """
 
 from __future__ import annotations
