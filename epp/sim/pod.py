@@ -40,26 +40,29 @@ GPU_ERROR = "gpu_error"  # finish reason of a sequence an XID error ended
 ANSWER_MARKER = b"#answer="
 
 
+def engine_config(spec: SimPodSpec) -> EngineConfig:
+    """The engine a pod spec describes (its GPU profile, speed, KV cache and limits)."""
+    return EngineConfig(
+        profile=get_profile(spec.profile),
+        speed=spec.speed,
+        num_gpu_blocks=spec.num_gpu_blocks,
+        block_size=spec.block_size,
+        max_num_seqs=spec.max_num_seqs,
+        max_num_batched_tokens=spec.max_num_batched_tokens,
+        max_loras=spec.max_loras,
+        max_model_len=spec.max_model_len,
+        lora_load_s=spec.lora_load_s,
+        prefix_caching=spec.prefix_caching,
+    )
+
+
 class SimPod:
     def __init__(self, spec: SimPodSpec) -> None:
         self.spec = spec
         self.name = spec.name
         self.address = f"{spec.host}:{spec.port}"
         self.profile = get_profile(spec.profile)
-        self.engine = Engine(
-            EngineConfig(
-                profile=self.profile,
-                speed=spec.speed,
-                num_gpu_blocks=spec.num_gpu_blocks,
-                block_size=spec.block_size,
-                max_num_seqs=spec.max_num_seqs,
-                max_num_batched_tokens=spec.max_num_batched_tokens,
-                max_loras=spec.max_loras,
-                max_model_len=spec.max_model_len,
-                lora_load_s=spec.lora_load_s,
-                prefix_caching=spec.prefix_caching,
-            )
-        )
+        self.engine = Engine(engine_config(spec))
         self.driver = RealtimeDriver(self.engine, spec.flush_interval)
         self.adapters: dict[str, str] = {}
         for entry in spec.loras:

@@ -45,13 +45,18 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import cast
 
-from epp.sim.engine import Engine, EngineConfig, Seq
-from epp.sim.openai import render_turns
-from epp.sim.profiles import get_profile
-from loadtest.bench.__main__ import requests_of
+import orjson
+
+from epp.sim.engine import Engine, Seq
+from epp.sim.main import build_specs
+from epp.sim.main import make_parser as sim_parser
+from epp.sim.openai import parse_request
+from epp.sim.pod import engine_config
+from epp.sim.spec import SimPodSpec
+from loadtest.bench.__main__ import requests_of, sim_args
 from loadtest.bench.coldfloor import cell_args
+from loadtest.bench.routers import sim_pods
 from loadtest.bench.stats import percentile
 from loadtest.record import describe_commit
 from loadtest.workloads import poisson_arrivals
@@ -65,14 +70,6 @@ class Request:
     at: float  # arrival, seconds from the run's start
     prompt_tokens: int
     output_tokens: int
-
-
-@dataclass(frozen=True, slots=True)
-class PodSpec:
-    profile: str
-    speed: float
-    max_num_seqs: int
-    num_gpu_blocks: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,45 +90,30 @@ class Result:
 
 
 # ---- the cell ---------------------------------------------------------------------------------
-def pods_of(a: argparse.Namespace) -> list[PodSpec]:
-    """Each pod of a bench command's cluster: `--profile`/`--speed`, the last at
-    `--slow-speed`, then `--pod-option INDEX:profile=...|speed=...`."""
-    profiles = [a.profile] * a.pods
-    speeds = [a.speed] * (a.pods - 1) + [a.slow_speed]
-    for option in a.pod_option:
-        where, _, setting = option.rpartition(":")
-        key, _, value = setting.partition("=")
-        if not where.isdigit():
-            raise ValueError(f"pod option {option!r}: only pod indexes are understood here")
-        if key == "profile":
-            profiles[int(where)] = value
-        elif key == "speed":
-            speeds[int(where)] = float(value)
-    return [
-        PodSpec(p, s, a.max_num_seqs, a.num_gpu_blocks)
-        for p, s in zip(profiles, speeds, strict=True)
-    ]
+def pods_of(a: argparse.Namespace) -> list[SimPodSpec]:
+    """Each pod of a bench command's cluster, as the simulator it starts builds them (its own
+    flags from `sim_args`, `--pod-option` included)."""
+    addresses = ",".join(p.address for p in sim_pods(a.first_ip, a.pods))
+    return build_specs(sim_parser().parse_args([*sim_args(a), "--pods", addresses]))
 
 
 def trace(a: argparse.Namespace, seed: int, rate: float, duration: float) -> list[Request]:
     """The requests a bench run of this cell sends: arrivals and chats as the bench draws them,
-    prompt tokens as the simulator counts them (4 bytes a token, chat template included)."""
+    prompt tokens as the simulator counts them (its own request parser)."""
     arrivals = poisson_arrivals(seed, rate, duration)
     chats = islice(requests_of(a, a.workloads.split(",")[0], seed, arrivals), len(arrivals))
     out = []
     for at, chat in zip(arrivals, chats, strict=True):
-        body = chat.body("bench", True, a.lengths, a.length_cap)
-        messages = cast(list[dict[str, str]], body["messages"])
-        turns = [(m["role"], m["content"]) for m in messages]
-        prompt = render_turns(turns)
-        out.append(Request(at, max(1, -(-len(prompt) // 4)), chat.max_tokens))
+        body = orjson.dumps(chat.body("bench", True, a.lengths, a.length_cap))
+        out.append(Request(at, parse_request(body, chat=True).prompt_tokens, chat.max_tokens))
     return out
 
 
 # ---- policies ---------------------------------------------------------------------------------
 @dataclass(slots=True)
 class Pod:
-    spec: PodSpec
+    index: int
+    spec: SimPodSpec
     engine: Engine
     in_flight: int = 0
     step_end: float | None = None
@@ -192,14 +174,10 @@ def policies(seed: int) -> dict[str, Policy]:
 
 # ---- the virtual clock ------------------------------------------------------------------------
 def simulate(
-    specs: Sequence[PodSpec], requests: Sequence[Request], policy: Policy
+    specs: Sequence[SimPodSpec], requests: Sequence[Request], policy: Policy
 ) -> list[Outcome]:
     """Every request through engines of `specs` on one virtual clock, routed by `policy`."""
-    pods = [
-        Pod(s, Engine(EngineConfig(get_profile(s.profile), s.speed, s.num_gpu_blocks,
-                                   max_num_seqs=s.max_num_seqs)))
-        for s in specs
-    ]  # fmt: skip
+    pods = [Pod(n, s, Engine(engine_config(s))) for n, s in enumerate(specs)]
     queue: deque[Request] = deque()
     started: dict[int, tuple[Request, int]] = {}  # id(seq) -> (request, pod index)
     outcomes: list[Outcome] = []
@@ -211,7 +189,7 @@ def simulate(
             seq = Seq(f"r{len(started)}", r.prompt_tokens, r.output_tokens, [])
             pod.engine.submit(seq, now)
             pod.in_flight += 1
-            started[id(seq)] = (r, pods.index(pod))
+            started[id(seq)] = (r, pod.index)
 
     def plan() -> None:
         for n, pod in enumerate(pods):
@@ -244,7 +222,7 @@ def simulate(
     return outcomes
 
 
-def result(name: str, outcomes: Sequence[Outcome], specs: Sequence[PodSpec]) -> Result:
+def result(name: str, outcomes: Sequence[Outcome], specs: Sequence[SimPodSpec]) -> Result:
     fastest = max(s.speed for s in specs)
     slow = {n for n, s in enumerate(specs) if s.speed < fastest}
     e2e = [o.end - o.at for o in outcomes]
@@ -253,7 +231,7 @@ def result(name: str, outcomes: Sequence[Outcome], specs: Sequence[PodSpec]) -> 
     return Result(name, percentile(e2e, 90), percentile(ttft, 90), percentile(ttft, 99), share)
 
 
-def replay(specs: Sequence[PodSpec], requests: Sequence[Request], seed: int) -> list[Result]:
+def replay(specs: Sequence[SimPodSpec], requests: Sequence[Request], seed: int) -> list[Result]:
     return [
         result(name, simulate(specs, requests, policy), specs)
         for name, policy in policies(seed).items()

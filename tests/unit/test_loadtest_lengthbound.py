@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from epp.sim.spec import SimPodSpec
 from loadtest.bench import lengthbound as lb
 from loadtest.bench.coldfloor import cell_args
 
-FAST = lb.PodSpec("H100", 0.25, 4, 600)
-SLOW = lb.PodSpec("H100", 0.125, 4, 600)
+FAST = SimPodSpec("127.0.0.2", 8000, "fast", speed=0.25, num_gpu_blocks=600, max_num_seqs=4)
+SLOW = SimPodSpec("127.0.0.3", 8000, "slow", speed=0.125, num_gpu_blocks=600, max_num_seqs=4)
 COMMAND = (
     ".venv/bin/python -m loadtest.bench --workloads sharegpt --pods 4 --profile H100 "
     "--speed 0.25 --slow-speed 0.125 --max-num-seqs 8 --num-gpu-blocks 564 --lengths cap "
@@ -29,8 +30,8 @@ def test_pods_of_reads_the_slow_pod_and_the_pod_options() -> None:
     assert [p.profile for p in pods] == ["H100", "A100-80G", "H100", "H100"]
     assert [p.speed for p in pods] == [0.25, 0.25, 0.5, 0.125]
     assert {(p.max_num_seqs, p.num_gpu_blocks) for p in pods} == {(8, 564)}
-    with pytest.raises(ValueError, match="pod indexes"):
-        lb.pods_of(cell_args(COMMAND.format(duration=30) + " --pod-option pod-1:speed=1"))
+    with pytest.raises(ValueError, match="names no pod"):
+        lb.pods_of(cell_args(COMMAND.format(duration=30) + " --pod-option 9:speed=1"))
 
 
 def test_every_request_is_served_once_in_time_order() -> None:

@@ -238,9 +238,9 @@ class PreciseCacheScorer:
             scores, best = [0.0] * len(candidates), 0.0
         stats.hit_blocks += best * total
         if best < 0.5:  # a cold prompt: nobody holds half of it
-            home = self.cold_home > 0 and frontier is not None
+            homed = frontier if self.cold_home > 0 else None  # where homes apply
             # the holder of its longest part (for homes), read before any bonus moves the scores
-            holder = scores.index(best) if home and best > 0.0 else None
+            holder = scores.index(best) if homed is not None and best > 0.0 else None
             if self.cold_spread > 0:
                 now, prefill = self._clock(), self.prefill
                 spread_cold(
@@ -252,8 +252,8 @@ class PreciseCacheScorer:
                     queued=lambda address: prefill.wait(address, now),
                     share=self.cold_spread,
                 )
-            if home and frontier is not None:
-                scores[self._home(frontier, candidates, holder)] += self.cold_home * (1.0 - best)
+            if homed is not None:
+                scores[self._home(homed, candidates, holder)] += self.cold_home * (1.0 - best)
                 stats.homed += 1
         if self.ttft_budget > 0:
             self._gate(tokens, candidates, scores, counts)
