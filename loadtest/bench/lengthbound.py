@@ -172,6 +172,21 @@ def policies(seed: int) -> dict[str, Policy]:
     return found
 
 
+Started = dict[int, tuple[Request, int]]  # id(seq) -> (request, pod index)
+
+
+def dispatch(
+    now: float, queue: deque[Request], pods: list[Pod], policy: Policy, started: Started
+) -> None:
+    """Submit what `policy` takes from `queue`, each counted on its pod before the policy
+    picks the next (a policy reads the counts)."""
+    for r, pod in policy(now, queue, pods):
+        seq = Seq(f"r{len(started)}", r.prompt_tokens, r.output_tokens, [])
+        pod.engine.submit(seq, now)
+        pod.in_flight += 1
+        started[id(seq)] = (r, pod.index)
+
+
 # ---- the virtual clock ------------------------------------------------------------------------
 def simulate(
     specs: Sequence[SimPodSpec], requests: Sequence[Request], policy: Policy
@@ -179,17 +194,10 @@ def simulate(
     """Every request through engines of `specs` on one virtual clock, routed by `policy`."""
     pods = [Pod(n, s, Engine(engine_config(s))) for n, s in enumerate(specs)]
     queue: deque[Request] = deque()
-    started: dict[int, tuple[Request, int]] = {}  # id(seq) -> (request, pod index)
+    started: Started = {}
     outcomes: list[Outcome] = []
     steps: list[tuple[float, int]] = []  # (end, pod index)
     i, now = 0, 0.0
-
-    def dispatch() -> None:
-        for r, pod in list(policy(now, queue, pods)):
-            seq = Seq(f"r{len(started)}", r.prompt_tokens, r.output_tokens, [])
-            pod.engine.submit(seq, now)
-            pod.in_flight += 1
-            started[id(seq)] = (r, pod.index)
 
     def plan() -> None:
         for n, pod in enumerate(pods):
@@ -217,7 +225,7 @@ def simulate(
                     r, where = started.pop(id(seq))
                     pod.in_flight -= 1
                     outcomes.append(Outcome(r.at, seq.first_token_at or now, now, where))
-        dispatch()
+        dispatch(now, queue, pods, policy, started)
         plan()
     return outcomes
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections import deque
 from pathlib import Path
 
 import pytest
 
+from epp.sim.engine import Engine
+from epp.sim.pod import engine_config
 from epp.sim.spec import SimPodSpec
 from loadtest.bench import lengthbound as lb
 from loadtest.bench.coldfloor import cell_args
@@ -51,6 +54,15 @@ def test_free_slots_go_to_the_fast_pod_first_and_a_threshold_keeps_the_slow_one_
     # the slow pod's requests take twice as long as the fast pod's first batch
     fast_first = max(o.end for o in free_slot if o.pod == 0 and o.first < 0.5)
     assert min(o.end for o in free_slot if o.pod == 1) > 1.5 * fast_first
+
+
+def test_each_dispatch_counts_before_the_policy_picks_the_next() -> None:
+    fast, slow = (lb.Pod(n, s, Engine(engine_config(s))) for n, s in enumerate((FAST, SLOW)))
+    fast.in_flight, slow.in_flight = 3, 4  # one free slot, on the fast pod
+    queue = deque(burst(3))
+    started: lb.Started = {}
+    lb.dispatch(0.0, queue, [fast, slow], lb.threshold(1), started)
+    assert (fast.in_flight, slow.in_flight, len(queue), len(started)) == (4, 4, 2, 1)
 
 
 def test_least_request_queues_inside_the_pods() -> None:
