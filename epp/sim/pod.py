@@ -61,8 +61,8 @@ class SimPod:
         self.spec = spec
         self.name = spec.name
         self.address = f"{spec.host}:{spec.port}"
-        self.profile = get_profile(spec.profile)
         self.engine = Engine(engine_config(spec))
+        self.profile = self.engine.profile  # the one lookup engine_config made
         self.driver = RealtimeDriver(self.engine, spec.flush_interval)
         self.adapters: dict[str, str] = {}
         for entry in spec.loras:
