@@ -18,6 +18,7 @@ from typing import Protocol
 
 from epp.answer_lengths import AnswerBatch, EngineAnswers
 from epp.api.model import ModelRoute, PodInfo, Pool, ResourceSet
+from epp.cache_hits import CacheHits
 from epp.errors import NoEndpoints
 from epp.hardware import HEALTH_DRAIN, capacity_of
 from epp.prefill_pace import PrefillPaces
@@ -117,7 +118,8 @@ class Datastore:
         self._by_pod: dict[str, list[str]] = {}  # "ns/pod" and bare "pod" → addresses
         self._cached: dict[str, tuple[EndpointState, ...]] = {}
         self._metrics: dict[str, EndpointMetrics] = {}
-        self._at_scrape: dict[str, int] = {}  # in-flight total when each was last scraped
+        # in-flight total (requests, prompt tokens) when each was last scraped
+        self._at_scrape: dict[str, tuple[int, int]] = {}
         self._gpu: dict[str, GpuMetrics] = {}  # pod key → gpu
         self._in_flight: dict[str, tuple[int, int]] = {}  # this replica's own leases
         self._peer_flights: dict[str, tuple[int, int]] = {}  # the other replicas' together
@@ -131,6 +133,7 @@ class Datastore:
         self._tpot_spread: dict[str, float] = {}  # moving mean deviation of its samples
         self._pace_from: dict[str, tuple[float, float]] = {}  # engine ITL sum, count at last sample
         self._prefill = PrefillPaces()  # seconds per computed prompt token, from engine counters
+        self._hits = CacheHits()  # share of prompt tokens found cached, from engine counters
         self._answers = EngineAnswers()
         # where batches of answers the engines report go (the output-length model); None: nowhere
         self.on_answers: Callable[[AnswerBatch], None] | None = None
@@ -179,6 +182,7 @@ class Datastore:
             self._tpot_spread.pop(gone, None)
             self._pace_from.pop(gone, None)
             self._prefill.forget(gone)
+            self._hits.forget(gone)
             self._answers.forget(gone)
         by_pod: dict[str, list[str]] = {}
         for per_pool in states.values():
@@ -192,6 +196,7 @@ class Datastore:
 
     def _fresh_state(self, ep: Endpoint) -> EndpointState:
         flights, tokens = self._in_flight_total(ep.address)
+        at_flights, at_tokens = self._at_scrape.get(ep.address, (0, 0))
         return EndpointState(
             ep,
             self._metrics.get(ep.address, EndpointMetrics()),
@@ -202,8 +207,10 @@ class Datastore:
             self._limits.get(ep.address) or ep.max_num_seqs,
             self._tpot.get(ep.address, 0.0),
             self._prefill.get(ep.address),
-            flights - self._at_scrape.get(ep.address, 0),
+            flights - at_flights,
             self._tpot_spread.get(ep.address, 0.0),
+            tokens - at_tokens,
+            self._hits.get(ep.address),
         )
 
     # ---- reads (hot path) ------------------------------------------------------------------
@@ -262,7 +269,7 @@ class Datastore:
         positionally (in `EndpointState`'s field order), at half the cost of
         `dataclasses.replace`."""
         flights, tokens = self._in_flight_total(address)
-        since = flights - self._at_scrape.get(address, 0)
+        at_flights, at_tokens = self._at_scrape.get(address, (0, 0))
         keys = self._pools_of.get(address, ())
         if keys:
             self._load_changes[address] = self._load_changes.get(address, 0) + 1
@@ -279,15 +286,21 @@ class Datastore:
                 s.limit,
                 s.tpot,
                 s.prefill_pace,
-                since,
+                flights - at_flights,
                 s.tpot_spread,
+                tokens - at_tokens,
+                s.cache_hit,
             )
             self._cached.pop(pool_key, None)
 
     def set_metrics(self, address: str, metrics: EndpointMetrics) -> None:
         self._metrics[address] = metrics
-        self._at_scrape[address] = self._in_flight_total(address)[0]
-        changes: dict[str, object] = {"metrics": metrics, "in_flight_since_scrape": 0}
+        self._at_scrape[address] = self._in_flight_total(address)
+        changes: dict[str, object] = {
+            "metrics": metrics,
+            "in_flight_since_scrape": 0,
+            "tokens_since_scrape": 0,
+        }
         keys = self._pools_of.get(address)
         state = self._states[keys[0]].get(address) if keys else None
         if self._learner is not None and state is not None:
@@ -305,6 +318,9 @@ class Datastore:
             log.debug(
                 "endpoint %s: prefill pace %.1f us per computed token", address, prefill * 1e6
             )
+        hits = self._hits.observe(address, metrics)
+        if hits is not None:
+            changes["cache_hit"] = hits
         batch = self._answers.observe(address, metrics)
         if batch is not None and self.on_answers is not None:
             self.on_answers(batch)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import signal
 import time
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ from prometheus_client import generate_latest
 
 from epp.admission.controller import AdmissionController
 from epp.admission.flow_control import FlowControl
+from epp.admission.kv_room import room_tokens
 from epp.admission.limits import BatchLimitLearner
 from epp.admission.tickets import Tickets
 from epp.api.model import Pool, ResourceSet
@@ -365,6 +367,7 @@ class EppServer:
         for pool in self.store.pools():
             for st in self.store.candidates(pool.key):
                 m = st.metrics
+                room = room_tokens(st)
                 rows.append(
                     {
                         "pool": pool.key,
@@ -383,6 +386,9 @@ class EppServer:
                         "limit": st.limit,
                         "limit_source": self.store.limit_source(st),
                         "in_flight_tokens": st.in_flight_tokens,
+                        "cache_hit": round(st.cache_hit, 4),
+                        # prompt tokens its free KV cache takes now (null: KV size not reported)
+                        "kv_room_tokens": None if math.isinf(room) else int(room),
                         "lora_active": sorted(m.lora_active),
                         "lora_waiting": sorted(m.lora_waiting),
                         "metrics_age_s": None if not m.scraped_at else round(now - m.scraped_at, 4),

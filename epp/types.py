@@ -112,6 +112,11 @@ class EndpointState:
     # deviation): the pace's own noise, so that a difference within it is not read as a slower
     # GPU; 0 = fewer than two samples
     tpot_spread: float = 0.0
+    # prompt tokens (estimated) of the requests this EPP started less those it ended since the
+    # metrics were scraped: how far the scraped KV usage moved since (`epp.admission.kv_room`)
+    tokens_since_scrape: int = 0
+    # the share of prompt tokens the engine recently found in its prefix cache (`epp.cache_hits`)
+    cache_hit: float = 0.0
 
     @property
     def load(self) -> int:

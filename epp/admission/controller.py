@@ -121,7 +121,7 @@ class AdmissionController:
         if held and priority == 0 and not self._may_take_free(pool_key, ticket.flow, view):
             offered = view.full() or list(view.candidates)
         else:
-            with_room = view.with_room(priority, free_first or held)
+            with_room = view.with_room(priority, free_first or held, request.prompt_tokens)
             offered = with_room or list(view.candidates)
             if held and priority == 0 and with_room:
                 # a full batch with nothing queued may hold the request's prompt: on offer too,
@@ -204,7 +204,7 @@ class AdmissionController:
                 CRITICAL_QUEUE_AFTER, flow.notify, pool_key
             )
         if priority > 0:
-            room = CriticalRoom(current, self._clock)
+            room = CriticalRoom(current, self._clock, request.prompt_tokens)
         elif priority == 0:
             tokens, typical = (
                 (plan.expected, plan.typical) if plan else (request.output_limit, None)
@@ -224,6 +224,7 @@ class AdmissionController:
                 free_first,
                 fair_share,
                 partial(flow.busy_for, pool_key, priority),
+                request.prompt_tokens,
             )
         deadline = None
         if priority >= 0 and self._objectives.apply(ticket):

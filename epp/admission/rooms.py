@@ -18,6 +18,10 @@ whatever was sent before, and the waiting room's order (priorities, the flows' f
 be lost. Only the head of the line, after `CRITICAL_QUEUE_AFTER` there, may probe a full batch.
 With a fair reserve (`shares`), a request whose flow holds its share already sees the reserved
 free slots as full batches: it waits, and its probe goes to a full batch (`FULL`), not to them.
+A free slot (or a place) counts as room for a request only where the endpoint's free KV cache
+takes the new tokens of its prompt (`kv_room`): on a KV-bound pod the request would wait inside
+the engine for that engine's next finished answer. Only the head of the line's probe, after
+`CRITICAL_QUEUE_AFTER`, ignores the KV cache, so a prompt that fits nowhere still goes.
 Every test reads a `RoomView`: the facts of one snapshot of the pool, computed once and shared
 by every waiter a wake-up asks. Neighbours: `flow_control` asks the tests, `controller` builds
 them; `epp.scheduling.service_time` predicts the times.
@@ -25,9 +29,11 @@ them; `epp.scheduling.service_time` predicts the times.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 from epp.admission.envelope import LowerEnvelope
+from epp.admission.kv_room import room_tokens
 from epp.errors import NoEndpoints
 from epp.scheduling.service_time import ServiceTime
 from epp.scheduling.snapshot import snapshot_of
@@ -94,7 +100,10 @@ class RoomView:
     __slots__ = (
         "_columns",
         "_envelopes",
+        "_fit_masks",
+        "_least_room",
         "_masks",
+        "_room_tokens",
         "_slot_counts",
         "any_free",
         "any_probe",
@@ -119,14 +128,51 @@ class RoomView:
         self._slot_counts: tuple[int, int] | None = None  # when first asked (the fair reserve)
         self._columns = columns
         self._masks: dict[str, list[bool]] = {ROOM: self.room}  # the others when first asked
+        # the KV room (`kv_room.room_tokens`) per endpoint, and the least of it over a kind's
+        # mask, when first asked; the masks narrowed to a prompt's KV room, per (kind, tokens)
+        self._room_tokens: list[float] | None = None
+        self._least_room: dict[str, float] = {}
+        self._fit_masks: dict[tuple[str, int], tuple[list[bool], bool]] = {}
         self._envelopes: dict[
-            tuple[int, str], tuple[LowerEnvelope, LowerEnvelope, float] | None
+            tuple[int, str, int], tuple[LowerEnvelope, LowerEnvelope, float] | None
         ] = {}
 
-    def mask(self, kind: str) -> tuple[list[bool], bool]:
+    def kv_room(self) -> list[float]:
+        """Prompt tokens each endpoint's free KV cache can take now (`kv_room.room_tokens`)."""
+        if self._room_tokens is None:
+            self._room_tokens = [room_tokens(c) for c in self.candidates]
+        return self._room_tokens
+
+    def mask(self, kind: str, prompt_tokens: int = 0) -> tuple[list[bool], bool]:
         """Which endpoints count as room, and whether any does: `ROOM` (a place, queue slack
         included), `FREE` (a free batch slot), `PROBE` (a free slot or a full batch with nothing
-        queued) or `FULL` (only a full batch with nothing queued)."""
+        queued) or `FULL` (only a full batch with nothing queued). With `prompt_tokens`, a
+        `ROOM` or `FREE` endpoint counts only where its free KV cache takes the prompt's new
+        tokens (`kv_room`); probes ignore the KV cache."""
+        if prompt_tokens > 0 and kind in (ROOM, FREE):
+            return self._fitting(kind, prompt_tokens)
+        return self._mask(kind)
+
+    def _fitting(self, kind: str, prompt_tokens: int) -> tuple[list[bool], bool]:
+        """`mask(kind)` narrowed to the endpoints whose KV room takes `prompt_tokens`: the
+        same list where every one does (the common case costs one comparison)."""
+        base = self._mask(kind)
+        least = self._least_room.get(kind)
+        if least is None:
+            rooms = self.kv_room()
+            least = self._least_room[kind] = min(
+                (r for r, ok in zip(rooms, base[0], strict=True) if ok), default=math.inf
+            )
+        if prompt_tokens <= least:
+            return base
+        key = (kind, prompt_tokens)
+        found = self._fit_masks.get(key)
+        if found is None:
+            fit = [ok and prompt_tokens <= r for ok, r in zip(base[0], self.kv_room(), strict=True)]
+            found = self._fit_masks[key] = (fit, any(fit))
+        return found
+
+    def _mask(self, kind: str) -> tuple[list[bool], bool]:
         found = self._masks.get(kind)
         if found is None:
             if kind == FREE:
@@ -157,19 +203,21 @@ class RoomView:
         return [c for c, ok in zip(self.candidates, self.mask(FULL)[0], strict=True) if ok]
 
     def envelopes(
-        self, model: ServiceTime, typical: int, kind: str = ROOM
+        self, model: ServiceTime, typical: int, kind: str = ROOM, prompt_tokens: int = 0
     ) -> tuple[LowerEnvelope, LowerEnvelope, float] | None:
-        """(best predicted time over all endpoints, over those with room of `kind`, the
-        fastest pace) as functions of the output tokens, for a typical request of `typical`
-        tokens; None when no pace is measured yet."""
-        key = (typical, kind)
+        """(best predicted time over all endpoints, over those with room of `kind` for a
+        prompt of `prompt_tokens`, the fastest pace) as functions of the output tokens, for a
+        typical request of `typical` tokens; None when no pace is measured yet."""
+        mask = self.mask(kind, prompt_tokens)[0]
+        # one envelope per kind while every endpoint of it takes the prompt
+        key = (typical, kind, 0 if mask is self._mask(kind)[0] else prompt_tokens)
         if key not in self._envelopes:
             found = model.lines(self.candidates, typical)
             if found is None:
                 self._envelopes[key] = None
             else:
                 slopes, intercepts, fastest = found
-                with_room = [i for i, ok in enumerate(self.mask(kind)[0]) if ok]
+                with_room = [i for i, ok in enumerate(mask) if ok]
                 self._envelopes[key] = (
                     LowerEnvelope(slopes, intercepts),
                     LowerEnvelope(
@@ -179,15 +227,24 @@ class RoomView:
                 )
         return self._envelopes[key]
 
-    def with_room(self, priority: int, free_first: bool = False) -> list[EndpointState]:
-        """The endpoints a request of this priority is offered once it may go: those with room;
-        for a critical one (or `free_first`) a free batch slot beats a queue on a faster pod."""
-        with_room = [c for c, ok in zip(self.candidates, self.room, strict=True) if ok]
+    def with_room(
+        self, priority: int, free_first: bool = False, prompt_tokens: int = 0
+    ) -> list[EndpointState]:
+        """The endpoints a request of this priority is offered once it may go: those with room
+        whose KV cache takes its prompt (`prompt_tokens`; where none does, the probe that let
+        it go ignores the KV cache: those with room); for a critical one (or `free_first`) a
+        free batch slot beats a queue on a faster pod."""
+        candidates = self.candidates
         if priority > 0 or free_first:
+            fit, any_fit = self.mask(FREE, prompt_tokens)
+            if any_fit:
+                return [c for c, ok in zip(candidates, fit, strict=True) if ok]
+            with_room = [c for c, ok in zip(candidates, self.room, strict=True) if ok]
             return (
                 [c for c in with_room if free(c)] or [c for c in with_room if probe(c)] or with_room
             )
-        return with_room
+        fit, any_fit = self.mask(ROOM, prompt_tokens)
+        return [c for c, ok in zip(candidates, fit if any_fit else self.room, strict=True) if ok]
 
 
 def worth_taking(
@@ -197,18 +254,20 @@ def worth_taking(
     output_tokens: int | None,
     typical: int | None = None,
     kind: str = ROOM,
+    prompt_tokens: int = 0,
 ) -> bool:
-    """Room for a standard request: an endpoint with room of `kind` where it would not finish
-    much later than on the best endpoint, full ones included (their queue counted). The time
-    `waited` (how long the room has held requests without a break) counts against the gain, so
-    nothing holds out for longer than the room loses by it."""
-    mask, any_room = view.mask(kind)
+    """Room for a standard request: an endpoint with room of `kind` (whose KV cache takes
+    its `prompt_tokens`) where it would not finish much later than on the best endpoint, full
+    ones included (their queue counted). The time `waited` (how long the room has held
+    requests without a break) counts against the gain, so nothing holds out for longer than
+    the room loses by it."""
+    mask, any_room = view.mask(kind, prompt_tokens)
     if not any_room:
         return False
     if all(mask):
         return True
     typical = typical or model.typical_output_tokens
-    found = view.envelopes(model, typical, kind)
+    found = view.envelopes(model, typical, kind, prompt_tokens)
     if found is None:
         return True
     best, best_with_room, fastest = found
@@ -239,7 +298,9 @@ class StandardRoom:
     that: in a pool past capacity for so long, a declined slot stays idle while every waiter
     behind falls further back. Counting only the request's own time since it declined, first in
     line, left the half-speed pod's batch a quarter idle on an overloaded multi-turn draw and
-    cost every waiter its first token (docs/scheduling.md, "Size-aware room")."""
+    cost every waiter its first token (docs/scheduling.md, "Size-aware room").
+    `prompt_tokens`: the request's prompt, which the KV cache of a free slot must take
+    (`kv_room`; 0: any free slot will do)."""
 
     __slots__ = (
         "_clock",
@@ -248,6 +309,7 @@ class StandardRoom:
         "_head_since",
         "_model",
         "_output_tokens",
+        "_prompt_tokens",
         "_room_busy",
         "_typical",
         "_view",
@@ -263,8 +325,10 @@ class StandardRoom:
         free_first: bool = False,
         fair_share: FairShare | None = None,
         room_busy: RoomBusy | None = None,
+        prompt_tokens: int = 0,
     ) -> None:
         self._view = view
+        self._prompt_tokens = prompt_tokens
         self._fair_share = fair_share
         self._room_busy = room_busy
         self._model = model
@@ -283,7 +347,9 @@ class StandardRoom:
         # the free slots are the fair reserve, and this request's flow holds its share already:
         # to it the batches are full
         reserved = view.any_free and self._fair_share is not None and not self._fair_share(view)
-        any_free = view.any_free and not reserved
+        prompt = self._prompt_tokens
+        # a free slot whose KV cache takes the prompt
+        any_free = not reserved and view.mask(FREE, prompt)[1]
         kind = ROOM
         if held or reserved:
             # a free slot; the head of the line, after a while there, may probe a full batch,
@@ -298,24 +364,28 @@ class StandardRoom:
                 kind = FULL  # a probe that leaves the reserve free
             else:
                 kind = PROBE if long_head and not any_free else FREE
-        if not view.mask(kind)[1]:
+        if not view.mask(kind, prompt)[1]:
             return False
         if self._free_first and any_free:
             return True
         # how long the room has held requests without a break counts against the gain
         waited = self._room_busy() if held and self._room_busy is not None else 0.0
-        return worth_taking(view, self._model, waited, self._output_tokens, self._typical, kind)
+        return worth_taking(
+            view, self._model, waited, self._output_tokens, self._typical, kind, prompt
+        )
 
 
 class CriticalRoom:
-    """The room test of one waiting critical request: a free slot in some batch; after
-    `CRITICAL_QUEUE_AFTER`, a full batch with nothing queued will do."""
+    """The room test of one waiting critical request: a free slot in some batch whose KV
+    cache takes its `prompt_tokens`; after `CRITICAL_QUEUE_AFTER`, any free slot or a full
+    batch with nothing queued will do."""
 
-    __slots__ = ("_clock", "_since", "_view")
+    __slots__ = ("_clock", "_prompt_tokens", "_since", "_view")
 
-    def __init__(self, view: ViewOf, clock: Clock) -> None:
+    def __init__(self, view: ViewOf, clock: Clock, prompt_tokens: int = 0) -> None:
         self._view = view
         self._clock = clock
+        self._prompt_tokens = prompt_tokens
         self._since = clock()
 
     def __call__(self, first: bool, held: bool) -> bool:
@@ -323,6 +393,6 @@ class CriticalRoom:
             view = self._view()
         except NoEndpoints:
             return True
-        if view.any_free:
+        if view.mask(FREE, self._prompt_tokens)[1]:
             return True
         return self._clock() - self._since >= CRITICAL_QUEUE_AFTER and view.any_probe

@@ -203,6 +203,10 @@ async def test_response_bodies_cross_ext_proc_only_when_the_model_name_is_restor
                     break
                 await asyncio.sleep(0.05)
         assert all(row["in_flight"] == 0 for row in rows)
+        # each pod's KV size came with its scrape: what its free KV cache takes is known
+        assert all(row["kv_room_tokens"] is not None for row in rows)
+        assert all(0 < row["kv_room_tokens"] <= 16 * 1_000_000 for row in rows)
+        assert all(0.0 <= row["cache_hit"] <= 1.0 for row in rows)
 
 
 @pytest.mark.parametrize(

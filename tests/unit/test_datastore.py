@@ -144,7 +144,12 @@ def test_a_lease_that_ends_frees_its_slot_before_the_next_scrape() -> None:
     again.release()
 
 
-IN_FLIGHT_FIELDS = {"in_flight", "in_flight_tokens", "in_flight_since_scrape"}
+IN_FLIGHT_FIELDS = {
+    "in_flight",
+    "in_flight_tokens",
+    "in_flight_since_scrape",
+    "tokens_since_scrape",
+}
 
 
 def test_a_lease_and_its_release_keep_every_other_field_of_the_state() -> None:
@@ -162,6 +167,8 @@ def test_a_lease_and_its_release_keep_every_other_field_of_the_state() -> None:
         "prefill_pace",
         "in_flight_since_scrape",
         "tpot_spread",
+        "tokens_since_scrape",
+        "cache_hit",
     ], "a new EndpointState field: copy it in Datastore._set_in_flight"
     store = store_with(pod("a", "10.0.0.1"))
     address, pool_key = "10.0.0.1:8000", "default/llama2-gpu-pool"
@@ -172,7 +179,12 @@ def test_a_lease_and_its_release_keep_every_other_field_of_the_state() -> None:
     (before,) = store.candidates(pool_key)
     lease = store.lease(address, 40)
     (leased,) = store.candidates(pool_key)
-    assert (leased.in_flight, leased.in_flight_tokens, leased.in_flight_since_scrape) == (1, 40, 1)
+    assert (
+        leased.in_flight,
+        leased.in_flight_tokens,
+        leased.in_flight_since_scrape,
+        leased.tokens_since_scrape,
+    ) == (1, 40, 1, 40)
     lease.release()
     (after,) = store.candidates(pool_key)
     assert after == before and after is not before
