@@ -28,6 +28,7 @@ from functools import partial
 
 from epp.admission.flow_control import FlowControl, Place
 from epp.admission.flows import cost_of
+from epp.admission.kv_room import RoomColumn
 from epp.admission.objectives import LEARNED_AFTER, ObjectiveRoom, Objectives
 from epp.admission.rooms import CRITICAL_QUEUE_AFTER, CriticalRoom, RoomView, StandardRoom
 from epp.admission.shedding import SheddableRoom, Shedder
@@ -77,6 +78,7 @@ class AdmissionController:
         self._shedder = Shedder(saturation)
         self._service_time = service_time or ServiceTime()
         self._clock = clock
+        self._kv_rooms = RoomColumn()  # each endpoint state's KV room, for every view
         # (pool, subset hint) -> (the snapshot a view was built from, the view)
         self._views: dict[tuple[str, tuple[str, ...] | None], tuple[object, RoomView]] = {}
 
@@ -167,7 +169,7 @@ class AdmissionController:
         cached = self._views.get(key)
         if cached is not None and cached[0] is states:
             return cached[1]
-        view = RoomView(self._store.ready(pool_key, subset))
+        view = RoomView(self._store.ready(pool_key, subset), self._kv_rooms)
         if len(self._views) >= MAX_VIEWS:
             self._views.clear()
         self._views[key] = (states, view)

@@ -25,6 +25,7 @@ takes any prompt. Neighbours: `rooms.RoomView` reads `room_tokens` once per snap
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from epp.types import EndpointState
 
@@ -53,3 +54,31 @@ def room_tokens(state: EndpointState) -> float:
 def fits(state: EndpointState, prompt_tokens: int) -> bool:
     """Whether the endpoint's free KV cache takes the prompt's new tokens now."""
     return prompt_tokens <= room_tokens(state)
+
+
+class RoomColumn:
+    """`room_tokens` of each endpoint of a snapshot, remembered per state object: a snapshot
+    differs from the one before in one endpoint or a few (a lease, a scrape), so a new view over
+    1,024 endpoints reads 1,023 remembered values instead of computing them (a wake-up's view
+    costs ~0.1 ms here against ~1 ms computed: `tests/bench/test_bench_admission.py`). States
+    are immutable; each is kept with its value, so an id is never mistaken for a new state's."""
+
+    __slots__ = ("_known",)
+
+    def __init__(self) -> None:
+        self._known: dict[int, tuple[EndpointState, float]] = {}
+
+    def of(self, states: Sequence[EndpointState]) -> list[float]:
+        known = self._known
+        out: list[float] = []
+        for state in states:
+            hit = known.get(id(state))
+            if hit is not None and hit[0] is state:
+                out.append(hit[1])
+            else:
+                value = room_tokens(state)
+                known[id(state)] = (state, value)
+                out.append(value)
+        if len(known) > 4 * len(states) + 64:  # replaced states pile up: keep the current ones
+            self._known = {id(s): (s, v) for s, v in zip(states, out, strict=True)}
+        return out

@@ -29,15 +29,18 @@ them; `epp.scheduling.service_time` predicts the times.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 
 from epp.admission.envelope import LowerEnvelope
-from epp.admission.kv_room import room_tokens
+from epp.admission.kv_room import RoomColumn
 from epp.errors import NoEndpoints
 from epp.scheduling.service_time import ServiceTime
 from epp.scheduling.snapshot import snapshot_of
 from epp.types import EndpointState
+
+log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 # a critical request waits this long for a free batch slot before queueing inside a server
@@ -101,6 +104,7 @@ class RoomView:
         "_columns",
         "_envelopes",
         "_fit_masks",
+        "_kv_rooms",
         "_least_room",
         "_masks",
         "_room_tokens",
@@ -112,7 +116,9 @@ class RoomView:
         "room",
     )
 
-    def __init__(self, candidates: Sequence[EndpointState]) -> None:
+    def __init__(
+        self, candidates: Sequence[EndpointState], kv_rooms: RoomColumn | None = None
+    ) -> None:
         # ready endpoints (healthy, within the subset hint), as a snapshot whose columns the
         # service-time model reads too; `has_room` (its slack from `queue_slack`), `free` and
         # `probe` by column (inlined: this runs once per wake-up over the whole pool)
@@ -131,6 +137,7 @@ class RoomView:
         # the KV room (`kv_room.room_tokens`) per endpoint, and the least of it over a kind's
         # mask, when first asked; the masks narrowed to a prompt's KV room, per (kind, tokens)
         self._room_tokens: list[float] | None = None
+        self._kv_rooms = kv_rooms or RoomColumn()  # shared by the views of one controller
         self._least_room: dict[str, float] = {}
         self._fit_masks: dict[tuple[str, int], tuple[list[bool], bool]] = {}
         self._envelopes: dict[
@@ -140,7 +147,7 @@ class RoomView:
     def kv_room(self) -> list[float]:
         """Prompt tokens each endpoint's free KV cache can take now (`kv_room.room_tokens`)."""
         if self._room_tokens is None:
-            self._room_tokens = [room_tokens(c) for c in self.candidates]
+            self._room_tokens = self._kv_rooms.of(self.candidates)
         return self._room_tokens
 
     def mask(self, kind: str, prompt_tokens: int = 0) -> tuple[list[bool], bool]:
@@ -170,6 +177,19 @@ class RoomView:
         if found is None:
             fit = [ok and prompt_tokens <= r for ok, r in zip(base[0], self.kv_room(), strict=True)]
             found = self._fit_masks[key] = (fit, any(fit))
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "kv room: a %d-token prompt fits %d of the %d endpoints with %s room (%s)",
+                    prompt_tokens,
+                    sum(fit),
+                    sum(base[0]),
+                    kind,
+                    ", ".join(
+                        f"{c.address} {r:.0f}"
+                        for c, r, ok in zip(self.candidates, self.kv_room(), base[0], strict=True)
+                        if ok
+                    ),
+                )
         return found
 
     def _mask(self, kind: str) -> tuple[list[bool], bool]:

@@ -23,6 +23,7 @@ from epp.api.model import ResourceSet
 from epp.datastore import Datastore
 from epp.request import read_body
 from epp.settings import SaturationSettings
+from epp.types import EndpointMetrics
 from tests.factories import pod, pool
 
 pytestmark = pytest.mark.bench
@@ -33,7 +34,10 @@ WAITERS = 100
 BATCH = 8
 
 
-def cluster() -> tuple[Datastore, list[str]]:
+def cluster(kv: bool = False) -> tuple[Datastore, list[str]]:
+    """`kv`: every engine reports its KV cache, half of it free: each view also reads what
+    every pod's free KV takes (`kv_room`), and the prompts fit everywhere, so the waiters are
+    asked exactly what they are asked without it."""
     store = Datastore()
     pods = tuple(
         replace(pod(f"p{i}", f"10.{i // 256}.{i % 256}.1"), max_num_seqs=BATCH)
@@ -45,6 +49,11 @@ def cluster() -> tuple[Datastore, list[str]]:
         slow = i % 64 == 0  # one pod in 64 at a quarter of the speed, with room
         jitter = 1.0 + (i % 97) / 970  # measured paces differ a little from pod to pod
         store.record_tokens(address, (3.0 if slow else 0.75) * jitter, 101)  # 30 / 7.5 ms
+        if kv:
+            metrics = EndpointMetrics(
+                kv_usage=0.5, block_size=16, num_gpu_blocks=2000, scraped_at=time.monotonic()
+            )
+            store.set_metrics(address, metrics)
         for _ in range(BATCH - 2 if slow else BATCH + 3):  # the fast ones full and queued
             store.lease(address, 100)
     return store, addresses
@@ -54,8 +63,9 @@ def pct(sorted_ns: list[int], q: float) -> float:
     return sorted_ns[min(len(sorted_ns) - 1, int(len(sorted_ns) * q))] / 1000.0
 
 
-async def test_bench_one_wake_up_of_the_waiting_room() -> None:
-    store, addresses = cluster()
+@pytest.mark.parametrize("kv", [False, True], ids=["kv-unreported", "kv-reported"])
+async def test_bench_one_wake_up_of_the_waiting_room(kv: bool) -> None:
+    store, addresses = cluster(kv)
     flow = FlowControl(store, timeout=60)
     admission = AdmissionController(store, SaturationSettings(), flow)
     long_answers = [
@@ -84,7 +94,8 @@ async def test_bench_one_wake_up_of_the_waiting_room() -> None:
         timings.sort()
         results[label] = timings
         print(
-            f"\nwake-up, {ENDPOINTS} endpoints, {WAITERS} waiters ({label}): "
+            f"\nwake-up, {ENDPOINTS} endpoints, {WAITERS} waiters ({label}"
+            f"{', KV reported' if kv else ''}): "
             f"p50 {pct(timings, 0.5):8.1f} us  p99 {pct(timings, 0.99):8.1f} us  "
             f"(up to {SCAN} waiters asked per wake-up)"
         )

@@ -14,7 +14,7 @@ import pytest
 
 from epp.admission.controller import AdmissionController
 from epp.admission.flow_control import FlowControl
-from epp.admission.kv_room import fits, room_tokens
+from epp.admission.kv_room import RoomColumn, fits, room_tokens
 from epp.admission.rooms import CRITICAL_QUEUE_AFTER, FREE, CriticalRoom, RoomView, StandardRoom
 from epp.api.model import ResourceSet
 from epp.cache_hits import CacheHits
@@ -205,3 +205,18 @@ async def test_admit_holds_a_prompt_until_a_scrape_shows_kv_for_it() -> None:
     store.set_metrics(PB, scraped(0.2))  # B's answers ended: its blocks are free
     offered = await asyncio.wait_for(waiting, 1)
     assert [c.address for c in offered] == [PB]
+
+
+def test_the_room_column_remembers_each_state_and_recomputes_a_new_one() -> None:
+    column = RoomColumn()
+    states = [kv_state(A, 0.5), kv_state(B, 0.75)]
+    assert column.of(states) == [800.0, 400.0]
+    moved = replace(states[1], in_flight_since_scrape=1, tokens_since_scrape=100)
+    assert column.of([states[0], moved]) == [800.0, 300.0]  # a new state is computed afresh
+    equal_but_new = replace(states[0])
+    assert equal_but_new is not states[0]
+    assert column.of([equal_but_new, moved]) == [800.0, 300.0]
+    # states replaced many times over do not pile up
+    for n in range(200):
+        column.of([replace(states[0], in_flight_tokens=n), moved])
+    assert len(column._known) <= 4 * 2 + 64 + 1
