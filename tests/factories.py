@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from epp.admission.controller import AdmissionController
 from epp.admission.flow_control import FlowControl
@@ -51,6 +52,28 @@ def seed_store(n: int = 3, models: tuple[ModelRoute, ...] | None = None) -> Data
     store.apply_resources(
         ResourceSet((pool(),), models if models is not None else (model(),), pods)
     )
+    return store
+
+
+class ManualClock:
+    """A clock that moves only when a test moves it (`now`)."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def store_of_two(max_num_seqs: int = 1) -> Datastore:
+    """Pods a (127.0.0.2) and b (127.0.0.3) of the default pool, each declaring a batch of
+    `max_num_seqs`."""
+    store = Datastore()
+    pods = tuple(
+        replace(pod(name, ip), max_num_seqs=max_num_seqs)
+        for name, ip in (("a", "127.0.0.2"), ("b", "127.0.0.3"))
+    )
+    store.apply_resources(ResourceSet((pool(),), (), pods))
     return store
 
 

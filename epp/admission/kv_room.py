@@ -1,12 +1,13 @@
 """KV room: how long a prompt an endpoint's free KV cache can take now.
 
 A free batch slot is not room when the KV cache is full: vLLM (and the simulator) admits a
-waiting request only once the blocks of its prompt are free, first come first served, so a
-request sent to a pod whose KV is taken waits inside that engine, for that engine's next
-finished answer, while a slot elsewhere may free sooner. On a cluster whose KV holds about one
-full batch (ShareGPT-like answers, 16 pods) that wait was 1-16 s for the worst first tokens,
-under a dispatcher that sent every request to a free slot (docs/benchmarks.md, "A free slot is
-not room when KV binds").
+waiting request only once the blocks of its prompt are free (of its first chunk, for a prompt
+longer than a step's token budget), first come first served, so a request sent to a pod whose
+KV is taken waits inside that engine, for that engine's next finished answer, while a slot
+elsewhere may free sooner. On a cluster whose KV holds about one full batch (ShareGPT-like
+answers, 16 pods) that wait was 1-16 s for the worst first tokens, under a dispatcher that sent
+every request to a free slot (docs/benchmarks.md, "The matrix at add46bd" and "KV room: a free
+slot counts only where the prompt fits").
 
 What an endpoint can take, in prompt tokens, from what its engine reports and what the EPP sent:
 - free blocks at the last scrape: (1 - `vllm:kv_cache_usage_perc`) x `num_gpu_blocks` (blocks

@@ -26,8 +26,6 @@ from epp.admission.rooms import (
     worth_taking,
 )
 from epp.admission.shedding import Shedder
-from epp.api.model import ResourceSet
-from epp.datastore import Datastore
 from epp.errors import NoEndpoints, Shed
 from epp.request import NO_INFERENCE, read_body
 from epp.scheduling.config import load_config
@@ -35,17 +33,10 @@ from epp.scheduling.registry import service_time_of
 from epp.scheduling.service_time import ServiceTime
 from epp.settings import SaturationSettings
 from epp.types import Endpoint, EndpointMetrics, EndpointState
-from tests.factories import pod, pool
+from tests.factories import ManualClock as Clock
+from tests.factories import store_of_two
 
 FAST, SLOW = "10.0.0.1:8000", "10.0.0.2:8000"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def endpoint(address: str, load: int, limit: int, tpot: float) -> EndpointState:
@@ -150,16 +141,6 @@ def test_sheddable_requests_keep_a_reserve_and_respect_saturation() -> None:
 def test_the_shedder_keeps_the_configured_aggregate() -> None:
     assert Shedder(SaturationSettings(aggregate="mean")).detector.aggregate == "mean"
     assert Shedder(SaturationSettings()).detector.aggregate == SaturationSettings().aggregate
-
-
-def store_of_two(max_num_seqs: int = 1) -> Datastore:
-    store = Datastore()
-    pods = tuple(
-        replace(pod(name, ip), max_num_seqs=max_num_seqs)
-        for name, ip in (("a", "127.0.0.2"), ("b", "127.0.0.3"))
-    )
-    store.apply_resources(ResourceSet((pool(),), (), pods))
-    return store
 
 
 POOL = "default/llama2-gpu-pool"

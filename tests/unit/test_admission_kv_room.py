@@ -16,24 +16,15 @@ from epp.admission.controller import AdmissionController
 from epp.admission.flow_control import FlowControl
 from epp.admission.kv_room import RoomColumn, fits, room_tokens
 from epp.admission.rooms import CRITICAL_QUEUE_AFTER, FREE, CriticalRoom, RoomView, StandardRoom
-from epp.api.model import ResourceSet
 from epp.cache_hits import CacheHits
-from epp.datastore import Datastore
 from epp.request import read_body
 from epp.scheduling.service_time import ServiceTime
 from epp.settings import SaturationSettings
 from epp.types import Endpoint, EndpointMetrics, EndpointState
-from tests.factories import pod, pool
+from tests.factories import ManualClock as Clock
+from tests.factories import store_of_two
 
 A, B = "10.0.0.1:8000", "10.0.0.2:8000"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def kv_state(
@@ -108,16 +99,6 @@ def test_cache_hits_are_learned_from_the_engines_counters() -> None:
     assert hits.get(A) == 0.0
 
 
-def store_of_two() -> Datastore:
-    store = Datastore()
-    pods = tuple(
-        replace(pod(name, ip), max_num_seqs=8)
-        for name, ip in (("a", "127.0.0.2"), ("b", "127.0.0.3"))
-    )
-    store.apply_resources(ResourceSet((pool(),), (), pods))
-    return store
-
-
 POOL = "default/llama2-gpu-pool"
 PA, PB = "127.0.0.2:8000", "127.0.0.3:8000"
 
@@ -134,7 +115,7 @@ def scraped(usage: float, prompt: float = 0.0, cached: float = 0.0) -> EndpointM
 
 
 def test_the_datastore_counts_prompt_tokens_sent_since_the_scrape_and_cache_hits() -> None:
-    store = store_of_two()
+    store = store_of_two(8)
     store.set_metrics(PA, scraped(0.5, 0, 0))
     lease = store.lease(PA, 300)
     state = next(s for s in store.candidates(POOL) if s.address == PA)
@@ -194,7 +175,7 @@ BODY = read_body(orjson.dumps({"model": "m", "prompt": "x " * 800}), 1 << 20)
 
 
 async def test_admit_holds_a_prompt_until_a_scrape_shows_kv_for_it() -> None:
-    store = store_of_two()
+    store = store_of_two(8)
     store.set_metrics(PA, scraped(0.99))
     store.set_metrics(PB, scraped(0.99))
     admission = AdmissionController(store, SaturationSettings(), FlowControl(store, timeout=5))
