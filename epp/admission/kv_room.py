@@ -52,11 +52,6 @@ def room_tokens(state: EndpointState) -> float:
     return max(0.0, free) / keep
 
 
-def fits(state: EndpointState, prompt_tokens: int) -> bool:
-    """Whether the endpoint's free KV cache takes the prompt's new tokens now."""
-    return prompt_tokens <= room_tokens(state)
-
-
 class RoomColumn:
     """`room_tokens` of each endpoint of a snapshot, remembered per state object: a snapshot
     differs from the one before in one endpoint or a few (a lease, a scrape), so a new view over

@@ -106,6 +106,7 @@ class RoomView:
         "_fit_masks",
         "_kv_rooms",
         "_least_room",
+        "_lines",
         "_masks",
         "_room_tokens",
         "_slot_counts",
@@ -143,6 +144,8 @@ class RoomView:
         self._envelopes: dict[
             tuple[int, str, int], tuple[LowerEnvelope, LowerEnvelope, float] | None
         ] = {}
+        # the service-time lines per typical request, shared by every kind's envelope
+        self._lines: dict[int, tuple[list[float], list[float], float] | None] = {}
 
     def kv_room(self) -> list[float]:
         """Prompt tokens each endpoint's free KV cache can take now (`kv_room.room_tokens`)."""
@@ -232,7 +235,9 @@ class RoomView:
         # one envelope per kind while every endpoint of it takes the prompt
         key = (typical, kind, 0 if mask is self._mask(kind)[0] else prompt_tokens)
         if key not in self._envelopes:
-            found = model.lines(self.candidates, typical)
+            if typical not in self._lines:
+                self._lines[typical] = model.lines(self.candidates, typical)
+            found = self._lines[typical]
             if found is None:
                 self._envelopes[key] = None
             else:
