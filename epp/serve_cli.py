@@ -8,6 +8,7 @@ Neighbours: `epp.cli` registers the sub-command; `epp.server` runs what `run` co
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -129,6 +130,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=_default(ScrapeSettings, "interval"),
         help="seconds between scrapes",
+    )
+    p.add_argument(
+        "--scrape-steady-interval",
+        type=float,
+        default=_default(ScrapeSettings, "steady_interval"),
+        help="longest seconds between scrapes of a pod whose pages show the same load (a pod "
+        "whose load moves is scraped every --scrape-interval); keep it under --sd-staleness",
     )
     p.add_argument(
         "--scrape-quiet-interval",
@@ -351,9 +359,28 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, ScrapeSettings, G
     scrape = ScrapeSettings(
         interval=args.scrape_interval,
         backoff_max=backoff_max,
+        steady_interval=args.scrape_steady_interval,
         quiet_interval=args.scrape_quiet_interval,
     )
     return settings, scrape, gpu
+
+
+def staleness_warning(scrape: ScrapeSettings, saturation: SaturationSettings) -> str | None:
+    """Why the saturation detector would call pods stale between two scrapes, or None.
+
+    A pod whose figures stand still is fetched every `steady_period`; its figures are dated at
+    the fetch's start, so they reach that age plus the fetch's own time before the next page
+    lands. A bound below that plus one tick marks such pods saturated (fail closed) at every
+    late answer."""
+    needed = scrape.steady_period + scrape.interval
+    if saturation.staleness_seconds >= needed:
+        return None
+    return (
+        f"--sd-staleness {saturation.staleness_seconds:g}s is under the scrape period of a "
+        f"steady pod ({scrape.steady_period:g}s) plus a tick ({scrape.interval:g}s): busy pods "
+        f"will look saturated between scrapes; raise --sd-staleness to at least {needed:g}s or "
+        "lower --scrape-steady-interval"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -380,6 +407,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"epp serve: {exc}", file=sys.stderr)
         return 2
+    if (warning := staleness_warning(scrape, settings.saturation)) is not None:
+        logging.getLogger("epp.serve").warning("%s", warning)
     scheduler_config = None
     if args.scheduler_config:
         import yaml

@@ -22,7 +22,7 @@ AGGREGATES = ("mean", "min")
 class SaturationDetector:
     queue_depth: float = 5.0
     kv_cache_util: float = 0.8
-    staleness: float = 0.2  # seconds
+    staleness: float = 0.25  # seconds; busy pods are fetched at least every 150 ms
     max_in_flight: int = 0  # EPP-side requests per endpoint counted as full; 0 = not used
     aggregate: str = "mean"  # or "min"
 

@@ -7,8 +7,9 @@ deadline. A scrape is a request written on the endpoint's kept connection
 semaphore per scrape (a task only for a fresh connection or a `Fetch` twin), which cost about a
 sixth of each scrape's CPU when every endpoint had its own loop. At most `max_concurrency`
 scrapes are in flight; the rest queue and start as answers come back. An endpoint is scraped
-every tick while its load moves, every other tick (up to `steady_interval`, still fresh for the
-saturation detector's staleness bound) while it does not, and backs off while it fails; a bug
+every tick while its load moves, one tick later each time while it does not (up to
+`steady_interval`, 150 ms, still fresh for the saturation detector's 250 ms staleness bound),
+and backs off while it fails; a bug
 in the sink or the parser is logged and the endpoint is tried again at its next tick. A quiet
 pod is not even fetched that often: when its last two pages showed it idle (nothing running or
 queued) with the same figures, and the EPP (this replica or a peer, `changes`) started or ended
@@ -59,9 +60,12 @@ KV_MOVE = 0.01  # a KV-cache usage change below this is not a change of load
 @dataclass(frozen=True, slots=True)
 class ScrapeSettings:
     interval: float = 0.05  # seconds between scrapes of one endpoint whose load moves
-    # longest wait while its pages show the same load, in whole intervals (two at the defaults):
-    # well inside the saturation detector's 200 ms staleness bound
-    steady_interval: float = 0.1
+    # longest wait while its pages show the same load, in whole intervals (three at the
+    # defaults); the saturation detector's staleness bound (250 ms) leaves a tick and a late
+    # answer of margin. Busy pods stand still between the EPP's starts and ends there (their
+    # in-flight counts cover those until the next page), so this sets most of the scraping cost
+    # (docs/benchmarks.md, "Busy pods fetched every 150 ms")
+    steady_interval: float = 0.15
     # longest time the figures of a quiet pod (idle: nothing running or queued, the same figures
     # twice, no request started or ended there by the EPP) are vouched for without a fetch;
     # <= steady_interval: never. Busy pods are never quiet: their KV grows as they decode (when
@@ -80,10 +84,20 @@ class ScrapeSettings:
     def __post_init__(self) -> None:
         if self.interval <= 0 or self.timeout <= 0 or self.backoff_max < self.interval:
             raise ValueError("scrape interval/timeout must be > 0 and backoff_max >= interval")
-        if self.quiet_interval < 0:
-            raise ValueError("quiet_interval must be >= 0")
+        if self.quiet_interval < 0 or self.steady_interval <= 0:
+            raise ValueError("quiet_interval must be >= 0 and steady_interval > 0")
         if self.max_concurrency < 1 or self.unhealthy_after < 1 or self.max_body < 1:
             raise ValueError("max_concurrency, unhealthy_after and max_body must be >= 1")
+
+    @property
+    def steady_ticks(self) -> int:
+        """Ticks between fetches of a pod whose pages show the same load."""
+        return max(1, int(self.steady_interval / self.interval + 1e-9))
+
+    @property
+    def steady_period(self) -> float:
+        """Seconds between fetches of a pod whose pages show the same load."""
+        return self.steady_ticks * self.interval
 
     def path_for(self, engine: str) -> str:
         return dict(self.engine_paths).get(engine, self.path)
@@ -148,7 +162,7 @@ class Scraper:
         self._in_flight = 0
         self._waiting: deque[_Target] = deque()  # due, over max_concurrency
         # the longest wait between fetches of a pod whose figures stand still, in ticks
-        self._steady_ticks = max(1, int(settings.steady_interval / settings.interval + 1e-9))
+        self._steady_ticks = settings.steady_ticks
 
     async def run(self) -> None:
         s = self._settings
@@ -183,7 +197,7 @@ class Scraper:
         s = self._settings
         for address, ep in wanted.items():
             current = self._by_address.get(address)
-            if current is not None and current.ep == ep:
+            if current is not None and (current.ep is ep or current.ep == ep):
                 continue
             if current is not None:  # relabelled (engine, ...): start over, health kept
                 self._drop(current)

@@ -16,7 +16,7 @@ from epp.kube import flags as kube_flags
 from epp.local.stack import StackConfig
 from epp.peers.sharing import PeerSettings
 from epp.scrape.scraper import ScrapeSettings
-from epp.serve_cli import settings_from
+from epp.serve_cli import settings_from, staleness_warning
 from epp.settings import (
     FlowSettings,
     ProtocolSettings,
@@ -57,6 +57,7 @@ FROM_SETTINGS: dict[tuple[str, str], tuple[type[Any], str]] = {
     ("serve", "--sd-kv-cache-util"): (SaturationSettings, "kv_cache_util"),
     ("serve", "--sd-staleness"): (SaturationSettings, "staleness_seconds"),
     ("serve", "--scrape-interval"): (ScrapeSettings, "interval"),
+    ("serve", "--scrape-steady-interval"): (ScrapeSettings, "steady_interval"),
     ("serve", "--scrape-quiet-interval"): (ScrapeSettings, "quiet_interval"),
     ("serve", "--prometheus-url"): (GpuSettings, "prometheus_url"),
     ("serve", "--gpu-query"): (GpuSettings, "query"),
@@ -219,3 +220,17 @@ def test_grpc_server_choice_and_its_limits() -> None:
         ServerSettings(grpc_server="lean", secure_serving=True)
     with pytest.raises(ValueError, match="grpc_server must be one of"):
         ServerSettings(grpc_server="grpclib")
+
+
+def test_a_staleness_bound_under_the_steady_scrape_period_is_named() -> None:
+    defaults = build_parser().parse_args(["serve"])
+    settings, scrape, _ = settings_from(defaults)
+    assert scrape.steady_period == pytest.approx(0.15)
+    assert staleness_warning(scrape, settings.saturation) is None
+    tight = build_parser().parse_args(["serve", "--sd-staleness", "0.19"])
+    settings, scrape, _ = settings_from(tight)
+    warning = staleness_warning(scrape, settings.saturation)
+    assert warning is not None and "--sd-staleness 0.19s" in warning and "at least 0.2s" in warning
+    faster = ["serve", "--sd-staleness", "0.19", "--scrape-steady-interval", "0.1"]
+    settings, scrape, _ = settings_from(build_parser().parse_args(faster))
+    assert scrape.steady_ticks == 2 and staleness_warning(scrape, settings.saturation) is None
