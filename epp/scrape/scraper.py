@@ -1,28 +1,26 @@
 """The scrape loop: every endpoint's /metrics, on a short interval, into a sink.
 
-One ticker, `Scraper.run`, wakes on a grid of `interval` ticks. At each tick it re-reads the
-target set (`targets()`), starts the scrapes that are due and times out those past their
-deadline. A scrape is a request written on the endpoint's kept connection
-(`KeepAliveFetch.begin`) whose answer is handled in its completion callback: no task, timer or
-semaphore per scrape (a task only for a fresh connection or a `Fetch` twin), which cost about a
-sixth of each scrape's CPU when every endpoint had its own loop. At most `max_concurrency`
-scrapes are in flight; the rest queue and start as answers come back. An endpoint is scraped
-every tick while its load moves, one tick later each time while it does not (up to
-`steady_interval`, 150 ms, still fresh for the saturation detector's 250 ms staleness bound),
-and backs off while it fails; a bug
-in the sink or the parser is logged and the endpoint is tried again at its next tick. A quiet
-pod is not even fetched that often: when its last two pages showed it idle (nothing running or
-queued) with the same figures, and the EPP (this replica or a peer, `changes`) started or ended
-no request there since, nothing but traffic from outside the EPP can have changed it, so at its
-steady ticks the scraper vouches for the last figures (the sink gets them again, `scraped_at`
-the vouching instant) instead of fetching, until `quiet_interval` after the last fetch or the
-EPP's first change there. A pod with requests running is never quiet: its KV grows as they
-decode, and figures vouched for while it grew misled picks. It asks only for the families the
-parser reads (`name[]`, as prometheus_client serves it: vLLM, SGLang and trtllm-serve pages
-shrink to a few lines; servers that ignore the query send the whole page). Pages go through the pure
-`epp.scrape.parser`; results and health transitions go to a `MetricsSink` (the datastore). HTTP
-is one kept connection per endpoint (`epp.scrape.client`); tests can pass a `Fetch` twin and
-need no sockets.
+One ticker, `Scraper.run`, wakes on a grid of `interval` ticks. At each tick it re-reads the target
+set (`targets()`), starts the scrapes that are due and times out those past their deadline. A
+scrape is a request written on the endpoint's kept connection (`KeepAliveFetch.begin`) whose answer
+is handled in its completion callback: no task, timer or semaphore per scrape (a task only for a
+fresh connection or a `Fetch` twin), which cost about a sixth of each scrape's CPU when every
+endpoint had its own loop. At most `max_concurrency` scrapes are in flight; the rest queue and
+start as answers come back. An endpoint is scraped every tick while its load moves, one tick later
+each time while it does not (up to `steady_interval`, 150 ms, still fresh for the saturation
+detector's 250 ms staleness bound), and backs off while it fails; a bug in the sink or the parser
+is logged and the endpoint is tried again at its next tick. A quiet pod is not even fetched that
+often: when its last two pages showed it idle (nothing running or queued) with the same figures,
+and the EPP (this replica or a peer, `changes`) started or ended no request there since, nothing
+but traffic from outside the EPP can have changed it, so at its steady ticks the scraper vouches
+for the last figures (the sink gets them again, `scraped_at` the vouching instant) instead of
+fetching, until `quiet_interval` after the last fetch or the EPP's first change there. A pod with
+requests running is never quiet: its KV grows as they decode, and figures vouched for while it grew
+misled picks. It asks only for the families the parser reads (`name[]`, as prometheus_client serves
+it: vLLM, SGLang and trtllm-serve pages shrink to a few lines; servers that ignore the query send
+the whole page). Pages go through the pure `epp.scrape.parser`; results and health transitions go
+to a `MetricsSink` (the datastore). HTTP is one kept connection per endpoint (`epp.scrape.client`);
+tests can pass a `Fetch` twin and need no sockets.
 """
 
 from __future__ import annotations
