@@ -243,7 +243,10 @@ class Scraper:
         assert target.last is not None
         now = self._clock()
         self._sink.set_metrics(target.ep.address, replace(target.last, scraped_at=now))
-        target.due = self._next(target.due, target.ticks)
+        # the fetch comes at the first tick the vouching ends, not a steady period after it:
+        # outside traffic on a quiet pod is seen within `quiet_interval` (and a tick)
+        ends = self._tick_after(target.quiet_until - self._settings.interval)
+        target.due = min(self._next(target.due, target.ticks), ends)
 
     def _launch(self, target: _Target, kept: bool) -> None:
         """Send the fetch: on a kept idle connection without a task where the client can, else

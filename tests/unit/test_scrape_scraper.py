@@ -256,6 +256,27 @@ async def test_a_quiet_pod_is_vouched_for_until_the_epp_changes_its_load() -> No
     assert fetches - quiet_fetches >= 12
 
 
+async def test_a_quiet_pod_is_fetched_as_its_quiet_interval_ends() -> None:
+    """Outside traffic on a quiet pod is seen within the quiet interval and a tick, even when
+    the steady period does not divide it (80 ms steady ticks, 100 ms quiet: not at 160 ms)."""
+    idle = PAGE.replace(b"waiting 2", b"waiting 0").replace(b"running 1", b"running 0")
+    fetched_at: list[float] = []
+
+    async def fetch(url: str) -> bytes:
+        fetched_at.append(time.monotonic())
+        return idle
+
+    settings = ScrapeSettings(interval=0.01, steady_interval=0.08, quiet_interval=0.1)
+    scraper = Scraper(Sink(), lambda: [ep("a:1")], settings, fetch=fetch, changes=lambda a: 0)
+    task = asyncio.create_task(scraper.run())
+    await asyncio.sleep(0.8)
+    await stop(task)
+    gaps = [b - a for a, b in itertools.pairwise(fetched_at[-4:])]  # once quiet
+    assert len(gaps) >= 3
+    assert max(gaps) < 0.1 + 0.01 + 0.025  # the quiet interval, a tick, a slow loop's slack
+    assert min(gaps) > 0.085  # quiet: not fetched at every steady tick
+
+
 @pytest.mark.parametrize(
     "page",
     [
