@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest_asyncio
 
 from epp.local.stack import SEED_EXAMPLE, LocalStack, StackConfig
@@ -28,6 +31,22 @@ def stack_config(
         run_dir=tmp,
         **kw,  # type: ignore[arg-type]
     )
+
+
+async def until_the_epp_sees(stack: LocalStack, waiting: int, timeout: float = 5.0) -> None:
+    """Wait until the EPP's last figures of every endpoint show `waiting` queued requests (set
+    on the simulator with `set_fake_metrics`): an idle pod the EPP sends nothing to is fetched
+    only every `--scrape-quiet-interval` (0.5 s), so a fixed sleep would race it."""
+    url = f"http://127.0.0.1:{stack.config.metrics_port}/debug/endpoints"
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=5) as client:
+        while True:
+            rows = (await client.get(url)).raise_for_status().json()["endpoints"]
+            if rows and all(row["waiting"] == waiting for row in rows):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the EPP never saw waiting={waiting}: {rows}")
+            await asyncio.sleep(0.05)
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")

@@ -16,7 +16,7 @@ import yaml
 
 from epp import top
 from epp.local.stack import SEED_EXAMPLE, LocalStack
-from tests.e2e.conftest import stack_config
+from tests.e2e.conftest import stack_config, until_the_epp_sees
 
 pytestmark = pytest.mark.e2e
 
@@ -53,7 +53,7 @@ async def test_waiting_sheddable_requests_expire_and_a_full_room_refuses(tmp_pat
             assert calm.status_code == 200, calm.text
             for spec in stack.pods:  # saturated: no room to spare for sheddable requests
                 stack.sim.pod(spec.name).set_fake_metrics(waiting=40, kv_usage=0.97)
-            await asyncio.sleep(0.5)  # a few scrape intervals
+            await until_the_epp_sees(stack, waiting=40)
             started = time.monotonic()
             waiting = asyncio.create_task(
                 client.post("/v1/chat/completions", json=chat("llama2-7b-batch"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import httpx
@@ -10,7 +9,7 @@ import pytest
 import yaml
 
 from epp.local.stack import SEED_EXAMPLE, LocalStack
-from tests.e2e.conftest import stack_config
+from tests.e2e.conftest import stack_config, until_the_epp_sees
 
 pytestmark = pytest.mark.e2e
 
@@ -38,12 +37,12 @@ async def test_sheddable_gets_429_when_saturated_and_critical_is_served(tmp_path
             assert calm.status_code == 200, calm.text
             for spec in stack.pods:  # every pod reports a long queue and a full KV cache
                 stack.sim.pod(spec.name).set_fake_metrics(waiting=40, kv_usage=0.97)
-            await asyncio.sleep(0.5)  # a few scrape intervals
+            await until_the_epp_sees(stack, waiting=40)
             shed = await client.post("/v1/chat/completions", json=chat("llama2-7b-batch"))
             critical = await client.post("/v1/chat/completions", json=chat("llama2-7b-chat"))
             for spec in stack.pods:
                 stack.sim.pod(spec.name).set_fake_metrics(waiting=None, kv_usage=None)
-            await asyncio.sleep(0.5)
+            await until_the_epp_sees(stack, waiting=0)
             recovered = await client.post("/v1/chat/completions", json=chat("llama2-7b-batch"))
     assert shed.status_code == 429
     assert shed.json()["error"]["type"] == "rate_limit_error"
