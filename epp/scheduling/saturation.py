@@ -13,16 +13,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from epp.settings import SaturationSettings, field_default
 from epp.types import EndpointState
 
 AGGREGATES = ("mean", "min")
+# seconds; one default for `epp serve`, the detector and the saturation-filter plugin
+STALENESS: float = field_default(SaturationSettings, "staleness_seconds")
 
 
 @dataclass(frozen=True, slots=True)
 class SaturationDetector:
     queue_depth: float = 5.0
     kv_cache_util: float = 0.8
-    staleness: float = 0.25  # seconds; busy pods are fetched at least every 150 ms
+    staleness: float = STALENESS  # busy pods are fetched at least every 150 ms
     max_in_flight: int = 0  # EPP-side requests per endpoint counted as full; 0 = not used
     aggregate: str = "mean"  # or "min"
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from epp.scheduling.base import BuildContext, Clock, SchedulingRequest
 from epp.scheduling.params import Params
-from epp.scheduling.saturation import SaturationDetector
+from epp.scheduling.saturation import STALENESS, SaturationDetector
 from epp.types import EndpointState
 
 
@@ -35,7 +35,7 @@ class SaturationFilter:
         detector = SaturationDetector(
             params.number("queueDepthThreshold", 5.0, low=0.001),
             params.number("kvCacheUtilThreshold", 0.8, low=0.001, high=1.0),
-            params.duration("metricsStalenessThreshold", 0.25, low=0.001),
+            params.duration("metricsStalenessThreshold", STALENESS, low=0.001),
             params.integer("maxInFlight", 0, low=0),
         )
         return cls(detector, params.number("headroom", 0.0, low=0.0), ctx.clock)
