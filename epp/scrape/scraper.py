@@ -7,8 +7,8 @@ is handled in its completion callback: no task, timer or semaphore per scrape (a
 fresh connection or a `Fetch` twin), which cost about a sixth of each scrape's CPU when every
 endpoint had its own loop. At most `max_concurrency` scrapes are in flight; the rest queue and
 start as answers come back. An endpoint is scraped every tick while its load moves, one tick later
-each time while it does not (up to `steady_interval`, 150 ms, still fresh for the saturation
-detector's 250 ms staleness bound), and backs off while it fails; a bug in the sink or the parser
+each time while it does not (up to `steady_interval`, 200 ms, still fresh for the saturation
+detector's 300 ms staleness bound), and backs off while it fails; a bug in the sink or the parser
 is logged and the endpoint is tried again at its next tick. A quiet pod is not even fetched that
 often: when its last two pages showed it idle (nothing running or queued) with the same figures,
 and the EPP (this replica or a peer, `changes`) started or ended no request there since, nothing
@@ -58,12 +58,12 @@ KV_MOVE = 0.01  # a KV-cache usage change below this is not a change of load
 @dataclass(frozen=True, slots=True)
 class ScrapeSettings:
     interval: float = 0.05  # seconds between scrapes of one endpoint whose load moves
-    # longest wait while its pages show the same load, in whole intervals (three at the
-    # defaults); the saturation detector's staleness bound (250 ms) leaves a tick and a late
+    # longest wait while its pages show the same load, in whole intervals (four at the
+    # defaults); the saturation detector's staleness bound (300 ms) leaves a tick and a late
     # answer of margin. Busy pods stand still between the EPP's starts and ends there (their
     # in-flight counts cover those until the next page), so this sets most of the scraping cost
     # (docs/benchmarks.md, "Busy pods fetched every 150 ms")
-    steady_interval: float = 0.15
+    steady_interval: float = 0.2
     # longest time the figures of a quiet pod (idle: nothing running or queued, the same figures
     # twice, no request started or ended there by the EPP) are vouched for without a fetch;
     # <= steady_interval: never. Busy pods are never quiet: their KV grows as they decode (when
