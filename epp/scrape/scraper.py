@@ -8,7 +8,9 @@ fresh connection or a `Fetch` twin), which cost about a sixth of each scrape's C
 endpoint had its own loop. At most `max_concurrency` scrapes are in flight; the rest queue and
 start as answers come back. An endpoint is scraped every tick while its load moves, one tick later
 each time while it does not (up to `steady_interval`, 200 ms, still fresh for the saturation
-detector's 300 ms staleness bound), and backs off while it fails; a bug in the sink or the parser
+detector's 300 ms staleness bound), and backs off while it fails. A move the EPP made itself (it
+started or ended requests there between the two fetches, `changes`) does not bring the next
+fetch forward: its in-flight counts show it until the next page. A bug in the sink or the parser
 is logged and the endpoint is tried again at its next tick. A quiet pod is not even fetched that
 often: when its last two pages showed it idle (nothing running or queued) with the same figures,
 and the EPP (this replica or a peer, `changes`) started or ended no request there since, nothing
@@ -127,6 +129,7 @@ class _Target:
     last_page: bytes = b""
     quiet_until: float = 0.0  # while its figures are vouched for without a fetch (0: not quiet)
     seen: int = 0  # the EPP's change count there when the last fetch began
+    seen_before: int = 0  # ... when the fetch before it began
     started: float = 0.0  # when the fetch in flight began
     pending: asyncio.Future[bytes] | None = None  # the fetch in flight
     kept: bool = False  # that fetch went out on a kept connection (KeepAliveFetch.begin)
@@ -255,7 +258,7 @@ class Scraper:
         target.quiet_until = 0.0
         target.started = self._clock()
         if self._changes is not None:
-            target.seen = self._changes(target.ep.address)
+            target.seen_before, target.seen = target.seen, self._changes(target.ep.address)
         pending = self._http.begin(target.url) if kept and self._http is not None else None
         target.kept = pending is not None
         if pending is None:
@@ -311,7 +314,12 @@ class Scraper:
             self._sink.set_metrics(target.ep.address, metrics)
             last = target.last
             moved = last is None or _moved(last, metrics) or health.failures > 0
-            target.ticks = 1 if moved else min(self._steady_ticks, target.ticks + 1)
+            # a move where the EPP itself started or ended requests between the two fetches is
+            # mostly its own, which its in-flight counts show until the next page: it does not
+            # bring the next fetch forward (only moves nobody here made do)
+            own = last is not None and not health.failures and target.seen != target.seen_before
+            fast = moved and not own
+            target.ticks = 1 if fast else min(self._steady_ticks, target.ticks + 1)
             if (
                 self._changes is not None
                 and not moved
