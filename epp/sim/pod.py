@@ -73,6 +73,7 @@ class SimPod:
         self.gpu = SimGpu(sm_clock_mhz(self.profile.name))
         self._speed = spec.speed  # the healthy speed; a GPU throttle multiplies into the engine's
         self.created = 0
+        self.metrics_pages = 0  # /metrics answers served: how often routers scrape this pod
         self._rng = random.Random(spec.seed)
         self._ids = itertools.count()
         self._unhang = asyncio.Event()
@@ -304,6 +305,7 @@ class SimPod:
             "gpu": dataclasses.asdict(self.gpu.fault),
             "fake_metrics": dataclasses.asdict(self.fake),
             "adapters": sorted(self.adapters),
+            "metrics_pages": self.metrics_pages,
         }
 
 

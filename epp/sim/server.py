@@ -195,6 +195,7 @@ async def health(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     pod = request.app[POD_KEY]
+    pod.metrics_pages += 1
     if pod.faults.metrics == "slow":
         await asyncio.sleep(pod.spec.metrics_delay_s)
     if pod.faults.metrics == "garbage":

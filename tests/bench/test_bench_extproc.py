@@ -7,7 +7,8 @@ every process on the path (from /proc) over the round, per 1,000 requests, is pr
 ratio to least-request. The EPP's CPU includes its scraping in the round; "request path" takes
 off its idle rate (scrapes only), measured while the other path runs. Workloads: streamed chat
 (~250-token prompt, 128 output tokens) with and without a model-name rewrite, non-streamed, and
-1 MiB prompts (1 output token).
+1 MiB prompts (1 output token). It also prints how often the EPP fetched each pod's /metrics
+(the simulator counts its pages) in the rounds through it and in least-request's.
 `test_added_latency_and_decisions`: zero-latency backends, 2 KB bodies; latency at 200 req/s on
 both paths (the EPP's added p50/p99), then EPP decisions per CPU-second under a closed loop.
 Both run once per gRPC server of the EPP (`--grpc-server grpcio` and `lean`).
@@ -87,23 +88,36 @@ async def start_sim(tmp_path: Path) -> ChildProcess:
     return sim
 
 
+async def metrics_pages(session: aiohttp.ClientSession, pods: list[tuple[str, int]]) -> int:
+    """The /metrics pages the simulated pods have served (the EPP is the only scraper)."""
+    total = 0
+    for host, port in pods:
+        async with session.get(f"http://{host}:{port}/sim/config") as r:
+            total += int((await r.json())["metrics_pages"])
+    return total
+
+
 async def run_workload(
     pair: GatewayPair, send: Send, rate: float, seconds: float
 ) -> dict[str, dict[str, float]]:
-    """CPU seconds per 1,000 requests on each path; the EPP's idle rate from the LR rounds."""
+    """CPU seconds per 1,000 requests on each path; the EPP's idle rate from the LR rounds; the
+    EPP's fetches of each pod's page per second during each path's rounds."""
     cpu: dict[str, dict[str, float]] = {EPP: {}, LEAST_REQUEST: {}}
     done = dict.fromkeys(cpu, 0)
     errors = dict.fromkeys(cpu, 0)
     walls = dict.fromkeys(cpu, 0.0)
+    pages = dict.fromkeys(cpu, 0)
     idle_cpu = idle_wall = 0.0
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
         for path in cpu:  # warm up connections and code paths
             await open_loop(session, pair.urls[path], send, rate, 1.0)
         for _ in range(ROUNDS):
             for path, url in pair.urls.items():
+                pages0 = await metrics_pages(session, pair.pods)
                 before, epp0, t0 = pair.cpu(path), pair.epp_cpu(), time.monotonic()
                 latencies, failed = await open_loop(session, url, send, rate, seconds)
                 after, epp1, wall = pair.cpu(path), pair.epp_cpu(), time.monotonic() - t0
+                pages[path] += await metrics_pages(session, pair.pods) - pages0
                 for proc, value in after.items():
                     cpu[path][proc] = cpu[path].get(proc, 0.0) + value - before[proc]
                 done[path] += len(latencies)
@@ -120,6 +134,7 @@ async def run_workload(
         if "epp" in procs:  # the EPP's CPU beyond its idle scraping, per request
             row["epp path"] = (procs["epp"] - idle_rate * walls[path]) / n * 1000
         row["requests"], row["errors"] = done[path], errors[path]
+        row["fetches"] = pages[path] / walls[path] / len(pair.pods)  # per pod and second
         out[path] = row
     out["idle"] = {"epp cpu share": idle_rate}
     return out
@@ -135,7 +150,9 @@ def report(name: str, result: dict[str, dict[str, float]]) -> None:
     print(f"  {EPP:20s} envoy {ours['envoy']:7.2f}  epp {ours['epp']:7.2f} "
           f"(request path {ours['epp path']:6.2f})  total {ours['total']:7.2f}  "
           f"= {ours['total'] / least['total']:.2f}x least-request")  # fmt: skip
-    print(f"  EPP idle (scraping): {result['idle']['epp cpu share']:.1%} of a core")
+    print(f"  EPP idle (scraping): {result['idle']['epp cpu share']:.1%} of a core; fetches "
+          f"per pod and second: {ours['fetches']:.1f} in its rounds, "
+          f"{least['fetches']:.1f} in least-request's")  # fmt: skip
 
 
 SERVERS = ("grpcio", "lean")  # epp serve --grpc-server

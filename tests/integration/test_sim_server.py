@@ -160,6 +160,12 @@ async def test_health_and_metrics(cluster: SimCluster, http: aiohttp.ClientSessi
     assert "vllm:kv_cache_usage_perc" in text and "} 0.9\n" in text
     async with http.post(f"{base}/sim/config", json={"fake_metrics": None}) as r:
         assert (await r.json())["fake_metrics"]["waiting"] is None
+    async with http.get(f"{base}/sim/config") as r:
+        pages = (await r.json())["metrics_pages"]
+    async with http.get(f"{base}/metrics"):
+        pass
+    async with http.get(f"{base}/sim/config") as r:
+        assert (await r.json())["metrics_pages"] == pages + 1  # routers' scrapes are counted
 
 
 async def test_admin_config_and_faults(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
