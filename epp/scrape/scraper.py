@@ -62,9 +62,10 @@ class ScrapeSettings:
     interval: float = 0.05  # seconds between scrapes of one endpoint whose load moves
     # longest wait while its pages show the same load, in whole intervals (four at the
     # defaults); the saturation detector's staleness bound (300 ms) leaves a tick and a late
-    # answer of margin. Busy pods stand still between the EPP's starts and ends there (their
-    # in-flight counts cover those until the next page), so this sets most of the scraping cost
-    # (docs/benchmarks.md, "Busy pods fetched every 150 ms")
+    # answer of margin. Busy pods move mostly at the EPP's own starts and ends there (their
+    # in-flight counts cover those until the next page, so such moves keep this period), so it
+    # sets most of the scraping cost (docs/benchmarks.md, "Busy pods under the EPP's own
+    # traffic fetched every 200 ms")
     steady_interval: float = 0.2
     # longest time the figures of a quiet pod (idle: nothing running or queued, the same figures
     # twice, no request started or ended there by the EPP) are vouched for without a fetch;
