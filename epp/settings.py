@@ -71,7 +71,7 @@ class ProtocolSettings:
 class SaturationSettings:
     queue_depth: int = 5
     kv_cache_util: float = 0.8
-    staleness_seconds: float = 0.3  # > the scraper's steady interval plus a tick
+    staleness_seconds: float = 0.25  # > the scraper's steady interval plus a tick
     max_in_flight: int = 0  # EPP-side requests per endpoint that count as full; 0 = not used
     # "min": saturated only when no endpoint has room (upstream v1.0); "mean": pool average
     aggregate: str = "min"

@@ -25,7 +25,7 @@ STALENESS: float = field_default(SaturationSettings, "staleness_seconds")
 class SaturationDetector:
     queue_depth: float = 5.0
     kv_cache_util: float = 0.8
-    staleness: float = STALENESS  # busy pods are fetched at least every 200 ms
+    staleness: float = STALENESS  # busy pods are fetched at least every 150 ms
     max_in_flight: int = 0  # EPP-side requests per endpoint counted as full; 0 = not used
     aggregate: str = "mean"  # or "min"
 

@@ -7,10 +7,8 @@ is handled in its completion callback: no task, timer or semaphore per scrape (a
 fresh connection or a `Fetch` twin), which cost about a sixth of each scrape's CPU when every
 endpoint had its own loop. At most `max_concurrency` scrapes are in flight; the rest queue and
 start as answers come back. An endpoint is scraped every tick while its load moves, one tick later
-each time while it does not (up to `steady_interval`, 200 ms, still fresh for the saturation
-detector's 300 ms staleness bound), and backs off while it fails. A move the EPP made itself (it
-started or ended requests there between the two fetches, `changes`) does not bring the next
-fetch forward: its in-flight counts show it until the next page. A bug in the sink or the parser
+each time while it does not (up to `steady_interval`, 150 ms, still fresh for the saturation
+detector's 250 ms staleness bound), and backs off while it fails; a bug in the sink or the parser
 is logged and the endpoint is tried again at its next tick. A quiet pod is not even fetched that
 often: when its last two pages showed it idle (nothing running or queued) with the same figures,
 and the EPP (this replica or a peer, `changes`) started or ended no request there since, nothing
@@ -60,13 +58,12 @@ KV_MOVE = 0.01  # a KV-cache usage change below this is not a change of load
 @dataclass(frozen=True, slots=True)
 class ScrapeSettings:
     interval: float = 0.05  # seconds between scrapes of one endpoint whose load moves
-    # longest wait while its pages show the same load, in whole intervals (four at the
-    # defaults); the saturation detector's staleness bound (300 ms) leaves a tick and a late
-    # answer of margin. Busy pods move mostly at the EPP's own starts and ends there (their
-    # in-flight counts cover those until the next page, so such moves keep this period), so it
-    # sets most of the scraping cost (docs/benchmarks.md, "Busy pods under the EPP's own
-    # traffic fetched every 200 ms")
-    steady_interval: float = 0.2
+    # longest wait while its pages show the same load, in whole intervals (three at the
+    # defaults); the saturation detector's staleness bound (250 ms) leaves a tick and a late
+    # answer of margin. Busy pods stand still between the EPP's starts and ends there (their
+    # in-flight counts cover those until the next page), so this sets most of the scraping cost
+    # (docs/benchmarks.md, "Busy pods fetched every 150 ms")
+    steady_interval: float = 0.15
     # longest time the figures of a quiet pod (idle: nothing running or queued, the same figures
     # twice, no request started or ended there by the EPP) are vouched for without a fetch;
     # <= steady_interval: never. Busy pods are never quiet: their KV grows as they decode (when
@@ -130,7 +127,6 @@ class _Target:
     last_page: bytes = b""
     quiet_until: float = 0.0  # while its figures are vouched for without a fetch (0: not quiet)
     seen: int = 0  # the EPP's change count there when the last fetch began
-    seen_before: int = 0  # ... when the fetch before it began
     started: float = 0.0  # when the fetch in flight began
     pending: asyncio.Future[bytes] | None = None  # the fetch in flight
     kept: bool = False  # that fetch went out on a kept connection (KeepAliveFetch.begin)
@@ -259,7 +255,7 @@ class Scraper:
         target.quiet_until = 0.0
         target.started = self._clock()
         if self._changes is not None:
-            target.seen_before, target.seen = target.seen, self._changes(target.ep.address)
+            target.seen = self._changes(target.ep.address)
         pending = self._http.begin(target.url) if kept and self._http is not None else None
         target.kept = pending is not None
         if pending is None:
@@ -315,12 +311,7 @@ class Scraper:
             self._sink.set_metrics(target.ep.address, metrics)
             last = target.last
             moved = last is None or _moved(last, metrics) or health.failures > 0
-            # a move where the EPP itself started or ended requests between the two fetches is
-            # mostly its own, which its in-flight counts show until the next page: it does not
-            # bring the next fetch forward (only moves nobody here made do)
-            own = last is not None and not health.failures and target.seen != target.seen_before
-            fast = moved and not own
-            target.ticks = 1 if fast else min(self._steady_ticks, target.ticks + 1)
+            target.ticks = 1 if moved else min(self._steady_ticks, target.ticks + 1)
             if (
                 self._changes is not None
                 and not moved

@@ -225,12 +225,12 @@ def test_grpc_server_choice_and_its_limits() -> None:
 def test_a_staleness_bound_under_the_steady_scrape_period_is_named() -> None:
     defaults = build_parser().parse_args(["serve"])
     settings, scrape, _ = settings_from(defaults)
-    assert scrape.steady_period == pytest.approx(0.2)
+    assert scrape.steady_period == pytest.approx(0.15)
     assert staleness_warning(scrape, settings.saturation) is None
-    tight = build_parser().parse_args(["serve", "--sd-staleness", "0.24"])
+    tight = build_parser().parse_args(["serve", "--sd-staleness", "0.19"])
     settings, scrape, _ = settings_from(tight)
     warning = staleness_warning(scrape, settings.saturation)
-    assert warning is not None and "--sd-staleness 0.24s" in warning and "at least 0.25s" in warning
+    assert warning is not None and "--sd-staleness 0.19s" in warning and "at least 0.2s" in warning
     faster = ["serve", "--sd-staleness", "0.19", "--scrape-steady-interval", "0.1"]
     settings, scrape, _ = settings_from(build_parser().parse_args(faster))
     assert scrape.steady_ticks == 2 and staleness_warning(scrape, settings.saturation) is None

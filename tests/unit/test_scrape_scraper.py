@@ -224,36 +224,6 @@ async def test_logs_once_per_outage(caplog: pytest.LogCaptureFixture) -> None:
     assert len(warnings) == 1 and "HTTP 503" in warnings[0].getMessage()
 
 
-async def test_a_move_the_epp_made_itself_does_not_bring_the_next_fetch_forward() -> None:
-    """Every page shows a new figure. Where the EPP started or ended a request there between
-    two fetches, the move is its own (its in-flight counts show it): the pod is fetched at its
-    steady period. Where nobody here changed anything, every move brings the next fetch to the
-    next tick."""
-
-    async def count_fetches(epp_moves: bool) -> int:
-        fetches, changes = 0, 0
-
-        async def fetch(url: str) -> bytes:
-            nonlocal fetches, changes
-            fetches += 1
-            if epp_moves:
-                changes += 1  # the EPP started a request there since this fetch began
-            return PAGE.replace(b"waiting 2", b"waiting %d" % fetches)
-
-        settings = ScrapeSettings(interval=0.01, steady_interval=0.05)
-        scraper = Scraper(
-            Sink(), lambda: [ep("a:1")], settings, fetch=fetch, changes=lambda a: changes
-        )
-        task = asyncio.create_task(scraper.run())
-        await asyncio.sleep(0.5)
-        await stop(task)
-        return fetches
-
-    outside, own = await count_fetches(False), await count_fetches(True)
-    assert outside >= 35  # every tick of 10 ms (50 at most)
-    assert own <= 16  # 1, 2, 3, 4 ticks, then every 5th (10-13)
-
-
 async def test_a_quiet_pod_is_vouched_for_until_the_epp_changes_its_load() -> None:
     """Idle, the same figures twice, and no request started or ended there by the EPP: at
     its steady ticks the last figures are vouched for (fresh `scraped_at`) without a fetch,
