@@ -332,6 +332,10 @@ class Datastore:
         the endpoint: equal counts at two instants mean the EPP changed nothing there between."""
         return self._load_changes.get(address, 0)
 
+    def flights(self, address: str) -> int:
+        """Requests of this replica and of its peers in flight on the endpoint."""
+        return self._in_flight_total(address)[0]
+
     def set_health(self, address: str, healthy: bool) -> None:
         if self._health.get(address, True) != healthy:
             log.warning("endpoint %s is now %s", address, "healthy" if healthy else "unhealthy")

@@ -153,8 +153,13 @@ class EppServer:
         await site.start()
         self.metrics_port = self._http.addresses[0][1]
         await self._load_resources()
+        store = self.store
         scraper = Scraper(
-            self.store, self.store.endpoints, self.config.scrape, changes=self.store.load_changes
+            store,
+            store.endpoints,
+            self.config.scrape,
+            changes=store.load_changes,
+            flights=store.flights,
         )
         self.tasks.spawn("scraper", scraper.run)
         if self.config.gpu.prometheus_url:

@@ -1,7 +1,10 @@
 """The scrape loop: every endpoint's /metrics, on a short interval, into a sink.
 
-One ticker, `Scraper.run`, wakes on a grid of `interval` ticks. At each tick it re-reads the target
-set (`targets()`), starts the scrapes that are due and times out those past their deadline. A
+One ticker, `Scraper.run`, wakes on a grid of `interval` ticks, at the ticks where something is
+due: a scrape, a deadline, or (at least every steady period) a new look at the target set. At each
+wake it re-reads the target set (`targets()`), starts the scrapes that are due and times out those
+past their deadline; an answer that brings its endpoint's next scrape before the planned wake moves
+the wake forward. Pods whose figures stand still therefore cost no empty wakeups. A
 scrape is a request written on the endpoint's kept connection (`KeepAliveFetch.begin`) whose answer
 is handled in its completion callback: no task, timer or semaphore per scrape (a task only for a
 fresh connection or a `Fetch` twin), which cost about a sixth of each scrape's CPU when every
@@ -14,7 +17,10 @@ often: when its last two pages showed it idle (nothing running or queued) with t
 and the EPP (this replica or a peer, `changes`) started or ended no request there since, nothing
 but traffic from outside the EPP can have changed it, so at its steady ticks the scraper vouches
 for the last figures (the sink gets them again, `scraped_at` the vouching instant) instead of
-fetching, until `quiet_interval` after the last fetch or the EPP's first change there. A pod with
+fetching, until `quiet_interval` after the last fetch or the EPP's first change there. A pod goes
+quiet on its first idle page when the EPP has nothing in flight there (`flights`) and changed
+nothing while the page was fetched: the EPP's own requests ending there cannot leave it busy, so the
+ramp back to the steady period would only repeat the same page. A pod with
 requests running is never quiet: its KV grows as they decode, and figures vouched for while it grew
 misled picks. It asks only for the families the parser reads (`name[]`, as prometheus_client serves
 it: vLLM, SGLang and trtllm-serve pages shrink to a few lines; servers that ignore the query send
@@ -145,15 +151,19 @@ class Scraper:
         fetch: Fetch | None = None,
         clock: Callable[[], float] = time.monotonic,
         changes: Callable[[str], int] | None = None,
+        flights: Callable[[str], int] | None = None,
     ) -> None:
         """`changes(address)`: a count that grows whenever the EPP starts or ends a request on
-        the endpoint (`Datastore.load_changes`); None: every steady tick fetches."""
+        the endpoint (`Datastore.load_changes`); None: every steady tick fetches.
+        `flights(address)`: the requests the EPP (this replica and its peers) has in flight there
+        (`Datastore.flights`); None: a pod goes quiet only after two idle pages."""
         self._sink = sink
         self._targets = targets
         self._settings = settings
         self._fetch = fetch
         self._clock = clock
         self._changes = changes
+        self._flights = flights
         self._by_address: dict[str, _Target] = {}
         self._health: dict[str, _Health] = {}  # outlives a target replaced for a changed endpoint
         self._http: KeepAliveFetch | None = None
@@ -161,6 +171,9 @@ class Scraper:
         self._waiting: deque[_Target] = deque()  # due, over max_concurrency
         # the longest wait between fetches of a pod whose figures stand still, in ticks
         self._steady_ticks = settings.steady_ticks
+        self._wake_at = 0.0  # the grid tick the ticker sleeps until
+        self._alarm: asyncio.TimerHandle | None = None  # wakes the ticker at `_wake_at`
+        self._waker: asyncio.Future[None] | None = None  # what the ticker awaits
 
     async def run(self) -> None:
         s = self._settings
@@ -172,11 +185,14 @@ class Scraper:
         try:
             tick = self._tick_after(self._clock())
             while True:
-                await asyncio.sleep(max(0.0, tick - self._clock()))
+                tick = await self._sleep_until(tick)
                 self._sync(tick)
                 self._tick(tick)
-                tick = max(tick + s.interval, self._tick_after(self._clock() - s.interval))
+                tick = self._next_wake(tick)
         finally:
+            if self._alarm is not None:
+                self._alarm.cancel()
+            self._alarm = self._waker = None
             for target in self._by_address.values():
                 self._drop(target)
             self._by_address.clear()
@@ -185,6 +201,51 @@ class Scraper:
             if owned and self._http is not None:
                 await self._http.close()
                 self._fetch = self._http = None
+
+    # -- when the ticker wakes -------------------------------------------------------------
+    async def _sleep_until(self, tick: float) -> float:
+        """Sleep until `tick`, or an earlier tick an answer asks for (`_wake_sooner`); the
+        tick it woke for."""
+        loop = asyncio.get_running_loop()
+        self._wake_at = tick
+        waker = self._waker = loop.create_future()
+        self._alarm = loop.call_later(max(0.0, tick - self._clock()), _resolve, waker)
+        try:
+            await waker
+        finally:
+            self._alarm.cancel()
+            self._alarm = self._waker = None
+        return self._wake_at
+
+    def _next_wake(self, tick: float) -> float:
+        """The next grid tick with something to do: a target due, a fetch's deadline, or the
+        steady period's look at the target set (new endpoints wait no longer than that)."""
+        s = self._settings
+        wake = tick + self._steady_ticks * s.interval
+        for target in self._by_address.values():
+            if target.pending is not None:
+                at = target.started + s.timeout
+            elif target.queued:
+                continue  # started by an answer, not by a tick
+            else:
+                at = target.due
+            wake = min(wake, at)
+        wake = self._tick_after(wake - s.interval / 2)  # dues lie on the grid; deadlines after
+        # never the same tick again; rejoin the grid when the loop fell behind
+        return max(wake, tick + s.interval, self._tick_after(self._clock() - s.interval))
+
+    def _wake_sooner(self, due: float) -> None:
+        """An answer set its endpoint's next scrape: wake for it if the ticker sleeps past it."""
+        waker, alarm = self._waker, self._alarm
+        if waker is None or alarm is None or waker.done():
+            return
+        if due >= self._wake_at - self._settings.interval / 2:
+            return
+        alarm.cancel()
+        self._wake_at = due
+        self._alarm = asyncio.get_running_loop().call_later(
+            max(0.0, due - self._clock()), _resolve, waker
+        )
 
     # -- the target set --------------------------------------------------------------------
     def _sync(self, tick: float) -> None:
@@ -275,6 +336,8 @@ class Scraper:
         target.pending = None
         self._in_flight -= 1
         self._safely(self._take, target, done)
+        if target.pending is None:
+            self._wake_sooner(target.due)
         while self._waiting and self._in_flight < self._settings.max_concurrency:
             queued = self._waiting.popleft()
             if queued.queued and self._by_address.get(queued.ep.address) is queued:
@@ -312,13 +375,8 @@ class Scraper:
             last = target.last
             moved = last is None or _moved(last, metrics) or health.failures > 0
             target.ticks = 1 if moved else min(self._steady_ticks, target.ticks + 1)
-            if (
-                self._changes is not None
-                and not moved
-                and not metrics.waiting
-                and not metrics.running
-                and target.ticks == self._steady_ticks
-            ):
+            if self._quiet(target, metrics, settled=not moved):
+                target.ticks = self._steady_ticks
                 target.quiet_until = started + s.quiet_interval
             target.last = metrics
             if not health.healthy:
@@ -327,6 +385,23 @@ class Scraper:
                 self._sink.set_health(target.ep.address, True)
             health.failures = 0
         target.due = self._next(target.due, target.ticks)
+
+    def _quiet(self, target: _Target, metrics: EndpointMetrics, settled: bool) -> bool:
+        """Whether an idle page lets the pod go quiet: after the same figures on a steady
+        period, or at once when the EPP has nothing in flight there and changed nothing while
+        the page was fetched (its own requests ending there are all the page moved for)."""
+        changes = self._changes
+        if changes is None or metrics.waiting or metrics.running:
+            return False
+        if settled and target.ticks == self._steady_ticks:
+            return True
+        address = target.ep.address
+        return (
+            self._flights is not None
+            and target.health.failures == 0
+            and self._flights(address) == 0
+            and changes(address) == target.seen
+        )
 
     def _safely(self, step: Callable[..., None], target: _Target, *args: object) -> None:
         """Run one target's step; a bug there (the sink's, say) is logged, and the target is
@@ -368,6 +443,11 @@ class Scraper:
             log.debug("scrape of %s failed (%d): %s", ep.address, health.failures, _describe(exc))
         backoff = min(s.backoff_max, s.interval * 2 ** min(health.failures, 30))
         return max(1, round(float(backoff) / s.interval))
+
+
+def _resolve(waker: asyncio.Future[None]) -> None:
+    if not waker.done():
+        waker.set_result(None)
 
 
 def _moved(before: EndpointMetrics, after: EndpointMetrics) -> bool:

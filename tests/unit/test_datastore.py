@@ -208,3 +208,14 @@ def test_load_changes_count_every_start_and_end_of_own_and_peer_requests() -> No
     assert (store.load_changes(a), store.load_changes(b)) == (2, 1)
     store.lease("10.9.9.9:8000", 1).release()  # not an endpoint here: nothing kept
     assert store.load_changes("10.9.9.9:8000") == 0
+
+
+def test_flights_count_own_and_peer_requests_in_flight() -> None:
+    store = store_with(pod("a", "10.0.0.1"), pod("b", "10.0.0.2"))
+    a, b = "10.0.0.1:8000", "10.0.0.2:8000"
+    lease = store.lease(a, 10)
+    store.set_peer_in_flight({a: (2, 5), b: (1, 5)})
+    assert (store.flights(a), store.flights(b)) == (3, 1)
+    lease.release()
+    store.set_peer_in_flight({})
+    assert (store.flights(a), store.flights(b)) == (0, 0)

@@ -277,6 +277,78 @@ async def test_a_quiet_pod_is_fetched_as_its_quiet_interval_ends() -> None:
     assert min(gaps) > 0.085  # quiet: not fetched at every steady tick
 
 
+IDLE = PAGE.replace(b"waiting 2", b"waiting 0").replace(b"running 1", b"running 0")
+
+
+@pytest.mark.parametrize("in_flight", [0, 1], ids=["nothing-in-flight", "one-in-flight"])
+async def test_a_pod_goes_quiet_on_its_first_idle_page_when_the_epp_has_nothing_there(
+    in_flight: int,
+) -> None:
+    """The EPP's last request there ended and the next page shows the pod idle: with nothing
+    of the EPP's in flight there, that page is vouched for at once (no ramp of fetches that
+    would repeat it). With a request of the EPP's still there (on its way, or its answer still
+    streaming to the client), the page is fetched again before the pod goes quiet."""
+    busy, changes, fetched_at = True, 0, []
+
+    async def fetch(url: str) -> bytes:
+        fetched_at.append(time.monotonic())
+        return PAGE if busy else IDLE
+
+    settings = ScrapeSettings(interval=0.01, steady_interval=0.03, quiet_interval=0.3)
+    scraper = Scraper(
+        Sink(),
+        lambda: [ep("a:1")],
+        settings,
+        fetch=fetch,
+        changes=lambda a: changes,
+        flights=lambda a: 1 if busy else in_flight,
+    )
+    task = asyncio.create_task(scraper.run())
+    await asyncio.sleep(0.1)
+    busy, changes = False, changes + 1  # the EPP's request there ended
+    ended = time.monotonic()
+    await asyncio.sleep(0.25)
+    await stop(task)
+    after = [t for t in fetched_at if t > ended]
+    assert after  # the idle page was fetched
+    later = [t for t in after if t > after[0] + 0.005]
+    if in_flight:
+        assert later and later[0] - after[0] < 0.05  # the ramp: the next tick, not 300 ms
+    else:
+        assert later == []  # vouched for until the quiet interval (300 ms) ends
+
+
+async def test_the_ticker_wakes_only_when_something_is_due() -> None:
+    """A steady pod due every 50 ms on a 10 ms grid: the target set is read (once per wake)
+    about every 50 ms, not every tick; a page that moves still brings the next fetch to the
+    next tick, even while the ticker sleeps towards a later one."""
+    reads, waiting, fetched_at = 0, 2, []
+
+    def targets() -> list[Endpoint]:
+        nonlocal reads
+        reads += 1
+        return [ep("a:1"), ep("b:1")]
+
+    async def fetch(url: str) -> bytes:
+        if "b:1" in url:  # b answers late, after the ticker went to sleep
+            await asyncio.sleep(0.015)
+            fetched_at.append(time.monotonic())
+            return PAGE.replace(b"waiting 2", b"waiting %d" % waiting)
+        return PAGE
+
+    settings = ScrapeSettings(interval=0.01, steady_interval=0.05)
+    task = asyncio.create_task(Scraper(Sink(), targets, settings, fetch=fetch).run())
+    await asyncio.sleep(0.5)
+    steady_reads = reads
+    assert steady_reads <= 20  # ~10 wakes at 50 ms (50 at every tick)
+    start = len(fetched_at)
+    for step in range(3, 33):  # b's page moves every tick: fetched about every other tick
+        waiting = step
+        await asyncio.sleep(0.01)
+    await stop(task)
+    assert len(fetched_at) - start >= 8  # one per 25 ms answer and tick, not one per 50 ms
+
+
 @pytest.mark.parametrize(
     "page",
     [
