@@ -17,14 +17,16 @@ from epp.settings import SaturationSettings, field_default
 from epp.types import EndpointState
 
 AGGREGATES = ("mean", "min")
-# seconds; one default for `epp serve`, the detector and the saturation-filter plugin
-STALENESS: float = field_default(SaturationSettings, "staleness_seconds")
+# one default each for `epp serve`, the detector and the saturation-filter plugin
+QUEUE_DEPTH: float = float(field_default(SaturationSettings, "queue_depth"))  # waiting requests
+KV_CACHE_UTIL: float = field_default(SaturationSettings, "kv_cache_util")  # share of the KV cache
+STALENESS: float = field_default(SaturationSettings, "staleness_seconds")  # seconds
 
 
 @dataclass(frozen=True, slots=True)
 class SaturationDetector:
-    queue_depth: float = 5.0
-    kv_cache_util: float = 0.8
+    queue_depth: float = QUEUE_DEPTH
+    kv_cache_util: float = KV_CACHE_UTIL
     staleness: float = STALENESS  # busy pods are fetched at least every 150 ms
     max_in_flight: int = 0  # EPP-side requests per endpoint counted as full; 0 = not used
     aggregate: str = "mean"  # or "min"

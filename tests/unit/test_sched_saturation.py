@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import random
+import time
+
 import pytest
 
-from epp.scheduling.base import SchedulingRequest
+from epp.scheduling.base import BuildContext, SchedulingRequest
+from epp.scheduling.params import Params
 from epp.scheduling.plugins.saturation_filter import SaturationFilter
 from epp.scheduling.saturation import SaturationDetector
+from epp.settings import SaturationSettings
 from epp.types import Endpoint, EndpointMetrics, EndpointState
 
 NOW = 1000.0
@@ -100,3 +105,14 @@ def test_pool_level_matches_per_endpoint_levels() -> None:
 def test_invalid_thresholds_are_refused() -> None:
     with pytest.raises(ValueError):
         SaturationDetector(kv_cache_util=1.5)
+
+
+def test_the_filter_plugin_defaults_are_epp_serves() -> None:
+    """A `saturation-filter` without parameters judges as `epp serve`'s detector does: the
+    thresholds come from one place, `SaturationSettings`."""
+    ctx = BuildContext(random.Random(1), time.monotonic)
+    plugin = SaturationFilter.from_parameters(Params({}, "saturation-filter"), ctx)
+    served = SaturationSettings()
+    assert plugin.detector.queue_depth == served.queue_depth
+    assert plugin.detector.kv_cache_util == served.kv_cache_util
+    assert plugin.detector.staleness == served.staleness_seconds

@@ -12,7 +12,12 @@ from collections.abc import Sequence
 
 from epp.scheduling.base import BuildContext, Clock, SchedulingRequest
 from epp.scheduling.params import Params
-from epp.scheduling.saturation import STALENESS, SaturationDetector
+from epp.scheduling.saturation import (
+    KV_CACHE_UTIL,
+    QUEUE_DEPTH,
+    STALENESS,
+    SaturationDetector,
+)
 from epp.types import EndpointState
 
 
@@ -33,8 +38,8 @@ class SaturationFilter:
     @classmethod
     def from_parameters(cls, params: Params, ctx: BuildContext) -> SaturationFilter:
         detector = SaturationDetector(
-            params.number("queueDepthThreshold", 5.0, low=0.001),
-            params.number("kvCacheUtilThreshold", 0.8, low=0.001, high=1.0),
+            params.number("queueDepthThreshold", QUEUE_DEPTH, low=0.001),
+            params.number("kvCacheUtilThreshold", KV_CACHE_UTIL, low=0.001, high=1.0),
             params.duration("metricsStalenessThreshold", STALENESS, low=0.001),
             params.integer("maxInFlight", 0, low=0),
         )
