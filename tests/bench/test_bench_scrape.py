@@ -1,10 +1,13 @@
-"""Benchmarks of the signal path: parse cost per page, one scrape end to end, 100 endpoints.
+"""Benchmarks of the signal path: parse cost per page, one scrape end to end and by wakeups, 100
+endpoints.
 
-`test_bench_one_scrape_end_to_end`: CPU per scrape (fetch + parse) of a 58 KB vLLM page, side by
-side: an aiohttp keep-alive session (the client the scraper used), the kept-connection client of
-`epp.scrape.client`, and the same asking only for the parsed families (`name[]`, which the
-server answers as prometheus_client does). `test_bench_scrape_100_endpoints_at_50ms`: metrics age
-and CPU share of the real Scraper over 100 endpoints, every 50 ms and adaptive.
+`test_bench_cost_of_a_fetch_by_wakeups`: CPU per fetch when 1, 2 or 4 pods share the loop's
+wakeup (the loop sleeps between), and back to back. `test_bench_one_scrape_end_to_end`: CPU per
+scrape (fetch + parse) of a 58 KB vLLM page, side by side: an aiohttp keep-alive session (the
+client the scraper used), the kept-connection client of `epp.scrape.client`, and the same asking
+only for the parsed families (`name[]`, which the server answers as prometheus_client does).
+`test_bench_scrape_100_endpoints_at_50ms`: metrics age and CPU share of the real Scraper over 100
+endpoints, every 50 ms and adaptive.
 Run: flock /tmp/bench.lock .venv/bin/pytest -m bench -s tests/bench/test_bench_scrape.py
 Prints numbers; the assertions check correctness only (goals: >= 10x faster than
 prometheus_client's parser; age p99 <= 150 ms using <= 50% of one core).
@@ -13,6 +16,7 @@ prometheus_client's parser; age p99 <= 150 ms using <= 50% of one core).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import subprocess
@@ -152,6 +156,55 @@ def test_bench_one_scrape_end_to_end() -> None:
               "CPU per scrape:")  # fmt: skip
         for name, cost in result.items():
             print(f"  {name:32s} {cost * 1e6:7.1f} us  ({base / cost:.1f}x)")
+    finally:
+        stop_server(server)
+
+
+async def cost_per_fetch(urls: list[str], per_wakeup: int, period: float, seconds: float) -> float:
+    """CPU seconds per fetch + parse when `per_wakeup` pods are fetched together, once every
+    `period` seconds (the loop sleeps between); period 0: back to back, never asleep."""
+    kept = KeepAliveFetch(timeout=1.0, max_body=8 << 20)
+    for url in urls:  # connect first
+        await kept(url)
+    n, turn = 0, itertools.cycle(urls)
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    wake = wall0
+    while time.monotonic() - wall0 < seconds:
+        batch = [next(turn) for _ in range(per_wakeup)]
+        for body in await asyncio.gather(*(kept(url) for url in batch)):
+            assert parse_metrics(body, ENGINE_VLLM, 0.0).waiting >= 0
+        n += per_wakeup
+        wake += period
+        if period:
+            await asyncio.sleep(max(0.0, wake - time.monotonic()))
+    cpu = time.process_time() - cpu0
+    await kept.close()
+    return cpu / n
+
+
+async def wakeup_patterns(addresses: list[str]) -> dict[str, float]:
+    urls = [ScrapeSettings().url_for(a, ENGINE_VLLM) for a in addresses]
+    return {
+        "1 pod per wakeup, every 50 ms": await cost_per_fetch(urls, 1, 0.05, 4.0),
+        "1 pod per wakeup, every 12.5 ms": await cost_per_fetch(urls, 1, 0.0125, 4.0),
+        "2 pods per wakeup, every 25 ms": await cost_per_fetch(urls, 2, 0.025, 4.0),
+        "4 pods per wakeup, every 50 ms": await cost_per_fetch(urls, 4, 0.05, 4.0),
+        "back to back (never asleep)": await cost_per_fetch(urls, 1, 0.0, 1.5),
+    }
+
+
+def test_bench_cost_of_a_fetch_by_wakeups() -> None:
+    """What one fetch costs depends on how many share the loop's wakeup: the scraper wakes only
+    when something is due, and fetches that fall due together share one wakeup."""
+    server, addresses = start_server(4)
+    try:
+        import uvloop
+
+        result = uvloop.run(wakeup_patterns(addresses))
+        print("\nCPU per fetch + parse (used families), 4 endpoints, uvloop:")
+        for name, cost in result.items():
+            print(f"  {name:34s} {cost * 1e6:7.1f} us")
+        assert all(cost > 0 for cost in result.values())
     finally:
         stop_server(server)
 
