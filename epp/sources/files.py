@@ -2,11 +2,13 @@
 
 `FolderSource` polls the files' (mtime, size, inode) every `interval` seconds, with no extra
 dependency, and re-reads a changed file once two polls agree on it (so a half-written file is not
-taken). Every few polls the contents are hashed too, for file systems with coarse mtimes. A file
-that no longer parses, or holds a resource that fails its own checks, keeps its last good
-documents in force, and so does a path given to the source that vanishes (an unmounted volume);
-the problems are reported in the new set. Deleting a file inside a folder is a deliberate change.
-Reading is `epp.api.load`'s job, meaning is `epp.api.parse`'s; `epp.local` consumes the sets.
+taken). A few plain files are stat'ed on the event loop; folders are walked, and changed files
+read, in a worker thread. Every few polls the contents are hashed too (in the thread), for file
+systems with coarse mtimes. A file that no longer parses, or holds a resource that fails its own
+checks, keeps its last good documents in force, and so does a path given to the source that
+vanishes (an unmounted volume); the problems are reported in the new set. Deleting a file inside
+a folder is a deliberate change. Reading is `epp.api.load`'s job, meaning is
+`epp.api.parse`'s; `epp.local` consumes the sets.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 
 from epp.api.load import MAX_FILE_BYTES, FileDocs, collect_files, parse_text, read_file
 from epp.api.model import Problem, ResourceSet
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 
 Signature = tuple[int, int, int]  # (mtime_ns, size, inode)
 HASH_EVERY_POLLS = 10
+INLINE_FILES = 16  # up to this many watched plain files are checked on the loop, not in a thread
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +65,33 @@ class FolderSource:
             await asyncio.sleep(self._interval)
             self._polls += 1
             full = self._polls % HASH_EVERY_POLLS == 0
+            if not full and self._files_unchanged():
+                continue
             if await asyncio.to_thread(self._scan, True, full):
                 self._current = self._build()
                 log.info("manifests changed: %s", _summary(self._current))
                 yield self._current
+
+    def _files_unchanged(self) -> bool:
+        """Whether every watched path is a plain file whose (mtime, size, inode) is the one in
+        force, with nothing pending: a few stat calls on the loop, where a worker thread's
+        handoff would wake two threads (docs/benchmarks.md, "Fewer wakeups"). Folders, and
+        anything to look at again, go to the thread."""
+        if self._pending or self._scan_problems or len(self._paths) > INLINE_FILES:
+            return False
+        for raw in self._paths:
+            state = self._files.get(str(Path(raw)))
+            if state is None:  # a folder (its files are listed by their own names), or new
+                return False
+            try:
+                st = os.stat(raw)
+            except OSError:
+                return False
+            if not S_ISREG(st.st_mode):
+                return False
+            if (st.st_mtime_ns, st.st_size, st.st_ino) != state.signature:
+                return False
+        return len(self._files) == len(self._paths)
 
     def _build(self) -> ResourceSet:
         docs = [doc for state in self._files.values() for doc in state.docs]

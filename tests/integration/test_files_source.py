@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import time
@@ -156,4 +157,44 @@ async def test_an_edit_hidden_from_mtime_is_found_by_the_content_hash(folder: Pa
         changed = await next_set(changes)
         assert splits(changed) == [("stable", 80), ("canary", 10)]
     finally:
+        await changes.aclose()  # type: ignore[attr-defined]
+
+
+async def test_plain_files_are_checked_on_the_loop_and_edits_still_arrive(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plain files named directly are stat'ed on the event loop, without a worker thread, while
+    they stand still; an edit, and an edit hidden from mtime (the periodic content hash), still
+    arrive."""
+    files = sorted(folder.glob("*.yaml"))
+    manifest = folder / "inference.yaml"
+    assert manifest in files
+    source = FolderSource(files, interval=0.02)
+    assert splits(source.current()) == [("stable", 90), ("canary", 10)]
+    handoffs = 0
+    to_thread = asyncio.to_thread
+
+    async def counted(*args: object, **kwargs: object) -> object:
+        nonlocal handoffs
+        handoffs += 1
+        return await to_thread(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("epp.sources.files.asyncio.to_thread", counted)  # counts, then calls
+    changes = source.watch().__aiter__()
+    pending = asyncio.ensure_future(anext(changes))
+    try:
+        await asyncio.sleep(0.5)  # ~25 polls of files that stand still
+        assert not pending.done()
+        assert handoffs <= 4  # only the content hash every 10th poll (25 before)
+        rewrite(manifest, "- weight: 90\n", "- weight: 70\n")
+        changed = await asyncio.wait_for(pending, WAIT)
+        assert splits(changed) == [("stable", 70), ("canary", 10)]
+        before = manifest.stat()
+        rewrite(manifest, "- weight: 70\n", "- weight: 60\n")  # same size, same mtime
+        os.utime(manifest, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert splits(await next_set(changes)) == [("stable", 60), ("canary", 10)]
+    finally:
+        pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pending
         await changes.aclose()  # type: ignore[attr-defined]
