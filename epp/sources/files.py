@@ -75,8 +75,8 @@ class FolderSource:
     def _files_unchanged(self) -> bool:
         """Whether every watched path is a plain file whose (mtime, size, inode) is the one in
         force, with nothing pending: a few stat calls on the loop, where a worker thread's
-        handoff would wake two threads (docs/benchmarks.md, "Fewer wakeups"). Folders, and
-        anything to look at again, go to the thread."""
+        handoff would wake two threads (docs/benchmarks.md, "Manifest files checked on the
+        loop"). Folders, and anything to look at again, go to the thread."""
         if self._pending or self._scan_problems or len(self._paths) > INLINE_FILES:
             return False
         for raw in self._paths:
