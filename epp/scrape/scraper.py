@@ -189,10 +189,7 @@ class Scraper:
                 self._sync(tick)
                 self._tick(tick)
                 tick = self._next_wake(tick)
-        finally:
-            if self._alarm is not None:
-                self._alarm.cancel()
-            self._alarm = self._waker = None
+        finally:  # `_sleep_until` cancelled its own alarm
             for target in self._by_address.values():
                 self._drop(target)
             self._by_address.clear()

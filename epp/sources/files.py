@@ -87,9 +87,7 @@ class FolderSource:
                 st = os.stat(raw)
             except OSError:
                 return False
-            if not S_ISREG(st.st_mode):
-                return False
-            if (st.st_mtime_ns, st.st_size, st.st_ino) != state.signature:
+            if not S_ISREG(st.st_mode) or _signature(st) != state.signature:
                 return False
         return len(self._files) == len(self._paths)
 
@@ -141,7 +139,7 @@ class FolderSource:
             st = path.stat()
         except OSError:
             return None
-        signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+        signature = _signature(st)
         if old is not None and old.signature == signature and not full:
             return None
         if (
@@ -196,6 +194,10 @@ class FolderSource:
             )
         log.warning("%s is broken: %s", name, "; ".join(str(p) for p in problems))
         return _FileState(signature, digest, kept, tuple(problems))
+
+
+def _signature(st: os.stat_result) -> Signature:
+    return st.st_mtime_ns, st.st_size, st.st_ino
 
 
 def _summary(resources: ResourceSet) -> str:
