@@ -128,11 +128,13 @@ def _states(n: int, rng: random.Random) -> list[EndpointState]:
     ]
 
 
-@pytest.mark.parametrize("questions", ["repeated", "new"])
+@pytest.mark.parametrize("questions", ["repeated", "new", "new-memory-full"])
 def test_bench_pick_precise_64_endpoints(questions: str) -> None:
     """16 system prompts of 1,024 tokens, each cached on 2-3 of 64 pods, then a 65-token
     question: `repeated` sends 128 prompts over and over (each hashed once), `new` sends a
-    question never seen before every time (its blocks, and only those, are new)."""
+    question never seen before every time (its blocks, and only those, are new).
+    `new-memory-full`: the same after 12,000 picks into memories of 2,000 blocks a pod, as a
+    long-running EPP's are (every pick evicts about what it adds; in `new` they still grow)."""
     rng = random.Random(3)
     hasher = BlockHasher(16, "sha256", "0")
     scorer = PreciseCacheScorer(Tokenizer.from_dir(TOKENIZER), hasher, KvBlockIndex())
@@ -156,8 +158,14 @@ def test_bench_pick_precise_64_endpoints(questions: str) -> None:
     bodies = [body(k) for k in range(128)]
     for i, b in enumerate(bodies):  # warm: every system prompt hashed once
         profile.schedule(SchedulingRequest(f"w{i}", "m", payload=b), states)
+    if questions == "new-memory-full":
+        assert scorer.memory is not None
+        for st in states:
+            scorer.memory.set_capacity(st.address, 2000)
+        for i in range(12_000):
+            profile.schedule(SchedulingRequest(f"f{i}", "m", payload=body(i)), states)
     n = 4000
-    if questions == "new":  # bodies as decoded from each request: built before timing
+    if questions != "repeated":  # bodies as decoded from each request: built before timing
         bodies = [body(k) for k in range(n)]
     gc.collect()
     gc.disable()
@@ -172,7 +180,8 @@ def test_bench_pick_precise_64_endpoints(questions: str) -> None:
         gc.enable()
     print(
         f"\npick, precise-prefix-cache-scorer + queue-scorer, 64 endpoints, 1,089-token prompts "
-        f"given as token ids (no tokenization), {questions} questions: "
+        f"given as token ids (no tokenization), {questions.replace('-memory-full', '')} "
+        f"questions{', memories of picks full' if questions.endswith('full') else ''}: "
         f"p50 {pct(samples, 0.5):.0f} us, p99 {pct(samples, 0.99):.0f} us (goal p99 <= 150 us)"
     )
 
