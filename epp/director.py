@@ -15,7 +15,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 
 from epp.admission.controller import AdmissionController, Offer
 from epp.datastore import Datastore, Lease
@@ -107,11 +108,6 @@ class Director:
         # the ticket says its flow (its turn among tenants), TTL and latency objectives
         plan = self.lengths.plan(route.target_model, request.output_limit)
         ticket = self._admission.ticket(headers, route.defaults)
-        candidates = await self._admission.admit(
-            request, route.pool.key, route.priority, subset, plan, ticket
-        )
-        # 4. schedule: the route's profile ranks the offered endpoints, or passes the pod that
-        # holds the request's session while it may still take it
         scheduling = SchedulingRequest(
             request_id,
             route.target_model,
@@ -124,9 +120,23 @@ class Director:
             expected_output_tokens=plan.expected,
             typical_output_tokens=plan.typical,
             payload=request.payload,
-            warm_only=candidates.warm_only if isinstance(candidates, Offer) else frozenset(),
         )
         profile = select_profile(self._profiles, route.strategy, route.priority)
+        # a free slot is room where the pod's free KV takes the prompt's new tokens: on a pod
+        # holding its prefix (as the profile's prefix scorers see it) only the rest is new
+        candidates = await self._admission.admit(
+            request,
+            route.pool.key,
+            route.priority,
+            subset,
+            plan,
+            ticket,
+            cached=partial(profile.held_tokens, scheduling),
+        )
+        # 4. schedule: the route's profile ranks the offered endpoints, or passes the pod that
+        # holds the request's session while it may still take it
+        if isinstance(candidates, Offer) and candidates.warm_only:
+            scheduling = replace(scheduling, warm_only=candidates.warm_only)
         inference = request.runs_inference
         pool_key = route.pool.key
         hold = (

@@ -30,7 +30,13 @@ from epp.admission.flow_control import FlowControl, Place
 from epp.admission.flows import cost_of
 from epp.admission.kv_room import RoomColumn
 from epp.admission.objectives import LEARNED_AFTER, ObjectiveRoom, Objectives
-from epp.admission.rooms import CRITICAL_QUEUE_AFTER, CriticalRoom, RoomView, StandardRoom
+from epp.admission.rooms import (
+    CRITICAL_QUEUE_AFTER,
+    CachedTokens,
+    CriticalRoom,
+    RoomView,
+    StandardRoom,
+)
 from epp.admission.shedding import SheddableRoom, Shedder
 from epp.admission.tickets import NO_TICKET, Ticket, Tickets
 from epp.api.model import RequestDefaults
@@ -90,11 +96,13 @@ class AdmissionController:
         subset: Sequence[str] | None = None,
         plan: LengthPlan | None = None,
         ticket: Ticket = NO_TICKET,
+        cached: CachedTokens | None = None,
     ) -> list[EndpointState]:
         """Wait for room (or refuse the request), then return the endpoints it is offered (an
         `Offer`, with its warm-only ones, where it was held).
         `plan`: the answer length to plan with (default: the request's cap, else typical);
-        `ticket`: its flow, TTL and objectives (`ticket`)."""
+        `ticket`: its flow, TTL and objectives (`ticket`); `cached`: the prompt tokens each
+        endpoint holds (asked only where the KV room would narrow the offer)."""
         if not request.runs_inference:
             return self._store.ready(pool_key, subset)
         started = self._clock()
@@ -123,7 +131,7 @@ class AdmissionController:
         if held and priority == 0 and not self._may_take_free(pool_key, ticket.flow, view):
             offered = view.full() or list(view.candidates)
         else:
-            with_room = view.with_room(priority, free_first or held, request.prompt_tokens)
+            with_room = view.with_room(priority, free_first or held, request.prompt_tokens, cached)
             offered = with_room or list(view.candidates)
             if held and priority == 0 and with_room:
                 # a full batch with nothing queued may hold the request's prompt: on offer too,

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from epp.admission.envelope import LowerEnvelope
 from epp.admission.kv_room import RoomColumn
@@ -253,23 +253,52 @@ class RoomView:
         return self._envelopes[key]
 
     def with_room(
-        self, priority: int, free_first: bool = False, prompt_tokens: int = 0
+        self,
+        priority: int,
+        free_first: bool = False,
+        prompt_tokens: int = 0,
+        cached: CachedTokens | None = None,
     ) -> list[EndpointState]:
         """The endpoints a request of this priority is offered once it may go: those with room
         whose KV cache takes its prompt (`prompt_tokens`; where none does, the probe that let
         it go ignores the KV cache: those with room); for a critical one (or `free_first`) a
-        free batch slot beats a queue on a faster pod."""
+        free batch slot beats a queue on a faster pod. `cached`: the prompt tokens each
+        endpoint holds, asked only when the KV room leaves some endpoint out; on a holder only
+        the rest of the prompt claims blocks (the pod-wide cache-hit share misjudged a group's
+        warm requests there, docs/benchmarks.md, "The matrix on seed 2 at 94ac0fd")."""
         candidates = self.candidates
         if priority > 0 or free_first:
-            fit, any_fit = self.mask(FREE, prompt_tokens)
+            fit, any_fit = self._held_fit(FREE, prompt_tokens, cached)
             if any_fit:
                 return [c for c, ok in zip(candidates, fit, strict=True) if ok]
             with_room = [c for c, ok in zip(candidates, self.room, strict=True) if ok]
             return (
                 [c for c in with_room if free(c)] or [c for c in with_room if probe(c)] or with_room
             )
-        fit, any_fit = self.mask(ROOM, prompt_tokens)
+        fit, any_fit = self._held_fit(ROOM, prompt_tokens, cached)
         return [c for c, ok in zip(candidates, fit if any_fit else self.room, strict=True) if ok]
+
+    def _held_fit(
+        self, kind: str, prompt_tokens: int, cached: CachedTokens | None
+    ) -> tuple[list[bool], bool]:
+        """`mask(kind, prompt_tokens)`, where an endpoint the KV room left out takes the
+        prompt after all if its free blocks take the part of it that it does not hold."""
+        fit, any_fit = self.mask(kind, prompt_tokens)
+        base = self._mask(kind)[0]
+        if cached is None or fit is base:
+            return fit, any_fit
+        held = cached()
+        if not held:
+            return fit, any_fit
+        rooms = self.kv_room()
+        out = list(fit)
+        for i, c in enumerate(self.candidates):
+            tokens = held.get(c.endpoint.address, 0)
+            if base[i] and not out[i] and tokens > 0:
+                # `room_tokens` divides the free tokens by the share a prompt claims
+                free = rooms[i] * (1.0 - c.cache_hit)
+                out[i] = prompt_tokens - tokens <= free
+        return out, any(out)
 
 
 def worth_taking(
@@ -304,6 +333,8 @@ def worth_taking(
 
 
 ViewOf = Callable[[], RoomView]  # the current view of the request's pool (raises NoEndpoints)
+# the request's prompt tokens each endpoint holds (the profile's prefix scorers' view)
+CachedTokens = Callable[[], Mapping[str, int]]
 # whether the request's flow may take one of the free slots a view shows (`shares.Shares`)
 FairShare = Callable[[RoomView], bool]
 

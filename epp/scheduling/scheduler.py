@@ -79,6 +79,10 @@ class Profile:
         self._combine = weighted_sum([ws.weight for ws in self.scorers])
         # which scorers' scores are holds on a cached prefix (`WARM_HOLD`)
         self._affinity = tuple(getattr(ws.scorer, "affinity", False) for ws in self.scorers)
+        # the prefix scorers' views of what each endpoint holds of a prompt (`held_tokens`)
+        self._holders: tuple[Callable[[SchedulingRequest], dict[str, int]], ...] = tuple(
+            held for ws in self.scorers if (held := getattr(ws.scorer, "held_tokens", None))
+        )
         self.timing: TimingSink | None = None  # set by the server; sampled, not every request
         self.timing_every = 16
         self._runs = 0
@@ -93,6 +97,17 @@ class Profile:
         parts = [f.name for f in self.filters]
         parts += [f"{ws.scorer.name}*{ws.weight:g}" for ws in self.scorers]
         return f"Profile({self.name}: {' > '.join([*parts, self.picker.name])})"
+
+    def held_tokens(self, request: SchedulingRequest) -> dict[str, int]:
+        """The request's leading prompt tokens each endpoint holds, the most any prefix scorer
+        of the profile credits it with (empty without one). Admission's KV room asks it before
+        the pick, with the request it then schedules (the scorers keep their match for it)."""
+        out: dict[str, int] = {}
+        for held_tokens in self._holders:
+            for address, tokens in held_tokens(request).items():
+                if tokens > out.get(address, 0):
+                    out[address] = tokens
+        return out
 
     def schedule(
         self, request: SchedulingRequest, candidates: Sequence[EndpointState], count: int = 1

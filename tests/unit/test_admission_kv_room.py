@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 import orjson
@@ -169,6 +170,33 @@ def test_a_warm_holder_keeps_room_for_a_long_shared_prompt() -> None:
     cold = kv_state(B, 0.9)
     view = RoomView([warm, cold])
     assert view.mask(FREE, 2000)[0] == [True, False]
+
+
+def test_a_holder_of_the_prompt_has_room_for_its_new_part() -> None:
+    """The pod-wide cache-hit share judges every prompt alike; a pod holding this prompt's
+    prefix needs blocks for the rest only, so it keeps its room for it (asked lazily)."""
+    holder = kv_state(A, 0.9, cache_hit=0.5)  # 160 free tokens: ~320 prompt tokens at 0.5
+    other = kv_state(B, 0.2, cache_hit=0.5)  # 1,280 free tokens: 2,560 at 0.5
+    view = RoomView([holder, other])
+    assert view.mask(FREE, 2000)[0] == [False, True]
+    asked: list[int] = []
+
+    def cached(held: dict[str, int]) -> Callable[[], Mapping[str, int]]:
+        def ask() -> Mapping[str, int]:
+            asked.append(1)
+            return held
+
+        return ask
+
+    assert [c.address for c in view.with_room(0, True, 2000, cached({A: 1900}))] == [A, B]
+    assert [c.address for c in view.with_room(0, False, 2000, cached({A: 1900}))] == [A, B]
+    # holding too little of it (400 new tokens against 160 free) or nothing: still no room
+    assert [c.address for c in view.with_room(0, False, 2000, cached({A: 1600}))] == [B]
+    assert [c.address for c in view.with_room(0, False, 2000, cached({B: 2000}))] == [B]
+    # where the KV room narrows nothing the holders are not asked for
+    assert len(asked) == 4
+    assert [c.address for c in view.with_room(0, False, 100, cached({A: 100}))] == [A, B]
+    assert len(asked) == 4
 
 
 BODY = read_body(orjson.dumps({"model": "m", "prompt": "x " * 800}), 1 << 20)

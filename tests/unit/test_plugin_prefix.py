@@ -447,3 +447,18 @@ def test_holders_as_deep_are_not_each_others_rivals() -> None:
     assert scorer.score(req(SYSTEM, rid="3"), [a, b, idle]) == [1.0, 1.0, 0.0]
     scorer.picked(req(b"Y" * 64 * 10, rid="4"), a)  # 0.24 s on a, more than 0.13 s on c
     assert scorer.score(req(SYSTEM, rid="5"), [a, b, idle]) == [0.0, 1.0, 0.0]
+
+
+def test_the_profile_says_how_much_of_a_prompt_each_endpoint_holds() -> None:
+    """Admission's KV room asks the profile before the pick: the prompt tokens its prefix
+    scorer credits each endpoint with (nothing before any pick, the leading blocks after)."""
+    profile = build_default_profiles(random.Random(3), clock)["gpu-aware"]
+    a, b = ep("a"), ep("b")
+    first = SchedulingRequest("r1", "m", prompt_tokens=144, prompt=SYSTEM + b"q1" * 40)
+    assert profile.held_tokens(first) == {}
+    picked = profile.schedule(first, [a, b])[0].address
+    again = SchedulingRequest("r2", "m", prompt_tokens=144, prompt=SYSTEM + b"q2" * 40)
+    held = profile.held_tokens(again)
+    assert set(held) == {picked}
+    assert held[picked] == 128  # the 8 shared 16-token blocks, not the new question
+    assert profile.held_tokens(req(b"Z" * BLOCK * 9)) == {}

@@ -223,6 +223,15 @@ class PreciseCacheScorer:
         self._last = _Matched(request, blocks, counts, len(ids), frontier, keys)
         return blocks, counts, len(ids), frontier
 
+    def held_tokens(self, request: SchedulingRequest) -> dict[str, int]:
+        """The request's leading prompt tokens each endpoint holds (events and remembered
+        picks; admission's KV room asks it: on a holder only the rest of the prompt is new)."""
+        blocks, counts, _, _ = self.matches(request)
+        if not blocks:
+            return {}
+        block = self.hasher.block_size
+        return {address: int(held * block) for address, held in counts.items()}
+
     def score(self, request: SchedulingRequest, candidates: Sequence[EndpointState]) -> list[float]:
         blocks, counts, tokens, frontier = self.matches(request)
         stats = self.stats

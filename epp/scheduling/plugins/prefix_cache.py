@@ -210,6 +210,16 @@ class PrefixCacheScorer:
         if stats.picks % PURGE_EVERY == 0:
             self.index.purge_idle(now - self.idle_seconds)
 
+    def held_tokens(self, request: SchedulingRequest) -> dict[str, int]:
+        """The request's leading prompt tokens each endpoint holds, as this index believes
+        (admission's KV room asks it: on a holder only the rest of the prompt is new)."""
+        hashes, counts = self._lookup(request)
+        if not hashes:
+            return {}
+        tokens = max(request.prompt_tokens, len(hashes) * self.block_size_tokens)
+        per_block = tokens / len(hashes)
+        return {address: int(held * per_block) for address, held in counts.items()}
+
     def forget(self, address: str) -> None:
         """The endpoint left or restarted: its cache is gone."""
         self.index.forget(address)
