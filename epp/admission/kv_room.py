@@ -78,3 +78,11 @@ class RoomColumn:
         if len(known) > 4 * len(states) + 64:  # replaced states pile up: keep the current ones
             self._known = {id(s): (s, v) for s, v in zip(states, out, strict=True)}
         return out
+
+
+def takes_rest(state: EndpointState, room: float, prompt_tokens: int, held: int) -> bool:
+    """Whether the endpoint (its `room_tokens` is `room`) takes a prompt of which it holds
+    `held` tokens: only the rest claims blocks, not the pod-wide share `room` assumes."""
+    if math.isinf(room):
+        return True
+    return prompt_tokens - held <= room * (1.0 - state.cache_hit)

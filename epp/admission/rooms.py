@@ -34,7 +34,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 
 from epp.admission.envelope import LowerEnvelope
-from epp.admission.kv_room import RoomColumn
+from epp.admission.kv_room import RoomColumn, takes_rest
 from epp.errors import NoEndpoints
 from epp.scheduling.service_time import ServiceTime
 from epp.scheduling.snapshot import snapshot_of
@@ -295,9 +295,7 @@ class RoomView:
         for i, c in enumerate(self.candidates):
             tokens = held.get(c.endpoint.address, 0)
             if base[i] and not out[i] and tokens > 0:
-                # `room_tokens` divides the free tokens by the share a prompt claims
-                free = rooms[i] * (1.0 - c.cache_hit)
-                out[i] = prompt_tokens - tokens <= free
+                out[i] = takes_rest(c, rooms[i], prompt_tokens, tokens)
         return out, any(out)
 
 
