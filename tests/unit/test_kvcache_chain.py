@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from epp.kvcache.chain import PrefixChain
+from epp.kvcache.chain import CHUNK_BLOCKS, PrefixChain
 from epp.kvcache.hashing import ALGOS, BlockHasher
 
 
@@ -60,3 +60,24 @@ def test_a_block_with_an_id_that_is_not_an_int_ends_the_walk() -> None:
     assert list(chain.walk([1.5, 2, 3, 4])) == []  # type: ignore[list-item]
     with pytest.raises(ValueError, match="capacity"):
         PrefixChain(BlockHasher(4), capacity=0)
+
+
+@pytest.mark.parametrize("lora", [None, "sql"])
+def test_a_known_run_of_blocks_is_found_whole_and_gives_the_same_keys(lora: str | None) -> None:
+    hasher = BlockHasher(4)
+    chain = PrefixChain(hasher)
+    system = list(range(4 * CHUNK_BLOCKS * 2 + 6))  # two whole runs and one more block
+    assert chain.keys(system, lora) == hasher.hashes(system, lora)
+    assert chain.hashed == 2 * CHUNK_BLOCKS + 1
+    chain._new.clear()  # the blocks forgotten: the runs alone give their keys
+    chain._old.clear()
+    assert chain.keys(system, lora) == list(chain.walk(system, lora)) == hasher.hashes(system, lora)
+    assert chain.hashed == 2 * CHUNK_BLOCKS + 2  # the block past the runs, hashed once again
+    # a prompt that shares the first run and leaves the second inside it
+    other = [*system[: 4 * (CHUNK_BLOCKS + 3)], 999, 998, 997, 996]
+    assert chain.keys(other, lora) == hasher.hashes(other, lora)
+    assert chain.hashed == 2 * CHUNK_BLOCKS + 2 + 4  # 3 blocks forgotten above, and its own
+    assert chain.keys(system, limit=CHUNK_BLOCKS + 1) == hasher.hashes(
+        system, limit=CHUNK_BLOCKS + 1
+    )
+    assert chain.keys(system, "other")[0] != chain.keys(system)[0]

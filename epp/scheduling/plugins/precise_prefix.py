@@ -182,7 +182,7 @@ class PreciseCacheScorer:
 
     def block_hashes(self, request: SchedulingRequest) -> list[int]:
         """The request's prompt blocks as vLLM would hash them ([] if it has no prompt)."""
-        return list(self.chain.walk(self._ids(request), request.lora_adapter, self.max_blocks))
+        return self.chain.keys(self._ids(request), request.lora_adapter, self.max_blocks)
 
     def _ids(self, request: SchedulingRequest) -> tuple[int, ...]:
         payload = request.payload
@@ -209,7 +209,7 @@ class PreciseCacheScorer:
             counts = self.index.match(walk)
             frontier = self.chain.last
         else:
-            keys = list(self.chain.walk(ids, request.lora_adapter, self.max_blocks))
+            keys = self.chain.keys(ids, request.lora_adapter, self.max_blocks)
             counts = self.index.match(keys)
             # the first block no pod holds, as the events say: the same key in every replica
             reported = int(max(counts.values(), default=0.0))
@@ -240,11 +240,11 @@ class PreciseCacheScorer:
         if not blocks or not candidates:
             return [0.0] * len(candidates)
         total = float(blocks)
+        scores, best = [0.0] * len(candidates), 0.0
         if counts:
-            scores = [counts.get(c.endpoint.address, 0.0) / total for c in candidates]
+            for i, held in holders_at(snapshot_of(candidates).addresses, counts):
+                scores[i] = held / total
             best = max(scores)
-        else:
-            scores, best = [0.0] * len(candidates), 0.0
         stats.hit_blocks += best * total
         if best < 0.5:  # a cold prompt: nobody holds half of it
             homed = frontier if self.cold_home > 0 else None  # where homes apply
@@ -321,12 +321,12 @@ class PreciseCacheScorer:
         counts: dict[str, float],
     ) -> None:
         now, prefill, bs = self._clock(), self.prefill, self.hasher.block_size
-        for i, c in enumerate(candidates):
-            if scores[i] > 0.0:
-                own = max(0.0, tokens - counts.get(c.endpoint.address, 0.0) * bs)
-                if prefill.wait(c.endpoint.address, now, own) > self.ttft_budget:
-                    scores[i] = 0.0
-                    self.stats.gated += 1
+        for i in [i for i, score in enumerate(scores) if score > 0.0]:
+            address = candidates[i].endpoint.address
+            own = max(0.0, tokens - counts.get(address, 0.0) * bs)
+            if prefill.wait(address, now, own) > self.ttft_budget:
+                scores[i] = 0.0
+                self.stats.gated += 1
 
     def _yield(
         self,
