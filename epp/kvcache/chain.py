@@ -55,7 +55,9 @@ class PrefixChain:
     ) -> Iterator[int]:
         """The keys of the full blocks of `ids` (at most `limit`), as vLLM's events carry them."""
         for piece in self._pieces(ids, lora, limit):
-            yield from piece
+            for key in piece:
+                self.last = key  # where a caller that stops reading stopped, inside a run too
+                yield key
 
     def keys(self, ids: Sequence[int], lora: str | None = None, limit: int = 1 << 30) -> list[int]:
         """`list(walk(...))`, a known run added at once rather than key by key."""

@@ -81,3 +81,13 @@ def test_a_known_run_of_blocks_is_found_whole_and_gives_the_same_keys(lora: str 
         system, limit=CHUNK_BLOCKS + 1
     )
     assert chain.keys(system, "other")[0] != chain.keys(system)[0]
+
+
+def test_last_is_where_a_reader_stopped_inside_a_known_run() -> None:
+    hasher = BlockHasher(4)
+    chain = PrefixChain(hasher)
+    ids = list(range(4 * CHUNK_BLOCKS))
+    keys = chain.keys(ids)  # now a known run
+    assert chain.last == keys[-1]
+    read = list(itertools.islice(chain.walk(ids), 3))
+    assert read == keys[:3] and chain.last == keys[2]
