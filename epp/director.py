@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 
 from epp.admission.controller import AdmissionController, Offer
@@ -135,8 +135,7 @@ class Director:
         )
         # 4. schedule: the route's profile ranks the offered endpoints, or passes the pod that
         # holds the request's session while it may still take it
-        if isinstance(candidates, Offer) and candidates.warm_only:
-            scheduling = replace(scheduling, warm_only=candidates.warm_only)
+        warm_only = candidates.warm_only if isinstance(candidates, Offer) else frozenset()
         inference = request.runs_inference
         pool_key = route.pool.key
         hold = (
@@ -145,7 +144,9 @@ class Director:
             else NO_HOLD
         )
         offered = candidates if hold.endpoint is None else (hold.endpoint,)
-        picked = profile.schedule(scheduling, offered, 1 + self._protocol.fallback_endpoints)
+        picked = profile.schedule(
+            scheduling, offered, 1 + self._protocol.fallback_endpoints, warm_only
+        )
         # 5. lease: the pick counts on its endpoint at once (the waiting room hears of it); its
         # predicted latency is kept, to learn from what the response shows
         prediction = self._admission.predict(picked[0], request.prompt_tokens)

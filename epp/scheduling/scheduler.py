@@ -52,12 +52,11 @@ def weighted_sum(weights: Sequence[float]) -> Callable[[Sequence[list[float]]], 
 
 
 def _warm_kept(
-    request: SchedulingRequest, candidates: Sequence[EndpointState], holds: list[bool]
+    warm_only: frozenset[str], candidates: Sequence[EndpointState], holds: list[bool]
 ) -> list[int] | None:
     """The candidates to keep when warm-only offers no affinity scorer holds are dropped (a
     full batch is worth joining only for the prompt it caches); None: keep them all (nothing
     to drop, or nothing would be left)."""
-    warm_only = request.warm_only
     keep = [i for i, c in enumerate(candidates) if holds[i] or c.endpoint.address not in warm_only]
     return keep if keep and len(keep) < len(candidates) else None
 
@@ -110,9 +109,17 @@ class Profile:
         return out
 
     def schedule(
-        self, request: SchedulingRequest, candidates: Sequence[EndpointState], count: int = 1
+        self,
+        request: SchedulingRequest,
+        candidates: Sequence[EndpointState],
+        count: int = 1,
+        warm_only: frozenset[str] | None = None,
     ) -> list[EndpointState]:
-        """Return up to `count` endpoints, best first. `candidates` must not be empty."""
+        """Return up to `count` endpoints, best first. `candidates` must not be empty.
+        `warm_only`: the offer's warm-only endpoints, where admission made them after the
+        request was built (default: the request's own); the request keeps its identity, so
+        the prefix scorers reuse the match they made for admission's KV room."""
+        warm = request.warm_only if warm_only is None else warm_only
         explain = log.isEnabledFor(logging.DEBUG)
         timed = self._timed()
         candidates = snapshot_of(candidates)
@@ -132,8 +139,8 @@ class Profile:
         if len(candidates) == 1:
             picked = [candidates[0]]
         else:
-            totals, details, holds = self._score(request, candidates, explain, timed)
-            keep = _warm_kept(request, candidates, holds) if holds is not None else None
+            totals, details, holds = self._score(request, candidates, explain, timed, warm)
+            keep = _warm_kept(warm, candidates, holds) if holds is not None else None
             if keep is not None:
                 candidates = snapshot_of([candidates[i] for i in keep])
                 totals = [totals[i] for i in keep]
@@ -161,11 +168,12 @@ class Profile:
         candidates: Sequence[EndpointState],
         explain: bool,
         timed: bool = False,
+        warm_only: frozenset[str] = frozenset(),
     ) -> tuple[list[float], list[tuple[str, list[float]]], list[bool] | None]:
         """The weighted totals, the columns by scorer (when explaining) and, where the request
         has warm-only offers, which candidates an affinity scorer holds (`WARM_HOLD`)."""
         columns: list[list[float]] = []
-        holds = [False] * len(candidates) if request.warm_only else None
+        holds = [False] * len(candidates) if warm_only else None
         for ws, affinity in zip(self.scorers, self._affinity, strict=True):
             start = time.perf_counter() if timed else 0.0
             scores = ws.scorer.score(request, candidates)

@@ -256,7 +256,10 @@ def test_a_warm_only_offer_is_taken_only_where_an_affinity_scorer_holds_it() -> 
             MaxScorePicker(random.Random(0)),
         )
         request = replace(REQ, warm_only=warm)
-        return profile.schedule(request, pods)[0].endpoint.address
+        picked = profile.schedule(request, pods)[0].endpoint.address
+        # the director's way: the offer's warm-only set beside the request it built before
+        assert profile.schedule(REQ, pods, warm_only=warm)[0].endpoint.address == picked
+        return picked
 
     warm = frozenset({"10.0.0.2:8000", "10.0.0.3:8000"})
     assert pick([0.0, 0.0, 0.0], warm) == "10.0.0.1:8000"  # no hold: the room's offer only
