@@ -7,10 +7,15 @@ of KV events close together (the engine busy), the tokens its `BlockStored` even
 second of the pod's own event clock are its prefill throughput under its real load; a moving
 average smooths the samples. Until a pod has shown a rate, `prior` stands in. Pure data: the
 subscriber (`epp.kvevents`) reports stored tokens, the scorer adds picks and reads waits.
+`longest_wait` bounds every pod's wait without a pass over the pods (the most tokens an add left
+on any pod, at the slowest rate), so a gate can tell at once that no pod is near its budget; the
+bound is made exact again at most every `top_refresh_s` and after a rate changes.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -28,6 +33,7 @@ class PrefillTracker:
         smoothing: float = 0.3,
         busy_gap_s: float = 0.1,
         window_s: float = 0.25,
+        top_refresh_s: float = 0.5,
     ) -> None:
         self.prior = prior
         self.smoothing = smoothing
@@ -36,6 +42,12 @@ class PrefillTracker:
         self._queued: dict[str, tuple[float, float]] = {}  # pod → (tokens, as of when)
         self._rates: dict[str, float] = {}
         self._runs: dict[str, _Run] = {}
+        self.top_refresh_s = top_refresh_s
+        # no pod has more than _top tokens queued (exact at _top_at, raised by every add since);
+        # no pod prefills slower than _slowest
+        self._top = 0.0
+        self._top_at = -math.inf
+        self._slowest = prior
 
     def rate(self, pod: str) -> float:
         """Tokens a second the pod prefills (learned, else the prior)."""
@@ -56,8 +68,33 @@ class PrefillTracker:
         """Seconds until `extra` more tokens would be prefilled behind what is queued."""
         return (self.queued(pod, now) + extra) / self.rate(pod)
 
+    def longest_wait(self, now: float, extra: float = 0.0) -> float:
+        """At least `wait(pod, now, extra)` for every pod: 0 queued plus `extra` is as fast as
+        the slowest pod goes, and a scan of the pods happens only when the bound is stale."""
+        if now - self._top_at >= self.top_refresh_s or now < self._top_at:
+            self._top = max((self.queued(pod, now) for pod in self._queued), default=0.0)
+            self._top_at = now
+        slowest = self._slowest
+        return (self._top + extra) / slowest if slowest > 0.0 else math.inf
+
+    def late(self, now: float, budget: float, asks: Iterable[tuple[int, str, float]]) -> list[int]:
+        """The `i` of each `(i, pod, extra)` whose `wait(pod, now, extra)` is over `budget`."""
+        queued, rates, prior = self._queued, self._rates, self.prior
+        out = []
+        for i, pod, extra in asks:
+            rate = rates.get(pod, prior)
+            entry = queued.get(pod)
+            tokens = extra
+            if entry is not None:
+                tokens += max(0.0, entry[0] - rate * max(0.0, now - entry[1]))
+            if tokens > budget * rate:
+                out.append(i)
+        return out
+
     def add(self, pod: str, tokens: float, now: float) -> None:
-        self._queued[pod] = (self.queued(pod, now) + tokens, now)
+        total = self.queued(pod, now) + tokens
+        self._queued[pod] = (total, now)
+        self._top = max(self._top, total)
 
     def stored(self, pod: str, tokens: int, ts: float) -> None:
         """A batch of the pod's events at its clock `ts` reported `tokens` newly cached."""
@@ -73,6 +110,9 @@ class PrefillTracker:
             old = self._rates.get(pod)
             a = self.smoothing
             self._rates[pod] = sample if old is None else (1 - a) * old + a * sample
+            # a slower rate leaves more of a queue undrained: the bound is made exact again
+            self._slowest = min(self.prior, *self._rates.values())
+            self._top_at = -math.inf
             self._runs[pod] = _Run(ts, ts, 0)
 
     def forget(self, pod: str) -> None:

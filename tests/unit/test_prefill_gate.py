@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 from typing import TypedDict
 
@@ -47,6 +48,45 @@ def test_queued_prefill_drains_at_the_pod_rate() -> None:
     assert t.queued("p", 12.0) == 1000 and t.queued("p", 20.0) == 0.0
     t.forget("p")
     assert t.queued("p", 20.0) == 0.0
+
+
+def test_the_longest_wait_bounds_every_pods_wait_and_late_names_those_over_budget() -> None:
+    """`longest_wait` may say more than the longest wait (it is what lets the gate skip its
+    pass over the holders), never less, through adds, drains, rate changes and refreshes;
+    `late` names exactly the pods whose wait is over the budget."""
+    rng = random.Random(5)
+    t = PrefillTracker(prior=2000.0, smoothing=1.0, busy_gap_s=0.1, window_s=0.25)
+    pods = [f"p{i}" for i in range(8)]
+    ts = dict.fromkeys(pods, 0.0)
+    now, over = 0.0, 0
+    for step in range(3000):
+        now += rng.choice((0.0, 0.001, 0.01, 0.2))
+        pod = rng.choice(pods)
+        if rng.random() < 0.5:
+            t.add(pod, rng.choice((0.0, 50.0, 900.0, 4000.0)), now)
+        else:  # the pod's events: busy runs whose rate is learned, slower or faster
+            ts[pod] += rng.choice((0.02, 0.05, 0.3))
+            t.stored(pod, rng.choice((16, 256, 2048)), ts[pod])
+        extra = rng.choice((0.0, 100.0, 1000.0))
+        bound = t.longest_wait(now, extra)
+        waits = {p: t.wait(p, now, extra) for p in pods}
+        assert bound >= max(waits.values()) - 1e-9, step
+        budget = rng.choice((0.1, 0.5, 2.0))
+        asks = [(i, p, extra) for i, p in enumerate(pods)]
+        assert t.late(now, budget, asks) == [i for i, p in enumerate(pods) if waits[p] > budget]
+        over += bound > budget
+    assert t.learned("p0") and 0 < over < 3000  # both sides of the budget were tried
+    t.add("p0", 10_000.0, now)
+    assert t.longest_wait(now) >= t.wait("p0", now) > 0.0
+    assert t.longest_wait(now + 60.0) == 0.0  # refreshed: everything has drained
+    # a rate learned slower than the one a refresh drained the queue at: the bound follows
+    t = PrefillTracker(prior=10_000.0, smoothing=1.0, busy_gap_s=0.1, window_s=0.25)
+    t.add("p", 5000.0, now=0.0)
+    assert t.longest_wait(0.6) == 0.0  # drained at the prior's 10,000 tokens/s
+    for k in range(8):  # then its events show 320 tokens/s
+        t.stored("p", 16, 0.05 * k)
+    assert t.rate("p") == pytest.approx(320.0)
+    assert t.longest_wait(0.6) >= t.wait("p", 0.6) > 14.0
 
 
 def test_a_warm_pod_with_too_much_queued_prefill_loses_its_affinity() -> None:

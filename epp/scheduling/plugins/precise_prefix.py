@@ -320,13 +320,18 @@ class PreciseCacheScorer:
         scores: list[float],
         counts: dict[str, float],
     ) -> None:
-        now, prefill, bs = self._clock(), self.prefill, self.hasher.block_size
-        for i in [i for i, score in enumerate(scores) if score > 0.0]:
-            address = candidates[i].endpoint.address
-            own = max(0.0, tokens - counts.get(address, 0.0) * bs)
-            if prefill.wait(address, now, own) > self.ttft_budget:
-                scores[i] = 0.0
-                self.stats.gated += 1
+        now, prefill, budget = self._clock(), self.prefill, self.ttft_budget
+        if prefill.longest_wait(now, tokens) <= budget:
+            return  # no pod has enough prefill queued for the whole prompt to reach the budget
+        bs = self.hasher.block_size
+        asks = []
+        for i, score in enumerate(scores):
+            if score > 0.0:
+                address = candidates[i].endpoint.address
+                asks.append((i, address, max(0.0, tokens - counts.get(address, 0.0) * bs)))
+        for i in prefill.late(now, budget, asks):
+            scores[i] = 0.0
+            self.stats.gated += 1
 
     def _yield(
         self,
