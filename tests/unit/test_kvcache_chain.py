@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from epp.kvcache.chain import CHUNK_BLOCKS, PrefixChain
+from epp.kvcache.chain import CHUNK_BLOCKS, RELEASE_STEP, PrefixChain
 from epp.kvcache.hashing import ALGOS, BlockHasher
 
 
@@ -52,6 +52,31 @@ def test_two_generations_bound_the_memory_and_keep_what_is_used() -> None:
     before = chain.hashed
     list(chain.walk(hot))
     assert chain.hashed == before
+
+
+def test_a_dropped_generation_is_freed_a_few_entries_at_each_store() -> None:
+    """A swap does not free the old generation at once (32k blocks held the loop for ~11 ms):
+    each later store frees RELEASE_STEP of it, and it is gone before the next swap."""
+    capacity = 8 * RELEASE_STEP
+    hasher = BlockHasher(1)
+    chain = PrefixChain(hasher, capacity=capacity)
+    fresh = itertools.count()
+    seen = []
+    swaps = 0
+    for _ in range(4 * capacity):  # one new block a walk: one store each
+        before = chain.releasing
+        ids = [next(fresh)]
+        assert list(chain.walk(ids)) == hasher.hashes(ids)
+        if chain.releasing > before:  # a swap: the previous dropped one was gone by then
+            assert before == 0
+            swaps += 1
+        elif before:  # freed a step at a time, never all at once
+            assert chain.releasing == before - min(RELEASE_STEP, before)
+        seen.append(chain.releasing)
+        assert len(chain) + chain.releasing <= 3 * capacity
+    assert swaps == 3 and max(seen) == capacity - RELEASE_STEP
+    hashed = chain.hashed
+    assert list(chain.walk(ids)) == hasher.hashes(ids) and chain.hashed == hashed
 
 
 def test_a_block_with_an_id_that_is_not_an_int_ends_the_walk() -> None:
