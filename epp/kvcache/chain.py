@@ -8,7 +8,12 @@ the first block no pod holds) hashes nothing past that. Runs of `CHUNK_BLOCKS` w
 remembered as one entry too (the parent key and the run's tokens: its keys and last digest), so
 a known prefix costs a lookup per run rather than per block (`keys` adds a run's keys at once):
 the per-block lookups were the largest single cost of a precise pick, 17 of ~80 us at 64
-endpoints for a 1,089-token prompt. Token ids are checked as blocks are hashed: a block with an
+endpoints for a 1,089-token prompt. A block is stored at its second sight, not its first: most
+blocks of real traffic (questions, documents) are seen once, and storing them filled the
+generations with entries nobody looked up again, each later freed; a bit per key in a fixed
+filter (`SEEN_BITS`, cleared when an eighth is set) remembers what was hashed once, so a shared
+prefix or a conversation's history is hashed twice and then looked up, and a one-off block costs
+its hash alone. Token ids are checked as blocks are hashed: a block with an
 id that is not an int ends the walk. `last` is the key a walk yielded last: where a caller
 stopped reading. Memory is bounded by two generations of at most `capacity` blocks each (a full
 one becomes the old one; a hit in the old one moves back), which costs no bookkeeping per hit;
@@ -26,6 +31,7 @@ from epp.kvcache.hashing import BlockHasher
 CHAIN_BLOCKS = 1 << 15  # per generation: 512k tokens of 16-token blocks, about 16 MiB
 CHUNK_BLOCKS = 16  # blocks a run entry covers (its entries add about a quarter to the memory)
 RELEASE_STEP = 2  # entries of a dropped generation freed at each store (2: done in half the time)
+SEEN_BITS = 1 << 20  # the first-sight filter: one bit a block key, 128 KiB
 
 # (parent block's key, or the LoRA name for the first block; the block's token ids)
 _Key = tuple[int | str | None, tuple[int, ...]]
@@ -44,6 +50,8 @@ class PrefixChain:
         self._runs_new: dict[_Key, _Run] = {}
         self._runs_old: dict[_Key, _Run] = {}
         self._dropped: list[dict[_Key, _Entry] | dict[_Key, _Run]] = []  # being released
+        self._seen = bytearray(SEEN_BITS // 8)  # blocks hashed once and not stored
+        self._seen_marks = 0
         self.hashed = 0  # blocks hashed (the others were found in the chain)
         self.last: int | None = None  # the key the latest walk yielded last
 
@@ -106,27 +114,47 @@ class PrefixChain:
             else:
                 run_key, end = None, stop
             keys_here: list[int] = []
+            kept = True  # every block of the piece is in the chain
             for first in range(start, end, bs):
                 block = tokens[first : first + bs]
                 key = (parent, block)
                 entry = new.get(key)
                 if entry is None:
                     entry = old.get(key)
+                    store = entry is not None  # an old generation's entry moves back
                     if entry is None:
                         if not all(type(t) is int for t in block):
                             return
                         digest = self.hasher.step(digest, block, lora)
                         entry = (int.from_bytes(digest[-8:], "big"), digest)
                         self.hashed += 1
-                    self._put(key, entry)
-                    new, old = self._new, self._old
+                        store = self._seen_before(entry[0])  # stored at its second sight
+                        kept = kept and store
+                    if store:
+                        self._put(key, entry)
+                        new, old = self._new, self._old
                 parent, digest = entry
                 self.last = parent
                 keys_here.append(parent)
                 yield (parent,)
-            if run_key is not None:  # walked whole: remembered as a run
+            if run_key is not None and kept:  # walked whole: remembered as a run
                 self._put_run(run_key, (tuple(keys_here), digest))
             start = end
+
+    def _seen_before(self, key: int) -> bool:
+        """Whether a block with this key was hashed before (since the filter was last cleared,
+        or another key shares its bit); marks it seen."""
+        bit = key & (SEEN_BITS - 1)
+        at, mask = bit >> 3, 1 << (bit & 7)
+        seen = self._seen
+        if seen[at] & mask:
+            return True
+        seen[at] |= mask
+        self._seen_marks += 1
+        if self._seen_marks > SEEN_BITS // 8:  # an eighth set: a false hit would be common
+            self._seen = bytearray(SEEN_BITS // 8)
+            self._seen_marks = 0
+        return False
 
     def _put(self, key: _Key, entry: _Entry) -> None:
         new = self._new

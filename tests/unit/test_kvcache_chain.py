@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from epp.kvcache.chain import CHUNK_BLOCKS, RELEASE_STEP, PrefixChain
+from epp.kvcache.chain import CHUNK_BLOCKS, RELEASE_STEP, SEEN_BITS, PrefixChain
 from epp.kvcache.hashing import ALGOS, BlockHasher
 
 
@@ -22,16 +22,33 @@ def test_the_walk_yields_what_hashing_the_whole_prompt_gives(algo: str, lora: st
     assert chain.blocks(ids) == 9 and chain.blocks(ids, 3) == 3
 
 
-def test_a_shared_prefix_is_hashed_once_and_loras_stay_apart() -> None:
+def test_a_shared_prefix_is_stored_at_its_second_sight_and_loras_stay_apart() -> None:
     chain = PrefixChain(BlockHasher(16))
     system = list(range(64))  # 4 blocks
     list(chain.walk((*system, *range(100, 132))))
-    assert chain.hashed == 6
+    assert chain.hashed == 6 and len(chain) == 0  # first sights: hashed, nothing stored
     list(chain.walk((*system, *range(200, 232))))
-    assert chain.hashed == 8  # only the two blocks of the new question
+    assert chain.hashed == 12 and len(chain) == 4  # the system prompt seen again: stored
+    list(chain.walk((*system, *range(300, 332))))
+    assert chain.hashed == 14  # only the two blocks of the new question
     base = list(chain.walk(system))
     lora = list(chain.walk(system, "sql"))
-    assert chain.hashed == 12 and not set(base) & set(lora)
+    assert chain.hashed == 18 and not set(base) & set(lora)
+
+
+def test_one_off_blocks_are_not_stored_and_a_full_filter_starts_over() -> None:
+    chain = PrefixChain(BlockHasher(1))
+    for n in range(SEEN_BITS // 8):  # one-off blocks: a mark each, no entry
+        list(chain.walk([n]))
+    assert len(chain) <= SEEN_BITS // 64  # false hits (a shared bit): an eighth at most
+    list(chain.walk([SEEN_BITS]))  # one mark over an eighth: the filter is cleared
+    list(chain.walk([0]))
+    list(chain.walk([0]))
+    stored = len(chain)
+    list(chain.walk([0]))
+    hashed = chain.hashed
+    assert list(chain.walk([0])) == chain.hasher.hashes([0]) and chain.hashed == hashed
+    assert len(chain) == stored
 
 
 def test_a_walk_read_partly_hashes_only_what_was_read() -> None:
@@ -63,9 +80,10 @@ def test_a_dropped_generation_is_freed_a_few_entries_at_each_store() -> None:
     fresh = itertools.count()
     seen = []
     swaps = 0
-    for _ in range(4 * capacity):  # one new block a walk: one store each
-        before = chain.releasing
+    for _ in range(4 * capacity):  # one new block a walk, seen twice: one store each
         ids = [next(fresh)]
+        assert list(chain.walk(ids)) == hasher.hashes(ids)  # its first sight: no store
+        before = chain.releasing
         assert list(chain.walk(ids)) == hasher.hashes(ids)
         if chain.releasing > before:  # a swap: the previous dropped one was gone by then
             assert before == 0
@@ -92,7 +110,10 @@ def test_a_known_run_of_blocks_is_found_whole_and_gives_the_same_keys(lora: str 
     hasher = BlockHasher(4)
     chain = PrefixChain(hasher)
     system = list(range(4 * CHUNK_BLOCKS * 2 + 6))  # two whole runs and one more block
-    assert chain.keys(system, lora) == hasher.hashes(system, lora)
+    assert chain.keys(system, lora) == hasher.hashes(system, lora)  # first sight
+    assert chain.hashed == 2 * CHUNK_BLOCKS + 1 and len(chain) == 0
+    chain.hashed = 0
+    assert chain.keys(system, lora) == hasher.hashes(system, lora)  # stored, runs too
     assert chain.hashed == 2 * CHUNK_BLOCKS + 1
     chain._new.clear()  # the blocks forgotten: the runs alone give their keys
     chain._old.clear()
