@@ -48,12 +48,14 @@ from pathlib import Path
 
 import orjson
 
+from epp.sim.blockhash import BlockHasher
 from epp.sim.engine import Engine, Seq
 from epp.sim.main import build_specs
 from epp.sim.main import make_parser as sim_parser
 from epp.sim.openai import parse_request
 from epp.sim.pod import engine_config
 from epp.sim.spec import SimPodSpec
+from epp.sim.tokenizer import byte_ids
 from loadtest.bench.__main__ import requests_of, sim_args
 from loadtest.bench.coldfloor import cell_args
 from loadtest.bench.routers import sim_pods
@@ -70,6 +72,7 @@ class Request:
     at: float  # arrival, seconds from the run's start
     prompt_tokens: int
     output_tokens: int
+    hashes: tuple[int, ...] = ()  # the prompt's block hashes, for prefix caching (none: off)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +81,7 @@ class Outcome:
     first: float
     end: float
     pod: int
+    cached: int = 0  # prompt tokens the pod's prefix cache held
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,15 +101,24 @@ def pods_of(a: argparse.Namespace) -> list[SimPodSpec]:
     return build_specs(sim_parser().parse_args([*sim_args(a), "--pods", addresses]))
 
 
-def trace(a: argparse.Namespace, seed: int, rate: float, duration: float) -> list[Request]:
+def trace(
+    a: argparse.Namespace,
+    seed: int,
+    rate: float,
+    duration: float,
+    blocks: BlockHasher | None = None,
+) -> list[Request]:
     """The requests a bench run of this cell sends: arrivals and chats as the bench draws them,
-    prompt tokens as the simulator counts them (its own request parser)."""
+    prompt tokens as the simulator counts them (its own request parser); with `blocks`, each
+    prompt's block hashes as the simulator's pods compute them (its byte tokenizer)."""
     arrivals = poisson_arrivals(seed, rate, duration)
     chats = islice(requests_of(a, a.workloads.split(",")[0], seed, arrivals), len(arrivals))
     out = []
     for at, chat in zip(arrivals, chats, strict=True):
         body = orjson.dumps(chat.body("bench", True, a.lengths, a.length_cap))
-        out.append(Request(at, parse_request(body, chat=True).prompt_tokens, chat.max_tokens))
+        parsed = parse_request(body, chat=True)
+        hashes = tuple(blocks.hashes(byte_ids(parsed.prompt))) if blocks is not None else ()
+        out.append(Request(at, parsed.prompt_tokens, chat.max_tokens, hashes))
     return out
 
 
@@ -181,7 +194,7 @@ def dispatch(
     """Submit what `policy` takes from `queue`, each counted on its pod before the policy
     picks the next (a policy reads the counts)."""
     for r, pod in policy(now, queue, pods):
-        seq = Seq(f"r{len(started)}", r.prompt_tokens, r.output_tokens, [])
+        seq = Seq(f"r{len(started)}", r.prompt_tokens, r.output_tokens, list(r.hashes))
         pod.engine.submit(seq, now)
         pod.in_flight += 1
         started[id(seq)] = (r, pod.index)
@@ -224,7 +237,8 @@ def simulate(
                 if seq.done:
                     r, where = started.pop(id(seq))
                     pod.in_flight -= 1
-                    outcomes.append(Outcome(r.at, seq.first_token_at or now, now, where))
+                    first = seq.first_token_at or now
+                    outcomes.append(Outcome(r.at, first, now, where, seq.cached_tokens))
         dispatch(now, queue, pods, policy, started)
         plan()
     return outcomes
