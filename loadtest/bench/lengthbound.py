@@ -397,6 +397,15 @@ def render(bounds: Sequence[CellBound], tool_commit: str = "") -> str:
     return "\n".join(lines)
 
 
+def cell_runs(matrix: Path, cells: str) -> list[Path]:
+    """The JSON reports of the named cells (comma-separated), every seed, in a matrix run
+    folder; none found is said on stderr."""
+    paths = [path for cell in cells.split(",") for path in sorted(matrix.glob(f"{cell}-s*.json"))]
+    if not paths:
+        print(f"no cell of {cells!r} in {matrix}", file=sys.stderr)
+    return paths
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m loadtest.bench.lengthbound", description=__doc__)
     p.add_argument("--matrix", type=Path, required=True, help="a matrix run folder")
@@ -407,11 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--out", type=Path, help="write lengthbound.md here (default: the folder)")
     a = p.parse_args(argv)
-    paths = [
-        path for cell in a.cells.split(",") for path in sorted(a.matrix.glob(f"{cell}-s*.json"))
-    ]
+    paths = cell_runs(a.matrix, a.cells)
     if not paths:
-        print(f"no cell of {a.cells!r} in {a.matrix}", file=sys.stderr)
         return 2
     text = render([bound_of(path, a.draws, a.seconds) for path in paths], describe_commit())
     print(text)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from loadtest.bench.lengthbound import (
     Pod,
     Policy,
     Request,
+    cell_runs,
     least_request,
     pods_of,
     simulate,
@@ -178,11 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cells", default=SHARED_PREFIX_CELLS, help="comma-separated cell names")
     p.add_argument("--out", type=Path, help="also write prefixbound.md into this folder")
     a = p.parse_args(argv)
-    paths = [
-        path for cell in a.cells.split(",") for path in sorted(a.matrix.glob(f"{cell}-s*.json"))
-    ]
+    paths = cell_runs(a.matrix, a.cells)
     if not paths:
-        print(f"no cell of {a.cells!r} in {a.matrix}", file=sys.stderr)
         return 2
     text = render([placements_of(path) for path in paths], describe_commit())
     print(text)
