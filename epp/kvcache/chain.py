@@ -19,7 +19,7 @@ stopped reading. Memory is bounded by two generations of at most `capacity` bloc
 one becomes the old one; a hit in the old one moves back), which costs no bookkeeping per hit;
 runs likewise, `capacity // CHUNK_BLOCKS` of them. The generation a swap drops is released a
 few entries at each later store (`RELEASE_STEP`), not at once: freeing 32k blocks' keys in one go
-held the event loop for ~11 ms, once every 32k new blocks. Used by `precise-prefix-cache-scorer`.
+held the event loop for 8-11 ms. Used by `precise-prefix-cache-scorer`.
 """
 
 from __future__ import annotations

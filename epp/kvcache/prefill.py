@@ -69,8 +69,10 @@ class PrefillTracker:
         return (self.queued(pod, now) + extra) / self.rate(pod)
 
     def longest_wait(self, now: float, extra: float = 0.0) -> float:
-        """At least `wait(pod, now, extra)` for every pod: 0 queued plus `extra` is as fast as
-        the slowest pod goes, and a scan of the pods happens only when the bound is stale."""
+        """At least `wait(pod, now, extra)` for every pod: the most tokens an add left on any
+        pod, plus `extra`, at the slowest rate any pod has. The pods are scanned only when that
+        most is older than `top_refresh_s` (or a rate changed), to bring it down to what is
+        queued now."""
         if now - self._top_at >= self.top_refresh_s or now < self._top_at:
             self._top = max((self.queued(pod, now) for pod in self._queued), default=0.0)
             self._top_at = now
@@ -85,7 +87,7 @@ class PrefillTracker:
             rate = rates.get(pod, prior)
             entry = queued.get(pod)
             tokens = extra
-            if entry is not None:
+            if entry is not None:  # `queued`, inlined: this runs once per holder of a prompt
                 tokens += max(0.0, entry[0] - rate * max(0.0, now - entry[1]))
             if tokens > budget * rate:
                 out.append(i)
