@@ -135,7 +135,7 @@ class Director:
         )
         # 4. schedule: the route's profile ranks the offered endpoints, or passes the pod that
         # holds the request's session while it may still take it
-        warm_only = candidates.warm_only if isinstance(candidates, Offer) else frozenset()
+        warm_only = candidates.warm_only if isinstance(candidates, Offer) else None
         inference = request.runs_inference
         pool_key = route.pool.key
         hold = (

@@ -81,6 +81,7 @@ class Outcome:
     first: float
     end: float
     pod: int
+    prompt_tokens: int = 0
     cached: int = 0  # prompt tokens the pod's prefix cache held
 
 
@@ -238,7 +239,9 @@ def simulate(
                     r, where = started.pop(id(seq))
                     pod.in_flight -= 1
                     first = seq.first_token_at or now
-                    outcomes.append(Outcome(r.at, first, now, where, seq.cached_tokens))
+                    outcomes.append(
+                        Outcome(r.at, first, now, where, r.prompt_tokens, seq.cached_tokens)
+                    )
         dispatch(now, queue, pods, policy, started)
         plan()
     return outcomes

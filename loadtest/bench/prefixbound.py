@@ -94,11 +94,10 @@ def placements() -> dict[str, Policy]:
     return found
 
 
-def placement(name: str, outcomes: Sequence[Outcome], requests: Sequence[Request]) -> Placement:
+def placement(name: str, outcomes: Sequence[Outcome]) -> Placement:
     ttft = [o.first - o.at for o in outcomes]
     e2e = [o.end - o.at for o in outcomes]
-    tokens = {r.at: r.prompt_tokens for r in requests}
-    cold = sum(o.cached < 0.5 * tokens[o.at] for o in outcomes)
+    cold = sum(o.cached < 0.5 * o.prompt_tokens for o in outcomes)
     return Placement(
         name,
         percentile(ttft, 50),
@@ -111,8 +110,7 @@ def placement(name: str, outcomes: Sequence[Outcome], requests: Sequence[Request
 
 def replay(specs: Sequence[SimPodSpec], requests: Sequence[Request]) -> list[Placement]:
     return [
-        placement(name, simulate(specs, requests, policy), requests)
-        for name, policy in placements().items()
+        placement(name, simulate(specs, requests, policy)) for name, policy in placements().items()
     ]
 
 

@@ -49,8 +49,8 @@ def test_sticky_k_keeps_each_group_on_k_pods_and_least_request_on_all() -> None:
 
 def test_a_group_is_cold_once_per_holder_and_warm_after() -> None:
     requests = groups(60)
-    one = pb.placement("sticky-1", lb.simulate(PODS, requests, pb.sticky(1)), requests)
-    two = pb.placement("sticky-2", lb.simulate(PODS, requests, pb.sticky(2)), requests)
+    one = pb.placement("sticky-1", lb.simulate(PODS, requests, pb.sticky(1)))
+    two = pb.placement("sticky-2", lb.simulate(PODS, requests, pb.sticky(2)))
     assert one.cold == 3 and two.cold == 6  # the first sighting on each holder
     assert one.ttft_p50 < one.ttft_p90 <= one.ttft_p99
 
