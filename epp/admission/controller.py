@@ -41,7 +41,7 @@ from epp.admission.shedding import SheddableRoom, Shedder
 from epp.admission.tickets import NO_TICKET, Ticket, Tickets
 from epp.api.model import RequestDefaults
 from epp.datastore import Datastore, Lease
-from epp.errors import ObjectiveUnmet, TTLExpired
+from epp.errors import NoEndpoints, ObjectiveUnmet, TTLExpired
 from epp.request import InferenceRequest
 from epp.scheduling.latency import LatencyModel, Prediction
 from epp.scheduling.output_length import LengthPlan
@@ -50,6 +50,12 @@ from epp.settings import SaturationSettings
 from epp.types import EndpointState
 
 MAX_VIEWS = 256  # cached views (pool, subset hint) before the cache starts over
+# inside one flow's turn, a waiter goes before a longer one that arrived earlier by less than
+# this share of the difference of their answers' predicted times (`Place.due`): shorter first,
+# with aging. Replayed on the ShareGPT-like cell's draws, it took p90 TTFT from 0.99x to 0.90x
+# least-request's (median of 12) without moving p90 e2e or the worst p99 TTFT
+# (docs/scheduling.md, "Shorter answers first inside a flow")
+SHORTER_FIRST = 0.2
 
 
 class Offer(list[EndpointState]):
@@ -160,6 +166,21 @@ class AdmissionController:
         slots, free = view.slot_counts()
         return shares.may_take_free(pool_key, flow, free, slots)
 
+    @staticmethod
+    def _due(current: Callable[[], RoomView], plan: LengthPlan | None) -> float:
+        """How long after its arrival a waiter is due inside its flow's turn (`Place.due`):
+        `SHORTER_FIRST` of how much longer (negative: shorter) its told answer length is than
+        the model's typical one, in time at the pool's fastest measured pace. 0 where the
+        length is not told (every such request of a model is planned alike: arrival order,
+        exactly), while no pace is measured, or the pool has no ready endpoint."""
+        if plan is None or not plan.told or plan.expected == plan.typical:
+            return 0.0
+        try:
+            pace = current().candidates.fastest_tpot
+        except NoEndpoints:
+            return 0.0
+        return SHORTER_FIRST * (plan.expected - plan.typical) * pace
+
     def predict(self, state: EndpointState, prompt_tokens: int) -> Prediction:
         """The picked endpoint's predicted TTFT and TPOT for the request (kept in its decision;
         what it showed is fed back to `latency.observe`)."""
@@ -202,7 +223,13 @@ class AdmissionController:
             return self.view(pool_key, subset)
 
         output = (plan.expected if plan else request.output_limit) or 0
-        place = Place(ticket.flow, request.size, cost_of(request.prompt_tokens, output), ticket.ttl)
+        place = Place(
+            ticket.flow,
+            request.size,
+            cost_of(request.prompt_tokens, output),
+            ticket.ttl,
+            self._due(current, plan),
+        )
         room: CriticalRoom | StandardRoom | SheddableRoom | ObjectiveRoom
         timer = None
         if priority < 0:

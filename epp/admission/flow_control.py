@@ -5,12 +5,16 @@ request admitted before it. Holding the excess in the EPP instead (the pods' bat
 their queues short) lets a critical request overtake queued standard ones, and lets sheddable
 requests be refused or held back while there is no room at all. Inside one priority the flows
 (tenants) take turns by their fair tags (`flows.Band`), so one tenant's flood cannot take every
-slot from another. Whether there is room for a request is its own `RoomTest`
-(`epp.admission.rooms`), told whether the request is first in line: a long request may decline a
-free slot on a slow GPU and keep its place for a fast one, and the slot goes to the next waiter
-of the same priority it suits. The datastore tells us when an endpoint may have gained room;
-each such event wakes the best waiter for which there is room, and a waiter that got its
-endpoint passes the turn on, so a burst of room drains the queue in order.
+slot from another. Inside one flow the waiter due first goes first: its arrival plus
+`Place.due`, a share of its answer's predicted time on the fastest pod. So a shorter answer
+overtakes a longer one that came a little earlier (shorter first, with aging): in a burst, slots
+that free soon serve more requests sooner, and fewer first tokens wait long. Whether there is
+room for a request is its own `RoomTest` (`epp.admission.rooms`), told whether the request is
+first in line: a long request may decline a free slot on a slow GPU and keep its place for a
+fast one, and the slot goes to the next waiter of the same priority it suits. The datastore
+tells us when an endpoint may have gained room; each such event wakes the best waiter for which
+there is room, and a waiter that got its endpoint passes the turn on, so a burst of room drains
+the queue in order.
 Bounds, each answered at once with 429 `QueueFull` rather than holding a body for a slot that
 will not come: requests and body bytes per band (upstream's per-band capacity), requests per
 flow, requests per pool. When the pool is full, an arrival of a better priority evicts the
@@ -40,6 +44,7 @@ SCAN = 32  # waiters a notification looks at, best first, for one that the room 
 # room test may change its answer with time alone (the head of the line probing a full batch)
 TICK = 0.25
 _ORDER = attrgetter("rank", "tag", "seq")  # the heap's order, as a key compared in C
+_DUE = attrgetter("due", "seq")  # the order inside one flow's turn
 # how a request left the waiting room (upstream's flow-control outcomes)
 DISPATCHED = "Dispatched"
 REJECTED = "RejectedCapacity"
@@ -61,12 +66,15 @@ class RoomTest(Protocol):
 @dataclass(frozen=True, slots=True)
 class Place:
     """What a waiting request holds and how long it may wait: its flow, body bytes, cost in
-    tokens (its share of the flow's turn) and TTL in seconds (None: the room's default)."""
+    tokens (its share of the flow's turn) and TTL in seconds (None: the room's default).
+    `due`: seconds after its arrival by which the request counts as due inside its flow's
+    turn; of two waiters of one flow the one due first goes first (0 for all: arrival order)."""
 
     flow: str = DEFAULT_FLOW
     size: int = 0
     cost: float = 1.0
     ttl: float | None = None
+    due: float = 0.0
 
 
 @dataclass(order=True, slots=True)
@@ -80,6 +88,7 @@ class _Waiter:
     band: Band = field(compare=False)
     first: bool = field(default=False, compare=False)  # first in line when last woken
     counted: bool = field(default=True, compare=False)  # still counted in its band
+    due: float = field(default=0.0, compare=False)  # arrival + `Place.due` (its flow's order)
 
     def leave(self, served: bool) -> None:
         if self.counted:
@@ -185,6 +194,7 @@ class FlowControl:
         waiter = _Waiter(
             -priority, tag, next(self._seq), loop.create_future(), has_room, place, band
         )
+        waiter.due = self._clock() + place.due
         heapq.heappush(queue, waiter)
         self.shares.waits(pool_key, place.flow, 1)
         if pool_key not in self._ticking:
@@ -283,24 +293,58 @@ class FlowControl:
             self._ticking.discard(pool_key)
 
     def notify(self, pool_key: str) -> None:
-        """An endpoint of the pool may have room: wake the best waiter it suits."""
+        """An endpoint of the pool may have room: wake the best waiter it suits. The turn is
+        the head's flow's (the fair order), and inside that flow the waiter due first
+        (`Place.due`) is asked first, as the one first in line; then every other waiter in the
+        room's order, the head included."""
         queue = self._queues.get(pool_key)
         while queue and queue[0].future.done():
             heapq.heappop(queue)
         if not queue:
             return
         head = queue[0]
-        head.first = True
-        if head.fits(True, True):
-            heapq.heappop(queue)
-            head.future.set_result(None)
+        if len(queue) == 1:
+            head.first = True
+            if head.fits(True, True):
+                heapq.heappop(queue)
+                head.future.set_result(None)
             return
-        for waiter in heapq.nsmallest(SCAN, queue, key=_ORDER)[1:]:
+        window = heapq.nsmallest(SCAN, queue, key=_ORDER)
+        flow = head.place.flow
+        due_first = min(
+            (
+                w
+                for w in window
+                if w.place.flow == flow and w.rank == head.rank and not w.future.done()
+            ),
+            key=_DUE,
+        )
+        due_first.first = True
+        if due_first.fits(True, True):
+            self._serve(queue, due_first, head)
+            return
+        for waiter in window:
             if waiter.rank != head.rank:
                 return  # a lower priority never takes room a higher one is holding out for
+            if waiter is due_first or waiter.future.done():
+                continue
             waiter.first = False
-            if not waiter.future.done() and waiter.fits(False, True):
-                queue.remove(waiter)
-                heapq.heapify(queue)
-                waiter.future.set_result(None)
+            if waiter.fits(False, True):
+                self._serve(queue, waiter, waiter)
                 return
+
+    @staticmethod
+    def _serve(queue: list[_Waiter], waiter: _Waiter, place_of: _Waiter) -> None:
+        """Let `waiter` go. Due first in the head's flow and served ahead of `place_of` (the
+        head), it takes that one's place in the fair order and leaves it its own: the flow's
+        turns stay where they were, and the band's virtual time moves only as far as the
+        head's tag."""
+        if place_of is not waiter:
+            waiter.tag, place_of.tag = place_of.tag, waiter.tag
+            waiter.seq, place_of.seq = place_of.seq, waiter.seq
+        if queue[0] is waiter:
+            heapq.heappop(queue)
+        else:
+            queue.remove(waiter)
+            heapq.heapify(queue)
+        waiter.future.set_result(None)

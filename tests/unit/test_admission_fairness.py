@@ -95,6 +95,51 @@ async def test_an_idle_flow_banks_no_credit_and_a_lone_flow_is_served_in_arrival
     assert order[4:] == ["b0", "a4", "b1", "a5", "b2"]
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_inside_a_flow_the_waiter_due_first_goes_first_and_aging_bounds_the_overtaking() -> (
+    None
+):
+    clock = Clock()
+    flow, slots = setup(clock=clock)
+    order: list[str] = []
+    # a long answer (due 4 s after its arrival), then a short one 1 s later (due after 0.5 s):
+    # the short one is due first and takes the first slot
+    tasks = [await enqueue(flow, slots, order, "long", 0, Place("a", due=4.0))]
+    clock.now += 1.0
+    tasks.append(await enqueue(flow, slots, order, "short", 0, Place("a", due=0.5)))
+    # one that came 3.6 s after the long one is due after it: the long one's wait has aged it
+    clock.now += 2.6
+    tasks.append(await enqueue(flow, slots, order, "late", 0, Place("a", due=0.5)))
+    await drain(slots, tasks)
+    assert order == ["short", "long", "late"]
+    assert flow.queued(POOL) == 0 and flow.flows(POOL) == {}
+
+
+async def test_a_short_answer_overtakes_only_inside_its_own_flow_and_fair_turns_stay() -> None:
+    clock = Clock()
+    flow, slots = setup(clock=clock)
+    order: list[str] = []
+    tasks = [await enqueue(flow, slots, order, "a-long", 0, Place("a", cost=10, due=9.0))]
+    tasks.append(await enqueue(flow, slots, order, "b-long", 0, Place("b", cost=10, due=9.0)))
+    tasks.append(await enqueue(flow, slots, order, "a-short", 0, Place("a", cost=10, due=0.1)))
+    slots.open()
+    await asyncio.sleep(0)
+    # flow a's turn, taken by its shorter answer: b's turn is next, not a's other request
+    assert order == ["a-short"]
+    # a third flow arriving now starts at the band's present: the turn a's short answer took
+    # (the head's), not the later one it left to a's long answer
+    tasks.append(await enqueue(flow, slots, order, "c", 0, Place("c", cost=10)))
+    await drain(slots, tasks[1:])
+    assert order == ["a-short", "b-long", "c", "a-long"]
+
+
 async def test_priority_still_comes_before_fairness() -> None:
     flow, slots = setup()
     order: list[str] = []

@@ -288,6 +288,32 @@ async def test_a_long_request_keeps_its_place_for_a_fast_pod_and_a_short_one_tak
     assert picked == [(10, B), (400, A)]
 
 
+async def test_a_shorter_told_answer_that_came_later_takes_the_fast_slot_first() -> None:
+    store, director, flow = setup()
+    admitted = await fill_fast_and_slow(store, director)
+    picked: list[tuple[int, str]] = []
+
+    async def request(max_tokens: int) -> None:
+        decision = await director.handle({}, body("std", max_tokens))
+        picked.append((max_tokens, decision.endpoints[0]))
+
+    long_ = asyncio.create_task(request(400))
+    await asyncio.sleep(0.01)
+    short = asyncio.create_task(request(20))
+    await asyncio.sleep(0.01)
+    assert flow.queued("default/llama2-gpu-pool") == 2
+    for decision in [d for d in admitted if d.endpoints[0] == A]:
+        decision.lease.release()  # a free slot on the fast pod
+    # the short answer is due 0.9 s before the typical one, the long one 1 s after: 10 ms
+    # of arrival order is nothing beside that
+    await asyncio.wait_for(short, 1)
+    assert picked == [(20, A)] and not long_.done()
+    next(d for d in admitted if d.endpoints[0] == B).lease.release()
+    await asyncio.sleep(0.01)
+    assert not long_.done()  # it still holds out for the fast pod
+    long_.cancel()
+
+
 async def test_a_declined_slot_is_taken_once_waiting_cost_more_than_it_saves() -> None:
     now = [100.0]
     store, director, flow = setup(clock=lambda: now[0])
