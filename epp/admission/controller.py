@@ -52,9 +52,10 @@ from epp.types import EndpointState
 MAX_VIEWS = 256  # cached views (pool, subset hint) before the cache starts over
 # inside one flow's turn, a waiter goes before a longer one that arrived earlier by less than
 # this share of the difference of their answers' predicted times (`Place.due`): shorter first,
-# with aging. Replayed on the ShareGPT-like cell's draws, it took p90 TTFT from 0.99x to 0.90x
-# least-request's (median of 12) without moving p90 e2e or the worst p99 TTFT
-# (docs/scheduling.md, "Shorter answers first inside a flow")
+# with aging. Replayed on the ShareGPT-like cell's draws (`loadtest.bench.roomorder`), the room
+# in arrival order read p90 TTFT 1.25x least-request's (median of 12), due first 1.01x; 0.5
+# doubled p99 TTFT on an overloaded draw (docs/scheduling.md, "Shorter answers first inside a
+# flow")
 SHORTER_FIRST = 0.2
 
 
