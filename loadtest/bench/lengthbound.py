@@ -409,6 +409,14 @@ def cell_runs(matrix: Path, cells: str) -> list[Path]:
     return paths
 
 
+def publish(text: str, folder: Path | None, name: str) -> None:
+    """Print a tool's report and, given a folder, write it there as `name`."""
+    print(text)
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m loadtest.bench.lengthbound", description=__doc__)
     p.add_argument("--matrix", type=Path, required=True, help="a matrix run folder")
@@ -423,10 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not paths:
         return 2
     text = render([bound_of(path, a.draws, a.seconds) for path in paths], describe_commit())
-    print(text)
-    out = a.out or a.matrix
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "lengthbound.md").write_text(text)
+    publish(text, a.out or a.matrix, "lengthbound.md")
     return 0
 
 

@@ -45,6 +45,7 @@ from loadtest.bench.lengthbound import (
     cell_runs,
     least_request,
     pods_of,
+    publish,
     simulate,
     trace,
 )
@@ -180,10 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not paths:
         return 2
     text = render([placements_of(path) for path in paths], describe_commit())
-    print(text)
-    if a.out is not None:
-        a.out.mkdir(parents=True, exist_ok=True)
-        (a.out / "prefixbound.md").write_text(text)
+    publish(text, a.out, "prefixbound.md")
     return 0
 
 

@@ -46,6 +46,7 @@ from loadtest.bench.lengthbound import (
     cell_runs,
     least_request,
     pods_of,
+    publish,
     result,
     simulate,
     trace,
@@ -180,10 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     cells = [replay_draws(path, a.draws, a.shorter_first, a.slow_max) for path in paths]
     text = render(cells, a.shorter_first, a.slow_max, describe_commit())
-    print(text)
-    if a.out is not None:
-        a.out.mkdir(parents=True, exist_ok=True)
-        (a.out / "roomorder.md").write_text(text)
+    publish(text, a.out, "roomorder.md")
     return 0
 
 

@@ -259,22 +259,34 @@ async def fill_fast_and_slow(store: Datastore, director: Director) -> list[Decis
     return admitted
 
 
-async def test_a_long_request_keeps_its_place_for_a_fast_pod_and_a_short_one_takes_the_slow() -> (
-    None
-):
-    store, director, flow = setup()
-    admitted = await fill_fast_and_slow(store, director)
-    picked: list[tuple[int, str]] = []
+Picked = list[tuple[int, str]]
+
+
+async def long_then_short(
+    director: Director, flow: FlowControl, short_tokens: int
+) -> tuple[Picked, asyncio.Task[None], asyncio.Task[None]]:
+    """A request told 400 tokens, then 10 ms later one told `short_tokens`, both held: what
+    each picked (in the order they got their endpoints) and their tasks."""
+    picked: Picked = []
 
     async def request(max_tokens: int) -> None:
         decision = await director.handle({}, body("std", max_tokens))
         picked.append((max_tokens, decision.endpoints[0]))
 
-    long_, short = asyncio.create_task(request(400)), None
+    long_ = asyncio.create_task(request(400))
     await asyncio.sleep(0.01)
-    short = asyncio.create_task(request(10))
+    short = asyncio.create_task(request(short_tokens))
     await asyncio.sleep(0.01)
     assert flow.queued("default/llama2-gpu-pool") == 2
+    return picked, long_, short
+
+
+async def test_a_long_request_keeps_its_place_for_a_fast_pod_and_a_short_one_takes_the_slow() -> (
+    None
+):
+    store, director, flow = setup()
+    admitted = await fill_fast_and_slow(store, director)
+    picked, long_, short = await long_then_short(director, flow, 10)
     on_fast = [d for d in admitted if d.endpoints[0] == A]
     on_fast[0].lease.release()  # A: a full batch with nothing queued (no place for a held one)
     # a batch slot frees on the slow pod: 400 tokens there cost 5 s more than waiting for A, so
@@ -291,17 +303,7 @@ async def test_a_long_request_keeps_its_place_for_a_fast_pod_and_a_short_one_tak
 async def test_a_shorter_told_answer_that_came_later_takes_the_fast_slot_first() -> None:
     store, director, flow = setup()
     admitted = await fill_fast_and_slow(store, director)
-    picked: list[tuple[int, str]] = []
-
-    async def request(max_tokens: int) -> None:
-        decision = await director.handle({}, body("std", max_tokens))
-        picked.append((max_tokens, decision.endpoints[0]))
-
-    long_ = asyncio.create_task(request(400))
-    await asyncio.sleep(0.01)
-    short = asyncio.create_task(request(20))
-    await asyncio.sleep(0.01)
-    assert flow.queued("default/llama2-gpu-pool") == 2
+    picked, long_, short = await long_then_short(director, flow, 20)
     for decision in [d for d in admitted if d.endpoints[0] == A]:
         decision.lease.release()  # a free slot on the fast pod
     # the short answer is due 0.9 s before the typical one, the long one 1 s after: 10 ms
