@@ -107,9 +107,10 @@ class DrawResults:
     results: list[Result]
 
 
-def replay_draws(
-    path: Path, draws: int, shorter_first: float, slow_max: int
-) -> tuple[str, list[DrawResults]]:
+Cell = tuple[str, str, list[DrawResults]]  # (cell, the commit of its run, its draws)
+
+
+def replay_draws(path: Path, draws: int, shorter_first: float, slow_max: int) -> Cell:
     data = json.loads(path.read_text())
     a = cell_args(data["record"]["command"])
     rate = data["points"][0]["rate"]
@@ -122,21 +123,21 @@ def replay_draws(
             for name, policy in policies(specs, shorter_first, slow_max).items()
         ]
         out.append(DrawResults(seed, results))
-    return path.stem.rsplit("-s", 1)[0], out
+    return path.stem.rsplit("-s", 1)[0], data["record"]["commit"], out
 
 
-def render(
-    cells: Sequence[tuple[str, list[DrawResults]]], shorter_first: float, slow_max: int, tool: str
-) -> str:
+def render(cells: Sequence[Cell], shorter_first: float, slow_max: int, tool: str) -> str:
     lines = [
         "# The waiting room's order, replayed (`loadtest.bench.roomorder`)",
         "",
         f"- tool commit: `{tool}`; shorter-first {shorter_first:g}, slow-max {slow_max} tokens",
         "",
     ]
-    for cell, draws in cells:
+    for cell, commit, draws in cells:
         lines += [
             f"## {cell}",
+            "",
+            f"- commit: `{commit}` (the cell's run; its requests and rate)",
             "",
             "| draw seed | policy | p90 TTFT s | p99 TTFT s | p90 e2e s |",
             "|---|---|---|---|---|",
@@ -174,7 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--draws", type=int, default=11, help="draws beyond the cell's own seed")
     p.add_argument("--shorter-first", type=float, default=SHORTER_FIRST)
     p.add_argument("--slow-max", type=int, default=SLOW_MAX)
-    p.add_argument("--out", type=Path, help="also write roomorder.md into this folder")
+    p.add_argument(
+        "--out", type=Path, help="also write roomorder.md into this folder (the matrix run's)"
+    )
     a = p.parse_args(argv)
     paths = cell_runs(a.matrix, a.cells)
     if not paths:
