@@ -13,6 +13,7 @@ what `render` returns.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,15 @@ MARKS = ("win", "loss", "tie")
 # wait or not move it; p99 and e2e move less.
 TIES: Mapping[str, float] = {"ttft_p90": 0.25, "ttft_p99": 0.15, "e2e_p90": 0.05}
 MIN_SERVED = 0.99  # share of its requests a router must serve to be compared
+# the peers' names in the headline table
+SHORT_NAMES: Mapping[str, str] = {
+    "envoy:LEAST_REQUEST": "Envoy LR",
+    "vllm-router:cache_aware": "vllm CA",
+    "vllm-router:power_of_two": "vllm P2",
+    "sglang-router:cache_aware": "sglang CA",
+}
+_LENGTHS = re.compile(r",? ?lengths (\w+)$")
+_BLOCKS = re.compile(r" working set \(\d+ blocks\)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +184,63 @@ def _ratio_text(v: Verdict) -> str:
     return text
 
 
+def _headline_metric(v: Verdict, runs: Sequence[Run]) -> str:
+    if math.isnan(v.ratio):
+        return f"- ({v.mark}{'; ' + v.why if v.why else ''})"
+    here = [r for r in runs if r.cell == v.cell]
+    mine = mean(_values([r for r in here if r.router == v.ours], v.metric))
+    theirs = mean(_values([r for r in here if r.router == v.best], v.metric))
+    spread = f"{min(v.ratios):.2f}-{max(v.ratios):.2f}x" if v.ratios else f"{v.ratio:.2f}x"
+    mark = v.mark + (f", {v.why}" if v.why else "")
+    text = f"{mine:.3f} / {theirs:.3f} {SHORT_NAMES.get(v.best, v.best)} ({mark}; {spread})"
+    return f"**{text}**" if v.mark == "win" else text
+
+
+def headline(
+    runs: Sequence[Run], cells: Sequence[tuple[str, str]], ties: Mapping[str, float] = TIES
+) -> list[str]:
+    """The matrix in one table (the README's): a row per cell, production answer lengths (a
+    cap, or no max_tokens) first; per metric ours / the best peer (means over repeats), the
+    mark and the per-repeat ratios; then the marks counted over all repeats and per repeat."""
+    vs = verdicts(runs, [c for c, _ in cells], ties)
+    described = []
+    for name, what in cells:
+        brief = what.split("; ")[-1]
+        found = _LENGTHS.search(brief)
+        lengths = found.group(1) if found else "-"
+        brief = _BLOCKS.sub("", _LENGTHS.sub("", brief))
+        described.append((lengths == "announced", name, brief, lengths))
+    described.sort(key=lambda d: d[0])  # stable: production lengths first, else as listed
+    labels = " | ".join(f"{label} ours / best peer" for _, label in METRICS)
+    lines = [f"| cell | cluster and prompts | lengths | {labels} |", "|---|---|---|" + "---|" * 3]
+    ours = sorted({v.ours for v in vs})
+    for _, name, brief, lengths in described:
+        for mine in ours:
+            row = [_headline_metric(v, runs) for v in vs if v.cell == name and v.ours == mine]
+            label = name if len(ours) == 1 else f"{name} ({mine})"
+            if row:
+                lines.append(f"| {label} | {brief} | {lengths} | {' | '.join(row)} |")
+    c = counts(vs)["all"]
+    total = sum(c.values())
+    lines += ["", f"**{c['win']} wins, {c['loss']} losses, {c['tie']} ties of {total}**"]
+    repeats = sorted({(r.repeat, r.seed) for r in runs})
+    if len(repeats) > 1:
+        alone = []
+        for repeat, seed in repeats:
+            one = counts(
+                verdicts([r for r in runs if r.repeat == repeat], [n for n, _ in cells], ties)
+            )
+            alone.append(
+                f"{one['all']['win']} / {one['all']['loss']} / {one['all']['tie']} on seed {seed}"
+            )
+        lines[-1] += "; each seed alone (wins / losses / ties): " + ", ".join(alone)
+    peers = sorted({v.best for v in vs if v.best})
+    named = [f"{SHORT_NAMES[p]}: {p}" for p in peers if p in SHORT_NAMES]
+    if named:
+        lines[-1] += " (" + "; ".join(named) + ")."
+    return lines
+
+
 def render(
     runs: Sequence[Run],
     cells: Sequence[tuple[str, str]],
@@ -186,7 +253,8 @@ def render(
     names = [c for c, _ in cells]
     vs = verdicts(runs, names, ties)
     repeats = len({r.repeat for r in runs})
-    lines = [*header, "", "| cell | what it varies |", "|---|---|"]
+    lines = [*header, "", "## Headline", "", *headline(runs, cells, ties), ""]
+    lines += ["| cell | what it varies |", "|---|---|"]
     lines += [f"| {name} | {what} |" for name, what in cells]
     lines.append("")
     for metric, label in METRICS:

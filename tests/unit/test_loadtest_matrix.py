@@ -28,7 +28,16 @@ from loadtest.matrix.__main__ import (
     rerender,
 )
 from loadtest.matrix.cells import CELLS, TOKENS_PER_S_CEILING, Cell, select
-from loadtest.matrix.summary import TIES, Run, counts, judge, parse_ties, render, verdicts
+from loadtest.matrix.summary import (
+    TIES,
+    Run,
+    counts,
+    headline,
+    judge,
+    parse_ties,
+    render,
+    verdicts,
+)
 from loadtest.workloads import (
     CHARS_PER_TOKEN,
     MultiTurnShape,
@@ -379,3 +388,26 @@ def test_a_written_summary_renders_again_with_other_bands(tmp_path: Path) -> Non
     assert data["runs"][0] == dataclasses.asdict(matrix.runs[0])
     again = rerender(path.with_suffix(".json"), {**TIES, "ttft_p90": 0.1})
     assert "| all | 3 | 0 | 0 | 0 |" in again
+
+
+def test_the_headline_puts_production_lengths_first_and_counts_each_seed() -> None:
+    cells = [
+        ("told", "a reference; 4 pods (uniform), batch 8, KV 1x working set (10 blocks), "
+                 "ShareGPT-like, lengths announced"),
+        ("capped", "a cap; 4 pods (uniform), batch 8, KV 1x working set (10 blocks), "
+                   "ShareGPT-like, lengths cap"),
+    ]  # fmt: skip
+    runs = [run(OURS, 0.5, 0, "told"), run(OURS, 0.5, 1, "told"),
+            run(SG, 1.0, 0, "told"), run(SG, 1.0, 1, "told"),
+            run(OURS, 0.95, 0, "capped"), run(OURS, 1.45, 1, "capped"),
+            run(SG, 1.0, 0, "capped"), run(SG, 1.0, 1, "capped")]  # fmt: skip
+    lines = headline(runs, cells, T)
+    assert lines[0].startswith("| cell | cluster and prompts | lengths | p90 TTFT ours")
+    assert lines[2].startswith("| capped | 4 pods (uniform), batch 8, KV 1x, ShareGPT-like | cap |")
+    assert "1.200 / 1.000 sglang CA (tie; 0.95-1.45x)" in lines[2]  # the repeats' spread
+    assert lines[3].startswith("| told |")
+    assert "**0.500 / 1.000 sglang CA (win; 0.50-0.50x)**" in lines[3]
+    assert lines[5].startswith("**3 wins, 0 losses, 3 ties of 6**; each seed alone")
+    assert "3 / 0 / 3 on seed 1" in lines[5]  # repeat 0: capped ties; repeat 1: it loses
+    assert "3 / 3 / 0 on seed 1" in lines[5]
+    assert lines[5].endswith("(sglang CA: sglang-router:cache_aware).")
