@@ -196,6 +196,10 @@ def _headline_metric(v: Verdict, runs: Sequence[Run]) -> str:
     return f"**{text}**" if v.mark == "win" else text
 
 
+def _counted(n: int, mark: str) -> str:
+    return f"{n} {mark}" if n == 1 else f"{n} {mark}{'es' if mark == 'loss' else 's'}"
+
+
 def headline(
     runs: Sequence[Run], cells: Sequence[tuple[str, str]], ties: Mapping[str, float] = TIES
 ) -> list[str]:
@@ -222,7 +226,8 @@ def headline(
                 lines.append(f"| {label} | {brief} | {lengths} | {' | '.join(row)} |")
     c = counts(vs)["all"]
     total = sum(c.values())
-    lines += ["", f"**{c['win']} wins, {c['loss']} losses, {c['tie']} ties of {total}**"]
+    marks = ", ".join(_counted(c[mark], mark) for mark in ("win", "loss", "tie"))
+    lines += ["", f"**{marks} of {total}**"]
     repeats = sorted({(r.repeat, r.seed) for r in runs})
     if len(repeats) > 1:
         alone = []

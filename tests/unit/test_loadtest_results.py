@@ -13,6 +13,7 @@ from loadtest.bench.__main__ import Bench, make_parser
 from loadtest.bench.report import Point
 from loadtest.bench.routers import Children
 from loadtest.bench.stats import summarize
+from loadtest.matrix.summary import Run, headline
 from loadtest.record import (
     REPO,
     RESULTS,
@@ -181,3 +182,19 @@ def test_a_plot_is_drawn_again_from_its_json(tmp_path: Path) -> None:
     png = (out / "sharegpt.png").read_bytes()
     assert png.startswith(b"\x89PNG") and f"commit {describe_commit()}".encode() in png
     assert problems(tmp_path) == []
+
+
+def test_the_readme_headline_is_the_linked_matrix_summary_as_the_tool_renders_it() -> None:
+    """The README's headline table is not typed by hand: it is `summary.headline` of the run
+    it links, so every figure in it is one a matrix run measured."""
+    text = (REPO / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(text) if line.startswith("**Headline: the matrix**"))
+    link = next(t for t in LINK.findall(" ".join(text[start : start + 4])) if "summary" in t)
+    data = json.loads((REPO / link).with_suffix(".json").read_text())
+    measured = [Run(**r) for r in data["runs"]]
+    want = headline(measured, [(n, w) for n, w in data["cells"]], data["ties"])
+    first = next(i for i in range(start, len(text)) if text[i].startswith("| cell |"))
+    assert text[first : first + len(want)] == want, (
+        f"the README's headline table is not what {link} renders: run "
+        f"python -m loadtest.matrix --summarize {Path(link).with_suffix('.json')}"
+    )
