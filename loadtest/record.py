@@ -39,20 +39,27 @@ TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 @functools.cache
 def describe_commit(repo: Path = REPO) -> str:
-    """`git describe --dirty --always` of `repo` ("unknown" outside a git checkout), taken once
-    per process: every report of a run names the commit it started from."""
-    try:
-        out = subprocess.run(
-            ["git", "describe", "--dirty", "--always"],
-            cwd=repo,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
+    """`git describe --always` of `repo`, with `-dirty` when a tracked file outside
+    `loadtest/results/` differs from it ("unknown" outside a git checkout), taken once per
+    process: every report of a run names the commit it started from. Runs write into
+    `loadtest/results/` (their reports and the index of runs), so what an earlier run wrote
+    there does not make the code of the next one dirty."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=repo, capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
+
+    try:
+        out = git("describe", "--always")
+        changed = git(
+            "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)loadtest/results"
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return out or "unknown"
+    if not out:
+        return "unknown"
+    return f"{out}-dirty" if changed else out
 
 
 def machine_text() -> str:

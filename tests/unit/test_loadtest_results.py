@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,32 @@ def test_the_readme_headline_is_the_linked_matrix_summary_as_the_tool_renders_it
         f"the README's headline table is not what {link} renders: run "
         f"python -m loadtest.matrix --summarize {Path(link).with_suffix('.json')}"
     )
+
+
+def test_what_runs_write_into_the_results_does_not_make_the_code_dirty(tmp_path: Path) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "loadtest" / "results").mkdir(parents=True)
+    index, code = tmp_path / "loadtest" / "results" / "README.md", tmp_path / "epp.py"
+    index.write_text("runs\n")
+    code.write_text("x = 1\n")
+    git("init", "-q")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "0")
+    git("add", ".")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "1")
+
+    def describe() -> str:
+        describe_commit.cache_clear()  # taken once per process: ask again
+        return describe_commit(tmp_path)
+
+    clean = describe()
+    assert re.fullmatch(r"[0-9a-f]{7,}", clean)
+    index.write_text("runs and a new one\n")  # a run refreshed the index of runs
+    (tmp_path / "loadtest" / "results" / "new-run.md").write_text("a report\n")
+    assert describe() == clean
+    code.write_text("x = 2\n")
+    assert describe() == f"{clean}-dirty"
+    describe_commit.cache_clear()
+    assert describe_commit(tmp_path / "nowhere") == "unknown"
+    describe_commit.cache_clear()
