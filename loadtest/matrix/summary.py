@@ -76,6 +76,7 @@ class Verdict:
     band: float  # the tie band applied
     mark: str  # win | loss | tie | n/a
     why: str = ""  # for n/a, or a loss by failed requests
+    values: tuple[float, float] = (math.nan, math.nan)  # ours, the best peer's (means)
 
 
 def mean(values: Sequence[float]) -> float:
@@ -124,7 +125,8 @@ def judge(
     if not peers:
         return Verdict(cell, metric, ours, "", math.nan, (), floor, "n/a", "no peer to compare")
     best = min(peers, key=lambda name: mean(_values(peers[name], metric)))
-    ratio = mean(_values(mine, metric)) / mean(_values(peers[best], metric))
+    values = (mean(_values(mine, metric)), mean(_values(peers[best], metric)))
+    ratio = values[0] / values[1]
     theirs = {r.repeat: r.value(metric) for r in peers[best]}
     ratios = tuple(
         r.value(metric) / theirs[r.repeat]
@@ -134,9 +136,10 @@ def judge(
     band = max(floor, (max(ratios) - min(ratios)) / 2 if ratios else 0.0)
     if min(r.served for r in mine) < MIN_SERVED:
         failed = sum(r.sent - r.ok for r in mine)
-        return Verdict(cell, metric, ours, best, ratio, ratios, band, "loss", f"{failed} failed")
+        why = f"{failed} failed"
+        return Verdict(cell, metric, ours, best, ratio, ratios, band, "loss", why, values)
     mark = "win" if ratio <= 1 - band else "loss" if ratio >= 1 + band else "tie"
-    return Verdict(cell, metric, ours, best, ratio, ratios, band, mark)
+    return Verdict(cell, metric, ours, best, ratio, ratios, band, mark, "", values)
 
 
 def verdicts(
@@ -184,12 +187,10 @@ def _ratio_text(v: Verdict) -> str:
     return text
 
 
-def _headline_metric(v: Verdict, runs: Sequence[Run]) -> str:
+def _headline_metric(v: Verdict) -> str:
     if math.isnan(v.ratio):
         return f"- ({v.mark}{'; ' + v.why if v.why else ''})"
-    here = [r for r in runs if r.cell == v.cell]
-    mine = mean(_values([r for r in here if r.router == v.ours], v.metric))
-    theirs = mean(_values([r for r in here if r.router == v.best], v.metric))
+    mine, theirs = v.values
     spread = f"{min(v.ratios):.2f}-{max(v.ratios):.2f}x" if v.ratios else f"{v.ratio:.2f}x"
     mark = v.mark + (f", {v.why}" if v.why else "")
     text = f"{mine:.3f} / {theirs:.3f} {SHORT_NAMES.get(v.best, v.best)} ({mark}; {spread})"
@@ -201,12 +202,16 @@ def _counted(n: int, mark: str) -> str:
 
 
 def headline(
-    runs: Sequence[Run], cells: Sequence[tuple[str, str]], ties: Mapping[str, float] = TIES
+    runs: Sequence[Run],
+    cells: Sequence[tuple[str, str]],
+    ties: Mapping[str, float] = TIES,
+    judged: Sequence[Verdict] | None = None,
 ) -> list[str]:
     """The matrix in one table (the README's): a row per cell, production answer lengths (a
     cap, or no max_tokens) first; per metric ours / the best peer (means over repeats), the
-    mark and the per-repeat ratios; then the marks counted over all repeats and per repeat."""
-    vs = verdicts(runs, [c for c, _ in cells], ties)
+    mark and the per-repeat ratios; then the marks counted over all repeats and per repeat.
+    `judged`: `verdicts` of these runs and cells, where the caller has them already."""
+    vs = judged if judged is not None else verdicts(runs, [c for c, _ in cells], ties)
     described = []
     for name, what in cells:
         brief = what.split("; ")[-1]
@@ -220,7 +225,7 @@ def headline(
     ours = sorted({v.ours for v in vs})
     for _, name, brief, lengths in described:
         for mine in ours:
-            row = [_headline_metric(v, runs) for v in vs if v.cell == name and v.ours == mine]
+            row = [_headline_metric(v) for v in vs if v.cell == name and v.ours == mine]
             label = name if len(ours) == 1 else f"{name} ({mine})"
             if row:
                 lines.append(f"| {label} | {brief} | {lengths} | {' | '.join(row)} |")
@@ -258,7 +263,7 @@ def render(
     names = [c for c, _ in cells]
     vs = verdicts(runs, names, ties)
     repeats = len({r.repeat for r in runs})
-    lines = [*header, "", "## Headline", "", *headline(runs, cells, ties), ""]
+    lines = [*header, "", "## Headline", "", *headline(runs, cells, ties, vs), ""]
     lines += ["| cell | what it varies |", "|---|---|"]
     lines += [f"| {name} | {what} |" for name, what in cells]
     lines.append("")
