@@ -186,7 +186,8 @@ class Profile:
             ):
                 scores = [s if 0.0 <= s <= 1.0 else 1.0 if s > 1.0 else 0.0 for s in scores]
             columns.append(scores)
-            if holds is not None and affinity:
+            # a cold prompt's affinity scores are its spread over the pods, not holds
+            if holds is not None and affinity and not getattr(ws.scorer, "last_cold", False):
                 for i, score in enumerate(scores):
                     if score >= WARM_HOLD:
                         holds[i] = True

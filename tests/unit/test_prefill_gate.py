@@ -377,3 +377,30 @@ def test_a_partly_held_cold_prompt_with_both_spread_and_home_goes_to_its_holder(
     pods = [EndpointState(Endpoint(a, a, "pool")) for a in ("other:1", "head:1", "idle:1")]
     scores = scorer.score(request, pods)
     assert max(scores) == scores[1] and scores[1] > scores[2] > scores[0] == 0.0
+
+
+def test_a_cold_prompts_home_is_no_hold_on_a_warm_only_offer() -> None:
+    """A cold prompt's home scores 0.5, a hold's mark: the profile must not take it for one,
+    or a held request would join the home's full batch. Once the pod holds it, it is a hold."""
+    from epp.scheduling.plugins.max_score import MaxScorePicker
+    from epp.scheduling.scheduler import Profile, WeightedScorer
+
+    tok = Tokenizer.from_dir(TOKENIZER)
+    hasher = BlockHasher(16, "sha256", "0")
+    scorer = PreciseCacheScorer(tok, hasher, KvBlockIndex(), clock=lambda: 0.0, **HOMES)
+    profile = Profile("p", [], [WeightedScorer(scorer, 1.0)], MaxScorePicker(random.Random(0)))
+    pods = [EndpointState(Endpoint(f"10.0.0.{i}:8000", f"p{i}", "pool")) for i in range(4)]
+    body = {"messages": [{"role": "user", "content": "cold prompt words " * 60}]}
+    scores = scorer.score(SchedulingRequest("probe", "m", payload=body), pods)
+    home = pods[scores.index(0.5)].address
+    # the home offered warm-only (a full batch): dropped, the others stay
+    request = SchedulingRequest("r", "m", payload=body)
+    picked = profile.schedule(request, pods, warm_only=frozenset({home}))[0]
+    assert picked.address != home
+    assert scorer.last_cold
+    ids = tok.prompt_ids(body)
+    assert ids is not None
+    scorer.index.store(home, hasher.hashes(ids))
+    again = SchedulingRequest("again", "m", payload=body)
+    assert profile.schedule(again, pods, warm_only=frozenset({home}))[0].address == home
+    assert not scorer.last_cold

@@ -285,3 +285,34 @@ def test_the_explain_log_shows_the_candidates_left_after_warm_only_drops(
         assert profile.schedule(request, pods)[0].endpoint.address == "10.0.0.1:8000"
     rows = caplog.records[-1].getMessage().splitlines()[1:]
     assert rows == ["  10.0.0.1:8000 total=0.200 prefix=0.000 load=0.200"]
+
+
+def test_a_cold_prompts_spread_over_the_pods_is_no_hold_on_a_warm_only_offer() -> None:
+    """The prefix scorer spreads a cold prompt (nobody holds half of it) with bonuses up to a
+    full score, towards pods with no prefill queued: a full batch among them is still no place
+    for it. Once that batch holds the prompt, the hold takes it."""
+    from epp.scheduling.plugins.in_flight import InFlightScorer
+    from epp.scheduling.plugins.prefix_cache import PrefixCacheScorer
+    from epp.scheduling.plugins.prefix_index import block_hashes
+
+    prefix = PrefixCacheScorer(clock=clock)
+    profile = Profile(
+        "p",
+        [],
+        [WeightedScorer(prefix, 6.0), WeightedScorer(InFlightScorer(speed_aware=False), 3.0)],
+        MaxScorePicker(random.Random(0)),
+        [prefix],
+    )
+    pods = [ep("10.0.0.1:8000", in_flight=2), ep("10.0.0.2:8000", in_flight=6)]
+    full = frozenset({"10.0.0.2:8000"})
+    prefix.prefill.add_seconds("10.0.0.1:8000", 0.5, NOW)  # a prefill queued there
+    cold = SchedulingRequest("cold", "m", prompt=b"a prompt nobody was sent " * 40)
+    assert prefix.score(cold, pods) == [0.0, 1.0]  # the spread favours the full batch
+    assert profile.schedule(cold, pods, warm_only=full)[0].endpoint.address == "10.0.0.1:8000"
+    # once the full batch holds the prompt (and the pod it went to no longer does), it is a
+    # hold: the request joins that batch
+    prefix.index.forget("10.0.0.1:8000")
+    prefix.index.add("10.0.0.2:8000", block_hashes("m", cold.prompt, 16 * 4, 256))
+    again = replace(cold, request_id="again")
+    assert prefix.score(again, pods)[1] == 1.0
+    assert profile.schedule(again, pods, warm_only=full)[0].endpoint.address == "10.0.0.2:8000"

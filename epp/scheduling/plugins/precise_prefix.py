@@ -96,7 +96,9 @@ class PreciseCacheScorer:
     type = "precise-prefix-cache-scorer"
     name = type
     bounded = True
-    affinity = True  # a score of WARM_HOLD or more is a hold on a cached prefix (`Profile`)
+    # a score of WARM_HOLD or more is a hold on a cached prefix (`Profile`), unless the prompt
+    # was cold (`last_cold`: nobody held half of it, and the scores are the spread's and home's)
+    affinity = True
     MEMORY_DEFAULT_BLOCKS = 31_250  # a pod's remembered blocks until its KV size is scraped
 
     def __init__(
@@ -143,6 +145,7 @@ class PreciseCacheScorer:
             self.memory = PrefixIndex(self.MEMORY_DEFAULT_BLOCKS)
             self.index.on_clear = self.memory.forget  # a restarted pod remembers nothing
         self._last: _Matched | None = None  # the request being scheduled
+        self.last_cold = True  # the prompt last scored was cold: no candidate holds it
 
     @classmethod
     def from_parameters(cls, params: Params, ctx: BuildContext) -> PreciseCacheScorer:
@@ -237,6 +240,7 @@ class PreciseCacheScorer:
         stats = self.stats
         stats.scored += 1
         stats.prompt_blocks += blocks
+        self.last_cold = True
         if not blocks or not candidates:
             return [0.0] * len(candidates)
         total = float(blocks)
@@ -246,6 +250,7 @@ class PreciseCacheScorer:
                 scores[i] = held / total
             best = max(scores)
         stats.hit_blocks += best * total
+        self.last_cold = best < 0.5
         if best < 0.5:  # a cold prompt: nobody holds half of it
             homed = frontier if self.cold_home > 0 else None  # where homes apply
             # the holder of its longest part (for homes), read before any bonus moves the scores

@@ -69,7 +69,9 @@ class PrefixCacheScorer:
     type = "prefix-cache-scorer"
     name = type
     bounded = True  # scores already in [0, 1]: the profile skips its clamp
-    affinity = True  # a score of WARM_HOLD or more is a hold on a cached prefix (`Profile`)
+    # a score of WARM_HOLD or more is a hold on a cached prefix (`Profile`), unless the prompt
+    # was cold (`last_cold`: nobody kept half of it, and the scores are the cold spread's)
+    affinity = True
 
     def __init__(
         self,
@@ -99,6 +101,7 @@ class PrefixCacheScorer:
         self.stats = PrefixStats()
         self._clock = clock
         self._block_tuned = False
+        self.last_cold = True  # the prompt last scored was cold: no candidate holds it
         # hashes and matches of the request being scheduled, reused by `picked`
         self._last: tuple[SchedulingRequest, int, list[int], dict[str, int]] | None = None
         # (address, block hashes, seconds of prefill queued there)
@@ -121,6 +124,7 @@ class PrefixCacheScorer:
 
     def score(self, request: SchedulingRequest, candidates: Sequence[EndpointState]) -> list[float]:
         hashes, counts = self._lookup(request)
+        self.last_cold = True
         if not counts:
             scores = [0.0] * len(candidates)
             if hashes and self.cold_spread > 0.0:
@@ -134,7 +138,9 @@ class PrefixCacheScorer:
         for i, matched in holders_at(snap.addresses, counts):
             if keeps(i, matched):
                 scores[i] = matched / total
-        if self.cold_spread > 0.0 and (best := max(scores)) < 0.5:
+        if (best := max(scores)) >= 0.5:
+            self.last_cold = False
+        elif self.cold_spread > 0.0:
             self._spread(request, snap, scores, best)
         return scores
 
