@@ -294,6 +294,7 @@ def test_a_cold_prompts_spread_over_the_pods_is_no_hold_on_a_warm_only_offer() -
     from epp.scheduling.plugins.in_flight import InFlightScorer
     from epp.scheduling.plugins.prefix_cache import PrefixCacheScorer
     from epp.scheduling.plugins.prefix_index import block_hashes
+    from epp.types import CHARS_PER_TOKEN
 
     prefix = PrefixCacheScorer(clock=clock)
     profile = Profile(
@@ -312,7 +313,8 @@ def test_a_cold_prompts_spread_over_the_pods_is_no_hold_on_a_warm_only_offer() -
     # once the full batch holds the prompt (and the pod it went to no longer does), it is a
     # hold: the request joins that batch
     prefix.index.forget("10.0.0.1:8000")
-    prefix.index.add("10.0.0.2:8000", block_hashes("m", cold.prompt, 16 * 4, 256))
+    chars = prefix.block_size_tokens * CHARS_PER_TOKEN
+    prefix.index.add("10.0.0.2:8000", block_hashes("m", cold.prompt, chars, prefix.max_blocks))
     again = replace(cold, request_id="again")
     assert prefix.score(again, pods)[1] == 1.0
     assert profile.schedule(again, pods, warm_only=full)[0].endpoint.address == "10.0.0.2:8000"
