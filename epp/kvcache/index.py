@@ -5,19 +5,34 @@ what this EPP once sent it. Keys are vLLM's 64-bit block hashes, which chain eve
 and the LoRA adapter's name, so a LoRA's blocks never meet the base model's. A block held on
 the GPU counts in full; one only in a slower medium (CPU offload) counts `slow_weight`. One
 holder is stored as the bare pod key, several as a set: most blocks have one. Each pod's own
-hashes are kept too, so a restarted or departed pod is forgotten without a scan.
+hashes are kept too, so a restarted or departed pod is forgotten without a scan. Every map and set
+of hashes is cut into shards by the hash's low bits (`epp.kvcache.shards`): a fleet's index
+holds millions of blocks, and one dict that size stalls the event loop for 100 ms when it
+rebuilds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from epp.kvcache.shards import POD_SHARD_MASK, POD_SHARDS, SHARD_MASK, SHARDS
 from epp.kvcache.wire import MEDIUM_GPU
 
 Holders = str | set[str]
+Table = list[dict[int, Holders]]  # hash -> holders, in `SHARDS` shards
+Held = list[set[int]]  # one pod's hashes in one medium, in `POD_SHARDS` shards
 
 
-def _add(table: dict[int, Holders], h: int, pod: str) -> None:
+def _table() -> Table:
+    return [{} for _ in range(SHARDS)]
+
+
+def _held() -> Held:
+    return [set() for _ in range(POD_SHARDS)]
+
+
+def _add(tables: Table, h: int, pod: str) -> None:
+    table = tables[h & SHARD_MASK]
     holders = table.get(h)
     if holders is None:
         table[h] = pod
@@ -28,7 +43,8 @@ def _add(table: dict[int, Holders], h: int, pod: str) -> None:
         holders.add(pod)
 
 
-def _drop(table: dict[int, Holders], h: int, pod: str) -> None:
+def _drop(tables: Table, h: int, pod: str) -> None:
+    table = tables[h & SHARD_MASK]
     holders = table.get(h)
     if holders is None:
         return
@@ -44,41 +60,52 @@ def _drop(table: dict[int, Holders], h: int, pod: str) -> None:
 class KvBlockIndex:
     def __init__(self, slow_weight: float = 0.5) -> None:
         self.slow_weight = slow_weight
-        self._fast: dict[int, Holders] = {}  # GPU
-        self._slow: dict[int, Holders] = {}  # any other medium
-        self._held: dict[str, tuple[set[int], set[int]]] = {}  # pod → (GPU, other) hashes
+        self._fast: Table = _table()  # GPU
+        self._slow: Table = _table()  # any other medium
+        self._held: dict[str, tuple[Held, Held]] = {}  # pod → (GPU, other) hashes
+        self._slow_held = 0  # (pod, hash) pairs held in a slower medium
         # told of every `clear` (the pod cleared its cache, restarted or left)
         self.on_clear: Callable[[str], None] | None = None
 
     def __len__(self) -> int:
-        return len(self._fast) + len(self._slow)
+        return sum(map(len, self._fast)) + sum(map(len, self._slow))
 
     def pods(self) -> list[str]:
         return list(self._held)
 
     def blocks_of(self, pod: str) -> int:
         held = self._held.get(pod)
-        return len(held[0]) + len(held[1]) if held else 0
+        return sum(map(len, held[0])) + sum(map(len, held[1])) if held else 0
 
-    def _tables(self, pod: str, medium: str) -> tuple[dict[int, Holders], set[int]]:
+    def _tables(self, pod: str, medium: str) -> tuple[Table, Held]:
         held = self._held.get(pod)
         if held is None:
-            held = self._held[pod] = (set(), set())
+            held = self._held[pod] = (_held(), _held())
         return (self._fast, held[0]) if medium == MEDIUM_GPU else (self._slow, held[1])
 
     def store(self, pod: str, hashes: Iterable[int], medium: str = MEDIUM_GPU) -> None:
-        table, mine = self._tables(pod, medium)
+        table, held = self._tables(pod, medium)
+        added = 0
         for h in hashes:
+            mine = held[h & POD_SHARD_MASK]
             if h not in mine:
                 mine.add(h)
                 _add(table, h, pod)
+                added += 1
+        if table is self._slow:
+            self._slow_held += added
 
     def remove(self, pod: str, hashes: Iterable[int], medium: str = MEDIUM_GPU) -> None:
-        table, mine = self._tables(pod, medium)
+        table, held = self._tables(pod, medium)
+        removed = 0
         for h in hashes:
+            mine = held[h & POD_SHARD_MASK]
             if h in mine:
                 mine.discard(h)
                 _drop(table, h, pod)
+                removed += 1
+        if table is self._slow:
+            self._slow_held -= removed
 
     def clear(self, pod: str) -> None:
         """Forget everything `pod` holds (it cleared its cache, restarted or left)."""
@@ -87,21 +114,23 @@ class KvBlockIndex:
         held = self._held.pop(pod, None)
         if held is None:
             return
-        for table, mine in ((self._fast, held[0]), (self._slow, held[1])):
-            for h in mine:
-                _drop(table, h, pod)
+        self._slow_held -= sum(map(len, held[1]))
+        for table, shards in ((self._fast, held[0]), (self._slow, held[1])):
+            for mine in shards:
+                for h in mine:
+                    _drop(table, h, pod)
 
     def match(self, hashes: Iterable[int]) -> dict[str, float]:
         """Per pod, the leading blocks of `hashes` it holds without a gap (GPU first, a block
         held only in a slower medium counting `slow_weight`). Reads `hashes` only up to the
         first block no pod holds, so they can be computed as they are read."""
-        if not self._slow:
+        if not self._slow_held:
             return self._match_fast(hashes)
-        fast, slow, w = self._fast, self._slow, self.slow_weight
+        fast, slow, w, mask = self._fast, self._slow, self.slow_weight, SHARD_MASK
         counts: dict[str, float] = {}
         alive: set[str] | None = None
         for h in hashes:
-            f, s = fast.get(h), slow.get(h)
+            f, s = fast[h & mask].get(h), slow[h & mask].get(h)
             if f is None and s is None:
                 break
             on_gpu = {f} if isinstance(f, str) else (f or set())
@@ -117,12 +146,12 @@ class KvBlockIndex:
         # consecutive blocks mostly have the same holders (a shared system prompt): count such
         # a run once per holder instead of once per block and holder
         counts: dict[str, float] = {}
-        table = self._fast
+        tables, mask = self._fast, SHARD_MASK
         run_of: Holders | None = None
         alive: set[str] | None = None
         run = 0
         for h in hashes:
-            holders = table.get(h)
+            holders = tables[h & mask].get(h)
             if holders is None:
                 break
             if holders == run_of:

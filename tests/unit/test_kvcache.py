@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import msgpack
 import pytest
 
@@ -97,6 +99,48 @@ def test_index_runs_of_shared_holders() -> None:
     assert index.match(list(range(120))) == {"a": 100.0, "b": 50.0}
     index.remove("a", [0])
     assert index.match(list(range(120))) == {"b": 50.0}
+
+
+def test_index_in_shards_agrees_with_a_plain_model_of_who_holds_what() -> None:
+    """Random 64-bit hashes land in every shard; stores, removes and clears in both media,
+    checked against sets per pod and the block-by-block definition of a match."""
+    rng = random.Random(18)
+    index = KvBlockIndex(slow_weight=0.5)
+    pods, media = ["a", "b", "c"], ["GPU", "CPU"]
+    chains = [[rng.getrandbits(64) for _ in range(40)] for _ in range(6)]
+    model: dict[tuple[str, str], set[int]] = {(p, m): set() for p in pods for m in media}
+    for step in range(3_000):
+        pod, medium, chain = rng.choice(pods), rng.choice(media), rng.choice(chains)
+        lo = rng.randrange(40)
+        part = chain[lo : rng.randrange(lo + 1, 41)]
+        op = rng.random()
+        if op < 0.55:
+            index.store(pod, part, medium)
+            model[pod, medium].update(part)
+        elif op < 0.97:
+            index.remove(pod, part, medium)
+            model[pod, medium].difference_update(part)
+        else:
+            index.clear(pod)
+            for m in media:
+                model[pod, m].clear()
+        if step % 50:
+            continue
+        for chain in chains:
+            expected: dict[str, float] = {}
+            alive = set(pods)
+            for h in chain:  # leading blocks without a gap, a CPU-only block counting 0.5
+                here = {p for p in pods if h in model[p, "GPU"] or h in model[p, "CPU"]}
+                alive &= here
+                if not alive:
+                    break
+                for p in alive:
+                    expected[p] = expected.get(p, 0.0) + (1.0 if h in model[p, "GPU"] else 0.5)
+            assert index.match(chain) == expected
+        for p in pods:
+            assert index.blocks_of(p) == len(model[p, "GPU"]) + len(model[p, "CPU"])
+        distinct = {(h, m) for (_, m), held in model.items() for h in held}
+        assert len(index) == len(distinct)
 
 
 async def test_restart_and_unrecoverable_gap_clear_the_pod() -> None:

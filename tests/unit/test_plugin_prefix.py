@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from epp.scheduling.base import SchedulingRequest
+from epp.scheduling.plugins import prefix_index
 from epp.scheduling.plugins.prefix_cache import PrefixCacheScorer, PrefixStats
 from epp.scheduling.plugins.prefix_index import PrefixIndex, block_hashes
 from epp.scheduling.registry import build_default_profiles
@@ -64,7 +65,7 @@ def test_index_match_counts_every_block_of_every_holder_across_runs() -> None:
         chain = list(range(14))
         expected: dict[str, int] = {}
         for h in chain:  # block by block, as the index defines a match
-            holders = [a for a in "abcd" if h in index._lru.get(a, {})]
+            holders = [a for a in "abcd" if index.holds(a, h)]
             if not holders:
                 break
             for a in holders:
@@ -83,6 +84,60 @@ def test_index_lru_evicts_deepest_blocks_first_and_updates_reverse_map() -> None
     assert index.match([1, 2, 3]) == {"a": 1}
     index.forget("a")
     assert len(index) == 0 and index.match([10]) == {}
+
+
+def _holders_in_step(index: PrefixIndex, pods: str) -> None:
+    """Every block a pod's LRU holds is credited to it, and no other."""
+    held = {a: {h for s in index._lru[a].sets for h in s} for a in pods if a in index._lru}
+    for a, blocks in held.items():
+        for h in blocks:
+            assert a in index.match([h])
+    every = set().union(*held.values())
+    assert sum(len(shard) for shard in index._holders) == len(every)
+
+
+SET_BLOCKS = 1024  # sets this small in the tests below (the default makes them of 32k blocks)
+
+
+def test_a_large_lru_is_cut_into_sets_each_kept_to_its_share(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(prefix_index, "LRU_SET_BLOCKS", SET_BLOCKS)
+    rng = random.Random(7)
+    capacity = 5 * SET_BLOCKS  # four sets of 1,280 blocks
+    index = PrefixIndex(default_capacity=capacity)
+    kept = [rng.getrandbits(64) for _ in range(64)]
+    for _ in range(100):  # 20k blocks a pod: every set full
+        for a in "ab":
+            index.add(a, [rng.getrandbits(64) for _ in range(200)])
+            index.add(a, kept)  # touched every time: never the oldest of its set
+    lru = index._lru["a"]
+    assert len(lru.sets) == 4 and sum(lru.caps) == capacity
+    assert all(len(s) <= cap for s, cap in zip(lru.sets, lru.caps, strict=True))
+    assert len(lru) == capacity and index.room("a") == 0
+    assert index.match(kept) == {"a": 64, "b": 64}
+    _holders_in_step(index, "ab")
+
+
+def test_capacity_changes_move_an_lru_between_one_set_and_several(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(prefix_index, "LRU_SET_BLOCKS", SET_BLOCKS)
+    rng = random.Random(8)
+    index = PrefixIndex(default_capacity=1_000)
+    old = [rng.getrandbits(64) for _ in range(900)]
+    index.add("a", old)
+    index.add("b", old[:10])
+    index.set_capacity("a", 3 * SET_BLOCKS)  # two sets: every block stays
+    assert len(index._lru["a"].sets) == 2 and index.match(old) == {"a": 900, "b": 10}
+    index.add("a", [rng.getrandbits(64) for _ in range(4 * SET_BLOCKS)])
+    lru = index._lru["a"]
+    assert all(len(s) <= cap for s, cap in zip(lru.sets, lru.caps, strict=True))
+    assert len(lru) <= 3 * SET_BLOCKS
+    index.set_capacity("a", 500)  # one set again, trimmed to the capacity
+    assert len(index._lru["a"].sets) == 1 and len(index._lru["a"]) == 500
+    assert index.room("a") == 0
+    _holders_in_step(index, "ab")
 
 
 def test_index_purges_idle_endpoints() -> None:
