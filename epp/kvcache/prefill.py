@@ -98,6 +98,15 @@ class PrefillTracker:
         self._queued[pod] = (total, now)
         self._top = max(self._top, total)
 
+    def add_seconds(self, pod: str, seconds: float, now: float) -> float:
+        """`seconds` of prefill were queued on `pod` (by a peer replica's pick, at its rate for
+        the pod): as many tokens as this tracker's rate prefills in that time. Returns the
+        seconds added: 0.0 for a non-positive or non-finite amount."""
+        if not 0.0 < seconds < math.inf:
+            return 0.0
+        self.add(pod, seconds * self.rate(pod), now)
+        return seconds
+
     def stored(self, pod: str, tokens: int, ts: float) -> None:
         """A batch of the pod's events at its clock `ts` reported `tokens` newly cached."""
         run = self._runs.get(pod)

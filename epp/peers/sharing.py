@@ -1,7 +1,8 @@
 """Sharing what each EPP replica learns from its own traffic with the others, off the request path.
 
 Each replica sends its own in-flight requests and tokens per endpoint, and the prompt blocks
-of its picks per prefix scorer with the seconds of prefill each queued (`epp.peers.wire`), to
+of its picks per prefix scorer (the approximate index's hashes, the precise scorer's block keys
+for its memory of picks) with the seconds of prefill each queued (`epp.peers.wire`), to
 every peer over UDP: a few milliseconds
 after they change (changes within that window travel together) and on a heartbeat. What the
 peers last said, summed, is added to this replica's own counts in the datastore
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import time
@@ -27,10 +29,13 @@ from functools import partial
 
 from epp.datastore import Datastore
 from epp.peers.wire import Pick, decode, encode_all
+from epp.scheduling.plugins.precise_prefix import PreciseCacheScorer
 from epp.scheduling.plugins.prefix_cache import PrefixCacheScorer
 from epp.scheduling.scheduler import Profile
 
 log = logging.getLogger("epp.peers")
+# the prefix scorers whose picks travel: the approximate index and the precise scorer's memory
+PrefixScorer = PrefixCacheScorer | PreciseCacheScorer
 MAX_PENDING_PICKS = 10_000  # picks waiting for a flush beyond this are not shared
 DELAY_SAMPLES = 4096  # the latest pick delays kept for /debug/peers
 
@@ -122,7 +127,7 @@ class PeerSharing(asyncio.DatagramProtocol):
         self._heard: dict[str, tuple[int, dict[str, tuple[int, int]], float]] = {}
         self._picks: list[Pick] = []  # made here since the last flush
         self._first_pick_at: float | None = None  # wall-clock time of the oldest of them
-        self._scorers: dict[str, PrefixCacheScorer] = {}  # "profile/plugin" → scorer
+        self._scorers: dict[str, PrefixScorer] = {}  # "profile/plugin" → scorer
         store.add_in_flight_listener(self._own_changed)
 
     def share_prefixes(self, profiles: Mapping[str, Profile]) -> None:
@@ -130,7 +135,7 @@ class PeerSharing(asyncio.DatagramProtocol):
         theirs (replicas run the same configuration, so the scorers' names match)."""
         for name, profile in profiles.items():
             for ws in profile.scorers:
-                if isinstance(ws.scorer, PrefixCacheScorer):
+                if isinstance(ws.scorer, PrefixCacheScorer | PreciseCacheScorer):
                     key = f"{name}/{ws.scorer.name}"
                     self._scorers[key] = ws.scorer
                     ws.scorer.on_add = partial(self._picked, key, ws.scorer)
@@ -173,7 +178,7 @@ class PeerSharing(asyncio.DatagramProtocol):
     def _picked(
         self,
         key: str,
-        scorer: PrefixCacheScorer,
+        scorer: PrefixScorer,
         address: str,
         hashes: list[int],
         prefill: float,
@@ -232,13 +237,10 @@ class PeerSharing(asyncio.DatagramProtocol):
             scorer = self._scorers.get(pick.scorer)
             if scorer is None:
                 continue
-            if scorer.block_size_tokens == pick.block_tokens:
-                scorer.index.add(pick.address, pick.hashes, now)
+            if scorer.learn_pick(pick.address, pick.block_tokens, pick.hashes, pick.prefill, now):
                 self.stats.picks_learned += 1
-            # the prefill the peer's pick queued there, whatever the block size
-            self.stats.prefill_learned += scorer.prefill.add_seconds(
-                pick.address, pick.prefill, now
-            )
+            if 0.0 < pick.prefill < math.inf:
+                self.stats.prefill_learned += pick.prefill
 
     def error_received(self, exc: Exception) -> None:
         log.debug("peer datagram error: %s", exc)  # a peer not listening (yet): it will be

@@ -20,7 +20,8 @@ Routers: `approximate` (profile prefix-cache-aware: prefix-cache-scorer 3, queue
 gate, with the load gate, with a 500 ms budget instead of 2 s, with cold-prompt homes
 instead of the spread (the default until 2026-12-06), with both, with neither, without the
 memory of its own picks (the events alone)),
-`approximate-peers` (in `c` only: the replicas share their picks over `--peers`),
+`approximate-peers` and `precise-peers` (in `c` only: the replicas share their picks over
+`--peers`),
 `envoy:LEAST_REQUEST`, and the peers' cache-aware policies (not in `c`: one process each).
 The rate is `--fraction` of each shape's capacity (a closed loop through Envoy least-request).
 `kvcells_report` writes the run folder's `kv-cells.md|json`. Children are stopped on the way out.
@@ -76,10 +77,10 @@ PRECISE: dict[str, dict[str, object]] = {
     "precise-no-spread": {"coldPromptSpread": 0},
     "precise-no-memory": {"rememberPicks": False},
 }
-# the approximate router with its replicas sharing their picks and in-flight counts (epp.peers);
-# only in `c`, elsewhere it is `approximate`
-PEERS = "approximate-peers"
-EPP_ROUTERS = ("approximate", PEERS, *PRECISE)
+# a router whose two replicas share their picks and in-flight counts (epp.peers), and the
+# router it is otherwise; only in `c`, elsewhere it is that router
+SHARING = {"approximate-peers": "approximate", "precise-peers": "precise"}
+EPP_ROUTERS = ("approximate", *SHARING, *PRECISE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,12 +208,12 @@ class Cells:
     async def start(self, cell: str, router: str) -> str:
         await start_sim(self.children, self.pods, self.sim_args())
         if router in EPP_ROUTERS:
-            config = self.configs.get(router)
+            config = self.configs.get(SHARING.get(router, router))
             extra = ["--scheduler-config", str(config)] if config else []
             spec = RouterSpec("epp", APPROXIMATE)
             if cell == "c":  # two replicas behind one Envoy, sharing or not
                 spec = RouterSpec(
-                    REPLICAS if router == PEERS else REPLICAS_ALONE, APPROXIMATE + ":2"
+                    REPLICAS if router in SHARING else REPLICAS_ALONE, APPROXIMATE + ":2"
                 )
             url = await start_router(
                 self.children, spec, self.pods, False, extra, 8, self.a.epp_log_level
@@ -303,8 +304,8 @@ async def amain(a: argparse.Namespace, children: Children) -> int:
             kind = router.partition(":")[0]
             if cell == "c" and kind in ("vllm-router", "sglang-router"):
                 continue  # one process each: no replicas to compare
-            if cell != "c" and router == PEERS:
-                continue  # one replica: the same as `approximate`
+            if cell != "c" and router in SHARING:
+                continue  # one replica: the same as the router without sharing
             why = RouterSpec.parse(router).unavailable() if ":" in router else None
             if why or time.monotonic() > cells.deadline:
                 skipped.append(f"{cell} {router}: {why or 'time budget spent'}")

@@ -89,6 +89,17 @@ def goal(cell: str, points: Sequence[CellPoint]) -> str:
             f"; against approximate-peers {precise.ttft.p90 / shared.ttft.p90:.2f}, hit "
             f"{(precise.hit_rate - shared.hit_rate) * 100:+.0f} points"
         )
+    both = by.get("precise-peers")
+    if both is not None and approx.ttft.p90 > 0:
+        line += (
+            f"; precise-peers/approximate {both.ttft.p90 / approx.ttft.p90:.2f}, hit "
+            f"{(both.hit_rate - approx.hit_rate) * 100:+.0f} points"
+        )
+        if shared is not None and shared.ttft.p90 > 0:
+            line += (
+                f", against approximate-peers {both.ttft.p90 / shared.ttft.p90:.2f}, hit "
+                f"{(both.hit_rate - shared.hit_rate) * 100:+.0f} points"
+            )
     return line
 
 
@@ -100,6 +111,10 @@ def profiles(routers: Sequence[str], configs: dict[str, Path]) -> list[tuple[str
             out.append((router, epp_profile_text(APPROXIMATE)))
         elif router == "approximate-peers":  # cell c: the replicas share picks
             flags = ["--peers", "<the other replica>"]
+            out.append((router, epp_profile_text(APPROXIMATE, flags)))
+        elif router == "precise-peers" and "precise" in configs:
+            flags = ["--scheduler-config", str(configs["precise"])]
+            flags += ["--peers", "<the other replica>"]
             out.append((router, epp_profile_text(APPROXIMATE, flags)))
         elif router in configs:
             flags = ["--scheduler-config", str(configs[router])]

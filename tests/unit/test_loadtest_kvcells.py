@@ -88,6 +88,13 @@ def test_the_goal_line_also_compares_with_approximate_replicas_sharing_picks() -
     line = goal("c", points)
     assert "0.40, hit +20 points: **met**" in line
     assert "against approximate-peers 0.50, hit +10 points" in line
+    assert "precise-peers" not in line
+    both = goal("c", [*points, CellPoint("c", "precise-peers", 1, _stats(0.3, 0.45))])
+    assert both.startswith(line)
+    assert both.endswith(
+        "; precise-peers/approximate 0.30, hit +25 points, against approximate-peers 0.37, "
+        "hit +15 points"
+    )
 
 
 def test_the_hit_rate_bounds_of_a_cells_requests() -> None:

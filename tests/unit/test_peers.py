@@ -6,25 +6,32 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import orjson
 import pytest
 
 from epp.api.model import ResourceSet
 from epp.datastore import Datastore
+from epp.kvcache.hashing import BlockHasher
 from epp.peers.kube import peers_of
 from epp.peers.sharing import PeerSettings, PeerSharing, parse_peers
 from epp.peers.wire import MAX_DATAGRAM, Announcement, Pick, decode, encode, encode_all
 from epp.scheduling.base import SchedulingRequest
+from epp.scheduling.plugins.max_score import MaxScorePicker
+from epp.scheduling.plugins.precise_prefix import PreciseCacheScorer
 from epp.scheduling.plugins.prefix_cache import PrefixCacheScorer
 from epp.scheduling.plugins.prefix_index import block_hashes
+from epp.scheduling.plugins.queue import QueueScorer
 from epp.scheduling.registry import build_default_profiles
-from epp.scheduling.scheduler import Profile
+from epp.scheduling.scheduler import Profile, WeightedScorer
+from epp.tokenization import Tokenizer
 from epp.types import CHARS_PER_TOKEN
 from tests.factories import model, pod, pool
 
 POOL = "default/llama2-gpu-pool"
+TOKENIZER = Path(__file__).resolve().parents[2] / "epp" / "assets" / "tiny-tokenizer"
 A, B = "10.0.0.1:8000", "10.0.0.2:8000"
 
 
@@ -169,17 +176,20 @@ def test_picks_travel_in_datagrams_that_fit() -> None:
 
 
 @contextlib.asynccontextmanager
-async def two_sharing_replicas() -> AsyncIterator[
+async def two_sharing_replicas(
+    profiles: Callable[[random.Random], dict[str, Profile]] = build_default_profiles,
+) -> AsyncIterator[
     tuple[Datastore, dict[str, Profile], dict[str, Profile], PeerSharing, PeerSharing]
 ]:
-    """Two replicas over real UDP, each sharing its default profiles' prefix picks: yields the
-    first one's store and profiles, the second one's profiles, and both sharings."""
+    """Two replicas over real UDP, each sharing its profiles' prefix picks (the default
+    profiles unless told): yields the first one's store and profiles, the second one's
+    profiles, and both sharings."""
     from tests.ports import free_ports
 
     port_a, port_b = free_ports(2)
     one, two = store(), store()
-    profiles_one = build_default_profiles(random.Random(1))
-    profiles_two = build_default_profiles(random.Random(2))
+    profiles_one = profiles(random.Random(1))
+    profiles_two = profiles(random.Random(2))
     async with (
         sharing(one, "epp-0", port_a, port_b) as a,
         sharing(two, "epp-1", port_b, port_a) as b,
@@ -261,3 +271,35 @@ async def test_replicas_learn_the_prefill_each_others_picks_queued() -> None:
         assert b.stats.prefill_learned == pytest.approx(queued, rel=1e-3)
         delay = b.snapshot()["pick_delay_ms"]
         assert isinstance(delay, dict) and delay["n"] >= 1 and 0.0 <= delay["p50"] < 1000.0
+
+
+def precise_profiles(rng: random.Random) -> dict[str, Profile]:
+    """A profile with the precise scorer (no KV events flow: what it knows of a pick is its
+    memory of picks) and the queue scorer."""
+    scorer = PreciseCacheScorer(Tokenizer.from_dir(TOKENIZER), BlockHasher(16, "sha256", "0"))
+    scorers = [WeightedScorer(scorer, 3.0), WeightedScorer(QueueScorer(), 1.0)]
+    return {"precise": Profile("precise", [], scorers, MaxScorePicker(rng), [scorer])}
+
+
+def precise_scorer(profile: Profile) -> PreciseCacheScorer:
+    return next(ws.scorer for ws in profile.scorers if isinstance(ws.scorer, PreciseCacheScorer))
+
+
+async def test_precise_replicas_learn_each_others_picks_before_the_events_tell() -> None:
+    """A pod reports a prompt's blocks only once it has computed them: until then the other
+    replica learns the pick, and the prefill it queued, from its peer."""
+    prompt = [7 + i % 1000 for i in range(1_000)]  # 62 whole blocks of 16 tokens
+    request = SchedulingRequest("r1", "m", payload={"prompt": prompt})
+    async with two_sharing_replicas(precise_profiles) as (one, mine, theirs, a, b):
+        (chosen,) = mine["precise"].schedule(request, one.candidates(POOL), 1)
+        scorer = precise_scorer(theirs["precise"])
+        ask = SchedulingRequest("r2", "m", payload={"prompt": prompt})
+        await until(lambda: b.stats.picks_learned >= 1)
+        _, counts, tokens, _ = scorer.matches(ask)
+        assert tokens == 1_000 and counts == {chosen.address: 62.0}
+        now = time.monotonic()
+        queued = precise_scorer(mine["precise"]).prefill.queued(chosen.address, now)
+        assert queued > 900  # the whole prompt was cold; a few ms of it prefilled since
+        assert scorer.prefill.queued(chosen.address, now) == pytest.approx(queued, rel=0.05)
+        other = B if chosen.address == A else A
+        assert scorer.prefill.queued(other, now) == 0.0 and a.stats.picks_sent >= 1

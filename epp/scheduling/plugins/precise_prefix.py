@@ -12,6 +12,9 @@ and what it was sent and would still keep. A prompt under eviction loses its tai
 following the events alone moved such prompts between pods and rebuilt them twice (issue 18's
 cell a, seed 2: 29-30 % of prompt tokens cached against 33-34 % with the memory); a restart or a
 gap the replay cannot fill clears the pod's memory with its events (`KvBlockIndex.on_clear`).
+A pod reports a prompt's blocks only once it has computed them, so EPP replicas that share
+(`epp.peers`) also tell each other every pick (`on_add`, `learn_pick`): its block keys join the
+others' memories and its uncached tokens their queued prefill.
 Tokens of recent prompts are cached, and block hashes by prefix chain (`epp.kvcache.chain`): a
 block already seen costs one lookup, and without the memory hashing stops at the first block
 no pod holds (with it, every block is hashed: the memory is matched on all of them).
@@ -46,7 +49,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -146,6 +149,25 @@ class PreciseCacheScorer:
             self.index.on_clear = self.memory.forget  # a restarted pod remembers nothing
         self._last: _Matched | None = None  # the request being scheduled
         self.last_cold = True  # the prompt last scored was cold: no candidate holds it
+        # (address, block keys, seconds of prefill queued there): each pick remembered, for
+        # peer replicas (`epp.peers`), which cannot see it in the events until it is computed
+        self.on_add: Callable[[str, list[int], float], None] | None = None
+
+    @property
+    def block_size_tokens(self) -> int:
+        return self.hasher.block_size
+
+    def learn_pick(
+        self, address: str, block_tokens: int, keys: Sequence[int], prefill: float, now: float
+    ) -> bool:
+        """A peer replica's pick (`epp.peers`): its seconds of prefill join the pod's queue,
+        its block keys the memory of picks (when this scorer has one and they are of its block
+        size), as if this replica had sent the prompt there. Whether the keys were learned."""
+        self.prefill.add_seconds(address, prefill, now)
+        if self.memory is None or block_tokens != self.hasher.block_size:
+            return False
+        self.memory.add(address, keys, now)
+        return True
 
     @classmethod
     def from_parameters(cls, params: Params, ctx: BuildContext) -> PreciseCacheScorer:
@@ -399,6 +421,9 @@ class PreciseCacheScorer:
         held = counts.get(endpoint.address, 0.0) * self.hasher.block_size
         uncached = max(0.0, tokens - held)
         self.prefill.add(endpoint.address, uncached, self._clock())
+        if self.on_add is not None and last is not None and last.keys:
+            rate = self.prefill.rate(endpoint.address)
+            self.on_add(endpoint.address, last.keys, uncached / rate if rate > 0.0 else 0.0)
 
 
 def _no_eviction(address: str) -> int:

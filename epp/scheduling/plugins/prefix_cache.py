@@ -216,6 +216,18 @@ class PrefixCacheScorer:
         if stats.picks % PURGE_EVERY == 0:
             self.index.purge_idle(now - self.idle_seconds)
 
+    def learn_pick(
+        self, address: str, block_tokens: int, hashes: Sequence[int], prefill: float, now: float
+    ) -> bool:
+        """A peer replica's pick (`epp.peers`): its seconds of prefill join the pod's queue
+        whatever its block size, its blocks the index when their size is this scorer's.
+        Whether the blocks were learned."""
+        self.prefill.add_seconds(address, prefill, now)
+        if block_tokens != self.block_size_tokens:
+            return False
+        self.index.add(address, hashes, now)
+        return True
+
     def held_tokens(self, request: SchedulingRequest) -> dict[str, int]:
         """The request's leading prompt tokens each endpoint holds, as this index believes
         (admission's KV room asks it: on a holder only the rest of the prompt is new)."""
