@@ -14,6 +14,7 @@ arrivals of the shared-prefix workload for a fixed time. Cells:
   same system prompts, at `--foreign-share` of the router's rate; only routed requests count.
 
 Routers: `approximate` (profile prefix-cache-aware: prefix-cache-scorer 3, queue 2, KV use 2),
+`gpu-aware` (our default profile, as `epp serve` runs it with no scheduler config),
 `precise` (the same profile with precise-prefix-cache-scorer in place of prefix-cache-scorer;
 `precise-no-gate`, `precise-load-gate`, `precise-gate-500ms`, `precise-home`,
 `precise-home-spread`, `precise-no-spread` and `precise-no-memory`: without its token-aware
@@ -80,7 +81,9 @@ PRECISE: dict[str, dict[str, object]] = {
 # a router whose two replicas share their picks and in-flight counts (epp.peers), and the
 # router it is otherwise; only in `c`, elsewhere it is that router
 SHARING = {"approximate-peers": "approximate", "precise-peers": "precise"}
-EPP_ROUTERS = ("approximate", *SHARING, *PRECISE)
+# our default profile, as `epp serve` runs it with no scheduler config
+GPU_AWARE = "gpu-aware"
+EPP_ROUTERS = ("approximate", GPU_AWARE, *SHARING, *PRECISE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,11 +213,10 @@ class Cells:
         if router in EPP_ROUTERS:
             config = self.configs.get(SHARING.get(router, router))
             extra = ["--scheduler-config", str(config)] if config else []
-            spec = RouterSpec("epp", APPROXIMATE)
+            profile = GPU_AWARE if router == GPU_AWARE else APPROXIMATE
+            spec = RouterSpec("epp", profile)
             if cell == "c":  # two replicas behind one Envoy, sharing or not
-                spec = RouterSpec(
-                    REPLICAS if router in SHARING else REPLICAS_ALONE, APPROXIMATE + ":2"
-                )
+                spec = RouterSpec(REPLICAS if router in SHARING else REPLICAS_ALONE, profile + ":2")
             url = await start_router(
                 self.children, spec, self.pods, False, extra, 8, self.a.epp_log_level
             )

@@ -109,6 +109,8 @@ def profiles(routers: Sequence[str], configs: dict[str, Path]) -> list[tuple[str
     for router in routers:
         if router == "approximate":
             out.append((router, epp_profile_text(APPROXIMATE)))
+        elif router == "gpu-aware":  # our default profile
+            out.append((router, epp_profile_text(router)))
         elif router == "approximate-peers":  # cell c: the replicas share picks
             flags = ["--peers", "<the other replica>"]
             out.append((router, epp_profile_text(APPROXIMATE, flags)))

@@ -110,3 +110,11 @@ def test_the_hit_rate_bounds_of_a_cells_requests() -> None:
     tight = kvbound.policies(reqs, pods=4, blocks=60, restart=-1)
     assert tight["ceiling"] > tight["sticky-balanced"] > tight["spread"]
     assert tight["ceiling"] <= roomy["ceiling"] <= 1.0 - roomy["first-seen"] + 0.01
+
+
+def test_our_default_profile_runs_in_the_cells_as_gpu_aware() -> None:
+    from loadtest.bench.kvcells_report import profiles
+
+    (text,) = (t for r, t in profiles(["gpu-aware", "approximate"], {}) if r == "gpu-aware")
+    assert text.startswith("gpu-aware: ") and "prefix-cache-scorer" in text
+    assert kvcells.GPU_AWARE in kvcells.EPP_ROUTERS
