@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import socket
 import time
@@ -237,10 +236,12 @@ class PeerSharing(asyncio.DatagramProtocol):
             scorer = self._scorers.get(pick.scorer)
             if scorer is None:
                 continue
-            if scorer.learn_pick(pick.address, pick.block_tokens, pick.hashes, pick.prefill, now):
+            if scorer.learn_pick(pick.address, pick.block_tokens, pick.hashes, now):
                 self.stats.picks_learned += 1
-            if 0.0 < pick.prefill < math.inf:
-                self.stats.prefill_learned += pick.prefill
+            # the prefill the peer's pick queued there, whatever the block size
+            self.stats.prefill_learned += scorer.prefill.add_seconds(
+                pick.address, pick.prefill, now
+            )
 
     def error_received(self, exc: Exception) -> None:
         log.debug("peer datagram error: %s", exc)  # a peer not listening (yet): it will be

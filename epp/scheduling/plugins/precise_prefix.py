@@ -157,14 +157,11 @@ class PreciseCacheScorer:
     def block_size_tokens(self) -> int:
         return self.hasher.block_size
 
-    def learn_pick(
-        self, address: str, block_tokens: int, keys: Sequence[int], prefill: float, now: float
-    ) -> bool:
-        """A peer replica's pick (`epp.peers`): its seconds of prefill join the pod's queue,
-        its block keys the memory of picks (when this scorer has one and they are of its block
-        size), as if this replica had sent the prompt there. Whether the keys were learned."""
-        self.prefill.add_seconds(address, prefill, now)
-        if self.memory is None or block_tokens != self.hasher.block_size:
+    def learn_pick(self, address: str, block_tokens: int, keys: Sequence[int], now: float) -> bool:
+        """A peer replica's block keys (`epp.peers`) join the memory of picks, when this scorer
+        has one and they are of its block size, as if this replica had sent the prompt there;
+        whether they did. The pick's prefill goes to `prefill.add_seconds`."""
+        if self.memory is None or block_tokens != self.block_size_tokens:
             return False
         self.memory.add(address, keys, now)
         return True

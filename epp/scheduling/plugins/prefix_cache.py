@@ -217,12 +217,10 @@ class PrefixCacheScorer:
             self.index.purge_idle(now - self.idle_seconds)
 
     def learn_pick(
-        self, address: str, block_tokens: int, hashes: Sequence[int], prefill: float, now: float
+        self, address: str, block_tokens: int, hashes: Sequence[int], now: float
     ) -> bool:
-        """A peer replica's pick (`epp.peers`): its seconds of prefill join the pod's queue
-        whatever its block size, its blocks the index when their size is this scorer's.
-        Whether the blocks were learned."""
-        self.prefill.add_seconds(address, prefill, now)
+        """A peer replica's blocks (`epp.peers`) join the index when their size is this
+        scorer's; whether they did. The pick's prefill goes to `prefill.add_seconds`."""
         if block_tokens != self.block_size_tokens:
             return False
         self.index.add(address, hashes, now)

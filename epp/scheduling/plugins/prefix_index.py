@@ -131,7 +131,7 @@ class PrefixIndex:
             lru.sets = old.sets
         else:  # another number of sets: each old set's blocks again, oldest first
             for blocks in old.sets:
-                lru.touch(list(blocks))
+                lru.touch(blocks)
         self._lru[address] = lru
         self._trim(address, lru)
 
